@@ -1,0 +1,387 @@
+"""The whole YAML configuration as frozen pydantic models.
+
+Defaults live in the models, so the embedded default file only has to name the pipeline.
+Unknown keys and bad values stop start-up with every problem named by its key path,
+because a typo that is silently dropped is a production incident later.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mailrunner.errors import ConfigError
+
+CONFIG_ENV = "MAILRUNNER_CONFIG"
+LOCAL_CONFIG = Path("mailrunner.yaml")
+EMBEDDED_DEFAULT = "embedded default"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_duration(value: object) -> float:
+    """Accept `60s`, `5m`, `1h`, `250ms` or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError("must be a duration like 30s, 5m, 1h or a number of seconds")
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def _check_host_port(value: object) -> str:
+    if not isinstance(value, str) or not (match := _HOST_PORT.match(value)):
+        raise ValueError("must be host:port, e.g. 127.0.0.1:1025")
+    if int(match.group(2)) > 65535:
+        raise ValueError("port must be <= 65535")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+HostPort = Annotated[str, BeforeValidator(_check_host_port)]
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """Split a validated `host:port` into the pieces asyncio wants."""
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolConfig(_Model):
+    """A pool of worker processes; `command` falls back to `server.command`."""
+
+    command: str | list[str] | None = None
+    num_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    max_jobs: int = Field(default=0, ge=0)
+    allocate_timeout: Duration = 60.0
+    exec_timeout: Duration = 30.0
+    destroy_timeout: Duration = 30.0
+
+
+class ServerConfig(_Model):
+    command: str | list[str] | None = None
+    env: dict[str, str] = {}
+
+
+class AuthConfig(_Model):
+    mode: Literal["capture", "off"] = "capture"
+
+
+class AttachmentStorageConfig(_Model):
+    mode: Literal["memory", "tempfile"] = "memory"
+    temp_dir: Path | None = None
+    cleanup_after: Duration = 3600.0
+
+
+class ParseConfig(_Model):
+    max_depth: int = Field(default=50, ge=1, le=500)
+    offload_bytes: int = Field(default=262144, ge=0)
+
+
+class RpcTarget(_Model):
+    """Another mailrunner's management API that takes the pushes instead of this process."""
+
+    url: str
+    token: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_url(cls, value: object) -> object:
+        return {"url": value} if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL, e.g. http://127.0.0.1:6001")
+        return url.rstrip("/")
+
+
+class SmtpJobsConfig(_Model):
+    pipeline: str = "smtp-emails"
+    priority: int = Field(default=10, ge=0)
+    delay: Duration = 0.0
+    auto_ack: bool = False
+    push_timeout: Duration = Field(default=5.0, gt=0)
+    rpc: RpcTarget | None = None
+
+
+class SmtpConfig(_Model):
+    addr: HostPort = "127.0.0.1:1025"
+    hostname: str = Field(default="localhost", min_length=1)
+    read_timeout: Duration = Field(default=60.0, gt=0)
+    session_timeout: Duration = Field(default=1800.0, gt=0)
+    shutdown_timeout: Duration = 30.0
+    max_message_size: int = Field(default=10485760, ge=0)
+    max_recipients: int = Field(default=100, ge=1)
+    max_connections: int = Field(default=1000, ge=1)
+    include_raw: bool = False
+    auth: AuthConfig = AuthConfig()
+    attachment_storage: AttachmentStorageConfig = AttachmentStorageConfig()
+    parse: ParseConfig = ParseConfig()
+    use_jobs: bool = True
+    jobs: SmtpJobsConfig = SmtpJobsConfig()
+    pool: PoolConfig = PoolConfig()
+
+
+class MemoryDriverConfig(_Model):
+    pass
+
+
+class SqliteDriverConfig(_Model):
+    path: Path | None = None
+
+
+class RedisDriverConfig(_Model):
+    addr: str = "redis://127.0.0.1:6379/0"
+    stream: str | None = None
+
+
+class AmqpDriverConfig(_Model):
+    addr: str = "amqp://guest:guest@127.0.0.1:5672/"
+    queue: str | None = None
+    exchange: str = "mailrunner"
+    routing_key: str | None = None
+
+
+class NatsDriverConfig(_Model):
+    addr: str = "nats://127.0.0.1:4222"
+    stream: str | None = None
+    subject: str | None = None
+
+
+class _PipelineBase(_Model):
+    priority: int = Field(default=10, ge=0)
+    prefetch: int = Field(default=10, ge=1)
+    retries: int = Field(default=5, ge=1)
+    visibility_timeout: Duration = Field(default=300.0, gt=0)
+
+
+class MemoryPipeline(_PipelineBase):
+    driver: Literal["memory"]
+    config: MemoryDriverConfig = MemoryDriverConfig()
+
+
+class SqlitePipeline(_PipelineBase):
+    driver: Literal["sqlite"]
+    config: SqliteDriverConfig = SqliteDriverConfig()
+
+
+class RedisPipeline(_PipelineBase):
+    driver: Literal["redis"]
+    config: RedisDriverConfig = RedisDriverConfig()
+
+
+class AmqpPipeline(_PipelineBase):
+    driver: Literal["amqp"]
+    config: AmqpDriverConfig = AmqpDriverConfig()
+
+
+class NatsPipeline(_PipelineBase):
+    driver: Literal["nats"]
+    config: NatsDriverConfig = NatsDriverConfig()
+
+
+PipelineConfig = Annotated[
+    MemoryPipeline | SqlitePipeline | RedisPipeline | AmqpPipeline | NatsPipeline,
+    Field(discriminator="driver"),
+]
+DRIVER_NAMES = ("memory", "sqlite", "redis", "amqp", "nats")
+
+
+class JobsConfig(_Model):
+    pipelines: dict[str, PipelineConfig] = {}
+    consume: list[str] = []
+    shutdown_timeout: Duration = 30.0
+    pool: PoolConfig = PoolConfig()
+
+    @field_validator("consume")
+    @classmethod
+    def _consumed_pipelines_exist(cls, consume: list[str], info: ValidationInfo) -> list[str]:
+        declared = info.data.get("pipelines", {})
+        unknown = [name for name in consume if name not in declared]
+        if unknown:
+            raise ValueError(
+                f"names pipelines not declared in jobs.pipelines: {', '.join(unknown)}"
+            )
+        return consume
+
+
+class RpcConfig(_Model):
+    listen: HostPort = "127.0.0.1:6001"
+    token: str | None = None
+
+
+class LogsConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = "console"
+
+
+class Config(_Model):
+    """The effective configuration of one mailrunner process."""
+
+    data_dir: Path = Path("./var")
+    server: ServerConfig = ServerConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    jobs: JobsConfig = JobsConfig()
+    rpc: RpcConfig = RpcConfig()
+    logs: LogsConfig = LogsConfig()
+
+    @property
+    def attachments_dir(self) -> Path:
+        return self.smtp.attachment_storage.temp_dir or self.data_dir / "attachments"
+
+
+def _expand_env(value: Any, path: str, problems: list[str]) -> Any:
+    """Expand `${VAR}` and `${VAR:-default}` in string values, after YAML has parsed them."""
+    if isinstance(value, dict):
+        return {
+            k: _expand_env(v, f"{path}.{k}" if path else str(k), problems) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set")
+        return ""
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def _format_error(error: Mapping[str, Any]) -> str:
+    loc = list(error["loc"])
+    if loc[:2] == ["jobs", "pipelines"] and len(loc) > 3 and loc[3] in DRIVER_NAMES:
+        del loc[3]
+    path = ".".join(str(part) for part in loc)
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "union_tag_invalid":
+        message = f"driver must be one of {', '.join(DRIVER_NAMES)}"
+    elif kind == "union_tag_not_found":
+        message = f"driver is required, one of {', '.join(DRIVER_NAMES)}"
+    elif kind == "missing":
+        message = "required"
+    elif kind == "greater_than_equal":
+        message = f"must be >= {ctx['ge']}"
+    elif kind == "greater_than":
+        message = f"must be > {ctx['gt']}"
+    elif kind == "less_than_equal":
+        message = f"must be <= {ctx['le']}"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{path or '(top level)'}: {message}"
+
+
+def config_from_mapping(data: object, source: str = "") -> Config:
+    """Validate already-loaded YAML; raises ConfigError naming every bad key path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): must be a mapping of sections"], source)
+    problems: list[str] = []
+    expanded = _expand_env(data, "", problems)
+    if problems:
+        raise ConfigError(problems, source)
+    try:
+        return Config.model_validate(expanded)
+    except ValidationError as error:
+        raise ConfigError([_format_error(e) for e in error.errors()], source) from None
+
+
+def load_text(text: str, source: str) -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"(yaml): {error}"], source) from None
+    return config_from_mapping(data, source)
+
+
+def embedded_default_text() -> str:
+    return resources.files("mailrunner").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def locate(explicit: Path | None) -> Path | None:
+    """`-c FILE`, else $MAILRUNNER_CONFIG, else ./mailrunner.yaml, else None (embedded)."""
+    if explicit is not None:
+        return explicit
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return LOCAL_CONFIG if LOCAL_CONFIG.is_file() else None
+
+
+def load(explicit: Path | None = None) -> tuple[Config, str]:
+    """Load the configuration the way `serve` does; returns it with where it came from."""
+    path = locate(explicit)
+    if path is None:
+        return load_text(embedded_default_text(), EMBEDDED_DEFAULT), EMBEDDED_DEFAULT
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"(file): cannot read {path}: {error.strerror}"], str(path)) from None
+    return load_text(text, str(path)), str(path)
+
+
+_SECRET_KEYS = frozenset({"token", "password"})
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _masked(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _masked(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    if key in _SECRET_KEYS and value:
+        return "***"
+    if isinstance(value, str) and "://" in value:
+        return _mask_url(value)
+    return value
+
+
+def masked_dump(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data with tokens and URL passwords hidden."""
+    dumped: dict[str, Any] = _masked(config.model_dump(mode="json"))
+    return dumped

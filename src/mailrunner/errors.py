@@ -1,0 +1,100 @@
+"""The one exception tree of mailrunner.
+
+Every failure the server can meet is one of these, so the edges (SMTP replies, HTTP statuses,
+CLI exit codes) map a class to an answer in one table and never show exception text to a
+client::
+
+    MailrunnerError
+    ├── ConfigError            bad or unreadable configuration (carries every problem found)
+    ├── DeliveryError          an accepted message could not be handed on (SMTP answers 451)
+    │   └── DeliveryTimeout
+    ├── PoolError              the worker pool could not run a payload
+    │   ├── NoFreeWorker
+    │   ├── ExecTimeout
+    │   ├── WorkerCrashed
+    │   └── PoolStopped
+    ├── RelayError             a worker broke the frame protocol (the worker is replaced)
+    ├── DriverError            a Jobs driver could not store, lease or acknowledge
+    │   ├── DriverUnavailable
+    │   └── PushTimeout
+    └── JobsError              a Jobs RPC call was refused
+        ├── PipelineNotFound
+        ├── PipelineConflict
+        └── InvalidJob
+"""
+
+from __future__ import annotations
+
+
+class MailrunnerError(Exception):
+    """Base of every error mailrunner raises on purpose."""
+
+
+class ConfigError(MailrunnerError):
+    """The configuration cannot be used; `problems` lists each one as `key.path: message`."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"invalid configuration{where}:\n  " + "\n  ".join(problems))
+
+
+class DeliveryError(MailrunnerError):
+    """An accepted message could not be handed to its delivery path."""
+
+
+class DeliveryTimeout(DeliveryError):
+    """The delivery path did not confirm in time."""
+
+
+class PoolError(MailrunnerError):
+    """The worker pool could not run a payload."""
+
+
+class NoFreeWorker(PoolError):
+    """No worker became free within allocate_timeout."""
+
+
+class ExecTimeout(PoolError):
+    """A worker did not answer within exec_timeout and was killed."""
+
+
+class WorkerCrashed(PoolError):
+    """A worker died or broke the protocol while running a payload."""
+
+
+class PoolStopped(PoolError):
+    """The pool is stopping and takes no more work."""
+
+
+class RelayError(MailrunnerError):
+    """A worker sent bytes that are not a valid frame."""
+
+
+class DriverError(MailrunnerError):
+    """A Jobs driver failed to store, lease or acknowledge."""
+
+
+class DriverUnavailable(DriverError):
+    """The driver's storage or broker cannot be reached."""
+
+
+class PushTimeout(DriverError):
+    """A push was not confirmed before its deadline; the job will not be stored later."""
+
+
+class JobsError(MailrunnerError):
+    """A Jobs RPC call was refused."""
+
+
+class PipelineNotFound(JobsError):
+    """No pipeline of that name is declared."""
+
+
+class PipelineConflict(JobsError):
+    """A pipeline of that name exists with other settings."""
+
+
+class InvalidJob(JobsError):
+    """A job or its options are malformed."""

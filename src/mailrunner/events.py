@@ -1,0 +1,155 @@
+"""The EMAIL_RECEIVED event (version 1): what application code receives for every message.
+
+Plain slotted dataclasses rather than pydantic models: one event is built per accepted
+message on the hot path, and its shape is fixed by `schema/email_received.v1.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+EVENT_NAME = "EMAIL_RECEIVED"
+EVENT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One mailbox of an address header; `name` is "" when the header had none."""
+
+    email: str
+    name: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"email": self.email, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the SMTP client said, as opposed to what the message headers claim."""
+
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    helo: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "from": self.mail_from,
+            "to": list(self.rcpt_to),
+            "helo": self.helo,
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """A captured AUTH exchange; the password is data for the event, never for a log."""
+
+    mechanism: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempted": True,
+            "mechanism": self.mechanism,
+            "username": self.username,
+            "password": self.password,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAttachment:
+    """An attachment as the event carries it: inline base64 or a path to a stored file."""
+
+    filename: str | None
+    content_type: str
+    size: int
+    content_id: str | None
+    inline: bool
+    content_base64: str | None = field(default=None, repr=False)
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "size": self.size,
+            "content_id": self.content_id,
+            "inline": self.inline,
+        }
+        if self.content_base64 is not None:
+            data["content"] = self.content_base64
+        if self.path is not None:
+            data["path"] = self.path
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFacts:
+    """What the message itself says (headers and bodies), after MIME decoding."""
+
+    message_id: str | None
+    subject: str
+    from_: tuple[Address, ...]
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    reply_to: tuple[Address, ...]
+    headers: dict[str, list[str]]
+    body: str
+    html_body: str
+    raw_base64: str | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.message_id,
+            "subject": self.subject,
+            "from": [a.to_dict() for a in self.from_],
+            "to": [a.to_dict() for a in self.to],
+            "cc": [a.to_dict() for a in self.cc],
+            "reply_to": [a.to_dict() for a in self.reply_to],
+            "headers": self.headers,
+            "body": self.body,
+            "html_body": self.html_body,
+        }
+        if self.raw_base64 is not None:
+            data["raw"] = self.raw_base64
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class EmailEvent:
+    """One accepted message; `id` is also the job id on the Jobs path."""
+
+    id: str
+    uuid: str
+    remote_addr: str
+    received_at: datetime
+    envelope: Envelope
+    authentication: Authentication | None
+    message: MessageFacts
+    attachments: tuple[StoredAttachment, ...] = ()
+    parse_errors: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        received = self.received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {
+            "event": EVENT_NAME,
+            "version": EVENT_VERSION,
+            "id": self.id,
+            "uuid": self.uuid,
+            "remote_addr": self.remote_addr,
+            "received_at": received,
+            "envelope": self.envelope.to_dict(),
+            "authentication": self.authentication.to_dict() if self.authentication else None,
+            "message": self.message.to_dict(),
+            "attachments": [a.to_dict() for a in self.attachments],
+            "parse_errors": list(self.parse_errors),
+        }
+
+    def to_json(self) -> bytes:
+        """UTF-8 JSON; every string in the event is already valid Unicode, so this cannot fail."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()

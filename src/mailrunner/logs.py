@@ -1,0 +1,57 @@
+"""Structured logging for people (console) or machines (json), through structlog.
+
+aiosmtpd logs every command line, AUTH included, at INFO on its `mail.log` logger, and its
+debug output shows credentials; that logger is held at ERROR so no secret reaches a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from mailrunner.config import LogsConfig
+
+_AIOSMTPD_LOGGER = "mail.log"
+
+
+def configure(config: LogsConfig, stream: Any = None) -> None:
+    """Install the process-wide logging setup; called once by the app or the CLI."""
+    level = getattr(logging, config.level.upper())
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if config.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger(_AIOSMTPD_LOGGER).setLevel(max(level, logging.ERROR))
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )

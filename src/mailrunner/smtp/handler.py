@@ -1,0 +1,130 @@
+"""aiosmtpd hooks: fill the envelope, enforce limits, turn DATA into an event and deliver it.
+
+This is the one place where delivery failures become SMTP replies: anything the delivery
+path raises is answered `451 4.3.0` (the client retries later) and its detail goes only to
+the log.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from mailrunner.errors import MailrunnerError
+from mailrunner.mime.build import Arrival, EventBuilder
+from mailrunner.smtp import replies
+from mailrunner.smtp.delivery import Delivery, Outcome
+from mailrunner.smtp.protocol import MailSession
+
+log = structlog.get_logger("mailrunner.smtp")
+
+NULL_SENDER = "<>"
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSettings:
+    max_recipients: int
+    auth_capture: bool
+
+
+def _valid_text(text: str, what: str, errors: list[str]) -> str:
+    """aiosmtpd hands over 8-bit arguments surrogate-escaped; make them valid Unicode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        errors.append(f"{what}: invalid UTF-8 replaced with U+FFFD")
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
+
+
+class SmtpHandler:
+    """The aiosmtpd handler of every connection."""
+
+    def __init__(
+        self, settings: HandlerSettings, builder: EventBuilder, delivery: Delivery
+    ) -> None:
+        self._settings = settings
+        self._builder = builder
+        self._delivery = delivery
+
+    async def handle_EHLO(
+        self, server: Any, session: MailSession, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        kept = [
+            line
+            for line in responses
+            if self._settings.auth_capture or not line.startswith("250-AUTH")
+        ]
+        kept.insert(1, "250-PIPELINING")
+        return kept
+
+    async def handle_MAIL(
+        self, server: Any, session: MailSession, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return replies.R250_SENDER_OK
+
+    async def handle_RCPT(
+        self, server: Any, session: MailSession, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self._settings.max_recipients:
+            return replies.R452_TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return replies.R250_RECIPIENT_OK
+
+    async def handle_DATA(self, server: Any, session: MailSession, envelope: Any) -> str:
+        started = time.perf_counter()
+        arrival = self._arrival(session, envelope)
+        event = await self._builder.build(arrival, envelope.original_content)
+        try:
+            outcome = await self._delivery.deliver(event)
+        except (MailrunnerError, TimeoutError) as error:
+            log.error(
+                "delivery failed",
+                uuid=arrival.connection_id,
+                id=arrival.event_id,
+                reason=f"{type(error).__name__}: {error}",
+            )
+            return replies.R451_TEMP
+        session.messages += 1
+        if outcome is Outcome.ACCEPTED_CLOSE:
+            session.close_after_reply = True
+        log.info(
+            "message accepted",
+            uuid=arrival.connection_id,
+            id=arrival.event_id,
+            mail_from=arrival.mail_from,
+            recipients=len(arrival.rcpt_to),
+            size=event.envelope.size,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return replies.queued(arrival.event_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("internal error in SMTP session", exc_info=error)
+        return replies.R451_TEMP
+
+    def _arrival(self, session: MailSession, envelope: Any) -> Arrival:
+        errors: list[str] = []
+        mail_from = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from
+        return Arrival(
+            event_id=str(uuid.uuid4()),
+            connection_id=session.connection_id,
+            remote_addr=session.remote_addr,
+            remote_host=session.remote_host,
+            received_at=datetime.now(UTC),
+            helo=_valid_text(session.host_name or "", "HELO", errors),
+            esmtp=bool(session.extended_smtp),
+            mail_from=_valid_text(mail_from, "MAIL FROM", errors),
+            rcpt_to=tuple(_valid_text(r, "RCPT TO", errors) for r in envelope.rcpt_tos),
+            authentication=session.auth,
+            errors=tuple(errors),
+        )

@@ -1,0 +1,269 @@
+"""A thin subclass of aiosmtpd's SMTP that fixes what its defaults get wrong for us.
+
+aiosmtpd restarts its idle timer only on commands, closes idle connections without a reply,
+keeps that timer running while a handler works, hard-codes some reply texts, leaves the
+transaction open after a raising hook ("503 nested MAIL"), and answers a cancelled AUTH
+twice. Each fix lives here because it touches aiosmtpd internals; that is why
+pyproject.toml pins `aiosmtpd>=1.4.6,<1.5`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import collections
+import uuid
+from base64 import b64decode
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
+
+from mailrunner import __version__
+from mailrunner.events import Authentication
+from mailrunner.smtp import replies
+
+log = structlog.get_logger("mailrunner.smtp")
+
+Command = Callable[[str | None], Awaitable[None]]
+
+
+class ConnectionRegistry(Protocol):
+    """Admits and forgets connections; owned by the server."""
+
+    def admit(self, connection: MailrunnerSMTP) -> bool: ...
+
+    def forget(self, connection: MailrunnerSMTP) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolSettings:
+    hostname: str
+    read_timeout: float
+    session_timeout: float
+    max_message_size: int
+    auth_capture: bool
+
+
+class MailSession(Session):
+    """aiosmtpd's session plus what the event needs: connection id and captured AUTH."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.connection_id = str(uuid.uuid4())
+        self.auth: Authentication | None = None
+        self.close_after_reply = False
+        self.messages = 0
+
+    @property
+    def remote_host(self) -> str:
+        return str(self.peer[0]) if isinstance(self.peer, tuple) else "unknown"
+
+    @property
+    def remote_addr(self) -> str:
+        if isinstance(self.peer, tuple):
+            host, port = self.peer[0], self.peer[1]
+            return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return "unknown"
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", "replace")
+
+
+class MailrunnerSMTP(SMTP):
+    """One SMTP connection."""
+
+    def __init__(
+        self, handler: Any, settings: ProtocolSettings, registry: ConnectionRegistry
+    ) -> None:
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        super().__init__(
+            handler,
+            data_size_limit=settings.max_message_size or None,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=settings.hostname,
+            ident=f"ESMTP mailrunner {__version__}",
+            timeout=settings.read_timeout,
+            auth_require_tls=False,
+            auth_exclude_mechanism=[] if settings.auth_capture else ["PLAIN", "LOGIN"],
+        )
+        self.settings = settings
+        self._registry = registry
+        self._owes_reply = False
+        self._in_command = False
+        self._closing_reply: str | None = None
+        self._session_timer: asyncio.TimerHandle | None = None
+        self._smtp_methods = {
+            name: self._tracked(name, method) for name, method in self._smtp_methods.items()
+        }
+
+    # --- state -----------------------------------------------------------------------------
+
+    def _create_session(self) -> MailSession:
+        self._mail_session = MailSession(self.loop)
+        return self._mail_session
+
+    @property
+    def mail_session(self) -> MailSession:
+        """The session with our fields (AttributeError before the connection is made)."""
+        return self._mail_session
+
+    def _tracked(self, name: str, method: Command) -> Command:
+        """Run a command and, once its reply is out, honour a close requested meanwhile."""
+
+        async def run(arg: str | None) -> None:
+            shown = (arg or "").split(" ")[0] if name == "AUTH" else arg
+            log.debug("smtp command", uuid=self.mail_session.connection_id, command=name, arg=shown)
+            self._in_command = True
+            try:
+                await method(arg)
+            finally:
+                self._in_command = False
+            if self._closing_reply is not None:
+                self.close_with(self._closing_reply)
+            elif self.mail_session.close_after_reply:
+                self.close_with(replies.R221_BYE)
+
+        return run
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        """While a hook runs the server owes the client a reply, so the read timer waits."""
+        self._owes_reply = True
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self._owes_reply = False
+
+    # --- connection life -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._session_timer = self.loop.call_later(
+            self.settings.session_timeout, self._session_expired
+        )
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+        self._registry.forget(self)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if not self._registry.admit(self):
+            self.close_with(replies.R421_TOO_MANY_CONNECTIONS)
+            return
+        log.debug("connection opened", uuid=self.mail_session.connection_id)
+        await super()._handle_client()
+
+    def data_received(self, data: bytes) -> None:
+        """Any bytes from the client count as activity, not just complete commands."""
+        super().data_received(data)
+        if self.transport is not None and not self._closing:
+            self._reset_timeout()
+
+    @property
+    def _closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def _timeout_cb(self) -> None:
+        if self._closing:
+            return
+        if self._owes_reply:
+            self._reset_timeout()
+            return
+        log.info("read timeout", uuid=self.mail_session.connection_id)
+        self.close_with(replies.R421_TIMEOUT)
+
+    def _session_expired(self) -> None:
+        log.info("session timeout", uuid=self.mail_session.connection_id)
+        self.request_close(replies.R421_SESSION_TOO_LONG)
+
+    def request_close(self, reply: str) -> None:
+        """Close with `reply` now, or right after the command in progress has answered."""
+        if self._in_command:
+            self._closing_reply = reply
+        else:
+            self.close_with(reply)
+
+    def close_with(self, reply: str) -> None:
+        """Send a final reply and close; safe from timers and other tasks."""
+        if self._closing:
+            return
+        assert self.transport is not None
+        text = reply.format(hostname=self.hostname)
+        self._writer.write(text.encode("ascii") + b"\r\n")
+        self.transport.close()
+
+    @property
+    def busy(self) -> bool:
+        """True while a command (DATA included) is being read or answered."""
+        return self._in_command
+
+    # --- replies ---------------------------------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):
+            await super().push(replies.REWRITES.get(status, status))
+        else:
+            await super().push(status)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Answer 451 via the handler and reset the envelope so the next MAIL works."""
+        self.envelope = self._create_envelope()
+        status: str = await super().handle_exception(error)
+        return status
+
+    # --- AUTH capture ----------------------------------------------------------------------
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.settings.auth_capture:
+            await self.push(replies.R502_AUTH_OFF)
+            return
+        await super().smtp_AUTH(arg)
+
+    def _record_auth(self, mechanism: str, username: bytes | None, password: bytes | None) -> None:
+        self.mail_session.auth = Authentication(
+            mechanism=mechanism, username=_text(username), password=_text(password)
+        )
+
+    async def _decoded_argument(self, args: list[str], challenge: str) -> bytes | None:
+        """The initial response if the client sent one, else the answer to a challenge."""
+        if len(args) > 1:
+            try:
+                return b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push(replies.R501_AUTH_BASE64)
+                return None
+        answer = await self.challenge_auth(challenge)
+        return None if answer is MISSING else bytes(answer)
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """Capture any PLAIN credentials; a cancelled exchange is still an attempt."""
+        self._record_auth("PLAIN", None, None)
+        blob = await self._decoded_argument(args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        pieces = blob.split(b"\x00")
+        if len(pieces) != 3:
+            await self.push(replies.R501_AUTH_SPLIT)
+            return AuthResult(success=False, handled=True)
+        _, login, password = pieces
+        self._record_auth("PLAIN", login, password)
+        return AuthResult(success=True, auth_data=LoginPassword(login, password))
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """Capture any LOGIN credentials, keeping the username if the password never comes."""
+        self._record_auth("LOGIN", None, None)
+        login = await self._decoded_argument(args, "Username:")
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        self._record_auth("LOGIN", login, None)
+        password = await self.challenge_auth("Password:")
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        self._record_auth("LOGIN", login, bytes(password))
+        return AuthResult(success=True, auth_data=LoginPassword(login, bytes(password)))

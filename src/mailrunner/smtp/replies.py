@@ -1,0 +1,37 @@
+"""Every SMTP reply mailrunner sends, by name, with its RFC 3463 enhanced status code.
+
+aiosmtpd hard-codes a few texts without enhanced codes; `REWRITES` maps those to ours so a
+client always sees one vocabulary.
+"""
+
+from __future__ import annotations
+
+R221_BYE = "221 2.0.0 Bye"
+R235_AUTH_OK = "235 2.7.0 Authentication successful"
+R250_OK = "250 2.0.0 OK"
+R250_SENDER_OK = "250 2.1.0 Sender OK"
+R250_RECIPIENT_OK = "250 2.1.5 Recipient OK"
+R421_TIMEOUT = "421 4.4.2 {hostname} Error: timeout exceeded, closing connection"
+R421_SESSION_TOO_LONG = "421 4.4.2 {hostname} Error: session too long, closing connection"
+R421_TOO_MANY_CONNECTIONS = "421 4.7.0 {hostname} Too many connections, try again later"
+R421_SHUTTING_DOWN = "421 4.3.2 {hostname} Service shutting down, try again later"
+R451_TEMP = "451 4.3.0 Temporary failure, try again later"
+R452_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+R501_AUTH_BASE64 = "501 5.5.2 Cannot decode base64"
+R501_AUTH_SPLIT = "501 5.5.2 Cannot split AUTH PLAIN value"
+R502_AUTH_OFF = "502 5.5.1 AUTH not available"
+R552_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+
+
+def queued(event_id: str) -> str:
+    return f"250 2.0.0 OK: queued as {event_id}"
+
+
+REWRITES: dict[str, str] = {
+    "552 Error: message size exceeds fixed maximum message size": R552_TOO_BIG,
+    "552 Error: Too much mail data": R552_TOO_BIG,
+    "500 Line too long (see RFC5321 4.5.3.1.6)": (
+        "500 5.5.2 Line too long: at most 1000 bytes per line (RFC 5321 4.5.3.1.6)"
+    ),
+    "221 Bye": R221_BYE,
+}

@@ -1,0 +1,99 @@
+"""The SMTP listener: accepts connections on our loop, caps them, and drains them on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from mailrunner.config import SmtpConfig, split_host_port
+from mailrunner.smtp import replies
+from mailrunner.smtp.handler import SmtpHandler
+from mailrunner.smtp.protocol import MailrunnerSMTP, ProtocolSettings
+
+log = structlog.get_logger("mailrunner.smtp")
+
+
+class SmtpServer:
+    """Owns the listening socket and the set of live connections."""
+
+    def __init__(self, config: SmtpConfig, handler: SmtpHandler) -> None:
+        self._config = config
+        self._handler = handler
+        self._settings = ProtocolSettings(
+            hostname=config.hostname,
+            read_timeout=config.read_timeout,
+            session_timeout=config.session_timeout,
+            max_message_size=config.max_message_size,
+            auth_capture=config.auth.mode == "capture",
+        )
+        self._connections: set[MailrunnerSMTP] = set()
+        self._opened: dict[MailrunnerSMTP, float] = {}
+        self._server: asyncio.Server | None = None
+        self._drained = asyncio.Event()
+
+    @property
+    def connections(self) -> frozenset[MailrunnerSMTP]:
+        return frozenset(self._connections)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the listener is bound (the real port when the config said 0)."""
+        assert self._server is not None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    def admit(self, connection: MailrunnerSMTP) -> bool:
+        if len(self._connections) >= self._config.max_connections:
+            log.warning("connection refused: too many connections", limit=len(self._connections))
+            return False
+        self._connections.add(connection)
+        self._opened[connection] = time.monotonic()
+        self._drained.clear()
+        return True
+
+    def forget(self, connection: MailrunnerSMTP) -> None:
+        opened = self._opened.pop(connection, None)
+        if connection in self._connections:
+            self._connections.discard(connection)
+            session = connection.mail_session
+            log.info(
+                "connection closed",
+                uuid=session.connection_id,
+                remote_addr=session.remote_addr,
+                helo=session.host_name,
+                messages=session.messages,
+                seconds=round(time.monotonic() - (opened or time.monotonic()), 3),
+            )
+        if not self._connections:
+            self._drained.set()
+
+    def _new_connection(self) -> MailrunnerSMTP:
+        return MailrunnerSMTP(self._handler, self._settings, self)
+
+    async def start(self) -> None:
+        host, port = split_host_port(self._config.addr)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._new_connection, host, port)
+        log.info("smtp listening", addr="{}:{}".format(*self.address))
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; sessions inside a command may finish it, the rest get 421."""
+        if self._server is None:
+            return
+        self._server.close()
+        for connection in list(self._connections):
+            connection.request_close(replies.R421_SHUTTING_DOWN)
+        if self._connections:
+            try:
+                await asyncio.wait_for(self._drained.wait(), grace)
+            except TimeoutError:
+                log.warning(
+                    "connections still open after grace, aborting", count=len(self._connections)
+                )
+                for connection in list(self._connections):
+                    if isinstance(connection.transport, asyncio.Transport):
+                        connection.transport.abort()
+        await self._server.wait_closed()
+        self._server = None
