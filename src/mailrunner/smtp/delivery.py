@@ -25,19 +25,6 @@ class Delivery(Protocol):
     async def deliver(self, event: EmailEvent) -> Outcome: ...
 
 
-class MemoryDelivery:
-    """Keeps events in a list: for tests and embedding."""
-
-    def __init__(self) -> None:
-        self.events: list[EmailEvent] = []
-        self.arrived = asyncio.Event()
-
-    async def deliver(self, event: EmailEvent) -> Outcome:
-        self.events.append(event)
-        self.arrived.set()
-        return Outcome.ACCEPTED
-
-
 class JsonLinesDelivery:
     """Appends each event as one JSON line to a file."""
 

@@ -1,0 +1,206 @@
+"""Shared fixtures: a real mailrunner SMTP server on a background loop, and the event schema.
+
+The server runs on its own thread and event loop so that blocking clients (smtplib, swaks)
+and asyncio clients (aiosmtplib) drive it over real TCP exactly as users do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from mailrunner.app import App
+from mailrunner.config import config_from_mapping
+from mailrunner.events import Authentication, EmailEvent
+from mailrunner.mime.attachments import MemoryStorage
+from mailrunner.mime.build import Arrival, EventBuilder
+from mailrunner.mime.parse import ParseOptions
+from mailrunner.smtp.delivery import Outcome
+
+REQUIRE_TOOLS = (
+    os.environ.get("MAILRUNNER_REQUIRE_BROKERS") == "1" or os.environ.get("CI") == "true"
+)
+WAIT_SECONDS = 10.0
+
+_SCHEMA = json.loads(
+    resources.files("mailrunner")
+    .joinpath("schema/email_received.v1.json")
+    .read_text(encoding="utf-8")
+)
+EVENT_VALIDATOR = jsonschema.Draft202012Validator(
+    _SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+)
+
+
+def validate_event(event: dict[str, Any]) -> None:
+    """Fail the test with the schema's own explanation when an event is malformed."""
+    errors = sorted(EVENT_VALIDATOR.iter_errors(event), key=lambda e: list(e.path))
+    if errors:
+        details = "; ".join(f"{list(e.path)}: {e.message}" for e in errors)
+        pytest.fail(f"event does not match email_received.v1.json: {details}")
+
+
+def decode_event(event: EmailEvent) -> dict[str, Any]:
+    """Encode as the server would, check it round-trips as UTF-8 JSON and matches the schema."""
+    decoded: dict[str, Any] = json.loads(event.to_json().decode("utf-8"))
+    validate_event(decoded)
+    return decoded
+
+
+BUILDER = EventBuilder(
+    hostname="mx.test",
+    options=ParseOptions(max_depth=8),
+    storage=MemoryStorage(),
+    include_raw=True,
+    offload_bytes=1 << 30,
+)
+
+
+def arrival() -> Arrival:
+    """What a session would know about a message, for building events without a server."""
+    return Arrival(
+        event_id=str(uuid.uuid4()),
+        connection_id=str(uuid.uuid4()),
+        remote_addr="127.0.0.1:2525",
+        remote_host="127.0.0.1",
+        received_at=datetime.now(UTC),
+        helo="client.example",
+        esmtp=True,
+        mail_from="a@example.com",
+        rcpt_to=("b@example.com",),
+        authentication=Authentication("PLAIN", "u", "p"),
+    )
+
+
+class RecordingDelivery:
+    """A delivery for SMTP-side tests: records events; can be told to stall or fail."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.outcome = Outcome.ACCEPTED
+        self.failure: Exception | None = None
+        self.release: asyncio.Event | None = None
+        self.entered = threading.Event()
+        self._changed = threading.Condition()
+
+    async def deliver(self, event: EmailEvent) -> Outcome:
+        self.entered.set()
+        if self.release is not None:
+            await self.release.wait()
+        if self.failure is not None:
+            raise self.failure
+        decoded = decode_event(event)
+        with self._changed:
+            self.events.append(decoded)
+            self._changed.notify_all()
+        return self.outcome
+
+    def wait_for(self, count: int, timeout: float = WAIT_SECONDS) -> list[dict[str, Any]]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.events) >= count, timeout):
+                pytest.fail(f"expected {count} delivered events, got {len(self.events)}")
+            return list(self.events)
+
+
+class RunningServer:
+    """A started App on a private loop thread; `call` runs coroutines on that loop."""
+
+    def __init__(self, overrides: dict[str, Any], data_dir: Path) -> None:
+        settings: dict[str, Any] = {"data_dir": str(data_dir), **overrides}
+        settings["smtp"] = {"addr": "127.0.0.1:0", **overrides.get("smtp", {})}
+        self.config = config_from_mapping(settings, "test")
+        self.delivery = RecordingDelivery()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.app = self.call(self._start())
+        self.host, self.port = self.app.smtp.address
+
+    async def _start(self) -> App:
+        app = App(self.config, "test", self.delivery)
+        await app.start()
+        return app
+
+    def call(self, coroutine: Any, timeout: float = WAIT_SECONDS * 3) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        return future.result(timeout)
+
+    def hold_deliveries(self) -> Callable[[], None]:
+        """Make deliveries wait until the returned function is called."""
+
+        async def create() -> asyncio.Event:
+            return asyncio.Event()
+
+        release = self.call(create())
+        self.delivery.release = release
+        self.delivery.entered.clear()
+        return lambda: self.loop.call_soon_threadsafe(release.set)
+
+    def connection_count(self) -> int:
+        async def count() -> int:
+            return len(self.app.smtp.connections)
+
+        result: int = self.call(count())
+        return result
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.call(self.app.stop())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(WAIT_SECONDS)
+        self.loop.close()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers with config overrides; every one is stopped after the test."""
+    servers: list[RunningServer] = []
+
+    def start(**overrides: Any) -> RunningServer:
+        server = RunningServer(overrides, tmp_path / f"data{len(servers)}")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., RunningServer]) -> RunningServer:
+    """A server with the default configuration on a free port."""
+    return start_server()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
+    """Poll a condition with a deadline (for state that offers no notification)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def swaks() -> str:
+    """The swaks binary; skipped locally when missing, a failure in CI."""
+    path = shutil.which("swaks")
+    if path is None:
+        if REQUIRE_TOOLS:
+            pytest.fail("swaks is not installed (CI installs it: apt-get install swaks)")
+        pytest.skip("swaks is not installed (apt-get install swaks)")
+    return path

@@ -1,0 +1,208 @@
+"""`mailrunner serve` as a real process, driven by swaks and smtplib the way users do."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import validate_event, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "s3cr3t-Passw0rd"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServeProcess:
+    """A `mailrunner serve` child with its own config, data dir and captured logs."""
+
+    def __init__(self, workdir: Path, settings: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        config = {"smtp": {"addr": f"127.0.0.1:{self.port}"}, **settings}
+        config["smtp"] = {"addr": f"127.0.0.1:{self.port}", **settings.get("smtp", {})}
+        (workdir / "mailrunner.yaml").write_text(yaml.safe_dump(config))
+        self.pidfile = workdir / "server.pid"
+        self.log_path = workdir / "server.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailrunner", "serve", "--pidfile", str(self.pidfile)],
+            cwd=workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._ready, "the server to write its pidfile")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"server exited early:\n{self.log_path.read_text()}")
+        return self.pidfile.exists() and self.pidfile.read_text().strip().isdigit()
+
+    def events(self) -> list[dict[str, Any]]:
+        path = self.workdir / "var" / "events.jsonl"
+        if not path.exists():
+            return []
+        events = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        for event in events:
+            validate_event(event)
+        return events
+
+    def wait_events(self, count: int) -> list[dict[str, Any]]:
+        wait_until(lambda: len(self.events()) >= count, f"{count} events in events.jsonl")
+        return self.events()
+
+    def terminate(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(30)
+        self._log.close()
+        return code
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    def start(**settings: Any) -> ServeProcess:
+        process = ServeProcess(tmp_path, settings)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.terminate()
+
+
+def run_swaks(swaks: str, port: int, *args: str) -> str:
+    result = subprocess.run(
+        [swaks, "--server", f"127.0.0.1:{port}", "--to", "a@example.com", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, f"swaks failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_swaks_with_attachment_and_auth_becomes_a_complete_event(
+    serve: Callable[..., ServeProcess], swaks: str
+) -> None:
+    server = serve()
+    readme = ROOT / "README.md"
+    output = run_swaks(
+        swaks, server.port, "--attach", f"@{readme}", "--auth-user", "u", "--auth-password", "p"
+    )
+    assert "<-  250 2.0.0 OK: queued as" in output
+    (event,) = server.wait_events(1)
+    assert event["envelope"]["to"] == ["a@example.com"]
+    assert event["authentication"]["username"] == "u"
+    assert event["authentication"]["password"] == "p"
+    (attachment,) = event["attachments"]
+    assert attachment["filename"] == "README.md"
+    assert attachment["size"] == readme.stat().st_size
+    assert base64.b64decode(attachment["content"]) == readme.read_bytes()
+
+
+def test_tempfile_storage_writes_attachments_and_event_points_at_them(
+    serve: Callable[..., ServeProcess], swaks: str, tmp_path: Path
+) -> None:
+    server = serve(smtp={"attachment_storage": {"mode": "tempfile"}})
+    attachment_file = tmp_path / "report.bin"
+    attachment_file.write_bytes(bytes(range(256)) * 10)
+    run_swaks(swaks, server.port, "--attach", f"@{attachment_file}")
+    (event,) = server.wait_events(1)
+    (attachment,) = event["attachments"]
+    assert "content" not in attachment
+    stored = Path(attachment["path"])
+    assert stored.is_absolute()
+    assert stored.is_relative_to(tmp_path / "var" / "attachments" / event["id"])
+    assert stored.read_bytes() == attachment_file.read_bytes()
+
+
+def test_sigterm_stops_the_server_with_exit_code_0_and_removes_the_pidfile(
+    serve: Callable[..., ServeProcess],
+) -> None:
+    server = serve()
+    assert int(server.pidfile.read_text()) == server.process.pid
+    assert server.terminate() == 0
+    assert not server.pidfile.exists()
+    assert "shutting down" in server.logs()
+
+
+def test_credentials_never_reach_the_logs_at_debug_level(
+    serve: Callable[..., ServeProcess], swaks: str
+) -> None:
+    server = serve(logs={"level": "debug"})
+    run_swaks(
+        swaks, server.port, "--auth", "PLAIN", "--auth-user", "u1", "--auth-password", PASSWORD
+    )
+    run_swaks(
+        swaks, server.port, "--auth", "LOGIN", "--auth-user", "u2", "--auth-password", PASSWORD
+    )
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.login("u3", PASSWORD)
+        client.sendmail("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\ny\r\n")
+    events = server.wait_events(3)
+    assert [e["authentication"]["password"] for e in events] == [PASSWORD] * 3
+    server.terminate()
+    logs = server.logs()
+    assert "command=AUTH" in logs, "debug command traces are missing: the check proves nothing"
+    secrets = [PASSWORD, base64.b64encode(PASSWORD.encode()).decode()]
+    secrets += [base64.b64encode(f"\0u{n}\0{PASSWORD}".encode()).decode() for n in (1, 3)]
+    for secret in secrets:
+        assert secret not in logs, f"a credential ({secret!r}) leaked into the logs"
+
+
+def test_serve_refuses_an_invalid_config_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("smtp:\n  max_message_size: -5\n  colour: blue\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mailrunner", "serve", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "smtp.max_message_size: must be >= 0" in result.stderr
+    assert "smtp.colour: unknown key" in result.stderr
+
+
+def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        config.write_text(f"smtp:\n  addr: 127.0.0.1:{port}\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "mailrunner", "serve", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ},
+        )
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr

@@ -1,0 +1,108 @@
+"""Whatever bytes arrive, parsing never raises and the event is schema-valid Unicode."""
+
+from __future__ import annotations
+
+import asyncio
+from email.mime.application import MIMEApplication
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import BUILDER, arrival, decode_event
+from mailrunner.mime.parse import ParseOptions, parse
+
+
+def build(raw: bytes) -> dict[str, object]:
+    return decode_event(asyncio.run(BUILDER.build(arrival(), raw)))
+
+
+header_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=40
+).filter(lambda text: "\n" not in text and "\r" not in text)
+charsets = st.sampled_from(["utf-8", "iso-8859-1", "koi8-r", "shift_jis", "x-unknown", "us-ascii"])
+
+
+@st.composite
+def leaves(draw: st.DrawFn) -> MIMEBase:
+    if draw(st.booleans()):
+        text = draw(header_text)
+        charset = draw(st.sampled_from(["utf-8", "iso-8859-1", "us-ascii"]))
+        part: MIMEBase = MIMEText(
+            text.encode(charset, "replace").decode(charset),
+            draw(st.sampled_from(["plain", "html"])),
+            charset,
+        )
+    else:
+        part = MIMEApplication(draw(st.binary(max_size=200)))
+        part.add_header("Content-Disposition", "attachment", filename=draw(header_text) or "f")
+    if draw(st.booleans()):
+        part.replace_header("Content-Type", part["Content-Type"] + f"; charset={draw(charsets)}")
+    return part
+
+
+def trees(depth: int = 4) -> st.SearchStrategy[MIMEBase]:
+    return st.recursive(
+        leaves(),
+        lambda children: st.builds(
+            _multipart,
+            st.sampled_from(["mixed", "alternative", "related"]),
+            st.lists(children, min_size=1, max_size=3),
+        ),
+        max_leaves=depth * 3,
+    )
+
+
+def _multipart(subtype: str, parts: list[MIMEBase]) -> MIMEBase:
+    message = MIMEMultipart(subtype)
+    for part in parts:
+        message.attach(part)
+    return message
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_never_raise_and_give_a_valid_event(raw: bytes) -> None:
+    event = build(raw)
+    assert isinstance(event["parse_errors"], list)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(trees(), header_text)
+def test_arbitrary_mime_trees_give_a_valid_event_with_every_leaf(
+    tree: MIMEBase, subject: str
+) -> None:
+    tree["Subject"] = subject
+    raw = tree.as_bytes()
+    parsed = parse(raw, ParseOptions(max_depth=8))
+    leaf_count = sum(1 for part in tree.walk() if not part.is_multipart())
+    bodies = int(bool(parsed.body)) + int(bool(parsed.html_body))
+    assert len(parsed.attachments) + bodies <= leaf_count
+    assert len(parsed.attachments) >= leaf_count - 2
+    build(raw)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=1, max_size=300))
+def test_arbitrary_bytes_in_headers_become_valid_unicode(noise: bytes) -> None:
+    cleaned = noise.replace(b"\r", b" ").replace(b"\n", b" ")
+    raw = b"Subject: " + cleaned + b"\r\nFrom: " + cleaned + b" <a@b>\r\n\r\nbody\r\n"
+    event = build(raw)
+    message = event["message"]
+    assert isinstance(message, dict)
+    assert message["body"] == "body\n"
+
+
+def test_nesting_deeper_than_the_stdlib_recursion_limit_is_cut_and_recorded() -> None:
+    depth = 3000
+    raw = b"".join(
+        f"Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n".encode()
+        for i in range(depth)
+    )
+    raw += b"Content-Type: text/plain\r\n\r\ndeep\r\n"
+    event = build(raw)
+    errors = event["parse_errors"]
+    assert isinstance(errors, list)
+    assert any("depth" in error.lower() or "deep" in error.lower() for error in errors), errors

@@ -1,0 +1,167 @@
+"""Configuration: defaults, discovery, durations, env expansion and errors by key path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailrunner.config import (
+    EMBEDDED_DEFAULT,
+    ConfigError,
+    config_from_mapping,
+    load,
+    masked_dump,
+    parse_duration,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("60s", 60.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25), (7, 7.0), ("1.5", 1.5)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "5 days", True, "-1s", "1d"])
+def test_bad_durations_are_refused(text: object) -> None:
+    with pytest.raises(ValueError, match=r"duration|negative"):
+        parse_duration(text)
+
+
+def test_defaults_match_the_design_table() -> None:
+    config = config_from_mapping({})
+    smtp = config.smtp
+    assert (smtp.addr, smtp.hostname, smtp.read_timeout, smtp.session_timeout) == (
+        "127.0.0.1:1025",
+        "localhost",
+        60.0,
+        1800.0,
+    )
+    assert (smtp.max_message_size, smtp.max_recipients, smtp.max_connections) == (
+        10485760,
+        100,
+        1000,
+    )
+    assert (smtp.use_jobs, smtp.jobs.pipeline, smtp.jobs.push_timeout) == (True, "smtp-emails", 5.0)
+    assert (smtp.auth.mode, smtp.attachment_storage.mode, smtp.parse.max_depth) == (
+        "capture",
+        "memory",
+        50,
+    )
+    assert (config.rpc.listen, config.logs.level, config.logs.format) == (
+        "127.0.0.1:6001",
+        "info",
+        "console",
+    )
+    assert config.attachments_dir == Path("var/attachments")
+
+
+def test_every_problem_is_reported_with_its_key_path() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_mapping(
+            {
+                "smtp": {"max_message_size": -1, "colour": "blue", "read_timeout": "soon"},
+                "jobs": {
+                    "pipelines": {
+                        "a": {"driver": "sqlite", "config": {"pth": "x"}},
+                        "b": {"driver": "kafka"},
+                    },
+                    "consume": ["missing"],
+                },
+                "logs": {"level": "loud"},
+            },
+            "file.yaml",
+        )
+    problems = caught.value.problems
+    assert "smtp.max_message_size: must be >= 0" in problems
+    assert "smtp.colour: unknown key" in problems
+    assert any(p.startswith("smtp.read_timeout: must be a duration") for p in problems)
+    assert "jobs.pipelines.a.config.pth: unknown key" in problems
+    assert any(p.startswith("jobs.pipelines.b: driver must be one of") for p in problems)
+    assert any(p.startswith("jobs.consume: names pipelines not declared") for p in problems)
+    assert any(p.startswith("logs.level:") for p in problems)
+    assert "file.yaml" in str(caught.value)
+
+
+def test_environment_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MR_HOST", "mx.example")
+    config = config_from_mapping(
+        {"smtp": {"hostname": "${MR_HOST}", "addr": "${MR_ADDR:-127.0.0.1:2525}"}}
+    )
+    assert (config.smtp.hostname, config.smtp.addr) == ("mx.example", "127.0.0.1:2525")
+    with pytest.raises(
+        ConfigError, match=r"smtp.hostname: environment variable MR_NOPE is not set"
+    ):
+        config_from_mapping({"smtp": {"hostname": "${MR_NOPE}"}})
+
+
+def test_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAILRUNNER_CONFIG", raising=False)
+    config, source = load()
+    assert source == EMBEDDED_DEFAULT
+    assert config.jobs.pipelines["smtp-emails"].driver == "sqlite"
+    (tmp_path / "mailrunner.yaml").write_text("smtp: {hostname: local}\n")
+    assert load()[0].smtp.hostname == "local"
+    (tmp_path / "env.yaml").write_text("smtp: {hostname: from-env}\n")
+    monkeypatch.setenv("MAILRUNNER_CONFIG", str(tmp_path / "env.yaml"))
+    assert load()[0].smtp.hostname == "from-env"
+    (tmp_path / "explicit.yaml").write_text("smtp: {hostname: explicit}\n")
+    assert load(tmp_path / "explicit.yaml")[0].smtp.hostname == "explicit"
+
+
+def test_secrets_are_masked() -> None:
+    config = config_from_mapping(
+        {
+            "rpc": {"token": "tok"},
+            "jobs": {
+                "pipelines": {"q": {"driver": "amqp", "config": {"addr": "amqp://u:pw@127.0.0.1/"}}}
+            },
+        }
+    )
+    dumped = masked_dump(config)
+    assert dumped["rpc"]["token"] == "***"
+    assert dumped["jobs"]["pipelines"]["q"]["config"]["addr"] == "amqp://u:***@127.0.0.1/"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailrunner", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_config_check_prints_the_effective_config_of_the_example() -> None:
+    result = run_cli("config", "check", "-c", str(ROOT / "examples" / "mailrunner.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+    assert "max_message_size: 10485760" in result.stdout
+
+
+def test_config_check_exits_1_with_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("smtp:\n  max_recipients: 0\n")
+    result = run_cli("config", "check", "-c", str(bad))
+    assert result.returncode == 1
+    assert "smtp.max_recipients: must be >= 1" in result.stderr
+
+
+def test_config_check_reports_a_missing_file(tmp_path: Path) -> None:
+    result = run_cli("config", "check", "-c", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert "cannot read" in result.stderr
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("mailrunner, version ")
