@@ -206,3 +206,28 @@ def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert "cannot start" in result.stderr
+
+
+def test_json_logs_have_a_line_per_message_per_connection_and_per_rejection(
+    serve: Callable[..., ServeProcess],
+) -> None:
+    server = serve(logs={"format": "json"}, smtp={"max_recipients": 1})
+    with smtplib.SMTP("127.0.0.1", server.port) as client:
+        client.ehlo("c")
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        assert client.rcpt("c@example.com")[0] == 452
+        client.data(b"Subject: x\r\n\r\ny\r\n")
+    server.wait_events(1)
+    server.terminate()
+    records = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    by_event = {record["event"]: record for record in records}
+    accepted = by_event["message accepted"]
+    assert (accepted["mail_from"], accepted["recipients"], accepted["level"]) == (
+        "a@example.com",
+        1,
+        "info",
+    )
+    assert {"uuid", "id", "size", "ms"} <= accepted.keys()
+    assert by_event["connection closed"]["messages"] == 1
+    assert by_event["command rejected"]["reply"] == "452 4.5.3 Too many recipients"

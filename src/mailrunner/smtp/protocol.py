@@ -206,10 +206,13 @@ class MailrunnerSMTP(SMTP):
     # --- replies ---------------------------------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str):
-            await super().push(replies.REWRITES.get(status, status))
-        else:
+        if isinstance(status, bytes):
             await super().push(status)
+            return
+        status = replies.REWRITES.get(status, status)
+        if status[:1] in ("4", "5"):
+            log.info("command rejected", uuid=self.mail_session.connection_id, reply=status)
+        await super().push(status)
 
     async def handle_exception(self, error: Exception) -> str:
         """Answer 451 via the handler and reset the envelope so the next MAIL works."""
