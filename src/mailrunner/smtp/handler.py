@@ -7,6 +7,7 @@ the log.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from mailrunner.smtp.protocol import MailSession
 log = structlog.get_logger("mailrunner.smtp")
 
 NULL_SENDER = "<>"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +54,21 @@ class SmtpHandler:
         self._builder = builder
         self._delivery = delivery
 
+    async def handle_HELO(
+        self, server: Any, session: MailSession, envelope: Any, hostname: str
+    ) -> str:
+        if _CONTROL.search(hostname):
+            return replies.R501_BAD_HELO
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
     async def handle_EHLO(
         self, server: Any, session: MailSession, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
+        """Control characters would end up in the Received: header, so refuse them."""
+        if _CONTROL.search(hostname):
+            session.host_name = None
+            return [replies.R501_BAD_HELO]
         session.host_name = hostname
         kept = [
             line
@@ -67,6 +81,8 @@ class SmtpHandler:
     async def handle_MAIL(
         self, server: Any, session: MailSession, envelope: Any, address: str, options: list[str]
     ) -> str:
+        if _CONTROL.search(address):
+            return replies.R553_BAD_ADDRESS
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return replies.R250_SENDER_OK
@@ -74,6 +90,8 @@ class SmtpHandler:
     async def handle_RCPT(
         self, server: Any, session: MailSession, envelope: Any, address: str, options: list[str]
     ) -> str:
+        if _CONTROL.search(address):
+            return replies.R553_BAD_ADDRESS
         if len(envelope.rcpt_tos) >= self._settings.max_recipients:
             return replies.R452_TOO_MANY_RECIPIENTS
         envelope.rcpt_tos.append(address)

@@ -209,7 +209,7 @@ class MailrunnerSMTP(SMTP):
         if isinstance(status, bytes):
             await super().push(status)
             return
-        status = replies.REWRITES.get(status, status)
+        status = replies.printable(replies.REWRITES.get(status, status))
         if status[:1] in ("4", "5"):
             log.info("command rejected", uuid=self.mail_session.connection_id, reply=status)
         await super().push(status)

@@ -6,6 +6,10 @@ client always sees one vocabulary.
 
 from __future__ import annotations
 
+import re
+
+_UNPRINTABLE = re.compile(r"[^\t\x20-\x7e]")
+
 R221_BYE = "221 2.0.0 Bye"
 R235_AUTH_OK = "235 2.7.0 Authentication successful"
 R250_OK = "250 2.0.0 OK"
@@ -17,6 +21,8 @@ R421_TOO_MANY_CONNECTIONS = "421 4.7.0 {hostname} Too many connections, try agai
 R421_SHUTTING_DOWN = "421 4.3.2 {hostname} Service shutting down, try again later"
 R451_TEMP = "451 4.3.0 Temporary failure, try again later"
 R452_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+R501_BAD_HELO = "501 5.5.4 Invalid domain name: control characters are not allowed"
+R553_BAD_ADDRESS = "553 5.1.3 Invalid address: control characters are not allowed"
 R501_AUTH_BASE64 = "501 5.5.2 Cannot decode base64"
 R501_AUTH_SPLIT = "501 5.5.2 Cannot split AUTH PLAIN value"
 R502_AUTH_OFF = "502 5.5.1 AUTH not available"
@@ -35,3 +41,8 @@ REWRITES: dict[str, str] = {
     ),
     "221 Bye": R221_BYE,
 }
+
+
+def printable(reply: str) -> str:
+    """RFC 5321 reply text is printable ASCII; aiosmtpd echoes a client's bytes into some."""
+    return _UNPRINTABLE.sub("?", reply)
