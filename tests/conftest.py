@@ -119,11 +119,12 @@ class RecordingDelivery:
 class RunningServer:
     """A started App on a private loop thread; `call` runs coroutines on that loop."""
 
-    def __init__(self, overrides: dict[str, Any], data_dir: Path) -> None:
+    def __init__(self, overrides: dict[str, Any], data_dir: Path, *, record: bool = True) -> None:
         settings: dict[str, Any] = {"data_dir": str(data_dir), **overrides}
         settings["smtp"] = {"addr": "127.0.0.1:0", **overrides.get("smtp", {})}
         self.config = config_from_mapping(settings, "test")
         self.delivery = RecordingDelivery()
+        self._record = record
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -131,7 +132,7 @@ class RunningServer:
         self.host, self.port = self.app.smtp.address
 
     async def _start(self) -> App:
-        app = App(self.config, "test", self.delivery)
+        app = App(self.config, "test", self.delivery if self._record else None)
         await app.start()
         return app
 
@@ -170,8 +171,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start servers with config overrides; every one is stopped after the test."""
     servers: list[RunningServer] = []
 
-    def start(**overrides: Any) -> RunningServer:
-        server = RunningServer(overrides, tmp_path / f"data{len(servers)}")
+    def start(*, record: bool = True, **overrides: Any) -> RunningServer:
+        server = RunningServer(overrides, tmp_path / f"data{len(servers)}", record=record)
         servers.append(server)
         return server
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from mailrunner.config import Config
+from mailrunner.errors import ConfigError
 from mailrunner.mime.attachments import (
     AttachmentStorage,
     CleanupTask,
@@ -22,7 +23,8 @@ from mailrunner.mime.attachments import (
 )
 from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import ParseOptions
-from mailrunner.smtp.delivery import Delivery, JsonLinesDelivery
+from mailrunner.pool.pool import WorkerPool
+from mailrunner.smtp.delivery import Delivery, JsonLinesDelivery, PoolDelivery
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.server import SmtpServer
 
@@ -39,9 +41,22 @@ class App:
         self.source = source
         self._parse_executor = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="parse")
         self._cleanup: CleanupTask | None = None
-        self.events_file = config.data_dir / "events.jsonl"
-        self.delivery = delivery or JsonLinesDelivery(self.events_file)
+        self.smtp_pool: WorkerPool | None = None
+        self.delivery = delivery or self._default_delivery()
         self.smtp = SmtpServer(config.smtp, self._handler(self._storage()))
+
+    def _default_delivery(self) -> Delivery:
+        smtp = self.config.smtp
+        if smtp.use_jobs:
+            return JsonLinesDelivery(self.config.data_dir / "events.jsonl")
+        command = smtp.pool.command or self.config.server.command
+        if not command:
+            raise ConfigError(
+                ["smtp.pool.command: required when smtp.use_jobs is false (or set server.command)"],
+                self.source,
+            )
+        self.smtp_pool = WorkerPool("smtp", smtp.pool, command, self.config.server.env)
+        return PoolDelivery(self.smtp_pool)
 
     def _storage(self) -> AttachmentStorage:
         storage_config = self.config.smtp.attachment_storage
@@ -70,16 +85,27 @@ class App:
         log.info("configuration loaded", source=self.source)
         if self._cleanup is not None:
             self._cleanup.start()
-        await self.smtp.start()
+        if self.smtp_pool is not None:
+            await self.smtp_pool.start()
+        try:
+            await self.smtp.start()
+        except OSError:
+            await self._stop_components()
+            raise
         if isinstance(self.delivery, JsonLinesDelivery):
             log.info("events are appended as JSON lines", path=str(self.delivery.path))
 
     async def stop(self) -> None:
         await self.smtp.stop(self.config.smtp.shutdown_timeout)
+        await self._stop_components()
+        log.info("stopped")
+
+    async def _stop_components(self) -> None:
+        if self.smtp_pool is not None:
+            await self.smtp_pool.stop()
         if self._cleanup is not None:
             await self._cleanup.stop()
         self._parse_executor.shutdown(wait=True)
-        log.info("stopped")
 
     async def serve_until_signalled(self, pidfile: Path | None = None) -> None:
         """Run until SIGINT or SIGTERM, then stop gracefully."""

@@ -12,7 +12,7 @@ import yaml
 
 from mailrunner import __version__, config, logs
 from mailrunner.app import App
-from mailrunner.errors import ConfigError
+from mailrunner.errors import ConfigError, MailrunnerError
 
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
@@ -53,7 +53,7 @@ def serve(config_path: Path | None, pidfile: Path | None) -> None:
     try:
         app = App(loaded, source)
         asyncio.run(app.serve_until_signalled(pidfile))
-    except OSError as error:
+    except (OSError, MailrunnerError) as error:
         click.echo(f"mailrunner: cannot start: {error}", err=True)
         sys.exit(EXIT_SERVER_ERROR)
 

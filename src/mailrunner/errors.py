@@ -11,9 +11,13 @@ client::
     ├── PoolError              the worker pool could not run a payload
     │   ├── NoFreeWorker
     │   ├── ExecTimeout
-    │   ├── WorkerCrashed
+    │   ├── WorkerCrashed      (the worker died, or broke the frame protocol)
+    │   ├── WorkerFailed       the worker answered with an ERROR frame
+    │   ├── BadAnswer          the worker answered something the protocol does not allow
     │   └── PoolStopped
-    ├── RelayError             a worker broke the frame protocol (the worker is replaced)
+    ├── RelayError             bytes from a worker are not a valid frame (the worker is replaced)
+    │   └── FrameError         BadChecksum, BadVersion, FrameTooLarge, TruncatedFrame
+    │                          (in pool/frame.py, which worker processes import)
     ├── DriverError            a Jobs driver could not store, lease or acknowledge
     │   ├── DriverUnavailable
     │   └── PushTimeout
@@ -62,6 +66,14 @@ class ExecTimeout(PoolError):
 
 class WorkerCrashed(PoolError):
     """A worker died or broke the protocol while running a payload."""
+
+
+class WorkerFailed(PoolError):
+    """The worker reported a failure of its own (an ERROR frame)."""
+
+
+class BadAnswer(PoolError):
+    """The worker answered, but not with anything the protocol allows."""
 
 
 class PoolStopped(PoolError):

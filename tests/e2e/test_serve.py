@@ -36,8 +36,10 @@ class ServeProcess:
     def __init__(self, workdir: Path, settings: dict[str, Any]) -> None:
         self.workdir = workdir
         self.port = free_port()
-        config = {"smtp": {"addr": f"127.0.0.1:{self.port}"}, **settings}
-        config["smtp"] = {"addr": f"127.0.0.1:{self.port}", **settings.get("smtp", {})}
+        config = {
+            **settings,
+            "smtp": {**settings.get("smtp", {}), "addr": f"127.0.0.1:{self.port}"},
+        }
         (workdir / "mailrunner.yaml").write_text(yaml.safe_dump(config))
         self.pidfile = workdir / "server.pid"
         self.log_path = workdir / "server.log"
@@ -231,3 +233,19 @@ def test_json_logs_have_a_line_per_message_per_connection_and_per_rejection(
     assert {"uuid", "id", "size", "ms"} <= accepted.keys()
     assert by_event["connection closed"]["messages"] == 1
     assert by_event["command rejected"]["reply"] == "452 4.5.3 Too many recipients"
+
+
+def test_example_pool_config_runs_the_example_worker_which_prints_each_email(
+    serve: Callable[..., ServeProcess], swaks: str
+) -> None:
+    settings = yaml.safe_load((ROOT / "examples" / "pool.yaml").read_text())
+    settings["server"]["command"] = f"python {ROOT / 'examples' / 'worker.py'}"
+    server = serve(**settings)
+    output = run_swaks(
+        swaks, server.port, "--header", "Subject: pooled", "--attach", f"@{ROOT / 'README.md'}"
+    )
+    assert "<-  250 2.0.0 OK: queued as" in output
+    server.terminate()
+    lines = [line for line in server.logs().splitlines() if "worker output" in line]
+    assert any("subject='pooled'" in line and "README.md" in line for line in lines), lines
+    assert all("pid=" in line for line in lines)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import enum
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
+from mailrunner.errors import BadAnswer
 from mailrunner.events import EmailEvent
+from mailrunner.pool.pool import WorkerPool
 
 
 class Outcome(enum.Enum):
@@ -39,3 +41,22 @@ class JsonLinesDelivery:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab") as handle:
             handle.write(line)
+
+
+class PoolDelivery:
+    """The legacy path: the session waits while a worker process handles the event."""
+
+    ANSWERS: ClassVar[dict[bytes, Outcome]] = {
+        b"CONTINUE": Outcome.ACCEPTED,
+        b"CLOSE": Outcome.ACCEPTED_CLOSE,
+    }
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self._pool = pool
+
+    async def deliver(self, event: EmailEvent) -> Outcome:
+        context, _ = await self._pool.exec(event.to_json())
+        outcome = self.ANSWERS.get(context)
+        if outcome is None:
+            raise BadAnswer(f"worker answered {context[:40]!r}, expected CONTINUE or CLOSE")
+        return outcome

@@ -1,0 +1,300 @@
+"""A read-only view of the EMAIL_RECEIVED event (version 1) for worker code.
+
+The server's own `mailrunner.events` uses pydantic, which a worker must not have to import; this
+module reads the same JSON with the standard library into frozen dataclasses. Field names
+follow the JSON, except `from`, which is a Python keyword and becomes `from_`. Unknown keys
+are ignored so that a newer server can add fields; a missing or mistyped field raises
+`EventError` naming its path (e.g. `message.from[0].email`).
+
+Captured AUTH passwords, raw message bytes and attachment contents are left out of reprs: the
+first must never reach a log, the others can be megabytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from mailrunner.worker.errors import EventError
+
+__all__ = ["Address", "Attachment", "Authentication", "Email", "Envelope", "Message"]
+
+EVENT_NAME = "EMAIL_RECEIVED"
+EVENT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One mailbox of a From/To/Cc/Reply-To header; `name` is "" when there is none."""
+
+    email: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the SMTP client said in MAIL FROM / RCPT TO / HELO, which may differ from headers."""
+
+    from_: str
+    """MAIL FROM address; "" for the null sender <>."""
+    to: tuple[str, ...]
+    helo: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """Captured SMTP AUTH. A cancelled or failed AUTH keeps what was received."""
+
+    attempted: bool
+    mechanism: str | None
+    username: str | None
+    password: str | None = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """The parsed message: decoded headers, bodies and, when enabled, the raw bytes."""
+
+    id: str | None
+    subject: str
+    from_: tuple[Address, ...]
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    reply_to: tuple[Address, ...]
+    headers: Mapping[str, tuple[str, ...]]
+    """Header name (case of its first occurrence) → values in order, unfolded and decoded."""
+    body: str
+    html_body: str
+    raw: bytes | None = field(repr=False)
+    """The exact bytes received; None unless the server runs with `smtp.include_raw`."""
+
+    def header(self, name: str) -> str | None:
+        """Return the first value of header `name`, matched case-insensitively, or None."""
+        wanted = name.lower()
+        for key, values in self.headers.items():
+            if key.lower() == wanted and values:
+                return values[0]
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One non-body MIME leaf; its bytes are inline (`content`) or in a file (`path`)."""
+
+    filename: str | None
+    content_type: str
+    size: int
+    content_id: str | None
+    inline: bool
+    content: bytes | None = field(repr=False)
+    path: str | None
+
+    def read(self) -> bytes:
+        """Return the attachment's bytes, wherever the server's storage mode put them."""
+        if self.content is not None:
+            return self.content
+        if self.path is not None:
+            with open(self.path, "rb") as stored:
+                return stored.read()
+        raise EventError(f"attachment {self.filename!r} has neither content nor path")
+
+
+@dataclass(frozen=True, slots=True)
+class Email:
+    """One accepted message, as delivered to a worker or carried by an `smtp.email` job."""
+
+    id: str
+    """Per-message UUID; also the job id on the jobs path."""
+    uuid: str
+    """Connection UUID: one connection may carry many messages."""
+    remote_addr: str
+    received_at: str
+    """ISO 8601 UTC timestamp, e.g. 2026-11-28T10:30:45.123Z."""
+    envelope: Envelope
+    authentication: Authentication | None
+    message: Message
+    attachments: tuple[Attachment, ...]
+    parse_errors: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Email:
+        """Read an EMAIL_RECEIVED version 1 event; raise `EventError` if it is not one."""
+        try:
+            decoded: object = json.loads(data)
+        except ValueError as exc:
+            raise EventError(f"event is not valid JSON: {exc}") from exc
+        return _read_email(_Fields(decoded, ""))
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+class _Fields:
+    """Typed access to one JSON object that names the field's path in every error."""
+
+    __slots__ = ("_data", "_path")
+
+    def __init__(self, data: object, path: str) -> None:
+        if not isinstance(data, dict):
+            raise EventError(f"{path or 'event'}: expected an object, got {_kind(data)}")
+        self._data: dict[str, object] = data
+        self._path = path
+
+    def where(self, key: str) -> str:
+        return f"{self._path}.{key}" if self._path else key
+
+    def get(self, key: str) -> object:
+        if key not in self._data:
+            raise EventError(f"{self.where(key)}: missing")
+        return self._data[key]
+
+    def text(self, key: str) -> str:
+        return _expect_text(self.get(key), self.where(key))
+
+    def optional_text(self, key: str) -> str | None:
+        value = self._data.get(key)
+        return None if value is None else _expect_text(value, self.where(key))
+
+    def number(self, key: str) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EventError(f"{self.where(key)}: expected an integer, got {_kind(value)}")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            raise EventError(f"{self.where(key)}: expected true or false, got {_kind(value)}")
+        return value
+
+    def items(self, key: str) -> Iterator[tuple[object, str]]:
+        """Yield each element of a JSON array with its path."""
+        value = self.get(key)
+        if not isinstance(value, list):
+            raise EventError(f"{self.where(key)}: expected an array, got {_kind(value)}")
+        for index, item in enumerate(value):
+            yield item, f"{self.where(key)}[{index}]"
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        return tuple(_expect_text(item, path) for item, path in self.items(key))
+
+    def child(self, key: str) -> _Fields:
+        return _Fields(self.get(key), self.where(key))
+
+    def optional_child(self, key: str) -> _Fields | None:
+        value = self._data.get(key)
+        return None if value is None else _Fields(value, self.where(key))
+
+    def optional_base64(self, key: str) -> bytes | None:
+        encoded = self.optional_text(key)
+        if encoded is None:
+            return None
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except binascii.Error as exc:
+            raise EventError(f"{self.where(key)}: invalid base64: {exc}") from exc
+
+    def raw_items(self) -> Iterator[tuple[str, object]]:
+        return iter(self._data.items())
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _expect_text(value: object, path: str) -> str:
+    if not isinstance(value, str):
+        raise EventError(f"{path}: expected a string, got {_kind(value)}")
+    return value
+
+
+def _read_email(fields: _Fields) -> Email:
+    if fields.text("event") != EVENT_NAME:
+        raise EventError(f"event: expected {EVENT_NAME!r}, got {fields.text('event')!r}")
+    if fields.number("version") != EVENT_VERSION:
+        raise EventError(
+            f"version: this SDK reads version {EVENT_VERSION}, got {fields.number('version')}"
+        )
+    auth = fields.optional_child("authentication")
+    return Email(
+        id=fields.text("id"),
+        uuid=fields.text("uuid"),
+        remote_addr=fields.text("remote_addr"),
+        received_at=fields.text("received_at"),
+        envelope=_read_envelope(fields.child("envelope")),
+        authentication=None if auth is None else _read_auth(auth),
+        message=_read_message(fields.child("message")),
+        attachments=tuple(
+            _read_attachment(_Fields(item, path)) for item, path in fields.items("attachments")
+        ),
+        parse_errors=tuple(_error_text(item) for item, _ in fields.items("parse_errors")),
+    )
+
+
+def _error_text(entry: object) -> str:
+    """Parse errors are strings; anything richer is kept as its JSON text, not dropped."""
+    return entry if isinstance(entry, str) else json.dumps(entry, ensure_ascii=False)
+
+
+def _read_envelope(fields: _Fields) -> Envelope:
+    return Envelope(
+        from_=fields.text("from"),
+        to=fields.texts("to"),
+        helo=fields.text("helo"),
+        size=fields.number("size"),
+    )
+
+
+def _read_auth(fields: _Fields) -> Authentication:
+    return Authentication(
+        attempted=fields.flag("attempted"),
+        mechanism=fields.optional_text("mechanism"),
+        username=fields.optional_text("username"),
+        password=fields.optional_text("password"),
+    )
+
+
+def _read_message(fields: _Fields) -> Message:
+    return Message(
+        id=fields.optional_text("id"),
+        subject=fields.text("subject"),
+        from_=_read_addresses(fields, "from"),
+        to=_read_addresses(fields, "to"),
+        cc=_read_addresses(fields, "cc"),
+        reply_to=_read_addresses(fields, "reply_to"),
+        headers=_read_headers(fields.child("headers")),
+        body=fields.text("body"),
+        html_body=fields.text("html_body"),
+        raw=fields.optional_base64("raw"),
+    )
+
+
+def _read_addresses(fields: _Fields, key: str) -> tuple[Address, ...]:
+    addresses = []
+    for item, path in fields.items(key):
+        address = _Fields(item, path)
+        addresses.append(
+            Address(email=address.text("email"), name=address.optional_text("name") or "")
+        )
+    return tuple(addresses)
+
+
+def _read_headers(fields: _Fields) -> Mapping[str, tuple[str, ...]]:
+    return MappingProxyType({name: fields.texts(name) for name, _ in fields.raw_items()})
+
+
+def _read_attachment(fields: _Fields) -> Attachment:
+    return Attachment(
+        filename=fields.optional_text("filename"),
+        content_type=fields.text("content_type"),
+        size=fields.number("size"),
+        content_id=fields.optional_text("content_id"),
+        inline=fields.flag("inline"),
+        content=fields.optional_base64("content"),
+        path=fields.optional_text("path"),
+    )

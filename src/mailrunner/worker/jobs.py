@@ -1,0 +1,264 @@
+"""Consume jobs on the jobs worker pool (`jobs.consume`): one task in, one answer out.
+
+Every task must be answered exactly once with `ack()`, `nack()` or `requeue()`; the server
+reads one answer frame per task. Delivery is at-least-once, so a task can arrive again after a
+crash or a lost lease: make handlers idempotent (the job id is stable; for `smtp.email` jobs it
+is the event id).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Final
+
+from mailrunner.worker.errors import EventError, ProtocolError, TaskAlreadyAnswered
+from mailrunner.worker.event import Email
+from mailrunner.worker.relay import Payload, Worker, require_mode, warn
+
+__all__ = ["EMAIL_JOB", "Consumer", "Task", "emails"]
+
+EMAIL_JOB: Final = "smtp.email"
+"""The job name the SMTP server gives every accepted message."""
+
+_ACK: Final = 2
+_NACK: Final = 3
+_REQUEUE: Final = 4
+_ANSWER_NAMES: Final = {_ACK: "ack", _NACK: "nack", _REQUEUE: "requeue"}
+
+Headers = dict[str, list[str]]
+
+
+class Task:
+    """One job leased to this worker, with the three ways to answer it."""
+
+    __slots__ = (
+        "_answer",
+        "_relay",
+        "attempts",
+        "driver",
+        "headers",
+        "id",
+        "name",
+        "payload",
+        "pipeline",
+    )
+
+    def __init__(
+        self,
+        relay: Worker,
+        *,
+        id: str,
+        name: str,
+        pipeline: str,
+        driver: str,
+        headers: Headers,
+        attempts: int,
+        payload: bytes,
+    ) -> None:
+        self._relay = relay
+        self._answer: str | None = None
+        self.id = id
+        self.name = name
+        self.pipeline = pipeline
+        self.driver = driver
+        self.headers = headers
+        # 1 on the first delivery; + 1 per nack with requeue, requeue or expired lease.
+        self.attempts = attempts
+        self.payload = payload
+
+    @classmethod
+    def from_payload(cls, relay: Worker, payload: Payload) -> Task:
+        """Build the task the server sent: JSON metadata in the context, job payload as body."""
+        meta = _read_meta(payload.context)
+        return cls(
+            relay,
+            id=_meta_text(meta, "id"),
+            name=_meta_text(meta, "job"),
+            pipeline=_meta_text(meta, "pipeline"),
+            driver=_meta_text(meta, "driver"),
+            headers=_meta_headers(meta),
+            attempts=_meta_int(meta, "attempts"),
+            payload=payload.body,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Task(id={self.id!r}, name={self.name!r}, pipeline={self.pipeline!r}, "
+            f"attempts={self.attempts}, payload=<{len(self.payload)} bytes>)"
+        )
+
+    @property
+    def answered(self) -> bool:
+        """True once ack, nack or requeue has been sent for this task."""
+        return self._answer is not None
+
+    def ack(self) -> None:
+        """The job is done: the driver deletes it."""
+        self._send(_ACK, {})
+
+    def nack(self, error: str, requeue: bool = True, delay: float = 0) -> None:
+        """The job failed with `error`.
+
+        With `requeue`, it is retried after `delay` seconds until the pipeline's `retries` are
+        used up; without, it goes straight to the pipeline's failed list.
+        """
+        self._send(_NACK, {"message": error, "requeue": requeue, "delay_seconds": _seconds(delay)})
+
+    def requeue(self, delay: float = 0, headers: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Put the job back to run again after `delay` seconds; this counts as an attempt.
+
+        `headers`, when given, replace the job's headers (e.g. to carry progress to the next
+        attempt); otherwise the job keeps `self.headers`.
+        """
+        new_headers = _copy_headers(self.headers if headers is None else headers)
+        self._send(
+            _REQUEUE, {"message": "", "delay_seconds": _seconds(delay), "headers": new_headers}
+        )
+
+    def email(self) -> Email:
+        """Return the email an `smtp.email` job carries; ValueError for any other job."""
+        if self.name != EMAIL_JOB:
+            raise ValueError(
+                f"task {self.id} is a {self.name!r} job; only {EMAIL_JOB!r} jobs carry an email"
+            )
+        return Email.from_json(self.payload)
+
+    def _send(self, kind: int, data: dict[str, object]) -> None:
+        if self._answer is not None:
+            raise TaskAlreadyAnswered(
+                f"task {self.id} was already answered with {self._answer}(); "
+                f"a task takes exactly one ack(), nack() or requeue(), "
+                f"so this {_ANSWER_NAMES[kind]}() was not sent"
+            )
+        self._answer = _ANSWER_NAMES[kind]
+        body = json.dumps({"type": kind, "data": data}, separators=(",", ":")).encode()
+        self._relay.respond(b"", body)
+
+
+class Consumer:
+    """Receives the tasks the server's jobs pool sends to this worker process.
+
+    Takes stdout for the relay (see `mailrunner.worker.relay`): print to stderr.
+    """
+
+    def __init__(self, worker: Worker | None = None) -> None:
+        require_mode("jobs", "Consumer")
+        self._relay = worker if worker is not None else Worker.from_stdio()
+        self._current: Task | None = None
+
+    def wait_task(self) -> Task | None:
+        """Block until the next task; None when the server asks this worker to stop.
+
+        A previous task that was left unanswered is nacked with requeue first: the server
+        would otherwise wait for its answer until the exec timeout.
+        """
+        self._settle_current()
+        while (payload := self._relay.wait_payload()) is not None:
+            task = self._read_task(payload)
+            if task is not None:
+                self._current = task
+                return task
+        return None
+
+    def __iter__(self) -> Iterator[Task]:
+        """Iterate over tasks until the server asks this worker to stop."""
+        while (task := self.wait_task()) is not None:
+            yield task
+
+    def _settle_current(self) -> None:
+        task, self._current = self._current, None
+        if task is not None and not task.answered:
+            warn(f"task {task.id} was not answered before the next wait_task(); nacking it")
+            task.nack("the worker did not answer this task", requeue=True)
+
+    def _read_task(self, payload: Payload) -> Task | None:
+        try:
+            return Task.from_payload(self._relay, payload)
+        except ProtocolError as exc:
+            warn(f"cannot read the job's metadata: {exc}")
+            self._relay.error(f"worker cannot read the job's metadata: {exc}")
+            return None
+
+
+def emails(consumer: Consumer) -> Iterator[tuple[Task, Email]]:
+    """Yield `(task, event)` for every `smtp.email` job; answer each task in the loop body.
+
+    Other jobs, and `smtp.email` jobs whose payload is not a valid event, are nacked without
+    requeue (retrying cannot fix them): they land in the pipeline's failed list, from which
+    they can be retried once a suitable worker is deployed.
+    """
+    for task in consumer:
+        event = _email_or_reject(task)
+        if event is not None:
+            yield task, event
+
+
+def _email_or_reject(task: Task) -> Email | None:
+    if task.name != EMAIL_JOB:
+        reason = f"this worker handles only {EMAIL_JOB!r} jobs, got {task.name!r}"
+    else:
+        try:
+            return task.email()
+        except EventError as exc:
+            reason = f"invalid {EMAIL_JOB} payload: {exc}"
+    warn(f"task {task.id}: {reason}; nacking without requeue")
+    task.nack(reason, requeue=False)
+    return None
+
+
+# --- wire helpers ---------------------------------------------------------------------------
+
+
+def _seconds(delay: float) -> int | float:
+    """Delays go out as whole numbers when they are whole, as RoadRunner's integer field."""
+    if isinstance(delay, bool) or not math.isfinite(delay) or delay < 0:
+        raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+    return int(delay) if float(delay).is_integer() else float(delay)
+
+
+def _copy_headers(headers: Mapping[str, Sequence[str]]) -> Headers:
+    copied: Headers = {}
+    for name, values in headers.items():
+        if isinstance(values, str):
+            raise TypeError(f"header {name!r}: values must be a list of strings, not one string")
+        copied[name] = [str(value) for value in values]
+    return copied
+
+
+def _read_meta(context: bytes) -> dict[str, object]:
+    try:
+        meta: object = json.loads(context)
+    except ValueError as exc:
+        raise ProtocolError(f"job context is not JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"job context must be a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _meta_text(meta: dict[str, object], key: str) -> str:
+    value = meta.get(key)
+    if not isinstance(value, str):
+        raise ProtocolError(f"job context: {key!r} must be a string, got {value!r}")
+    return value
+
+
+def _meta_int(meta: dict[str, object], key: str) -> int:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"job context: {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _meta_headers(meta: dict[str, object]) -> Headers:
+    """Headers are `{name: [values]}`; null or absent means none."""
+    value = meta.get("headers")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(values, list) and all(isinstance(item, str) for item in values)
+        for values in value.values()
+    ):
+        raise ProtocolError(f"job context: 'headers' must map names to lists of strings: {value!r}")
+    return {str(name): list(values) for name, values in value.items()}
