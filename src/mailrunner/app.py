@@ -13,8 +13,10 @@ from pathlib import Path
 
 import structlog
 
-from mailrunner.config import Config
+from mailrunner.config import Config, PoolConfig
 from mailrunner.errors import ConfigError
+from mailrunner.jobs.consumer import Consumers
+from mailrunner.jobs.service import JobsService
 from mailrunner.mime.attachments import (
     AttachmentStorage,
     CleanupTask,
@@ -42,6 +44,17 @@ class App:
         self._parse_executor = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="parse")
         self._cleanup: CleanupTask | None = None
         self.smtp_pool: WorkerPool | None = None
+        self.jobs = JobsService(config)
+        self.jobs_pool: WorkerPool | None = None
+        self.consumers: Consumers | None = None
+        if config.jobs.consume:
+            self.jobs_pool = WorkerPool(
+                "jobs",
+                config.jobs.pool,
+                self._command("jobs.pool", config.jobs.pool),
+                config.server.env,
+            )
+            self.consumers = Consumers(self.jobs, self.jobs_pool, config.jobs.shutdown_timeout)
         self.delivery = delivery or self._default_delivery()
         self.smtp = SmtpServer(config.smtp, self._handler(self._storage()))
 
@@ -49,14 +62,18 @@ class App:
         smtp = self.config.smtp
         if smtp.use_jobs:
             return JsonLinesDelivery(self.config.data_dir / "events.jsonl")
-        command = smtp.pool.command or self.config.server.command
-        if not command:
-            raise ConfigError(
-                ["smtp.pool.command: required when smtp.use_jobs is false (or set server.command)"],
-                self.source,
-            )
+        command = self._command("smtp.pool", smtp.pool)
         self.smtp_pool = WorkerPool("smtp", smtp.pool, command, self.config.server.env)
         return PoolDelivery(self.smtp_pool)
+
+    def _command(self, key: str, pool: PoolConfig) -> str | list[str]:
+        command = pool.command or self.config.server.command
+        if not command:
+            needed = "smtp.use_jobs is false" if key == "smtp.pool" else "jobs.consume is not empty"
+            raise ConfigError(
+                [f"{key}.command: required when {needed} (or set server.command)"], self.source
+            )
+        return command
 
     def _storage(self) -> AttachmentStorage:
         storage_config = self.config.smtp.attachment_storage
@@ -85,13 +102,27 @@ class App:
         log.info("configuration loaded", source=self.source)
         if self._cleanup is not None:
             self._cleanup.start()
-        if self.smtp_pool is not None:
-            await self.smtp_pool.start()
         try:
+            await self.jobs.start()
+            for pool in (self.smtp_pool, self.jobs_pool):
+                if pool is not None:
+                    await pool.start()
+            self._start_consumers()
             await self.smtp.start()
-        except OSError:
+        except BaseException:
             await self._stop_components()
             raise
+
+    def _start_consumers(self) -> None:
+        if self.consumers is None:
+            if self.jobs.list_pipelines():
+                log.info(
+                    "no consumer configured: jobs stay stored",
+                    hint="see them with: mailrunner jobs peek " + self.jobs.list_pipelines()[0],
+                )
+            return
+        for name in self.config.jobs.consume:
+            self.consumers.consume(self.jobs.pipeline(name))
         if isinstance(self.delivery, JsonLinesDelivery):
             log.info("events are appended as JSON lines", path=str(self.delivery.path))
 
@@ -101,8 +132,12 @@ class App:
         log.info("stopped")
 
     async def _stop_components(self) -> None:
-        if self.smtp_pool is not None:
-            await self.smtp_pool.stop()
+        if self.consumers is not None:
+            await self.consumers.stop()
+        for pool in (self.jobs_pool, self.smtp_pool):
+            if pool is not None:
+                await pool.stop()
+        await self.jobs.stop()
         if self._cleanup is not None:
             await self._cleanup.stop()
         self._parse_executor.shutdown(wait=True)

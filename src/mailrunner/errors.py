@@ -24,6 +24,7 @@ client::
     └── JobsError              a Jobs RPC call was refused
         ├── PipelineNotFound
         ├── PipelineConflict
+        ├── InvalidPipeline
         └── InvalidJob
 """
 
@@ -110,3 +111,7 @@ class PipelineConflict(JobsError):
 
 class InvalidJob(JobsError):
     """A job or its options are malformed."""
+
+
+class InvalidPipeline(JobsError):
+    """Pipeline settings or a request on a pipeline are not allowed."""

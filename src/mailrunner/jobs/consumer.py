@@ -1,0 +1,260 @@
+"""Consumers: lease jobs from consumed pipelines and run them on the jobs worker pool.
+
+Per pipeline, at most `prefetch` jobs are leased at a time (running or waiting for a free
+worker), and every lease is extended every third of the visibility timeout until the job is
+answered, so a long job is never handed to a second worker. The attempt limit and auto_ack
+are applied here, not in drivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from mailrunner.config import PipelineConfig
+from mailrunner.errors import DriverError, PoolError
+from mailrunner.jobs.driver import Lease
+from mailrunner.jobs.model import Headers
+from mailrunner.jobs.service import JobsService, Pipeline
+from mailrunner.pool.pool import WorkerPool
+
+log = structlog.get_logger("mailrunner.jobs")
+
+RESERVE_WAIT = 1.0
+DRIVER_RETRY_DELAY = 1.0
+
+ACK_TYPES = frozenset({0, 2})
+ERROR_TYPE, NACK_TYPE, REQUEUE_TYPE = 1, 3, 4
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A worker's verdict on one job."""
+
+    ack: bool
+    requeue: bool = True
+    delay: float = 0.0
+    message: str = ""
+    headers: Headers | None = None
+
+
+def parse_answer(body: bytes) -> Answer:
+    """Read `{"type": T, "data": {...}}`; anything unreadable is a failure, never an ack."""
+    try:
+        kind, data = _decode(body)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return Answer(ack=False, message=f"unreadable worker answer {body[:80]!r}: {error}")
+    if kind in ACK_TYPES:
+        return Answer(ack=True)
+    message = str(data.get("message", ""))
+    delay = float(data.get("delay_seconds") or 0)
+    if kind in (ERROR_TYPE, NACK_TYPE):
+        return Answer(
+            ack=False, requeue=bool(data.get("requeue", True)), delay=delay, message=message
+        )
+    if kind == REQUEUE_TYPE:
+        headers = data.get("headers")
+        return Answer(
+            ack=False, delay=delay, message=message or "requeued", headers=headers or None
+        )
+    return Answer(ack=False, message=f"unknown worker answer type {kind!r}")
+
+
+def _decode(body: bytes) -> tuple[int, dict[str, Any]]:
+    answer = json.loads(body)
+    kind = answer["type"]
+    data = answer.get("data") or {}
+    if not isinstance(data, dict) or not isinstance(kind, int) or isinstance(kind, bool):
+        raise TypeError(f"unexpected shapes: type={kind!r} data={data!r}")
+    return kind, data
+
+
+class PipelineConsumer:
+    """Keeps up to `prefetch` jobs of one pipeline in flight on the jobs pool."""
+
+    def __init__(self, pipeline: Pipeline, pool: WorkerPool, shutdown_timeout: float) -> None:
+        self.pipeline = pipeline
+        self._pool = pool
+        self._shutdown_timeout = shutdown_timeout
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def _settings(self) -> PipelineConfig:
+        return self.pipeline.settings
+
+    def start(self) -> None:
+        self.pipeline.consuming = True
+        self._loop_task = asyncio.create_task(
+            self._reserve_loop(), name=f"consume-{self.pipeline.name}"
+        )
+
+    async def stop(self) -> None:
+        """Stop leasing; let running jobs finish within shutdown_timeout, then give them back."""
+        self.pipeline.consuming = False
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._in_flight:
+            _, unfinished = await asyncio.wait(set(self._in_flight), timeout=self._shutdown_timeout)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+
+    async def _reserve_loop(self) -> None:
+        while True:
+            await self.pipeline.resumed.wait()
+            free = self._settings.prefetch - len(self._in_flight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                leases = await self.pipeline.driver.reserve(free, RESERVE_WAIT)
+            except DriverError as error:
+                log.error("cannot reserve jobs", pipeline=self.pipeline.name, error=str(error))
+                await asyncio.sleep(DRIVER_RETRY_DELAY)
+                continue
+            if self.pipeline.paused:
+                await asyncio.gather(*(lease.release() for lease in leases))
+                continue
+            for lease in leases:
+                self._track(self._handle(lease), f"job-{lease.job.id}")
+
+    def _track(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slot_freed.set()
+
+    async def _handle(self, lease: Lease) -> None:
+        extender = asyncio.create_task(self._keep_extended(lease))
+        try:
+            await self._run(lease)
+        except asyncio.CancelledError:
+            await asyncio.shield(_give_back(lease, "consumer stopped before the job finished"))
+            raise
+        except DriverError as error:
+            log.error(
+                "cannot settle job", pipeline=self.pipeline.name, id=lease.job.id, error=str(error)
+            )
+        finally:
+            extender.cancel()
+
+    async def _keep_extended(self, lease: Lease) -> None:
+        interval = self._settings.visibility_timeout / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await lease.extend()
+            except DriverError as error:
+                log.warning("cannot extend lease", id=lease.job.id, error=str(error))
+
+    async def _run(self, lease: Lease) -> None:
+        job = lease.job
+        retries = self._settings.retries
+        if lease.attempt > retries:
+            await self._fail(
+                lease, f"attempts exhausted: delivered {lease.attempt} times, retries is {retries}"
+            )
+            return
+        if job.options.auto_ack:
+            await lease.ack()
+        try:
+            _, body = await self._pool.exec(self._context(lease), job.payload)
+        except PoolError as error:
+            await self._settle(lease, Answer(ack=False, message=str(error)))
+            return
+        await self._settle(lease, parse_answer(body))
+
+    def _context(self, lease: Lease) -> bytes:
+        job = lease.job
+        context = {
+            "id": job.id,
+            "job": job.name,
+            "pipeline": self.pipeline.name,
+            "driver": self._settings.driver,
+            "headers": job.headers,
+            "attempts": lease.attempt,
+        }
+        return json.dumps(context).encode()
+
+    async def _settle(self, lease: Lease, answer: Answer) -> None:
+        job = lease.job
+        if job.options.auto_ack:
+            if not answer.ack:
+                log.warning(
+                    "auto-acked job failed",
+                    pipeline=self.pipeline.name,
+                    id=job.id,
+                    error=answer.message,
+                )
+            return
+        if answer.ack:
+            await lease.ack()
+            log.debug("job done", pipeline=self.pipeline.name, id=job.id, attempt=lease.attempt)
+        elif answer.requeue and lease.attempt < self._settings.retries:
+            await lease.nack(
+                requeue=True, delay=answer.delay, error=answer.message, headers=answer.headers
+            )
+            log.info(
+                "job requeued",
+                pipeline=self.pipeline.name,
+                id=job.id,
+                attempt=lease.attempt,
+                reason=answer.message,
+            )
+        else:
+            await self._fail(lease, answer.message)
+
+    async def _fail(self, lease: Lease, message: str) -> None:
+        await lease.nack(requeue=False, error=message)
+        log.warning(
+            "job failed",
+            pipeline=self.pipeline.name,
+            id=lease.job.id,
+            attempts=lease.attempt,
+            error=message,
+        )
+
+
+async def _give_back(lease: Lease, reason: str) -> None:
+    with contextlib.suppress(DriverError):
+        await lease.nack(requeue=True, error=reason)
+
+
+class Consumers:
+    """Every pipeline consumer of this process; the service asks it to add or drop one."""
+
+    def __init__(self, service: JobsService, pool: WorkerPool, shutdown_timeout: float) -> None:
+        self._service = service
+        self._pool = pool
+        self._shutdown_timeout = shutdown_timeout
+        self._consumers: dict[str, PipelineConsumer] = {}
+        service.consumers = self
+
+    def consume(self, pipeline: Pipeline) -> None:
+        consumer = PipelineConsumer(pipeline, self._pool, self._shutdown_timeout)
+        self._consumers[pipeline.name] = consumer
+        consumer.start()
+        log.info("consuming", pipeline=pipeline.name)
+
+    async def release(self, pipeline: Pipeline) -> None:
+        consumer = self._consumers.pop(pipeline.name, None)
+        if consumer is not None:
+            await consumer.stop()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(c.stop() for c in self._consumers.values()))
+        self._consumers.clear()

@@ -1,0 +1,101 @@
+"""The driver contract: one pipeline's storage, in two small abstract classes.
+
+A driver only stores, leases and acknowledges. Pause and resume, the attempt limit,
+auto_ack, metrics and logs live in the service and the consumer, so every driver behaves the
+same above this line. `tests/jobs/contract.py` is the executable form of these docstrings.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, QueueStat
+
+
+class Lease(ABC):
+    """One delivery of a job to one consumer, valid until the visibility timeout runs out.
+
+    Once a lease has expired, its job may be delivered again; ack, nack and extend on an
+    expired lease whose job was delivered again are no-ops (at-least-once: a duplicate run,
+    never a lost job).
+    """
+
+    job: Job
+    attempt: int
+    """1 on the first delivery; each nack with requeue or lease expiry adds one."""
+
+    @abstractmethod
+    async def extend(self) -> None:
+        """Push the lease's expiry a full visibility timeout forward from now."""
+
+    @abstractmethod
+    async def ack(self) -> None:
+        """Remove the job for good. Idempotent."""
+
+    @abstractmethod
+    async def release(self) -> None:
+        """Give the job back untouched, due now, as if this delivery never happened (the
+        attempt is not counted): for jobs leased just as their pipeline was paused."""
+
+    @abstractmethod
+    async def nack(
+        self, *, requeue: bool, delay: float = 0.0, error: str = "", headers: Headers | None = None
+    ) -> None:
+        """Give the job back: due again after `delay` seconds, or, without `requeue`, moved
+        to the failed list with `error` and its attempt count. `headers`, when given,
+        replace the job's headers (RoadRunner's requeue)."""
+
+
+class Driver(ABC):
+    """Storage for one pipeline. Built with its settings; `open` connects."""
+
+    capabilities: Capabilities
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, declare what the broker needs, and make expired leases available again."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Disconnect. Idempotent; unacked leases stay recoverable after their expiry."""
+
+    @abstractmethod
+    async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
+        """Store `jobs` (all or nothing) and return only when they are durable.
+
+        `deadline` is a `time.monotonic()` instant: a job that is not stored by then is never
+        stored afterwards, and PushTimeout is raised. A job id already stored is not stored
+        twice when `capabilities.idempotent_push`. Concurrent calls may share a transaction.
+        """
+
+    @abstractmethod
+    async def reserve(self, limit: int, wait: float) -> list[Lease]:
+        """Lease up to `limit` due jobs, lowest priority number first, then oldest first.
+
+        Waits up to `wait` seconds for a job to become due; returns [] then, never later.
+        """
+
+    @abstractmethod
+    async def stat(self) -> QueueStat:
+        """Counts of queued (due, not leased), delayed, reserved and failed jobs."""
+
+    @abstractmethod
+    async def peek(self, limit: int) -> list[Job]:
+        """Up to `limit` stored jobs in the order they would be served, without leasing."""
+
+    @abstractmethod
+    async def failed(self, limit: int) -> list[FailedJob]:
+        """Up to `limit` jobs of the failed list, oldest failure first."""
+
+    @abstractmethod
+    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
+        """Make failed jobs (all, or those in `ids`) due again with attempts reset; how many."""
+
+    @abstractmethod
+    async def purge_failed(self, ids: Sequence[str] | None = None) -> int:
+        """Delete failed jobs (all, or those in `ids`); returns how many went."""
+
+    @abstractmethod
+    async def destroy(self) -> None:
+        """Delete every job of this pipeline, the failed list included."""

@@ -1,0 +1,205 @@
+"""The in-process driver: a priority and delay queue in memory.
+
+Not durable: jobs live as long as the process. Useful for tests and for developers who
+consume in the same process; its stat and capabilities say `durable: false`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from mailrunner.config import MemoryPipeline
+from mailrunner.errors import PushTimeout
+from mailrunner.jobs.driver import Driver, Lease
+from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, QueueStat
+
+_ORDER = itertools.count()
+
+
+@dataclass(slots=True)
+class _Entry:
+    job: Job
+    due_at: float
+    order: int = field(default_factory=lambda: next(_ORDER))
+    attempts: int = 0
+    token: str | None = None
+    failed: FailedJob | None = None
+
+    def leased(self, now: float) -> bool:
+        return self.token is not None and self.due_at > now
+
+    def key(self) -> tuple[int, int]:
+        return (self.job.options.priority, self.order)
+
+
+class MemoryLease(Lease):
+    def __init__(self, driver: MemoryDriver, entry: _Entry) -> None:
+        self._driver = driver
+        self._token = entry.token
+        self.job = entry.job
+        self.attempt = entry.attempts
+
+    def _current(self) -> _Entry | None:
+        entry = self._driver.entries.get(self.job.id)
+        return entry if entry is not None and entry.token == self._token else None
+
+    async def extend(self) -> None:
+        entry = self._current()
+        if entry is not None:
+            entry.due_at = time.monotonic() + self._driver.visibility_timeout
+
+    async def ack(self) -> None:
+        if self._current() is not None:
+            del self._driver.entries[self.job.id]
+
+    async def release(self) -> None:
+        entry = self._current()
+        if entry is not None:
+            entry.token = None
+            entry.attempts -= 1
+            entry.due_at = time.monotonic()
+            await self._driver.notify()
+
+    async def nack(
+        self, *, requeue: bool, delay: float = 0.0, error: str = "", headers: Headers | None = None
+    ) -> None:
+        entry = self._current()
+        if entry is None:
+            return
+        if headers is not None:
+            entry.job = replace(entry.job, headers=headers)
+        entry.token = None
+        if requeue:
+            entry.due_at = time.monotonic() + delay
+            await self._driver.notify()
+        else:
+            entry.failed = FailedJob(entry.job, error, entry.attempts, time.time())
+
+
+class MemoryDriver(Driver):
+    """Jobs in a dict; a reserve scans for the best due job (fine for in-process volumes)."""
+
+    capabilities = Capabilities(
+        durable=False, idempotent_push=True, atomic_batch=True, priority=True, delay=True, peek=True
+    )
+
+    def __init__(self, name: str, settings: MemoryPipeline, data_dir: Path) -> None:
+        self.name = name
+        self.visibility_timeout = settings.visibility_timeout
+        self.entries: dict[str, _Entry] = {}
+        self._changed = asyncio.Condition()
+
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to disconnect; jobs stay in this object."""
+
+    async def notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
+        now = time.monotonic()
+        if now >= deadline:
+            raise PushTimeout(f"pipeline {self.name}: push deadline passed before storing")
+        for job in jobs:
+            if job.id not in self.entries:
+                self.entries[job.id] = _Entry(job, now + job.options.delay)
+        await self.notify()
+
+    def _due(self, now: float) -> list[_Entry]:
+        return sorted(
+            (e for e in self.entries.values() if e.failed is None and e.due_at <= now),
+            key=_Entry.key,
+        )
+
+    def _lease(self, limit: int) -> list[Lease]:
+        now = time.monotonic()
+        leases: list[Lease] = []
+        for entry in self._due(now)[:limit]:
+            entry.attempts += 1
+            entry.token = uuid.uuid4().hex
+            entry.due_at = now + self.visibility_timeout
+            leases.append(MemoryLease(self, entry))
+        return leases
+
+    def _next_due_in(self, now: float) -> float | None:
+        pending = [e.due_at - now for e in self.entries.values() if e.failed is None]
+        return max(0.0, min(pending)) if pending else None
+
+    async def reserve(self, limit: int, wait: float) -> list[Lease]:
+        give_up = time.monotonic() + wait
+        while True:
+            leases = self._lease(limit)
+            now = time.monotonic()
+            if leases or now >= give_up:
+                return leases
+            pause = give_up - now
+            next_due = self._next_due_in(now)
+            if next_due is not None:
+                pause = min(pause, next_due + 0.001)
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), pause)
+
+    async def stat(self) -> QueueStat:
+        now = time.monotonic()
+        queued = delayed = reserved = failed = 0
+        for entry in self.entries.values():
+            if entry.failed is not None:
+                failed += 1
+            elif entry.leased(now):
+                reserved += 1
+            elif entry.due_at > now:
+                delayed += 1
+            else:
+                queued += 1
+        return QueueStat(queued=queued, delayed=delayed, reserved=reserved, failed=failed)
+
+    async def peek(self, limit: int) -> list[Job]:
+        waiting = sorted(
+            (e for e in self.entries.values() if e.failed is None and e.token is None),
+            key=lambda e: (e.due_at > time.monotonic(), *e.key()),
+        )
+        return [e.job for e in waiting[:limit]]
+
+    async def failed(self, limit: int) -> list[FailedJob]:
+        failed = sorted(
+            (e.failed for e in self.entries.values() if e.failed is not None),
+            key=lambda f: f.failed_at,
+        )
+        return failed[:limit]
+
+    def _failed_entries(self, ids: Sequence[str] | None) -> list[_Entry]:
+        wanted = None if ids is None else set(ids)
+        return [
+            e
+            for e in self.entries.values()
+            if e.failed is not None and (wanted is None or e.job.id in wanted)
+        ]
+
+    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
+        entries = self._failed_entries(ids)
+        for entry in entries:
+            entry.failed = None
+            entry.attempts = 0
+            entry.due_at = time.monotonic()
+        await self.notify()
+        return len(entries)
+
+    async def purge_failed(self, ids: Sequence[str] | None = None) -> int:
+        entries = self._failed_entries(ids)
+        for entry in entries:
+            del self.entries[entry.job.id]
+        return len(entries)
+
+    async def destroy(self) -> None:
+        self.entries.clear()

@@ -1,0 +1,470 @@
+"""The embedded, durable driver: one SQLite file in WAL mode with synchronous=FULL.
+
+Every SQLite call runs on the driver's own thread, never on the event loop. Concurrent
+pushes are group-committed: whatever arrived while the previous transaction was being
+written goes into the next one, and each push returns after the commit that holds it.
+A push whose deadline passes before its transaction gets the write lock is dropped, never
+written later: that is what lets the SMTP side answer 451 honestly.
+
+Schema (table `jobs`, one row per job, shared by every pipeline in the file):
+
+    seq          INTEGER PRIMARY KEY   push order (FIFO among equal priorities)
+    pipeline     TEXT                  pipeline name; (pipeline, id) is UNIQUE
+    id, name     TEXT                  job id and name
+    payload      BLOB                  job payload
+    headers      TEXT                  JSON object of string lists
+    priority     INTEGER               lower first
+    auto_ack     INTEGER               0 or 1
+    available_at REAL                  unix time the job is due; while leased, the lease expiry
+    lease        TEXT                  token of the current lease; NULL when not leased
+    attempts     INTEGER               deliveries so far
+    failed_at    REAL                  NULL, or when the job entered the failed list
+    last_error   TEXT                  error of the last failed attempt
+    created_at   REAL                  unix time of the push
+
+A job is queued when `failed_at IS NULL AND available_at <= now`, reserved when `lease IS NOT
+NULL AND available_at > now`, delayed when `lease IS NULL AND available_at > now`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailrunner.config import SqlitePipeline
+from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
+from mailrunner.jobs.driver import Driver, Lease
+from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq          INTEGER PRIMARY KEY,
+    pipeline     TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    name         TEXT    NOT NULL,
+    payload      BLOB    NOT NULL,
+    headers      TEXT    NOT NULL,
+    priority     INTEGER NOT NULL,
+    auto_ack     INTEGER NOT NULL,
+    available_at REAL    NOT NULL,
+    lease        TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    failed_at    REAL,
+    last_error   TEXT    NOT NULL DEFAULT '',
+    created_at   REAL    NOT NULL,
+    UNIQUE (pipeline, id)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_pipeline ON jobs (pipeline, failed_at, priority, seq);
+"""
+_JOB_COLUMNS = "id, name, payload, headers, priority, auto_ack"
+_IDLE_POLL = 0.25
+"""How often an idle reserve looks for jobs pushed by other processes into the same file."""
+
+
+@dataclass(slots=True, eq=False)
+class _PendingPush:
+    jobs: Sequence[Job]
+    deadline: float
+    future: asyncio.Future[None] = field(repr=False)
+
+    def expired(self) -> bool:
+        return self.future.cancelled() or time.monotonic() >= self.deadline
+
+
+class SqliteLease(Lease):
+    def __init__(self, driver: SqliteDriver, job: Job, attempt: int, token: str) -> None:
+        self._driver = driver
+        self._token = token
+        self.job = job
+        self.attempt = attempt
+
+    async def extend(self) -> None:
+        await self._driver.update_lease(
+            self.job.id,
+            self._token,
+            "available_at = ?",
+            time.time() + self._driver.visibility_timeout,
+        )
+
+    async def ack(self) -> None:
+        await self._driver.delete_leased(self.job.id, self._token)
+
+    async def release(self) -> None:
+        await self._driver.update_lease(
+            self.job.id,
+            self._token,
+            "available_at = ?, lease = NULL, attempts = attempts - 1",
+            time.time(),
+        )
+
+    async def nack(
+        self, *, requeue: bool, delay: float = 0.0, error: str = "", headers: Headers | None = None
+    ) -> None:
+        new_headers = json.dumps(headers if headers is not None else self.job.headers)
+        if requeue:
+            await self._driver.update_lease(
+                self.job.id,
+                self._token,
+                "available_at = ?, lease = NULL, last_error = ?, headers = ?",
+                time.time() + delay,
+                error,
+                new_headers,
+            )
+        else:
+            await self._driver.update_lease(
+                self.job.id,
+                self._token,
+                "failed_at = ?, lease = NULL, last_error = ?, headers = ?",
+                time.time(),
+                error,
+                new_headers,
+            )
+
+
+class SqliteDriver(Driver):
+    """One pipeline's rows in a SQLite file (`config.path`, default `<data_dir>/jobs.db`)."""
+
+    capabilities = Capabilities(
+        durable=True, idempotent_push=True, atomic_batch=True, priority=True, delay=True, peek=True
+    )
+
+    def __init__(
+        self, name: str, settings: SqlitePipeline, data_dir: Path, *, max_batch: int = 1000
+    ) -> None:
+        self.name = name
+        self.path = settings.config.path or data_dir / "jobs.db"
+        self.visibility_timeout = settings.visibility_timeout
+        self.commits = 0
+        self._max_batch = max_batch
+        self._executor: ThreadPoolExecutor | None = None
+        self._connection: sqlite3.Connection | None = None
+        self._pending: list[_PendingPush] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    # --- the driver thread -------------------------------------------------------------------
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise DriverUnavailable(f"pipeline {self.name}: the sqlite driver is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, function, *args)
+        except sqlite3.Error as error:
+            raise DriverError(f"pipeline {self.name} ({self.path}): {error}") from error
+
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise DriverUnavailable(f"pipeline {self.name}: the sqlite driver is not open")
+        return self._connection
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.executescript(SCHEMA)
+        self._connection = connection
+
+    def _close_sync(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def open(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-{self.name}")
+        try:
+            await self._run(self._open_sync)
+        except (DriverError, OSError) as error:
+            raise DriverUnavailable(
+                f"pipeline {self.name}: cannot open {self.path}: {error}"
+            ) from error
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        if self._committer is not None:
+            with contextlib.suppress(Exception):
+                await self._committer
+        await self._run(self._close_sync)
+        executor, self._executor = self._executor, None
+        await asyncio.to_thread(executor.shutdown, wait=True)
+
+    # --- push: group commit ------------------------------------------------------------------
+
+    async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
+        if time.monotonic() >= deadline:
+            raise PushTimeout(f"pipeline {self.name}: push deadline passed before storing")
+        pending = _PendingPush(jobs, deadline, asyncio.get_running_loop().create_future())
+        self._pending.append(pending)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(
+                self._commit_pending(), name=f"{self.name}-commit"
+            )
+        await pending.future
+
+    async def _commit_pending(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: len(batch)]
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_PendingPush]) -> None:
+        while batch := self._drop_expired(batch):
+            try:
+                stored = await self._run(self._write_sync, batch)
+            except DriverError as error:
+                _settle(batch, error)
+                return
+            if stored is None:
+                continue
+            self.commits += 1
+            written = set(stored)
+            _settle(stored, None)
+            self._drop_expired([p for p in batch if p not in written])
+            self._changed.set()
+            return
+
+    def _drop_expired(self, batch: list[_PendingPush]) -> list[_PendingPush]:
+        expired = [p for p in batch if p.expired()]
+        if not expired:
+            return batch
+        _settle(expired, PushTimeout(f"pipeline {self.name}: not stored before the push deadline"))
+        gone = set(expired)
+        return [p for p in batch if p not in gone]
+
+    def _write_sync(self, batch: list[_PendingPush]) -> list[_PendingPush] | None:
+        """Write the batch in one transaction; None if the write lock was not had in time."""
+        db = self._db()
+        wait = min(p.deadline for p in batch) - time.monotonic()
+        db.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                return None
+            raise
+        try:
+            stored = [p for p in batch if not p.expired()]
+            now = time.time()
+            db.executemany(
+                "INSERT OR IGNORE INTO jobs (pipeline, id, name, payload, headers, priority,"
+                " auto_ack, available_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_row(self.name, job, now) for push in stored for job in push.jobs],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return stored
+
+    # --- reserve and leases ------------------------------------------------------------------
+
+    def _reserve_sync(self, limit: int) -> list[SqliteLease]:
+        db = self._db()
+        now = time.time()
+        db.execute("PRAGMA busy_timeout = 1000")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute(
+                f"SELECT seq, attempts, {_JOB_COLUMNS} FROM jobs WHERE pipeline = ? AND"
+                " failed_at IS NULL AND available_at <= ? ORDER BY priority, seq LIMIT ?",
+                (self.name, now, limit),
+            ).fetchall()
+            leases = []
+            for seq, attempts, *job_columns in rows:
+                token = uuid.uuid4().hex
+                db.execute(
+                    "UPDATE jobs SET attempts = attempts + 1, lease = ?, available_at = ?"
+                    " WHERE seq = ?",
+                    (token, now + self.visibility_timeout, seq),
+                )
+                leases.append(SqliteLease(self, _job(self.name, job_columns), attempts + 1, token))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return leases
+
+    def _next_due_sync(self) -> float | None:
+        row = (
+            self._db()
+            .execute(
+                "SELECT MIN(available_at) FROM jobs WHERE pipeline = ? AND failed_at IS NULL",
+                (self.name,),
+            )
+            .fetchone()
+        )
+        return None if row[0] is None else float(row[0])
+
+    async def reserve(self, limit: int, wait: float) -> list[Lease]:
+        give_up = time.monotonic() + wait
+        while True:
+            self._changed.clear()
+            try:
+                leases: list[Lease] = list(await self._run(self._reserve_sync, limit))
+            except DriverError as error:
+                if "locked" not in str(error):
+                    raise
+                leases = []
+            remaining = give_up - time.monotonic()
+            if leases or remaining <= 0:
+                return leases
+            pause = min(remaining, _IDLE_POLL)
+            next_due = await self._run(self._next_due_sync)
+            if next_due is not None:
+                pause = min(pause, max(0.0, next_due - time.time()) + 0.001)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), pause)
+
+    async def update_lease(self, job_id: str, token: str, assignments: str, *values: Any) -> None:
+        """Change a leased job, only if the lease is still the current one."""
+        await self._run(
+            self._execute_sync,
+            f"UPDATE jobs SET {assignments} WHERE pipeline = ? AND id = ? AND lease = ?",
+            (*values, self.name, job_id, token),
+        )
+        self._changed.set()
+
+    async def delete_leased(self, job_id: str, token: str) -> None:
+        await self._run(
+            self._execute_sync,
+            "DELETE FROM jobs WHERE pipeline = ? AND id = ? AND lease = ?",
+            (self.name, job_id, token),
+        )
+
+    def _execute_sync(self, statement: str, values: Sequence[Any]) -> int:
+        db = self._db()
+        db.execute("PRAGMA busy_timeout = 5000")
+        return db.execute(statement, values).rowcount
+
+    # --- inspection and the failed list ------------------------------------------------------
+
+    def _stat_sync(self) -> QueueStat:
+        row = (
+            self._db()
+            .execute(
+                "SELECT"
+                " TOTAL(failed_at IS NULL AND available_at <= :now),"
+                " TOTAL(failed_at IS NULL AND lease IS NULL AND available_at > :now),"
+                " TOTAL(failed_at IS NULL AND lease IS NOT NULL AND available_at > :now),"
+                " TOTAL(failed_at IS NOT NULL)"
+                " FROM jobs WHERE pipeline = :pipeline",
+                {"now": time.time(), "pipeline": self.name},
+            )
+            .fetchone()
+        )
+        queued, delayed, reserved, failed = (int(count) for count in row)
+        return QueueStat(queued=queued, delayed=delayed, reserved=reserved, failed=failed)
+
+    async def stat(self) -> QueueStat:
+        return await self._run(self._stat_sync)
+
+    def _peek_sync(self, limit: int) -> list[Job]:
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE pipeline = ? AND failed_at IS NULL"
+                " AND (lease IS NULL OR available_at <= ?)"
+                " ORDER BY available_at > ?, priority, seq LIMIT ?",
+                (self.name, now := time.time(), now, limit),
+            )
+            .fetchall()
+        )
+        return [_job(self.name, row) for row in rows]
+
+    async def peek(self, limit: int) -> list[Job]:
+        return await self._run(self._peek_sync, limit)
+
+    def _failed_sync(self, limit: int) -> list[FailedJob]:
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT last_error, attempts, failed_at, {_JOB_COLUMNS} FROM jobs"
+                " WHERE pipeline = ? AND failed_at IS NOT NULL ORDER BY failed_at, seq LIMIT ?",
+                (self.name, limit),
+            )
+            .fetchall()
+        )
+        return [FailedJob(_job(self.name, row[3:]), row[0], row[1], row[2]) for row in rows]
+
+    async def failed(self, limit: int) -> list[FailedJob]:
+        return await self._run(self._failed_sync, limit)
+
+    def _change_failed_sync(self, action: str, ids: Sequence[str] | None) -> int:
+        where = "pipeline = ? AND failed_at IS NOT NULL"
+        values: list[Any] = [self.name]
+        if ids is not None:
+            where += f" AND id IN ({', '.join('?' * len(ids))})"
+            values += list(ids)
+        if action == "retry":
+            statement = (
+                "UPDATE jobs SET failed_at = NULL, attempts = 0, lease = NULL, available_at = ?"
+                f" WHERE {where}"
+            )
+            values.insert(0, time.time())
+        else:
+            statement = f"DELETE FROM jobs WHERE {where}"
+        return self._execute_sync(statement, values)
+
+    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
+        if ids is not None and not ids:
+            return 0
+        count = await self._run(self._change_failed_sync, "retry", ids)
+        self._changed.set()
+        return count
+
+    async def purge_failed(self, ids: Sequence[str] | None = None) -> int:
+        if ids is not None and not ids:
+            return 0
+        return await self._run(self._change_failed_sync, "purge", ids)
+
+    async def destroy(self) -> None:
+        await self._run(self._execute_sync, "DELETE FROM jobs WHERE pipeline = ?", (self.name,))
+
+
+def _settle(batch: Sequence[_PendingPush], error: BaseException | None) -> None:
+    for pending in batch:
+        if pending.future.done():
+            continue
+        if error is None:
+            pending.future.set_result(None)
+        else:
+            pending.future.set_exception(error)
+
+
+def _row(pipeline: str, job: Job, now: float) -> tuple[Any, ...]:
+    return (
+        pipeline,
+        job.id,
+        job.name,
+        job.payload,
+        json.dumps(job.headers),
+        job.options.priority,
+        int(job.options.auto_ack),
+        now + job.options.delay,
+        now,
+    )
+
+
+def _job(pipeline: str, columns: Sequence[Any]) -> Job:
+    job_id, name, payload, headers, priority, auto_ack = columns
+    return Job(
+        id=job_id,
+        name=name,
+        payload=bytes(payload),
+        options=JobOptions(pipeline=pipeline, priority=priority, auto_ack=bool(auto_ack)),
+        headers=json.loads(headers),
+    )

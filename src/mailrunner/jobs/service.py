@@ -1,0 +1,247 @@
+"""The Jobs RPC interface: pipelines and every call made on them, in process.
+
+The SMTP side pushes through this, the management API exposes it 1:1, and consumers read
+pause state from it. Drivers only store; validation, the pipeline's default priority and
+pause/resume live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from mailrunner.config import Config, PipelineConfig, SqlitePipeline
+from mailrunner.errors import (
+    DriverError,
+    InvalidJob,
+    InvalidPipeline,
+    PipelineConflict,
+    PipelineNotFound,
+)
+from mailrunner.jobs.driver import Driver
+from mailrunner.jobs.drivers import build_driver
+from mailrunner.jobs.model import FailedJob, Job, PipelineStat, PushResult
+
+log = structlog.get_logger("mailrunner.jobs")
+
+DEFAULT_PUSH_TIMEOUT = 5.0
+
+
+@dataclass(eq=False)
+class Pipeline:
+    """A named queue: its settings, its open driver, and whether it is paused or consumed."""
+
+    name: str
+    settings: PipelineConfig
+    driver: Driver
+    declared_at_runtime: bool
+    resumed: asyncio.Event = field(default_factory=asyncio.Event)
+    consuming: bool = False
+
+    @property
+    def paused(self) -> bool:
+        return not self.resumed.is_set()
+
+
+class ConsumerControl(Protocol):
+    """What the service asks of the consumers when pipelines come and go at run time."""
+
+    def consume(self, pipeline: Pipeline) -> None: ...
+
+    async def release(self, pipeline: Pipeline) -> None: ...
+
+
+class JobsService:
+    """Push, PushBatch, Pause, Resume, List, Declare, Destroy, Stat, Peek and the failed list."""
+
+    def __init__(self, config: Config) -> None:
+        self._data_dir = config.data_dir
+        self._configured = config.jobs.pipelines
+        self._pipelines: dict[str, Pipeline] = {}
+        self.consumers: ConsumerControl | None = None
+
+    async def start(self) -> None:
+        """Open the pipelines of the configuration; a driver that cannot open stops start-up."""
+        for name, settings in self._configured.items():
+            await self._attach(name, settings, runtime=False)
+
+    async def stop(self) -> None:
+        for pipeline in list(self._pipelines.values()):
+            await pipeline.driver.close()
+        self._pipelines.clear()
+
+    async def _attach(self, name: str, settings: PipelineConfig, *, runtime: bool) -> Pipeline:
+        driver = build_driver(name, settings, self._data_dir)
+        await driver.open()
+        pipeline = Pipeline(name, settings, driver, runtime)
+        pipeline.resumed.set()
+        self._pipelines[name] = pipeline
+        log.info("pipeline ready", pipeline=name, driver=settings.driver)
+        return pipeline
+
+    def pipeline(self, name: str) -> Pipeline:
+        try:
+            return self._pipelines[name]
+        except KeyError:
+            known = ", ".join(sorted(self._pipelines)) or "none"
+            raise PipelineNotFound(f"unknown pipeline {name!r} (declared: {known})") from None
+
+    # --- push --------------------------------------------------------------------------------
+
+    def _prepared(self, job: Job, pipeline: Pipeline) -> Job:
+        """Check a job and give it the pipeline's priority when it has none."""
+        problems = []
+        if not job.id:
+            problems.append("id must not be empty")
+        if not job.name:
+            problems.append("job name must not be empty")
+        if job.options.priority < 0:
+            problems.append("priority must be >= 0")
+        if job.options.delay < 0:
+            problems.append("delay must be >= 0")
+        limit = pipeline.driver.capabilities.max_payload
+        if limit is not None and len(job.payload) > limit:
+            problems.append(f"payload of {len(job.payload)} bytes is over the driver's {limit}")
+        if problems:
+            raise InvalidJob(f"job {job.id!r}: {'; '.join(problems)}")
+        if job.options.priority:
+            return job
+        options = job.options.__class__(
+            pipeline=job.options.pipeline,
+            priority=pipeline.settings.priority,
+            delay=job.options.delay,
+            auto_ack=job.options.auto_ack,
+        )
+        return Job(job.id, job.name, job.payload, options, job.headers)
+
+    async def push(self, job: Job, *, push_timeout: float = DEFAULT_PUSH_TIMEOUT) -> None:
+        """Return once the job is stored (durably where the driver is); raise otherwise."""
+        pipeline = self.pipeline(job.options.pipeline)
+        prepared = self._prepared(job, pipeline)
+        await pipeline.driver.push([prepared], deadline=time.monotonic() + push_timeout)
+
+    async def push_batch(
+        self, jobs: Sequence[Job], *, push_timeout: float = DEFAULT_PUSH_TIMEOUT
+    ) -> list[PushResult]:
+        """All or nothing per pipeline where the driver batches atomically, else per job."""
+        deadline = time.monotonic() + push_timeout
+        by_pipeline: dict[str, list[Job]] = {}
+        for job in jobs:
+            pipeline = self.pipeline(job.options.pipeline)
+            by_pipeline.setdefault(pipeline.name, []).append(self._prepared(job, pipeline))
+        results: list[PushResult] = []
+        for name, group in by_pipeline.items():
+            driver = self._pipelines[name].driver
+            if driver.capabilities.atomic_batch:
+                await driver.push(group, deadline=deadline)
+                results += [PushResult(job.id) for job in group]
+            else:
+                results += await asyncio.gather(*(_push_one(driver, j, deadline) for j in group))
+        return results
+
+    # --- pipelines ---------------------------------------------------------------------------
+
+    def list_pipelines(self) -> list[str]:
+        return sorted(self._pipelines)
+
+    async def pause(self, name: str) -> None:
+        self.pipeline(name).resumed.clear()
+        log.info("pipeline paused", pipeline=name)
+
+    async def resume(self, name: str) -> None:
+        self.pipeline(name).resumed.set()
+        log.info("pipeline resumed", pipeline=name)
+
+    async def declare(self, name: str, settings: PipelineConfig, *, consume: bool = False) -> bool:
+        """Add a pipeline at run time (not persisted); True if it was new.
+
+        The same settings again succeed; other settings for an existing name conflict.
+        """
+        existing = self._pipelines.get(name)
+        if existing is not None:
+            if existing.settings != settings:
+                raise PipelineConflict(f"pipeline {name!r} exists with other settings")
+            new = False
+            pipeline = existing
+        else:
+            self._check_runtime_path(name, settings)
+            pipeline = await self._attach(name, settings, runtime=True)
+            new = True
+        if consume and not pipeline.consuming and self.consumers is not None:
+            self.consumers.consume(pipeline)
+        return new
+
+    def _check_runtime_path(self, name: str, settings: PipelineConfig) -> None:
+        if not isinstance(settings, SqlitePipeline) or settings.config.path is None:
+            return
+        data_dir = self._data_dir.resolve()
+        path = Path(settings.config.path).resolve()
+        if not path.is_relative_to(data_dir):
+            raise InvalidPipeline(
+                f"pipeline {name!r}: a sqlite path declared at run time must lie under"
+                f" data_dir ({data_dir}), not {path}"
+            )
+
+    async def destroy(self, name: str, *, purge: bool = False) -> None:
+        """Detach a pipeline; its stored jobs stay unless `purge`."""
+        pipeline = self.pipeline(name)
+        if pipeline.consuming and self.consumers is not None:
+            await self.consumers.release(pipeline)
+        del self._pipelines[name]
+        try:
+            if purge:
+                await pipeline.driver.destroy()
+        finally:
+            await pipeline.driver.close()
+        log.info("pipeline destroyed", pipeline=name, purged=purge)
+
+    # --- inspection --------------------------------------------------------------------------
+
+    async def stat(self, name: str) -> PipelineStat:
+        pipeline = self.pipeline(name)
+        counts = await pipeline.driver.stat()
+        capabilities = pipeline.driver.capabilities
+        return PipelineStat(
+            pipeline=name,
+            driver=pipeline.settings.driver,
+            priority=pipeline.settings.priority,
+            durable=capabilities.durable,
+            paused=pipeline.paused,
+            consuming=pipeline.consuming,
+            queued=counts.queued,
+            delayed=counts.delayed,
+            reserved=counts.reserved,
+            failed=counts.failed,
+            capabilities=capabilities,
+        )
+
+    async def peek(self, name: str, limit: int = 10) -> list[Job]:
+        pipeline = self.pipeline(name)
+        if not pipeline.driver.capabilities.peek:
+            raise InvalidPipeline(
+                f"pipeline {name!r}: the {pipeline.settings.driver} driver cannot peek"
+            )
+        return await pipeline.driver.peek(limit)
+
+    async def list_failed(self, name: str, limit: int = 100) -> list[FailedJob]:
+        return await self.pipeline(name).driver.failed(limit)
+
+    async def retry_failed(self, name: str, ids: Sequence[str] | None = None) -> int:
+        return await self.pipeline(name).driver.retry_failed(ids)
+
+    async def purge_failed(self, name: str, ids: Sequence[str] | None = None) -> int:
+        return await self.pipeline(name).driver.purge_failed(ids)
+
+
+async def _push_one(driver: Driver, job: Job, deadline: float) -> PushResult:
+    try:
+        await driver.push([job], deadline=deadline)
+    except DriverError as error:
+        return PushResult(job.id, str(error))
+    return PushResult(job.id)

@@ -1,0 +1,249 @@
+"""Consumers with real worker processes on memory and sqlite pipelines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import RunningServer, wait_until
+from mailrunner.jobs.consumer import Answer, parse_answer
+from mailrunner.jobs.model import Job, JobOptions
+
+WORKER = Path(__file__).with_name("job_worker.py")
+DRIVERS = ["memory", "sqlite"]
+
+
+class JobsNode:
+    """A running app with one consumed pipeline `q` and a log of executed jobs."""
+
+    def __init__(self, server: RunningServer, log: Path) -> None:
+        self.server = server
+        self.service = server.app.jobs
+        self.log = log
+
+    def push(self, order: dict[str, Any] | None = None, **options: Any) -> str:
+        job_id = options.pop("job_id", None) or str(uuid.uuid4())
+        job = Job(job_id, "test.job", json.dumps(order or {}).encode(), JobOptions("q", **options))
+        self.server.call(self.service.push(job))
+        return job_id
+
+    def executed(self) -> list[tuple[str, int, int, dict[str, list[str]]]]:
+        if not self.log.exists():
+            return []
+        rows = []
+        for line in self.log.read_text().splitlines():
+            job_id, attempt, pid, headers = line.split(" ", 3)
+            rows.append((job_id, int(attempt), int(pid), json.loads(headers)))
+        return rows
+
+    def wait_executed(
+        self, count: int, timeout: float = 20
+    ) -> list[tuple[str, int, int, dict[str, list[str]]]]:
+        wait_until(lambda: len(self.executed()) >= count, f"{count} executed jobs", timeout)
+        return self.executed()
+
+    def stat(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.server.call(self.service.stat("q")).to_dict()
+        return result
+
+
+@pytest.fixture
+def jobs_node(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> Callable[..., JobsNode]:
+    def start(driver: str = "sqlite", workers: int = 2, **pipeline: Any) -> JobsNode:
+        log = tmp_path / f"executed-{uuid.uuid4().hex}.log"
+        settings = {"driver": driver, "visibility_timeout": 5, **pipeline}
+        server = start_server(
+            server={"command": [sys.executable, str(WORKER)], "env": {"JOB_LOG": str(log)}},
+            jobs={
+                "pipelines": {"q": settings},
+                "consume": ["q"],
+                "pool": {"num_workers": workers, "exec_timeout": 10, "destroy_timeout": 3},
+                "shutdown_timeout": 5,
+            },
+        )
+        return JobsNode(server, log)
+
+    return start
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_1000_concurrent_pushes_each_run_exactly_once(
+    jobs_node: Callable[..., JobsNode], driver: str
+) -> None:
+    node = jobs_node(driver, workers=2, prefetch=20)
+
+    async def push_all() -> list[str]:
+        ids = [str(uuid.uuid4()) for _ in range(1000)]
+        jobs = [Job(i, "test.job", b"{}", JobOptions("q")) for i in ids]
+        await __import__("asyncio").gather(*(node.service.push(job) for job in jobs))
+        return ids
+
+    ids = node.server.call(push_all())
+    executed = node.wait_executed(1000, timeout=60)
+    assert sorted(row[0] for row in executed) == sorted(ids), "every job must run exactly once"
+    wait_until(
+        lambda: node.stat()["reserved"] == 0 and node.stat()["queued"] == 0, "an empty pipeline"
+    )
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_priority_decides_order_while_paused_jobs_pile_up(
+    jobs_node: Callable[..., JobsNode], driver: str
+) -> None:
+    node = jobs_node(driver, workers=1, prefetch=1)
+    node.server.call(node.service.pause("q"))
+    low = [node.push(priority=50) for _ in range(3)]
+    high = [node.push(priority=1) for _ in range(3)]
+    default = [node.push() for _ in range(3)]
+    wait_until(lambda: node.stat()["queued"] == 9, "a paused pipeline to store all 9 pushes")
+    assert node.stat()["paused"] is True
+    node.server.call(node.service.resume("q"))
+    order = [row[0] for row in node.wait_executed(9)]
+    assert order == high + default + low, (
+        "lower priority number first, pipeline default 10, FIFO within"
+    )
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_delayed_job_runs_after_its_delay(jobs_node: Callable[..., JobsNode], driver: str) -> None:
+    node = jobs_node(driver)
+    pushed = time.monotonic()
+    delayed = node.push(delay=1.0)
+    now = node.push()
+    assert node.wait_executed(1)[0][0] == now
+    assert node.stat()["delayed"] == 1
+    assert [row[0] for row in node.wait_executed(2)] == [now, delayed]
+    assert time.monotonic() - pushed >= 1.0
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_nack_retries_until_the_limit_then_the_job_is_failed(
+    jobs_node: Callable[..., JobsNode], driver: str
+) -> None:
+    node = jobs_node(driver, retries=3)
+    job_id = node.push({"do": "nack"})
+    attempts = [row[1] for row in node.wait_executed(3)]
+    assert attempts == [1, 2, 3]
+    wait_until(lambda: node.stat()["failed"] == 1, "the job in the failed list")
+    (failed,) = node.server.call(node.service.list_failed("q"))
+    assert (failed.job.id, failed.attempts, failed.error) == (job_id, 3, "asked to fail")
+    assert len(node.executed()) == 3, "no execution beyond retries"
+    assert node.server.call(node.service.retry_failed("q")) == 1
+    wait_until(lambda: len(node.executed()) == 6, "the retried job to run again")
+    assert [row[1] for row in node.executed()[3:]] == [1, 2, 3], "retry resets the attempts"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_nack_without_requeue_fails_at_once_and_can_be_purged(
+    jobs_node: Callable[..., JobsNode], driver: str
+) -> None:
+    node = jobs_node(driver, retries=5)
+    node.push({"do": "nack-final"})
+    node.wait_executed(1)
+    wait_until(lambda: node.stat()["failed"] == 1, "the job in the failed list")
+    assert node.server.call(node.service.purge_failed("q")) == 1
+    assert node.stat()["failed"] == 0
+    assert len(node.executed()) == 1
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_requeue_replaces_headers_and_counts_as_an_attempt(
+    jobs_node: Callable[..., JobsNode], driver: str
+) -> None:
+    node = jobs_node(driver, retries=2)
+    node.push({"do": "requeue"})
+    first, second = node.wait_executed(2)
+    assert (first[1], second[1]) == (1, 2)
+    assert second[3] == {"requeued": ["yes"]}
+    wait_until(lambda: node.stat()["failed"] == 1, "a job requeued past retries to be failed")
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_crashing_worker_counts_as_nack_with_requeue(
+    jobs_node: Callable[..., JobsNode], driver: str
+) -> None:
+    node = jobs_node(driver, retries=2)
+    node.push({"do": "fail-until", "attempt": 2})
+    node.push({"do": "crash"})
+    wait_until(lambda: node.stat()["failed"] == 1, "the crashing job to be failed after 2 attempts")
+    (failed,) = node.server.call(node.service.list_failed("q"))
+    assert failed.attempts == 2
+    assert "jobs worker" in failed.error
+    assert [row[1] for row in node.wait_executed(2)] == [1, 2]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_auto_ack_acks_on_receipt_even_if_the_job_fails(
+    jobs_node: Callable[..., JobsNode], driver: str
+) -> None:
+    node = jobs_node(driver)
+    node.push({"do": "nack"}, auto_ack=True)
+    node.wait_executed(1)
+    wait_until(lambda: node.stat()["reserved"] == 0, "the auto-acked job to be gone")
+    assert (node.stat()["queued"], node.stat()["failed"]) == (0, 0)
+
+
+def test_job_outlasting_the_visibility_timeout_runs_once(
+    jobs_node: Callable[..., JobsNode],
+) -> None:
+    node = jobs_node("sqlite", workers=2, visibility_timeout=1)
+    job_id = node.push({"seconds": 2.5})
+    node.wait_executed(1)
+    wait_until(lambda: node.stat()["reserved"] == 0, "the long job to be acked")
+    assert [row[0] for row in node.executed()] == [job_id], "the lease must be extended, not expire"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_destroy_removes_the_pipeline_and_stops_consuming(
+    jobs_node: Callable[..., JobsNode], driver: str
+) -> None:
+    node = jobs_node(driver)
+    node.push()
+    node.wait_executed(1)
+    node.server.call(node.service.destroy("q", purge=True))
+    assert node.service.list_pipelines() == []
+    with pytest.raises(Exception, match="unknown pipeline 'q'"):
+        node.push()
+
+
+@pytest.mark.parametrize(
+    ("body", "answer"),
+    [
+        (b'{"type": 2, "data": {}}', Answer(ack=True)),
+        (b'{"type": 0}', Answer(ack=True)),
+        (
+            b'{"type": 3, "data": {"message": "m", "requeue": false}}',
+            Answer(ack=False, requeue=False, message="m"),
+        ),
+        (
+            b'{"type": 1, "data": {"message": "e", "requeue": true, "delay_seconds": 2}}',
+            Answer(ack=False, delay=2.0, message="e"),
+        ),
+        (
+            b'{"type": 4, "data": {"delay_seconds": 1, "headers": {"a": ["b"]}}}',
+            Answer(ack=False, delay=1.0, message="requeued", headers={"a": ["b"]}),
+        ),
+    ],
+)
+def test_worker_answers_are_read_as_roadrunner_defines_them(body: bytes, answer: Answer) -> None:
+    assert parse_answer(body) == answer
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b"[]", b'{"type": "2"}', b'{"type": 9}', b'{"type": true}', b'{"data": {}}'],
+)
+def test_an_empty_malformed_or_unknown_answer_is_a_failure_not_an_ack(body: bytes) -> None:
+    answer = parse_answer(body)
+    assert answer.ack is False
+    assert answer.requeue is True
+    assert answer.message

@@ -1,0 +1,180 @@
+"""The Jobs RPC service: pipelines from config and at run time, and its clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter
+
+from mailrunner.config import PipelineConfig, config_from_mapping
+from mailrunner.errors import InvalidJob, InvalidPipeline, PipelineConflict, PipelineNotFound
+from mailrunner.jobs.model import Job, JobOptions
+from mailrunner.jobs.service import JobsService
+
+ADAPTER: TypeAdapter[PipelineConfig] = TypeAdapter(PipelineConfig)
+
+
+def service_for(tmp_path: Path, pipelines: dict[str, Any]) -> JobsService:
+    return JobsService(
+        config_from_mapping({"data_dir": str(tmp_path), "jobs": {"pipelines": pipelines}})
+    )
+
+
+def job(job_id: str = "j1", pipeline: str = "q", **options: Any) -> Job:
+    return Job(job_id, "test.job", b"payload", JobOptions(pipeline, **options))
+
+
+def run(service: JobsService, scenario: Any) -> Any:
+    async def wrapped() -> Any:
+        await service.start()
+        try:
+            return await scenario()
+        finally:
+            await service.stop()
+
+    return asyncio.run(wrapped())
+
+
+def test_configured_pipelines_are_listed_and_stat_has_every_field(tmp_path: Path) -> None:
+    service = service_for(
+        tmp_path, {"q": {"driver": "sqlite", "priority": 3}, "m": {"driver": "memory"}}
+    )
+
+    async def scenario() -> dict[str, Any]:
+        assert service.list_pipelines() == ["m", "q"]
+        await service.push(job())
+        return (await service.stat("q")).to_dict()
+
+    stat = run(service, scenario)
+    assert stat | {"capabilities": {}} == {
+        "pipeline": "q",
+        "driver": "sqlite",
+        "priority": 3,
+        "durable": True,
+        "paused": False,
+        "consuming": False,
+        "queued": 1,
+        "delayed": 0,
+        "reserved": 0,
+        "failed": 0,
+        "capabilities": {},
+    }
+    assert stat["capabilities"]["durable"] is True
+
+
+def test_memory_pipelines_say_they_are_not_durable(tmp_path: Path) -> None:
+    service = service_for(tmp_path, {"m": {"driver": "memory"}})
+
+    async def scenario() -> bool:
+        return (await service.stat("m")).durable
+
+    assert run(service, scenario) is False
+
+
+def test_a_job_without_priority_gets_the_pipeline_priority(tmp_path: Path) -> None:
+    service = service_for(tmp_path, {"q": {"driver": "memory", "priority": 7}})
+
+    async def scenario() -> list[int]:
+        await service.push(job("a"))
+        await service.push(job("b", priority=2))
+        return [j.options.priority for j in await service.peek("q")]
+
+    assert run(service, scenario) == [2, 7]
+
+
+def test_unknown_pipeline_and_bad_jobs_are_refused_with_clear_errors(tmp_path: Path) -> None:
+    service = service_for(tmp_path, {"q": {"driver": "memory"}})
+
+    async def scenario() -> None:
+        with pytest.raises(PipelineNotFound, match=r"unknown pipeline 'nope' \(declared: q\)"):
+            await service.push(job(pipeline="nope"))
+        with pytest.raises(InvalidJob, match="id must not be empty"):
+            await service.push(job(""))
+        with pytest.raises(InvalidJob, match="priority must be >= 0"):
+            await service.push(job(priority=-1))
+        with pytest.raises(InvalidJob, match="delay must be >= 0"):
+            await service.push(job(delay=-1))
+        with pytest.raises(PipelineNotFound):
+            await service.stat("nope")
+
+    run(service, scenario)
+
+
+def test_declare_is_idempotent_and_conflicts_on_other_settings(tmp_path: Path) -> None:
+    service = service_for(tmp_path, {})
+    memory = ADAPTER.validate_python({"driver": "memory"})
+    other = ADAPTER.validate_python({"driver": "memory", "priority": 1})
+
+    async def scenario() -> None:
+        assert await service.declare("rt", memory) is True
+        assert await service.declare("rt", memory) is False
+        with pytest.raises(PipelineConflict, match="other settings"):
+            await service.declare("rt", other)
+        assert service.list_pipelines() == ["rt"]
+
+    run(service, scenario)
+
+
+def test_runtime_sqlite_path_must_lie_under_data_dir(tmp_path: Path) -> None:
+    service = service_for(tmp_path / "data", {})
+    outside = ADAPTER.validate_python(
+        {"driver": "sqlite", "config": {"path": str(tmp_path / "x.db")}}
+    )
+    inside = ADAPTER.validate_python(
+        {"driver": "sqlite", "config": {"path": str(tmp_path / "data/x.db")}}
+    )
+
+    async def scenario() -> None:
+        with pytest.raises(InvalidPipeline, match="must lie under data_dir"):
+            await service.declare("out", outside)
+        assert await service.declare("in", inside) is True
+
+    run(service, scenario)
+    assert (tmp_path / "data" / "x.db").exists()
+
+
+def test_destroy_keeps_stored_jobs_unless_purged(tmp_path: Path) -> None:
+    service = service_for(tmp_path, {"q": {"driver": "sqlite"}})
+    settings = ADAPTER.validate_python({"driver": "sqlite"})
+
+    async def scenario() -> tuple[int, int]:
+        await service.push(job("kept"))
+        await service.destroy("q")
+        assert service.list_pipelines() == []
+        await service.declare("q", settings)
+        kept = (await service.stat("q")).queued
+        await service.destroy("q", purge=True)
+        await service.declare("q", settings)
+        return kept, (await service.stat("q")).queued
+
+    assert run(service, scenario) == (1, 0)
+
+
+def test_push_batch_is_all_or_nothing_and_checks_every_job_first(tmp_path: Path) -> None:
+    service = service_for(tmp_path, {"q": {"driver": "sqlite"}})
+
+    async def scenario() -> int:
+        results = await service.push_batch([job("a"), job("b")])
+        assert [(r.id, r.error) for r in results] == [("a", None), ("b", None)]
+        with pytest.raises(InvalidJob):
+            await service.push_batch([job("c"), job("", priority=1)])
+        return (await service.stat("q")).queued
+
+    assert run(service, scenario) == 2
+
+
+def test_pause_and_resume_show_in_stat(tmp_path: Path) -> None:
+    service = service_for(tmp_path, {"q": {"driver": "memory"}})
+
+    async def scenario() -> list[bool]:
+        seen = []
+        await service.pause("q")
+        seen.append((await service.stat("q")).paused)
+        await service.resume("q")
+        seen.append((await service.stat("q")).paused)
+        return seen
+
+    assert run(service, scenario) == [True, False]
