@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 import uuid
@@ -247,3 +248,21 @@ def test_an_empty_malformed_or_unknown_answer_is_a_failure_not_an_ack(body: byte
     assert answer.ack is False
     assert answer.requeue is True
     assert answer.message
+
+
+def test_stop_waits_for_jobs_in_flight_and_leaves_the_rest_stored(
+    jobs_node: Callable[..., JobsNode], tmp_path: Path
+) -> None:
+    node = jobs_node("sqlite", workers=1, prefetch=1)
+    node.server.call(node.service.pause("q"))
+    running = node.push({"seconds": 1.5})
+    waiting = [node.push() for _ in range(5)]
+    node.server.call(node.service.resume("q"))
+    wait_until(lambda: node.stat()["reserved"] == 1, "the slow job to be running")
+    node.server.stop()
+    assert [row[0] for row in node.executed()] == [running], "the job in flight must finish"
+    database = node.server.config.data_dir / "jobs.db"
+    rows = (
+        sqlite3.connect(database).execute("SELECT id FROM jobs WHERE failed_at IS NULL").fetchall()
+    )
+    assert sorted(row[0] for row in rows) == sorted(waiting), "jobs not yet run stay stored"
