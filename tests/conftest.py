@@ -122,6 +122,8 @@ class RunningServer:
     def __init__(self, overrides: dict[str, Any], data_dir: Path, *, record: bool = True) -> None:
         settings: dict[str, Any] = {"data_dir": str(data_dir), **overrides}
         settings["smtp"] = {"addr": "127.0.0.1:0", **overrides.get("smtp", {})}
+        jobs = settings["jobs"] = dict(overrides.get("jobs", {}))
+        jobs["pipelines"] = {"smtp-emails": {"driver": "memory"}, **jobs.get("pipelines", {})}
         self.config = config_from_mapping(settings, "test")
         self.delivery = RecordingDelivery()
         self._record = record

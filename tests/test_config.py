@@ -34,8 +34,11 @@ def test_bad_durations_are_refused(text: object) -> None:
         parse_duration(text)
 
 
+MINIMAL = {"jobs": {"pipelines": {"smtp-emails": {"driver": "sqlite"}}}}
+
+
 def test_defaults_match_the_design_table() -> None:
-    config = config_from_mapping({})
+    config = config_from_mapping(MINIMAL)
     smtp = config.smtp
     assert (smtp.addr, smtp.hostname, smtp.read_timeout, smtp.session_timeout) == (
         "127.0.0.1:1025",
@@ -92,7 +95,7 @@ def test_every_problem_is_reported_with_its_key_path() -> None:
 def test_environment_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MR_HOST", "mx.example")
     config = config_from_mapping(
-        {"smtp": {"hostname": "${MR_HOST}", "addr": "${MR_ADDR:-127.0.0.1:2525}"}}
+        {**MINIMAL, "smtp": {"hostname": "${MR_HOST}", "addr": "${MR_ADDR:-127.0.0.1:2525}"}}
     )
     assert (config.smtp.hostname, config.smtp.addr) == ("mx.example", "127.0.0.1:2525")
     with pytest.raises(
@@ -107,18 +110,19 @@ def test_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     config, source = load()
     assert source == EMBEDDED_DEFAULT
     assert config.jobs.pipelines["smtp-emails"].driver == "sqlite"
-    (tmp_path / "mailrunner.yaml").write_text("smtp: {hostname: local}\n")
+    (tmp_path / "mailrunner.yaml").write_text("smtp: {hostname: local, use_jobs: false}\n")
     assert load()[0].smtp.hostname == "local"
-    (tmp_path / "env.yaml").write_text("smtp: {hostname: from-env}\n")
+    (tmp_path / "env.yaml").write_text("smtp: {hostname: from-env, use_jobs: false}\n")
     monkeypatch.setenv("MAILRUNNER_CONFIG", str(tmp_path / "env.yaml"))
     assert load()[0].smtp.hostname == "from-env"
-    (tmp_path / "explicit.yaml").write_text("smtp: {hostname: explicit}\n")
+    (tmp_path / "explicit.yaml").write_text("smtp: {hostname: explicit, use_jobs: false}\n")
     assert load(tmp_path / "explicit.yaml")[0].smtp.hostname == "explicit"
 
 
 def test_secrets_are_masked() -> None:
     config = config_from_mapping(
         {
+            "smtp": {"use_jobs": False},
             "rpc": {"token": "tok"},
             "jobs": {
                 "pipelines": {"q": {"driver": "amqp", "config": {"addr": "amqp://u:pw@127.0.0.1/"}}}
@@ -165,3 +169,13 @@ def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("mailrunner, version ")
+
+
+def test_the_smtp_pipeline_must_be_declared_unless_pushing_remotely() -> None:
+    with pytest.raises(
+        ConfigError, match=r"smtp\.jobs\.pipeline: pipeline 'smtp-emails' is not declared"
+    ):
+        config_from_mapping({})
+    remote = config_from_mapping({"smtp": {"jobs": {"rpc": "http://127.0.0.1:6001"}}})
+    assert remote.smtp.jobs.rpc is not None
+    assert config_from_mapping({"smtp": {"use_jobs": False}}).smtp.use_jobs is False

@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -16,6 +17,7 @@ import structlog
 from mailrunner.config import Config, PoolConfig
 from mailrunner.errors import ConfigError
 from mailrunner.jobs.consumer import Consumers
+from mailrunner.jobs.model import Job
 from mailrunner.jobs.service import JobsService
 from mailrunner.mime.attachments import (
     AttachmentStorage,
@@ -26,7 +28,7 @@ from mailrunner.mime.attachments import (
 from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import ParseOptions
 from mailrunner.pool.pool import WorkerPool
-from mailrunner.smtp.delivery import Delivery, JsonLinesDelivery, PoolDelivery
+from mailrunner.smtp.delivery import EMAIL_JOB, Delivery, JobsDelivery, PoolDelivery
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.server import SmtpServer
 
@@ -55,13 +57,19 @@ class App:
                 config.server.env,
             )
             self.consumers = Consumers(self.jobs, self.jobs_pool, config.jobs.shutdown_timeout)
-        self.delivery = delivery or self._default_delivery()
-        self.smtp = SmtpServer(config.smtp, self._handler(self._storage()))
+        storage = self._storage()
+        self.delivery = delivery or self._default_delivery(storage)
+        self.smtp = SmtpServer(config.smtp, self._handler(storage))
 
-    def _default_delivery(self) -> Delivery:
+    def _default_delivery(self, storage: AttachmentStorage) -> Delivery:
         smtp = self.config.smtp
         if smtp.use_jobs:
-            return JsonLinesDelivery(self.config.data_dir / "events.jsonl")
+            if smtp.jobs.rpc is not None:
+                raise ConfigError(
+                    ["smtp.jobs.rpc: remote Jobs RPC is not available in this version"], self.source
+                )
+            tempfiles = storage if isinstance(storage, TempfileStorage) else None
+            return JobsDelivery(self.jobs, smtp.jobs, tempfiles)
         command = self._command("smtp.pool", smtp.pool)
         self.smtp_pool = WorkerPool("smtp", smtp.pool, command, self.config.server.env)
         return PoolDelivery(self.smtp_pool)
@@ -80,7 +88,10 @@ class App:
         if storage_config.mode == "memory":
             return MemoryStorage()
         storage = TempfileStorage(self.config.attachments_dir)
-        self._cleanup = CleanupTask(storage, storage_config.cleanup_after)
+        if self.config.smtp.use_jobs:
+            self.jobs.on_job_removed = partial(_remove_email_attachments, storage)
+        else:
+            self._cleanup = CleanupTask(storage, storage_config.cleanup_after)
         return storage
 
     def _handler(self, storage: AttachmentStorage) -> SmtpHandler:
@@ -123,8 +134,6 @@ class App:
             return
         for name in self.config.jobs.consume:
             self.consumers.consume(self.jobs.pipeline(name))
-        if isinstance(self.delivery, JsonLinesDelivery):
-            log.info("events are appended as JSON lines", path=str(self.delivery.path))
 
     async def stop(self) -> None:
         await self.smtp.stop(self.config.smtp.shutdown_timeout)
@@ -158,3 +167,9 @@ class App:
             await self.stop()
             if pidfile is not None:
                 await asyncio.to_thread(pidfile.unlink, missing_ok=True)
+
+
+async def _remove_email_attachments(storage: TempfileStorage, job: Job) -> None:
+    """With Jobs, attachment files live until their email's job is acked or purged."""
+    if job.name == EMAIL_JOB:
+        await asyncio.to_thread(storage.remove, job.id)

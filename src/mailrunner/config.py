@@ -255,6 +255,20 @@ class Config(_Model):
     rpc: RpcConfig = RpcConfig()
     logs: LogsConfig = LogsConfig()
 
+    @model_validator(mode="after")
+    def _smtp_pipeline_declared(self) -> Config:
+        smtp = self.smtp
+        if (
+            smtp.use_jobs
+            and smtp.jobs.rpc is None
+            and smtp.jobs.pipeline not in self.jobs.pipelines
+        ):
+            raise ValueError(
+                f"smtp.jobs.pipeline: pipeline {smtp.jobs.pipeline!r} is not declared in"
+                " jobs.pipelines (declare it, set smtp.jobs.rpc, or set smtp.use_jobs: false)"
+            )
+        return self
+
     @property
     def attachments_dir(self) -> Path:
         return self.smtp.attachment_storage.temp_dir or self.data_dir / "attachments"
@@ -306,7 +320,7 @@ def _format_error(error: Mapping[str, Any]) -> str:
         message = f"must be <= {ctx['le']}"
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{path or '(top level)'}: {message}"
+    return f"{path}: {message}" if path else message
 
 
 def config_from_mapping(data: object, source: str = "") -> Config:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
 import smtplib
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ class ServeProcess:
         self.workdir = workdir
         self.port = free_port()
         config = {
+            "jobs": {"pipelines": {"smtp-emails": {"driver": "sqlite"}}},
             **settings,
             "smtp": {**settings.get("smtp", {}), "addr": f"127.0.0.1:{self.port}"},
         }
@@ -58,16 +62,21 @@ class ServeProcess:
         return self.pidfile.exists() and self.pidfile.read_text().strip().isdigit()
 
     def events(self) -> list[dict[str, Any]]:
-        path = self.workdir / "var" / "events.jsonl"
+        """The events stored as `smtp.email` jobs in the sqlite pipeline, in push order."""
+        path = self.workdir / "var" / "jobs.db"
         if not path.exists():
             return []
-        events = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        with contextlib.closing(sqlite3.connect(path)) as database:
+            rows = database.execute(
+                "SELECT payload FROM jobs WHERE name = 'smtp.email' ORDER BY seq"
+            )
+            events = [json.loads(payload) for (payload,) in rows]
         for event in events:
             validate_event(event)
         return events
 
     def wait_events(self, count: int) -> list[dict[str, Any]]:
-        wait_until(lambda: len(self.events()) >= count, f"{count} events in events.jsonl")
+        wait_until(lambda: len(self.events()) >= count, f"{count} email jobs in var/jobs.db")
         return self.events()
 
     def terminate(self) -> int:
@@ -197,7 +206,9 @@ def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "c.yaml"
-        config.write_text(f"smtp:\n  addr: 127.0.0.1:{port}\n")
+        config.write_text(
+            f"smtp:\n  addr: 127.0.0.1:{port}\n  use_jobs: false\n  pool: {{command: x}}\n"
+        )
         result = subprocess.run(
             [sys.executable, "-m", "mailrunner", "serve", "-c", str(config)],
             capture_output=True,
@@ -249,3 +260,58 @@ def test_example_pool_config_runs_the_example_worker_which_prints_each_email(
     lines = [line for line in server.logs().splitlines() if "worker output" in line]
     assert any("subject='pooled'" in line and "README.md" in line for line in lines), lines
     assert all("pid=" in line for line in lines)
+
+
+def test_kill_9_under_load_loses_no_message_that_got_250(
+    serve: Callable[..., ServeProcess], tmp_path: Path
+) -> None:
+    server = serve()
+    accepted: set[str] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def session(number: int) -> None:
+        sequence = 0
+        while not stop.is_set():
+            message_id = f"<{number}.{sequence}@load.test>"
+            sequence += 1
+            try:
+                with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+                    client.sendmail(
+                        "a@example.com", ["b@example.com"], f"Message-ID: {message_id}\r\n\r\nx\r\n"
+                    )
+            except (OSError, smtplib.SMTPException):
+                continue
+            with lock:
+                accepted.add(message_id)
+
+    sessions = [threading.Thread(target=session, args=(n,)) for n in range(50)]
+    for thread in sessions:
+        thread.start()
+    wait_until(lambda: len(accepted) >= 300, "300 accepted messages under load", 60)
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(10)
+    stop.set()
+    for thread in sessions:
+        thread.join(30)
+    restarted = ServeProcess(tmp_path, {})
+    stored = {event["message"]["id"] for event in restarted.events()}
+    restarted.terminate()
+    missing = accepted - stored
+    assert not missing, f"{len(missing)} of {len(accepted)} messages that got 250 were lost"
+
+
+def test_make_run_config_consumes_each_email_with_the_example_consumer(
+    serve: Callable[..., ServeProcess], swaks: str
+) -> None:
+    settings = yaml.safe_load((ROOT / "examples" / "mailrunner.yaml").read_text())
+    settings["server"]["command"] = f"python {ROOT / 'examples' / 'consumer.py'}"
+    settings["data_dir"] = "./var"
+    server = serve(**settings)
+    output = run_swaks(swaks, server.port, "--header", "Subject: consumed", "--to", "t@example.com")
+    assert "<-  250 2.0.0 OK: queued as" in output
+    wait_until(lambda: "subject='consumed'" in server.logs(), "the consumer to print the email")
+    wait_until(lambda: server.events() == [], "the consumer to ack the job")
+    line = next(line for line in server.logs().splitlines() if "subject='consumed'" in line)
+    assert "to=t@example.com" in line
+    assert "pid=" in line

@@ -53,7 +53,10 @@ def test_kill_9_midway_loses_no_job_whose_push_returned(tmp_path: Path) -> None:
                     "env": {"JOB_LOG": str(log)},
                 },
                 "jobs": {
-                    "pipelines": {"q": {"driver": "sqlite", "visibility_timeout": 2}},
+                    "pipelines": {
+                        "q": {"driver": "sqlite", "visibility_timeout": 2},
+                        "smtp-emails": {"driver": "memory"},
+                    },
                     "consume": ["q"],
                     "pool": {"num_workers": 2, "destroy_timeout": 1},
                 },
@@ -62,7 +65,12 @@ def test_kill_9_midway_loses_no_job_whose_push_returned(tmp_path: Path) -> None:
     )
     printed = tmp_path / "pushed.txt"
     host = start_host(config, 2000, printed)
-    wait_until(lambda: len(printed.read_text().splitlines()) >= 600, "600 acknowledged pushes", 60)
+
+    def pushed_enough() -> bool:
+        assert host.poll() is None, "the host process exited before it was killed"
+        return len(printed.read_text().splitlines()) >= 600
+
+    wait_until(pushed_enough, "600 acknowledged pushes", 60)
     host.send_signal(signal.SIGKILL)
     host.wait(10)
     acknowledged = {line for line in printed.read_text().splitlines() if line and line != "pushed"}

@@ -18,9 +18,12 @@ ADAPTER: TypeAdapter[PipelineConfig] = TypeAdapter(PipelineConfig)
 
 
 def service_for(tmp_path: Path, pipelines: dict[str, Any]) -> JobsService:
-    return JobsService(
-        config_from_mapping({"data_dir": str(tmp_path), "jobs": {"pipelines": pipelines}})
-    )
+    settings = {
+        "data_dir": str(tmp_path),
+        "smtp": {"use_jobs": False},
+        "jobs": {"pipelines": pipelines},
+    }
+    return JobsService(config_from_mapping(settings))
 
 
 def job(job_id: str = "j1", pipeline: str = "q", **options: Any) -> Job:

@@ -194,6 +194,7 @@ class TestSqliteDriver(DriverContract):
                 )
                 queued = await reserve_one(reopened, 1.0, "the queued job must survive")
                 assert (queued.job.id, queued.attempt) == ("queued", 1), f"got {queued.job.id}"
+                await queued.ack()
                 leased = await reserve_one(reopened, timeout + 1.5, "the dead lease must expire")
                 assert (leased.job.id, leased.attempt) == ("leased", 2), (
                     f"expected the leased job on attempt 2, got {leased.job.id} "

@@ -78,8 +78,11 @@ def _decode(body: bytes) -> tuple[int, dict[str, Any]]:
 class PipelineConsumer:
     """Keeps up to `prefetch` jobs of one pipeline in flight on the jobs pool."""
 
-    def __init__(self, pipeline: Pipeline, pool: WorkerPool, shutdown_timeout: float) -> None:
+    def __init__(
+        self, pipeline: Pipeline, pool: WorkerPool, shutdown_timeout: float, service: JobsService
+    ) -> None:
         self.pipeline = pipeline
+        self._service = service
         self._pool = pool
         self._shutdown_timeout = shutdown_timeout
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -193,6 +196,7 @@ class PipelineConsumer:
     async def _settle(self, lease: Lease, answer: Answer) -> None:
         job = lease.job
         if job.options.auto_ack:
+            await self._service.job_removed(job)
             if not answer.ack:
                 log.warning(
                     "auto-acked job failed",
@@ -203,6 +207,7 @@ class PipelineConsumer:
             return
         if answer.ack:
             await lease.ack()
+            await self._service.job_removed(job)
             log.debug("job done", pipeline=self.pipeline.name, id=job.id, attempt=lease.attempt)
         elif answer.requeue and lease.attempt < self._settings.retries:
             await lease.nack(
@@ -245,7 +250,7 @@ class Consumers:
         service.consumers = self
 
     def consume(self, pipeline: Pipeline) -> None:
-        consumer = PipelineConsumer(pipeline, self._pool, self._shutdown_timeout)
+        consumer = PipelineConsumer(pipeline, self._pool, self._shutdown_timeout, self._service)
         self._consumers[pipeline.name] = consumer
         consumer.start()
         log.info("consuming", pipeline=pipeline.name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +31,7 @@ from mailrunner.jobs.model import FailedJob, Job, PipelineStat, PushResult
 log = structlog.get_logger("mailrunner.jobs")
 
 DEFAULT_PUSH_TIMEOUT = 5.0
+PURGE_SCAN_LIMIT = 1_000_000
 
 
 @dataclass(eq=False)
@@ -65,6 +66,8 @@ class JobsService:
         self._configured = config.jobs.pipelines
         self._pipelines: dict[str, Pipeline] = {}
         self.consumers: ConsumerControl | None = None
+        self.on_job_removed: Callable[[Job], Awaitable[None]] | None = None
+        """Called when a job is gone for good (acked or purged): frees what it pointed at."""
 
     async def start(self) -> None:
         """Open the pipelines of the configuration; a driver that cannot open stops start-up."""
@@ -236,7 +239,20 @@ class JobsService:
         return await self.pipeline(name).driver.retry_failed(ids)
 
     async def purge_failed(self, name: str, ids: Sequence[str] | None = None) -> int:
-        return await self.pipeline(name).driver.purge_failed(ids)
+        driver = self.pipeline(name).driver
+        doomed: list[Job] = []
+        if self.on_job_removed is not None:
+            wanted = None if ids is None else set(ids)
+            failed = await driver.failed(PURGE_SCAN_LIMIT)
+            doomed = [f.job for f in failed if wanted is None or f.job.id in wanted]
+        count = await driver.purge_failed(ids)
+        for job in doomed:
+            await self.job_removed(job)
+        return count
+
+    async def job_removed(self, job: Job) -> None:
+        if self.on_job_removed is not None:
+            await self.on_job_removed(job)
 
 
 async def _push_one(driver: Driver, job: Job, deadline: float) -> PushResult:

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from pathlib import Path
 from typing import ClassVar, Protocol
 
-from mailrunner.errors import BadAnswer
+import structlog
+
+from mailrunner.config import SmtpJobsConfig
+from mailrunner.errors import BadAnswer, DeliveryTimeout
 from mailrunner.events import EmailEvent
+from mailrunner.jobs.model import Job, JobOptions
+from mailrunner.mime.attachments import TempfileStorage
 from mailrunner.pool.pool import WorkerPool
+
+log = structlog.get_logger("mailrunner.smtp")
+
+EMAIL_JOB = "smtp.email"
+_PUSH_GRACE = 1.0
+"""Drivers answer by their deadline; this bounds a driver that does not, so 451 still comes."""
 
 
 class Outcome(enum.Enum):
@@ -25,22 +35,6 @@ class Delivery(Protocol):
     """Hands one event on; returns only once the event is safe where it went."""
 
     async def deliver(self, event: EmailEvent) -> Outcome: ...
-
-
-class JsonLinesDelivery:
-    """Appends each event as one JSON line to a file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    async def deliver(self, event: EmailEvent) -> Outcome:
-        await asyncio.to_thread(self._append, event.to_json() + b"\n")
-        return Outcome.ACCEPTED
-
-    def _append(self, line: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as handle:
-            handle.write(line)
 
 
 class PoolDelivery:
@@ -60,3 +54,59 @@ class PoolDelivery:
         if outcome is None:
             raise BadAnswer(f"worker answered {context[:40]!r}, expected CONTINUE or CLOSE")
         return outcome
+
+
+class JobsRpc(Protocol):
+    """The one Jobs RPC call the SMTP side makes: the in-process service or a remote API."""
+
+    async def push(self, job: Job, *, push_timeout: float) -> None: ...
+
+
+def email_job(event: EmailEvent, settings: SmtpJobsConfig) -> Job:
+    """An accepted email as a job: name `smtp.email`, id = event id, payload = event JSON."""
+    return Job(
+        id=event.id,
+        name=EMAIL_JOB,
+        payload=event.to_json(),
+        options=JobOptions(
+            pipeline=settings.pipeline,
+            priority=settings.priority,
+            delay=settings.delay,
+            auto_ack=settings.auto_ack,
+        ),
+        headers={"uuid": [event.uuid], "email_id": [event.id]},
+    )
+
+
+class JobsDelivery:
+    """The Jobs path: 250 only after the pipeline has stored the job."""
+
+    def __init__(
+        self, rpc: JobsRpc, settings: SmtpJobsConfig, attachments: TempfileStorage | None = None
+    ) -> None:
+        self._rpc = rpc
+        self._settings = settings
+        self._attachments = attachments
+
+    async def deliver(self, event: EmailEvent) -> Outcome:
+        timeout = self._settings.push_timeout
+        try:
+            async with asyncio.timeout(timeout + _PUSH_GRACE):
+                await self._rpc.push(email_job(event, self._settings), push_timeout=timeout)
+        except TimeoutError:
+            await self._forget_attachments(event)
+            raise DeliveryTimeout(
+                f"push to {self._settings.pipeline} took over {timeout}s"
+            ) from None
+        except Exception:
+            await self._forget_attachments(event)
+            raise
+        log.debug(
+            "email pushed to jobs", uuid=event.uuid, id=event.id, pipeline=self._settings.pipeline
+        )
+        return Outcome.ACCEPTED
+
+    async def _forget_attachments(self, event: EmailEvent) -> None:
+        """A refused message leaves no files behind: the client will send it again."""
+        if self._attachments is not None and event.attachments:
+            await asyncio.to_thread(self._attachments.remove, event.id)

@@ -165,9 +165,10 @@ class MemoryDriver(Driver):
         return QueueStat(queued=queued, delayed=delayed, reserved=reserved, failed=failed)
 
     async def peek(self, limit: int) -> list[Job]:
+        now = time.monotonic()
         waiting = sorted(
-            (e for e in self.entries.values() if e.failed is None and e.token is None),
-            key=lambda e: (e.due_at > time.monotonic(), *e.key()),
+            (e for e in self.entries.values() if e.failed is None and not e.leased(now)),
+            key=lambda e: (e.due_at > now, *e.key()),
         )
         return [e.job for e in waiting[:limit]]
 

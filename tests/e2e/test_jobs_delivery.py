@@ -1,0 +1,210 @@
+"""SMTP -> Jobs: every accepted email becomes a stored job before the client gets 250."""
+
+from __future__ import annotations
+
+import json
+import os
+import smtplib
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import RunningServer, validate_event, wait_until
+
+TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
+HERE = Path(__file__).parent
+JOB_WORKER = HERE.parent / "jobs" / "job_worker.py"
+
+
+def message(subject: str = "hello", message_id: str = "<m1@example.com>") -> bytes:
+    return (
+        f"From: A <a@example.com>\r\nTo: b@example.com\r\nSubject: {subject}\r\n"
+        f"Message-ID: {message_id}\r\n\r\nbody\r\n"
+    ).encode()
+
+
+def send(server: RunningServer, payload: bytes | None = None) -> tuple[int, bytes]:
+    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+        client.ehlo("client.example")
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        return client.data(payload or message())
+
+
+@pytest.fixture
+def jobs_server(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> Callable[..., RunningServer]:
+    def start(
+        driver: str = "sqlite", smtp_jobs: dict[str, Any] | None = None, **overrides: Any
+    ) -> RunningServer:
+        pipeline: dict[str, Any] = {"driver": driver}
+        smtp = {"jobs": {"push_timeout": 1, **(smtp_jobs or {})}, **overrides.pop("smtp", {})}
+        return start_server(
+            record=False, smtp=smtp, jobs={"pipelines": {"smtp-emails": pipeline}}, **overrides
+        )
+
+    return start
+
+
+def stored_events(server: RunningServer) -> list[dict[str, Any]]:
+    jobs = server.call(server.app.jobs.peek("smtp-emails", 1000))
+    return [json.loads(job.payload) for job in jobs]
+
+
+@pytest.mark.parametrize("driver", ["memory", "sqlite"])
+def test_accepted_email_is_a_job_with_name_id_headers_options_and_valid_payload(
+    jobs_server: Callable[..., RunningServer], driver: str
+) -> None:
+    server = jobs_server(driver, smtp_jobs={"priority": 4, "delay": 0, "auto_ack": True})
+    code, reply = send(server)
+    assert code == 250
+    (job,) = server.call(server.app.jobs.peek("smtp-emails", 10))
+    event = json.loads(job.payload)
+    validate_event(event)
+    assert reply.decode() == f"2.0.0 OK: queued as {event['id']}"
+    assert (job.id, job.name) == (event["id"], "smtp.email")
+    assert job.headers == {"uuid": [event["uuid"]], "email_id": [event["id"]]}
+    assert (job.options.pipeline, job.options.priority, job.options.auto_ack) == (
+        "smtp-emails",
+        4,
+        True,
+    )
+    assert event["message"]["id"] == "<m1@example.com>"
+
+
+def test_delayed_email_jobs_wait_their_delay(jobs_server: Callable[..., RunningServer]) -> None:
+    server = jobs_server("sqlite", smtp_jobs={"delay": "1h"})
+    assert send(server)[0] == 250
+    stat = server.call(server.app.jobs.stat("smtp-emails"))
+    assert (stat.delayed, stat.queued) == (1, 0)
+
+
+def test_the_same_message_with_use_jobs_false_reaches_the_worker_pool(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    worker = HERE.parent / "pool" / "behaviour_worker.py"
+    log = tmp_path / "pool.log"
+    server = start_server(
+        record=False,
+        server={"command": [sys.executable, str(worker)], "env": {"BEHAVIOUR_LOG": str(log)}},
+        smtp={"use_jobs": False, "pool": {"num_workers": 1}},
+    )
+    code, reply = send(server)
+    assert code == 250
+    event_id = reply.decode().rsplit(" ", 1)[-1]
+    wait_until(lambda: log.exists() and event_id in log.read_text(), "the worker to log the email")
+    assert server.call(server.app.jobs.stat("smtp-emails")).queued == 0
+
+
+def test_paused_pipeline_still_stores_and_answers_250(
+    jobs_server: Callable[..., RunningServer],
+) -> None:
+    server = jobs_server()
+    server.call(server.app.jobs.pause("smtp-emails"))
+    assert send(server)[0] == 250
+    assert len(stored_events(server)) == 1
+
+
+def test_destroyed_pipeline_gives_451_and_the_next_message_succeeds_once_it_is_back(
+    jobs_server: Callable[..., RunningServer],
+) -> None:
+    server = jobs_server()
+    settings = server.app.jobs.pipeline("smtp-emails").settings
+    server.call(server.app.jobs.destroy("smtp-emails"))
+    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+        client.ehlo("c")
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        assert client.data(message("lost")) == TEMP_FAILURE
+        server.call(server.app.jobs.declare("smtp-emails", settings))
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        assert client.data(message("kept"))[0] == 250, "the connection stays usable after a 451"
+    assert [e["message"]["subject"] for e in stored_events(server)] == ["kept"]
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold BEGIN EXCLUSIVE on the sqlite file from another connection, as another program would."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_locked_database_longer_than_push_timeout_gives_451_in_time_and_never_delivers_later(
+    jobs_server: Callable[..., RunningServer],
+) -> None:
+    server = jobs_server("sqlite", smtp_jobs={"push_timeout": 1})
+    with exclusive_lock(server.config.data_dir / "jobs.db"):
+        started = time.monotonic()
+        assert send(server, message("refused", "<refused@x>")) == TEMP_FAILURE
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.0, f"451 came after {elapsed:.2f}s; push_timeout is 1s"
+    assert send(server, message("after", "<after@x>"))[0] == 250
+    ids = [e["message"]["id"] for e in stored_events(server)]
+    assert ids == ["<after@x>"], "the refused message must never be stored"
+
+
+def test_read_only_database_gives_451(
+    jobs_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    server = jobs_server("sqlite")
+    assert send(server, message("first", "<first@x>"))[0] == 250
+    files = [server.config.data_dir / "jobs.db", server.config.data_dir / "jobs.db-wal"]
+    made_immutable = subprocess.run(
+        ["chattr", "+i", *map(str, files)], capture_output=True, check=False
+    )
+    if made_immutable.returncode != 0:
+        pytest.skip(
+            f"cannot make the database read-only here: {made_immutable.stderr.decode().strip()}"
+        )
+    try:
+        assert send(server, message("refused", "<refused@x>")) == TEMP_FAILURE
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, files)], check=True)
+    assert send(server, message("after", "<after@x>"))[0] == 250
+    ids = [e["message"]["id"] for e in stored_events(server)]
+    assert ids == ["<first@x>", "<after@x>"]
+
+
+def test_tempfile_attachments_live_until_the_job_is_acked(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    log = tmp_path / "executed.log"
+    server = start_server(
+        record=False,
+        server={"command": [sys.executable, str(JOB_WORKER)], "env": {"JOB_LOG": str(log)}},
+        smtp={"attachment_storage": {"mode": "tempfile", "cleanup_after": 0.01}},
+        jobs={"consume": ["smtp-emails"], "pool": {"num_workers": 1}},
+    )
+    server.call(server.app.jobs.pause("smtp-emails"))
+    with_attachment = (
+        b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Disposition: attachment; filename=data.bin\r\n\r\nDATA\r\n--b--\r\n"
+    )
+    assert send(server, with_attachment)[0] == 250
+    (event,) = stored_events(server)
+    stored = Path(event["attachments"][0]["path"])
+    assert stored.read_bytes() == b"DATA"
+    old = time.time() - 3600
+    os.utime(stored.parent, (old, old))
+    time.sleep(1.5)  # longer than the age-based cleanup's interval: prove it does not run here
+    assert stored.exists(), "with Jobs, attachment files are never removed by age"
+    server.call(server.app.jobs.resume("smtp-emails"))
+    wait_until(
+        lambda: not stored.parent.exists(), "the attachment folder to go once the job is acked"
+    )
+    assert event["id"] in log.read_text()
