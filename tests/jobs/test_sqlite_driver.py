@@ -45,7 +45,7 @@ from mailrunner.jobs.model import Job, JobOptions
 
 async def main() -> None:
     settings = TypeAdapter(PipelineConfig).validate_python(
-        {"driver": "sqlite", "visibility_timeout": 0.6, "config": {"path": sys.argv[1]}}
+        {"driver": "sqlite", "visibility_timeout": sys.argv[2], "config": {"path": sys.argv[1]}}
     )
     driver = build_driver("contract", settings, Path(sys.argv[1]).parent)
     await driver.open()
@@ -179,6 +179,7 @@ class TestSqliteDriver(DriverContract):
                 "-c",
                 KILLED_CHILD,
                 str(tmp_path / "jobs.db"),
+                str(timeout),
                 stdout=asyncio.subprocess.PIPE,
             )
             assert child.stdout is not None

@@ -7,12 +7,13 @@ from email.mime.application import MIMEApplication
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from email.utils import getaddresses
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import BUILDER, arrival, decode_event
-from mailrunner.mime.parse import ParseOptions, parse
+from mailrunner.mime.parse import ParseOptions, parse, simple_addresses
 
 
 def build(raw: bytes) -> dict[str, object]:
@@ -106,3 +107,18 @@ def test_nesting_deeper_than_the_stdlib_recursion_limit_is_cut_and_recorded() ->
     errors = event["parse_errors"]
     assert isinstance(errors, list)
     assert any("depth" in error.lower() or "deep" in error.lower() for error in errors), errors
+
+
+address_text = st.text(
+    alphabet=st.sampled_from(list("abcXYZ019.-_+=?@<>, \t\"'()!#~")), min_size=1, max_size=40
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(address_text, min_size=1, max_size=3))
+def test_the_fast_address_path_agrees_with_getaddresses_whenever_it_answers(
+    texts: list[str],
+) -> None:
+    fast = simple_addresses(texts)
+    if fast is not None:
+        assert fast == [pair for pair in getaddresses(texts) if pair != ("", "")]

@@ -36,6 +36,8 @@ class HandlerSettings:
 
 def _valid_text(text: str, what: str, errors: list[str]) -> str:
     """aiosmtpd hands over 8-bit arguments surrogate-escaped; make them valid Unicode."""
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

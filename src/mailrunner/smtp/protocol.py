@@ -162,8 +162,19 @@ class MailrunnerSMTP(SMTP):
     def data_received(self, data: bytes) -> None:
         """Any bytes from the client count as activity, not just complete commands."""
         super().data_received(data)
-        if self.transport is not None and not self._closing:
-            self._reset_timeout()
+        self._last_activity = self.loop.time()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Note activity; the one pending timer re-arms itself instead of being replaced.
+
+        aiosmtpd cancels and recreates a timer on every command; with bytes counting as
+        activity that would be a timer per packet, so the deadline is checked when it fires.
+        """
+        self._last_activity = self.loop.time()
+        if self._timeout_handle is None:
+            self._timeout_handle = self.loop.call_later(
+                duration or self._timeout_duration, self._timeout_cb
+            )
 
     @property
     def _closing(self) -> bool:
@@ -172,8 +183,10 @@ class MailrunnerSMTP(SMTP):
     def _timeout_cb(self) -> None:
         if self._closing:
             return
-        if self._owes_reply:
-            self._reset_timeout()
+        idle = self.loop.time() - self._last_activity
+        if self._owes_reply or idle < self._timeout_duration:
+            wait = self._timeout_duration - (0 if self._owes_reply else idle)
+            self._timeout_handle = self.loop.call_later(wait, self._timeout_cb)
             return
         log.info("read timeout", uuid=self.mail_session.connection_id)
         self.close_with(replies.R421_TIMEOUT)

@@ -45,4 +45,6 @@ REWRITES: dict[str, str] = {
 
 def printable(reply: str) -> str:
     """RFC 5321 reply text is printable ASCII; aiosmtpd echoes a client's bytes into some."""
+    if reply.isascii() and reply.isprintable():
+        return reply
     return _UNPRINTABLE.sub("?", reply)

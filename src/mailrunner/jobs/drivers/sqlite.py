@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import queue
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -149,8 +151,7 @@ class SqliteDriver(Driver):
         self._max_batch = max_batch
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
-        self._pending: list[_PendingPush] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._committer: _GroupCommitter | None = None
         self._changed = asyncio.Event()
 
     # --- the driver thread -------------------------------------------------------------------
@@ -171,9 +172,7 @@ class SqliteDriver(Driver):
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
+        connection = _connect(self.path)
         connection.executescript(SCHEMA)
         self._connection = connection
 
@@ -187,17 +186,19 @@ class SqliteDriver(Driver):
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-{self.name}")
         try:
             await self._run(self._open_sync)
-        except (DriverError, OSError) as error:
+            connection = await asyncio.to_thread(_connect, self.path)
+        except (DriverError, OSError, sqlite3.Error) as error:
             raise DriverUnavailable(
                 f"pipeline {self.name}: cannot open {self.path}: {error}"
             ) from error
+        self._committer = _GroupCommitter(self, connection, self._max_batch)
 
     async def close(self) -> None:
         if self._executor is None:
             return
         if self._committer is not None:
-            with contextlib.suppress(Exception):
-                await self._committer
+            committer, self._committer = self._committer, None
+            await asyncio.to_thread(committer.stop)
         await self._run(self._close_sync)
         executor, self._executor = self._executor, None
         await asyncio.to_thread(executor.shutdown, wait=True)
@@ -207,68 +208,16 @@ class SqliteDriver(Driver):
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
         if time.monotonic() >= deadline:
             raise PushTimeout(f"pipeline {self.name}: push deadline passed before storing")
+        if self._committer is None:
+            raise DriverUnavailable(f"pipeline {self.name}: the sqlite driver is not open")
         pending = _PendingPush(jobs, deadline, asyncio.get_running_loop().create_future())
-        self._pending.append(pending)
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(
-                self._commit_pending(), name=f"{self.name}-commit"
-            )
+        self._committer.submit(pending)
         await pending.future
 
-    async def _commit_pending(self) -> None:
-        while self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: len(batch)]
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[_PendingPush]) -> None:
-        while batch := self._drop_expired(batch):
-            try:
-                stored = await self._run(self._write_sync, batch)
-            except DriverError as error:
-                _settle(batch, error)
-                return
-            if stored is None:
-                continue
-            self.commits += 1
-            written = set(stored)
-            _settle(stored, None)
-            self._drop_expired([p for p in batch if p not in written])
-            self._changed.set()
-            return
-
-    def _drop_expired(self, batch: list[_PendingPush]) -> list[_PendingPush]:
-        expired = [p for p in batch if p.expired()]
-        if not expired:
-            return batch
-        _settle(expired, PushTimeout(f"pipeline {self.name}: not stored before the push deadline"))
-        gone = set(expired)
-        return [p for p in batch if p not in gone]
-
-    def _write_sync(self, batch: list[_PendingPush]) -> list[_PendingPush] | None:
-        """Write the batch in one transaction; None if the write lock was not had in time."""
-        db = self._db()
-        wait = min(p.deadline for p in batch) - time.monotonic()
-        db.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as error:
-            if "locked" in str(error) or "busy" in str(error):
-                return None
-            raise
-        try:
-            stored = [p for p in batch if not p.expired()]
-            now = time.time()
-            db.executemany(
-                "INSERT OR IGNORE INTO jobs (pipeline, id, name, payload, headers, priority,"
-                " auto_ack, available_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_row(self.name, job, now) for push in stored for job in push.jobs],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return stored
+    def stored(self, futures: list[asyncio.Future[None]]) -> None:
+        """On the loop after a commit: its pushes return, and a waiting reserve wakes up."""
+        _resolve_all(futures, None)
+        self._changed.set()
 
     # --- reserve and leases ------------------------------------------------------------------
 
@@ -435,14 +384,134 @@ class SqliteDriver(Driver):
         await self._run(self._execute_sync, "DELETE FROM jobs WHERE pipeline = ?", (self.name,))
 
 
-def _settle(batch: Sequence[_PendingPush], error: BaseException | None) -> None:
-    for pending in batch:
-        if pending.future.done():
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, timeout=5.0, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    return connection
+
+
+def _resolve_all(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
             continue
         if error is None:
-            pending.future.set_result(None)
+            future.set_result(None)
         else:
-            pending.future.set_exception(error)
+            future.set_exception(error)
+
+
+class _GroupCommitter:
+    """The push side of the driver: its own thread and connection, committing back to back.
+
+    Whatever was pushed while a transaction was being written goes into the next one, so
+    concurrent pushes share commits; the thread never waits for the event loop between
+    transactions, and each push's future is resolved on the loop after its own commit.
+    """
+
+    def __init__(
+        self, driver: SqliteDriver, connection: sqlite3.Connection, max_batch: int
+    ) -> None:
+        self._driver = driver
+        self._connection = connection
+        self._max_batch = max_batch
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[_PendingPush | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._serve, name=f"sqlite-{driver.name}-push", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, pending: _PendingPush) -> None:
+        self._queue.put(pending)
+
+    def stop(self) -> None:
+        """Finish what was submitted, then close the connection (blocking)."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._commit(batch)
+        finally:
+            self._connection.close()
+
+    def _next_batch(self) -> list[_PendingPush] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if pending is None:
+                self._queue.put(None)
+                break
+            batch.append(pending)
+        return batch
+
+    def _settle(self, batch: Sequence[_PendingPush], error: BaseException | None) -> None:
+        """One wake-up of the loop per batch, not per push."""
+        futures = [pending.future for pending in batch]
+        self._loop.call_soon_threadsafe(_resolve_all, futures, error)
+
+    def _commit(self, batch: list[_PendingPush]) -> None:
+        name = self._driver.name
+        while batch := self._drop_expired(batch):
+            try:
+                stored = self._write(batch)
+            except sqlite3.Error as error:
+                failure = DriverError(f"pipeline {name} ({self._driver.path}): {error}")
+                self._settle(batch, failure)
+                return
+            if stored is None:
+                continue
+            self._driver.commits += 1
+            written = set(stored)
+            self._drop_expired([p for p in batch if p not in written])
+            self._loop.call_soon_threadsafe(self._driver.stored, [p.future for p in stored])
+            return
+
+    def _drop_expired(self, batch: list[_PendingPush]) -> list[_PendingPush]:
+        expired = [p for p in batch if p.expired()]
+        if not expired:
+            return batch
+        name = self._driver.name
+        self._settle(expired, PushTimeout(f"pipeline {name}: not stored before the push deadline"))
+        gone = set(expired)
+        return [p for p in batch if p not in gone]
+
+    def _write(self, batch: list[_PendingPush]) -> list[_PendingPush] | None:
+        """Write the batch in one transaction; None if the write lock was not had in time.
+
+        The lock wait is bounded by the nearest deadline, and deadlines are checked again
+        once the lock is held: a push that gave up meanwhile is not written.
+        """
+        db = self._connection
+        wait = min(p.deadline for p in batch) - time.monotonic()
+        db.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                return None
+            raise
+        try:
+            stored = [p for p in batch if not p.expired()]
+            now = time.time()
+            db.executemany(
+                "INSERT OR IGNORE INTO jobs (pipeline, id, name, payload, headers, priority,"
+                " auto_ack, available_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_row(self._driver.name, job, now) for push in stored for job in push.jobs],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return stored
 
 
 def _row(pipeline: str, job: Job, now: float) -> tuple[Any, ...]:

@@ -1,0 +1,174 @@
+"""SMTP -> Jobs throughput: mailrunner into a sqlite pipeline against two aiosmtpd baselines.
+
+Every server runs in its own process; this process is the load generator: 100 parallel
+connections, each sending 1 KB messages back to back (MAIL, RCPT and DATA pipelined), for a
+fixed time per server. Reported: messages/s and the DATA-to-250 latency (from the end-of-data
+dot to the 250 reply), p50 and p99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CONNECTIONS = 100
+SECONDS = 4.0
+WARMUP = 1.0
+ROUNDS = 3
+"""Servers are measured in turns, ROUNDS times; the median round counts (a shared 2-core
+machine is noisy, and turns spread the noise over every server alike)."""
+BODY = b"x" * 76 + b"\r\n"
+MESSAGE = (
+    b"From: bench <bench@example.com>\r\nTo: sink@example.com\r\nSubject: benchmark\r\n"
+    b"Message-ID: <bench@example.com>\r\n\r\n" + BODY * 11
+)
+HERE = Path(__file__).parent
+TARGETS = {"aiosmtpd": 0.6, "aiosmtpd+parser": 0.8}
+
+
+@dataclass
+class Result:
+    name: str
+    rate: float
+    p50_ms: float
+    p99_ms: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_for_port(port: int, process: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise RuntimeError(f"nothing listens on {port} after 30s")
+
+
+async def read_reply(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("server closed the connection")
+        if line[3:4] != b"-":
+            return line
+
+
+async def connection(port: int, stop_at: float, measure_from: float, latencies: list[float]) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await read_reply(reader)
+    writer.write(b"EHLO bench.client\r\n")
+    await read_reply(reader)
+    sent = 0
+    while time.monotonic() < stop_at:
+        writer.write(b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.com>\r\nDATA\r\n")
+        for _ in range(3):
+            await read_reply(reader)
+        writer.write(MESSAGE + b".\r\n")
+        started = time.monotonic()
+        reply = await read_reply(reader)
+        if not reply.startswith(b"250"):
+            raise RuntimeError(f"message refused: {reply!r}")
+        if started >= measure_from:
+            latencies.append(time.monotonic() - started)
+            sent += 1
+    writer.write(b"QUIT\r\n")
+    writer.close()
+    return sent
+
+
+async def load(port: int) -> tuple[float, list[float]]:
+    now = time.monotonic()
+    measure_from, stop_at = now + WARMUP, now + WARMUP + SECONDS
+    latencies: list[float] = []
+    counts = await asyncio.gather(
+        *(connection(port, stop_at, measure_from, latencies) for _ in range(CONNECTIONS))
+    )
+    return sum(counts) / SECONDS, latencies
+
+
+async def run(name: str, command: list[str], port: int, cwd: Path) -> Result:
+    process = await asyncio.create_subprocess_exec(
+        *command, cwd=cwd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await wait_for_port(port, process)
+        rate, latencies = await load(port)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+    cuts = statistics.quantiles(latencies, n=100)
+    return Result(name, rate, cuts[49] * 1000, cuts[98] * 1000)
+
+
+def mailrunner_config(directory: Path, port: int, driver: str = "sqlite") -> Path:
+    config = directory / f"bench-{driver}.yaml"
+    config.write_text(
+        f"smtp:\n  addr: 127.0.0.1:{port}\n  jobs: {{pipeline: bench}}\n"
+        f"jobs:\n  pipelines:\n    bench: {{driver: {driver}}}\n"
+        "logs: {level: warning}\n"
+    )
+    return config
+
+
+async def main() -> int:
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="mailrunner-bench-") as temp:
+        directory = Path(temp)
+        for kind in ("aiosmtpd", "aiosmtpd+parser"):
+            port = free_port()
+            command = [sys.executable, str(HERE / "baseline_servers.py"), kind, str(port)]
+            results.append(
+                await run(
+                    f"({'a' if kind == 'aiosmtpd' else 'b'}) {kind}", command, port, directory
+                )
+            )
+        port = free_port()
+        config = mailrunner_config(directory, port)
+        command = [sys.executable, "-m", "mailrunner", "serve", "-c", str(config)]
+        results.append(await run("mailrunner -> sqlite", command, port, directory))
+    print(
+        f"1 KB messages, {CONNECTIONS} parallel connections, {SECONDS:.0f}s per server after"
+        f" {WARMUP:.0f}s warm-up, median of {ROUNDS} rounds; mailrunner: the real SMTP path,"
+        f" Jobs into a sqlite pipeline (WAL, synchronous=FULL), logs at warning;"
+        f" {os.cpu_count()} CPUs"
+    )
+    print(f"{'server':<24} {'messages/s':>11} {'p50 ms':>8} {'p99 ms':>8}")
+    for result in results:
+        print(f"{result.name:<24} {result.rate:>11.0f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f}")
+    ours = results[-1].rate
+    ok = True
+    for result, (kind, target) in zip(results, TARGETS.items(), strict=False):
+        ratio = ours / result.rate
+        verdict = "meets" if ratio >= target else "MISSES"
+        ok = ok and ratio >= target
+        print(f"mailrunner / {kind}: {ratio:.2f} ({verdict} the {target} target)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
