@@ -74,9 +74,27 @@ class ParsedMessage:
 
 @dataclass(slots=True)
 class _Leaf:
+    """A leaf part with the facts every later step asks for, read from its headers once."""
+
     part: Message
     in_alternative: bool
     number: int
+    content_type: str = ""
+    disposition: str = ""
+    attached: bool = False
+
+    def __post_init__(self) -> None:
+        self.content_type = self.part.get_content_type()
+        disposition = self.part.get("Content-Disposition") or ""
+        self.disposition = disposition.split(";")[0].strip().lower()
+        self.attached = self.disposition == "attachment" or self._has_filename(disposition)
+
+    def _has_filename(self, disposition: str) -> bool:
+        """get_filename() is costly; only ask it when a header could carry a name."""
+        content_type = (self.part.get("Content-Type") or "").lower()
+        if not disposition and "name" not in content_type:
+            return False
+        return self.part.get_filename() is not None
 
 
 def parse(raw: bytes, options: ParseOptions = ParseOptions()) -> ParsedMessage:
@@ -248,16 +266,9 @@ def _walk_leaves(message: Message, max_depth: int, errors: list[str]) -> Iterato
         yield _Leaf(part, in_alternative, number)
 
 
-def _is_attachment(part: Message) -> bool:
-    disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
-    return disposition == "attachment" or part.get_filename() is not None
-
-
 def _pick_body(leaves: list[_Leaf], content_type: str) -> _Leaf | None:
     candidates = [
-        leaf
-        for leaf in leaves
-        if leaf.part.get_content_type() == content_type and not _is_attachment(leaf.part)
+        leaf for leaf in leaves if leaf.content_type == content_type and not leaf.attached
     ]
     preferred = [leaf for leaf in candidates if leaf.in_alternative]
     chosen = preferred or candidates
@@ -292,15 +303,12 @@ def _as_crlf_bytes(message: Message) -> bytes:
 def _text_of(leaf: _Leaf, errors: list[str]) -> str:
     data = _payload_bytes(leaf, errors)
     charset = leaf.part.get_content_charset() or "us-ascii"
-    text = _decode_bytes(
-        data, charset, errors, f"part {leaf.number} ({leaf.part.get_content_type()})"
-    )
+    text = _decode_bytes(data, charset, errors, f"part {leaf.number} ({leaf.content_type})")
     return _LINE_END.sub("\n", text)
 
 
 def _attachment_of(leaf: _Leaf, errors: list[str]) -> Attachment:
     part = leaf.part
-    disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
     content_id = part.get("Content-ID")
     cid = (
         _raw_header_text(content_id, errors, "Content-ID").strip().strip("<>")
@@ -309,10 +317,10 @@ def _attachment_of(leaf: _Leaf, errors: list[str]) -> Attachment:
     )
     return Attachment(
         filename=_filename_of(part, errors),
-        content_type=part.get_content_type(),
+        content_type=leaf.content_type,
         content=_payload_bytes(leaf, errors),
         content_id=cid or None,
-        inline=disposition == "inline",
+        inline=leaf.disposition == "inline",
     )
 
 
