@@ -484,6 +484,28 @@ class DriverContract:
 
         harness.run(scenario)
 
+    def test_release_gives_the_job_back_at_once_without_counting_the_attempt(
+        self, harness: Harness
+    ) -> None:
+        async def scenario(driver: Driver) -> None:
+            first_job, second_job = make_jobs("job-1", "job-2")
+            await push(driver, first_job, second_job)
+            first = await reserve_one(driver, 1.0, "a pushed job must be reservable")
+            assert first.job.id == "job-1"
+            await first.release()
+            await assert_stat(driver, queue_stat(queued=2), "a released job is queued again")
+            again = await reserve_one(driver, 1.0, "a released job must be due at once")
+            assert again.job.id == "job-1", "a released job keeps its place in the queue"
+            assert again.attempt == 1, f"release must not count an attempt: {again.attempt}"
+            await first.release()
+            await assert_stat(
+                driver,
+                queue_stat(queued=1, reserved=1),
+                "a stale release must not free the new lease",
+            )
+
+        harness.run(scenario)
+
     def test_nack_with_headers_replaces_the_jobs_headers(self, harness: Harness) -> None:
         async def scenario(driver: Driver) -> None:
             job = make_job("job-1", b"body", headers={"a": ["1"], "b": ["2"]})
