@@ -130,7 +130,7 @@ def mailrunner_config(directory: Path, port: int, driver: str = "sqlite") -> Pat
     config.write_text(
         f"smtp:\n  addr: 127.0.0.1:{port}\n  jobs: {{pipeline: bench}}\n"
         f"jobs:\n  pipelines:\n    bench: {{driver: {driver}}}\n"
-        "logs: {level: warning}\n"
+        "rpc: {listen: '127.0.0.1:0'}\nlogs: {level: warning}\n"
     )
     return config
 

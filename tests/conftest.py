@@ -122,6 +122,7 @@ class RunningServer:
     def __init__(self, overrides: dict[str, Any], data_dir: Path, *, record: bool = True) -> None:
         settings: dict[str, Any] = {"data_dir": str(data_dir), **overrides}
         settings["smtp"] = {"addr": "127.0.0.1:0", **overrides.get("smtp", {})}
+        settings["rpc"] = {"listen": "127.0.0.1:0", **overrides.get("rpc", {})}
         jobs = settings["jobs"] = dict(overrides.get("jobs", {}))
         jobs["pipelines"] = {"smtp-emails": {"driver": "memory"}, **jobs.get("pipelines", {})}
         self.config = config_from_mapping(settings, "test")
@@ -132,6 +133,7 @@ class RunningServer:
         self._thread.start()
         self.app = self.call(self._start())
         self.host, self.port = self.app.smtp.address
+        self.api_url = "http://{}:{}".format(*self.app.api.address)
 
     async def _start(self) -> App:
         app = App(self.config, "test", self.delivery if self._record else None)

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import structlog
 
+from mailrunner.api.client import ApiClient
+from mailrunner.api.http import ApiServer
 from mailrunner.config import Config, PoolConfig
 from mailrunner.errors import ConfigError
 from mailrunner.jobs.consumer import Consumers
 from mailrunner.jobs.model import Job
 from mailrunner.jobs.service import JobsService
+from mailrunner.metrics import Metrics
 from mailrunner.mime.attachments import (
     AttachmentStorage,
     CleanupTask,
@@ -45,8 +48,10 @@ class App:
         self.source = source
         self._parse_executor = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="parse")
         self._cleanup: CleanupTask | None = None
+        self.metrics = Metrics()
+        self.remote_jobs: ApiClient | None = None
         self.smtp_pool: WorkerPool | None = None
-        self.jobs = JobsService(config)
+        self.jobs = JobsService(config, self.metrics)
         self.jobs_pool: WorkerPool | None = None
         self.consumers: Consumers | None = None
         if config.jobs.consume:
@@ -59,16 +64,25 @@ class App:
             self.consumers = Consumers(self.jobs, self.jobs_pool, config.jobs.shutdown_timeout)
         storage = self._storage()
         self.delivery = delivery or self._default_delivery(storage)
-        self.smtp = SmtpServer(config.smtp, self._handler(storage))
+        self.smtp = SmtpServer(config.smtp, self._handler(storage), self.metrics)
+        pools = {pool.name: pool for pool in (self.smtp_pool, self.jobs_pool) if pool is not None}
+        self.api = ApiServer(
+            config.rpc,
+            jobs=self.jobs,
+            smtp=self.smtp,
+            pools=pools,
+            metrics=self.metrics,
+            consumed=list(config.jobs.consume),
+            max_request=_request_limit(config.smtp.max_message_size),
+        )
 
     def _default_delivery(self, storage: AttachmentStorage) -> Delivery:
         smtp = self.config.smtp
         if smtp.use_jobs:
-            if smtp.jobs.rpc is not None:
-                raise ConfigError(
-                    ["smtp.jobs.rpc: remote Jobs RPC is not available in this version"], self.source
-                )
             tempfiles = storage if isinstance(storage, TempfileStorage) else None
+            if smtp.jobs.rpc is not None:
+                self.remote_jobs = ApiClient(smtp.jobs.rpc.url, smtp.jobs.rpc.token)
+                return JobsDelivery(self.remote_jobs, smtp.jobs, tempfiles)
             return JobsDelivery(self.jobs, smtp.jobs, tempfiles)
         command = self._command("smtp.pool", smtp.pool)
         self.smtp_pool = WorkerPool("smtp", smtp.pool, command, self.config.server.env)
@@ -107,7 +121,7 @@ class App:
         settings = HandlerSettings(
             max_recipients=smtp.max_recipients, auth_capture=smtp.auth.mode == "capture"
         )
-        return SmtpHandler(settings, builder, self.delivery)
+        return SmtpHandler(settings, builder, self.delivery, self.metrics)
 
     async def start(self) -> None:
         log.info("configuration loaded", source=self.source)
@@ -120,7 +134,10 @@ class App:
                     await pool.start()
             self._start_consumers()
             await self.smtp.start()
+            await self.api.start()
         except BaseException:
+            await self.smtp.stop(0)
+            await self.api.stop()
             await self._stop_components()
             raise
 
@@ -137,10 +154,13 @@ class App:
 
     async def stop(self) -> None:
         await self.smtp.stop(self.config.smtp.shutdown_timeout)
+        await self.api.stop()
         await self._stop_components()
         log.info("stopped")
 
     async def _stop_components(self) -> None:
+        if self.remote_jobs is not None:
+            await self.remote_jobs.close()
         if self.consumers is not None:
             await self.consumers.stop()
         for pool in (self.jobs_pool, self.smtp_pool):
@@ -173,3 +193,10 @@ async def _remove_email_attachments(storage: TempfileStorage, job: Job) -> None:
     """With Jobs, attachment files live until their email's job is acked or purged."""
     if job.name == EMAIL_JOB:
         await asyncio.to_thread(storage.remove, job.id)
+
+
+def _request_limit(max_message_size: int) -> int:
+    """API requests carry whole emails (base64 in JSON), so the limit follows SIZE."""
+    if max_message_size == 0:
+        return 2**31
+    return max(1024 * 1024, max_message_size * 2)

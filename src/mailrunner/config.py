@@ -36,6 +36,7 @@ EMBEDDED_DEFAULT = "embedded default"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -266,6 +267,16 @@ class Config(_Model):
             raise ValueError(
                 f"smtp.jobs.pipeline: pipeline {smtp.jobs.pipeline!r} is not declared in"
                 " jobs.pipelines (declare it, set smtp.jobs.rpc, or set smtp.use_jobs: false)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> Config:
+        host, _ = split_host_port(self.rpc.listen)
+        if host not in _LOOPBACK and not self.rpc.token:
+            raise ValueError(
+                f"rpc.token: required when rpc.listen ({self.rpc.listen}) is not a loopback"
+                " address; the API can push jobs and stop workers"
             )
         return self
 

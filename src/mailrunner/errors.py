@@ -21,11 +21,14 @@ client::
     ├── DriverError            a Jobs driver could not store, lease or acknowledge
     │   ├── DriverUnavailable
     │   └── PushTimeout
-    └── JobsError              a Jobs RPC call was refused
-        ├── PipelineNotFound
-        ├── PipelineConflict
-        ├── InvalidPipeline
-        └── InvalidJob
+    ├── JobsError              a Jobs RPC call was refused
+    │   ├── PipelineNotFound
+    │   ├── PipelineConflict
+    │   ├── InvalidPipeline
+    │   └── InvalidJob
+    └── ApiError               a management API call failed (status and message kept)
+        ├── NotFound           no such pool, connection or route
+        └── ApiUnavailable     the server could not be reached
 """
 
 from __future__ import annotations
@@ -115,3 +118,25 @@ class InvalidJob(JobsError):
 
 class InvalidPipeline(JobsError):
     """Pipeline settings or a request on a pipeline are not allowed."""
+
+
+class ApiError(MailrunnerError):
+    """A management API call answered with an error; `status` is the HTTP status."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class NotFound(ApiError):
+    """No such pool, connection or route."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 404)
+
+
+class ApiUnavailable(ApiError):
+    """The management API could not be reached."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 503)

@@ -39,7 +39,9 @@ class ServeProcess:
     def __init__(self, workdir: Path, settings: dict[str, Any]) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.api_port = free_port()
         config = {
+            "rpc": {"listen": f"127.0.0.1:{self.api_port}"},
             "jobs": {"pipelines": {"smtp-emails": {"driver": "sqlite"}}},
             **settings,
             "smtp": {**settings.get("smtp", {}), "addr": f"127.0.0.1:{self.port}"},

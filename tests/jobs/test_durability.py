@@ -48,6 +48,7 @@ def test_kill_9_midway_loses_no_job_whose_push_returned(tmp_path: Path) -> None:
             {
                 "data_dir": str(tmp_path / "var"),
                 "smtp": {"addr": "127.0.0.1:0"},
+                "rpc": {"listen": "127.0.0.1:0"},
                 "server": {
                     "command": [sys.executable, str(HERE / "job_worker.py")],
                     "env": {"JOB_LOG": str(log)},

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import RunningServer, wait_until
+from mailrunner.pool.pool import WorkerInfo
 
 WORKER = Path(__file__).with_name("behaviour_worker.py")
 TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
@@ -59,10 +60,20 @@ def send(server: RunningServer, subject: str) -> tuple[int, bytes]:
         return client.data(message(subject))
 
 
-def pids(server: RunningServer) -> set[int]:
+def workers(server: RunningServer) -> list[WorkerInfo]:
+    """The pool's workers, read on the server's loop (the pool is not thread-safe)."""
     pool = server.app.smtp_pool
     assert pool is not None
-    return {info.pid for info in pool.workers()}
+
+    async def listed() -> list[WorkerInfo]:
+        return pool.workers()
+
+    result: list[WorkerInfo] = server.call(listed())
+    return result
+
+
+def pids(server: RunningServer) -> set[int]:
+    return {info.pid for info in workers(server)}
 
 
 def alive(pid: int) -> bool:
@@ -229,7 +240,7 @@ def test_add_remove_reset_and_list_workers(pool_server: Callable[..., RunningSer
     added = server.call(pool.add_worker())
     assert added.pid in pids(server)
     assert len(pids(server)) == 2
-    (info,) = [w for w in pool.workers() if w.pid == added.pid]
+    (info,) = [w for w in workers(server) if w.pid == added.pid]
     assert (info.state, info.executions) == ("ready", 0)
     assert info.rss_bytes > 1_000_000
     removed = server.call(pool.remove_worker())

@@ -27,6 +27,7 @@ from mailrunner.errors import (
 from mailrunner.jobs.driver import Driver
 from mailrunner.jobs.drivers import build_driver
 from mailrunner.jobs.model import FailedJob, Job, PipelineStat, PushResult
+from mailrunner.metrics import Metrics
 
 log = structlog.get_logger("mailrunner.jobs")
 
@@ -61,7 +62,8 @@ class ConsumerControl(Protocol):
 class JobsService:
     """Push, PushBatch, Pause, Resume, List, Declare, Destroy, Stat, Peek and the failed list."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics or Metrics()
         self._data_dir = config.data_dir
         self._configured = config.jobs.pipelines
         self._pipelines: dict[str, Pipeline] = {}
@@ -127,7 +129,13 @@ class JobsService:
         """Return once the job is stored (durably where the driver is); raise otherwise."""
         pipeline = self.pipeline(job.options.pipeline)
         prepared = self._prepared(job, pipeline)
-        await pipeline.driver.push([prepared], deadline=time.monotonic() + push_timeout)
+        pushed = self._metrics.jobs_push
+        try:
+            await pipeline.driver.push([prepared], deadline=time.monotonic() + push_timeout)
+        except BaseException:
+            pushed.labels(pipeline.name, "error").inc()
+            raise
+        pushed.labels(pipeline.name, "ok").inc()
 
     async def push_batch(
         self, jobs: Sequence[Job], *, push_timeout: float = DEFAULT_PUSH_TIMEOUT

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from mailrunner.errors import MailrunnerError
+from mailrunner.metrics import Metrics
 from mailrunner.mime.build import Arrival, EventBuilder
 from mailrunner.smtp import replies
 from mailrunner.smtp.delivery import Delivery, Outcome
@@ -50,11 +51,16 @@ class SmtpHandler:
     """The aiosmtpd handler of every connection."""
 
     def __init__(
-        self, settings: HandlerSettings, builder: EventBuilder, delivery: Delivery
+        self,
+        settings: HandlerSettings,
+        builder: EventBuilder,
+        delivery: Delivery,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._builder = builder
         self._delivery = delivery
+        self._metrics = metrics
 
     async def handle_HELO(
         self, server: Any, session: MailSession, envelope: Any, hostname: str
@@ -115,6 +121,7 @@ class SmtpHandler:
             )
             return replies.R451_TEMP
         session.messages += 1
+        self._metrics.accepted(event.envelope.size, time.perf_counter() - started)
         if outcome is Outcome.ACCEPTED_CLOSE:
             session.close_after_reply = True
         log.info(

@@ -23,11 +23,14 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
 
 from mailrunner import __version__
 from mailrunner.events import Authentication
+from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
 
 log = structlog.get_logger("mailrunner.smtp")
 
 Command = Callable[[str | None], Awaitable[None]]
+_MESSAGE_COMMANDS = frozenset({"MAIL", "RCPT", "DATA"})
+"""A refusal of one of these refuses (part of) a message; it counts in the metrics."""
 
 
 class ConnectionRegistry(Protocol):
@@ -77,7 +80,11 @@ class MailrunnerSMTP(SMTP):
     """One SMTP connection."""
 
     def __init__(
-        self, handler: Any, settings: ProtocolSettings, registry: ConnectionRegistry
+        self,
+        handler: Any,
+        settings: ProtocolSettings,
+        registry: ConnectionRegistry,
+        metrics: Metrics,
     ) -> None:
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         super().__init__(
@@ -93,6 +100,8 @@ class MailrunnerSMTP(SMTP):
         )
         self.settings = settings
         self._registry = registry
+        self._metrics = metrics
+        self._command = ""
         self._owes_reply = False
         self._in_command = False
         self._closing_reply: str | None = None
@@ -118,6 +127,7 @@ class MailrunnerSMTP(SMTP):
         async def run(arg: str | None) -> None:
             shown = (arg or "").split(" ")[0] if name == "AUTH" else arg
             log.debug("smtp command", uuid=self.mail_session.connection_id, command=name, arg=shown)
+            self._command = name
             self._in_command = True
             try:
                 await method(arg)
@@ -225,6 +235,8 @@ class MailrunnerSMTP(SMTP):
         status = replies.printable(replies.REWRITES.get(status, status))
         if status[:1] in ("4", "5"):
             log.info("command rejected", uuid=self.mail_session.connection_id, reply=status)
+            if self._command in _MESSAGE_COMMANDS:
+                self._metrics.rejected(status)
         await super().push(status)
 
     async def handle_exception(self, error: Exception) -> str:

@@ -8,6 +8,7 @@ import time
 import structlog
 
 from mailrunner.config import SmtpConfig, split_host_port
+from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
 from mailrunner.smtp.handler import SmtpHandler
 from mailrunner.smtp.protocol import MailrunnerSMTP, ProtocolSettings
@@ -18,9 +19,10 @@ log = structlog.get_logger("mailrunner.smtp")
 class SmtpServer:
     """Owns the listening socket and the set of live connections."""
 
-    def __init__(self, config: SmtpConfig, handler: SmtpHandler) -> None:
+    def __init__(self, config: SmtpConfig, handler: SmtpHandler, metrics: Metrics) -> None:
         self._config = config
         self._handler = handler
+        self._metrics = metrics
         self._settings = ProtocolSettings(
             hostname=config.hostname,
             read_timeout=config.read_timeout,
@@ -36,6 +38,16 @@ class SmtpServer:
     @property
     def connections(self) -> frozenset[MailrunnerSMTP]:
         return frozenset(self._connections)
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    def connection(self, connection_id: str) -> MailrunnerSMTP | None:
+        for connection in self._connections:
+            if connection.mail_session.connection_id == connection_id:
+                return connection
+        return None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -70,7 +82,7 @@ class SmtpServer:
             self._drained.set()
 
     def _new_connection(self) -> MailrunnerSMTP:
-        return MailrunnerSMTP(self._handler, self._settings, self)
+        return MailrunnerSMTP(self._handler, self._settings, self, self._metrics)
 
     async def start(self) -> None:
         host, port = split_host_port(self._config.addr)

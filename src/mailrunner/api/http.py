@@ -1,0 +1,566 @@
+"""The management HTTP API: Jobs RPC 1:1 with JobsService, workers, connections, health,
+metrics, and /openapi.json generated from the same route table that aiohttp serves, so the
+document cannot drift from the server.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from mailrunner import __version__
+from mailrunner.api.schemas import (
+    ConnectionsResponse,
+    ConnectionWire,
+    CountResponse,
+    DeclareRequest,
+    DeclareResponse,
+    DestroyRequest,
+    ErrorResponse,
+    FailedJobWire,
+    FailedResponse,
+    HealthResponse,
+    IdsRequest,
+    JobWire,
+    OkResponse,
+    PeekResponse,
+    PipelinesResponse,
+    PushBatchRequest,
+    PushBatchResponse,
+    PushRequest,
+    PushResponse,
+    PushResultWire,
+    StatResponse,
+    WorkerResponse,
+    WorkersResponse,
+    WorkerWire,
+)
+from mailrunner.config import PipelineConfig, RpcConfig, split_host_port
+from mailrunner.errors import (
+    ApiError,
+    DriverError,
+    InvalidJob,
+    InvalidPipeline,
+    MailrunnerError,
+    NotFound,
+    PipelineConflict,
+    PipelineNotFound,
+    PoolError,
+)
+from mailrunner.jobs.service import JobsService
+from mailrunner.metrics import Metrics
+from mailrunner.pool.pool import WorkerPool
+from mailrunner.smtp.server import SmtpServer
+
+log = structlog.get_logger("mailrunner.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PIPELINE_SETTINGS: TypeAdapter[PipelineConfig] = TypeAdapter(PipelineConfig)
+CLOSED_BY_ADMIN = "421 4.7.0 {hostname} Connection closed by the administrator"
+_STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
+    (PipelineNotFound, 404),
+    (PipelineConflict, 409),
+    (InvalidJob, 422),
+    (InvalidPipeline, 422),
+    (DriverError, 503),
+    (PoolError, 503),
+)
+"""The one table from errors to HTTP statuses; the message goes to the client, never a trace."""
+
+
+def status_of(error: Exception) -> int:
+    if isinstance(error, ApiError):
+        return error.status
+    for kind, status in _STATUS_OF:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    summary: str
+    handler: Handler
+    response: type[BaseModel] | None
+    request: type[BaseModel] | None = None
+    query: tuple[str, ...] = ()
+    public: bool = False
+
+
+def _json(model: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(model.model_dump(mode="json"), status=status)
+
+
+def _error(status: int, error: Exception | str, kind: str | None = None) -> web.Response:
+    message = str(error)
+    body = ErrorResponse(error=message, type=kind or type(error).__name__)
+    return _json(body, status)
+
+
+async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+    try:
+        raw = await request.read()
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()
+        )
+        raise InvalidJob(f"bad request: {problems}") from None
+
+
+def _limit(request: web.Request, default: int) -> int:
+    text = request.query.get("limit", str(default))
+    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise InvalidJob("limit must be an integer from 1 to 100000")
+    return int(text)
+
+
+class ApiServer:
+    """Serves the API for one mailrunner process; owns its aiohttp runner."""
+
+    def __init__(
+        self,
+        config: RpcConfig,
+        *,
+        jobs: JobsService,
+        smtp: SmtpServer,
+        pools: dict[str, WorkerPool],
+        metrics: Metrics,
+        consumed: list[str],
+        max_request: int,
+    ) -> None:
+        self._config = config
+        self._jobs = jobs
+        self._smtp = smtp
+        self._pools = pools
+        self._metrics = metrics
+        self._consumed = consumed
+        self._max_request = max_request
+        self._runner: web.AppRunner | None = None
+        self.routes = self._route_table()
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    def application(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self._max_request, middlewares=[self._errors, self._auth]
+        )
+        for route in self.routes:
+            app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_get("/openapi.json", self._openapi)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.application(), access_log=None)
+        await self._runner.setup()
+        host, port = split_host_port(self._config.listen)
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        log.info("api listening", addr=f"http://{self._config.listen}")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._runner is not None
+        host, port = self._runner.addresses[0][:2]
+        return str(host), int(port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- middlewares -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = self._config.token
+        if token is None or request.path in ("/health", "/openapi.json"):
+            return await handler(request)
+        sent = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return _error(401, "a bearer token is required (rpc.token)", "Unauthorized")
+        return await handler(request)
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as error:
+            return _error(error.status, error.reason, type(error).__name__)
+        except MailrunnerError as error:
+            status = status_of(error)
+            if status >= 500:
+                log.warning("api call failed", path=request.path, error=str(error))
+            return _error(status, error)
+        except (ValueError, TypeError) as error:
+            return _error(422, error)
+        except Exception:
+            log.exception("api internal error", path=request.path)
+            return _error(500, "internal error, see the server log", "InternalError")
+
+    # --- the route table ---------------------------------------------------------------------
+
+    def _route_table(self) -> list[Route]:
+        pipeline = "/jobs/pipelines/{name}"
+        return [
+            Route(
+                "POST",
+                "/jobs/push",
+                "Push one job; 200 once stored",
+                self.push,
+                PushResponse,
+                PushRequest,
+            ),
+            Route(
+                "POST",
+                "/jobs/push_batch",
+                "Push jobs",
+                self.push_batch,
+                PushBatchResponse,
+                PushBatchRequest,
+            ),
+            Route(
+                "GET", "/jobs/pipelines", "List pipelines", self.list_pipelines, PipelinesResponse
+            ),
+            Route(
+                "POST",
+                "/jobs/pipelines",
+                "Declare a pipeline",
+                self.declare,
+                DeclareResponse,
+                DeclareRequest,
+            ),
+            Route(
+                "POST",
+                f"{pipeline}/destroy",
+                "Destroy a pipeline",
+                self.destroy,
+                OkResponse,
+                DestroyRequest,
+            ),
+            Route("POST", f"{pipeline}/pause", "Pause consuming", self.pause, OkResponse),
+            Route("POST", f"{pipeline}/resume", "Resume consuming", self.resume, OkResponse),
+            Route("GET", f"{pipeline}/stat", "Pipeline stat", self.stat, StatResponse),
+            Route(
+                "GET",
+                f"{pipeline}/peek",
+                "Jobs in serving order",
+                self.peek,
+                PeekResponse,
+                query=("limit",),
+            ),
+            Route(
+                "GET",
+                f"{pipeline}/failed",
+                "The failed list",
+                self.failed,
+                FailedResponse,
+                query=("limit",),
+            ),
+            Route(
+                "POST",
+                f"{pipeline}/failed/retry",
+                "Retry failed jobs",
+                self.retry_failed,
+                CountResponse,
+                IdsRequest,
+            ),
+            Route(
+                "POST",
+                f"{pipeline}/failed/purge",
+                "Purge failed jobs",
+                self.purge_failed,
+                CountResponse,
+                IdsRequest,
+            ),
+            Route("GET", "/workers/{pool}", "List workers", self.workers, WorkersResponse),
+            Route("POST", "/workers/{pool}/add", "Add a worker", self.add_worker, WorkerResponse),
+            Route(
+                "POST",
+                "/workers/{pool}/remove",
+                "Remove a worker",
+                self.remove_worker,
+                WorkerResponse,
+            ),
+            Route(
+                "POST",
+                "/workers/{pool}/reset",
+                "Replace every worker",
+                self.reset_workers,
+                OkResponse,
+            ),
+            Route(
+                "GET",
+                "/connections",
+                "Open SMTP connections",
+                self.connections,
+                ConnectionsResponse,
+            ),
+            Route(
+                "POST",
+                "/connections/{uuid}/close",
+                "Close a connection",
+                self.close_connection,
+                OkResponse,
+            ),
+            Route(
+                "GET",
+                "/health",
+                "Ready when SMTP and consumed pipelines are up",
+                self.health,
+                HealthResponse,
+                public=True,
+            ),
+            Route("GET", "/metrics", "Prometheus metrics", self.metrics, None),
+        ]
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    async def push(self, request: web.Request) -> web.Response:
+        body: PushRequest = await _body(request, PushRequest)
+        await self._jobs.push(body.job.to_job())
+        return _json(PushResponse(id=body.job.id))
+
+    async def push_batch(self, request: web.Request) -> web.Response:
+        body: PushBatchRequest = await _body(request, PushBatchRequest)
+        results = await self._jobs.push_batch([job.to_job() for job in body.jobs])
+        wire = [PushResultWire(id=r.id, error=r.error) for r in results]
+        return _json(PushBatchResponse(results=wire))
+
+    async def list_pipelines(self, request: web.Request) -> web.Response:
+        return _json(PipelinesResponse(pipelines=self._jobs.list_pipelines()))
+
+    async def declare(self, request: web.Request) -> web.Response:
+        body: DeclareRequest = await _body(request, DeclareRequest)
+        try:
+            settings = PIPELINE_SETTINGS.validate_python(body.settings())
+        except ValidationError as error:
+            raise InvalidPipeline(f"pipeline {body.name!r}: {error.errors()[0]['msg']}") from None
+        created = await self._jobs.declare(body.name, settings, consume=body.consume)
+        return _json(DeclareResponse(pipeline=body.name, created=created))
+
+    async def destroy(self, request: web.Request) -> web.Response:
+        body: DestroyRequest = await _body(request, DestroyRequest)
+        await self._jobs.destroy(request.match_info["name"], purge=body.purge)
+        return _json(OkResponse())
+
+    async def pause(self, request: web.Request) -> web.Response:
+        await self._jobs.pause(request.match_info["name"])
+        return _json(OkResponse())
+
+    async def resume(self, request: web.Request) -> web.Response:
+        await self._jobs.resume(request.match_info["name"])
+        return _json(OkResponse())
+
+    async def stat(self, request: web.Request) -> web.Response:
+        stat = await self._jobs.stat(request.match_info["name"])
+        return _json(StatResponse.model_validate(stat.to_dict()))
+
+    async def peek(self, request: web.Request) -> web.Response:
+        jobs = await self._jobs.peek(request.match_info["name"], _limit(request, 10))
+        return _json(PeekResponse(jobs=[JobWire.from_job(job) for job in jobs]))
+
+    async def failed(self, request: web.Request) -> web.Response:
+        failed = await self._jobs.list_failed(request.match_info["name"], _limit(request, 100))
+        return _json(FailedResponse(failed=[FailedJobWire.from_failed(f) for f in failed]))
+
+    async def retry_failed(self, request: web.Request) -> web.Response:
+        body: IdsRequest = await _body(request, IdsRequest)
+        count = await self._jobs.retry_failed(request.match_info["name"], body.ids)
+        return _json(CountResponse(count=count))
+
+    async def purge_failed(self, request: web.Request) -> web.Response:
+        body: IdsRequest = await _body(request, IdsRequest)
+        count = await self._jobs.purge_failed(request.match_info["name"], body.ids)
+        return _json(CountResponse(count=count))
+
+    # --- workers and connections -------------------------------------------------------------
+
+    def _pool(self, request: web.Request) -> WorkerPool:
+        name = request.match_info["pool"]
+        pool = self._pools.get(name)
+        if pool is None:
+            running = ", ".join(sorted(self._pools)) or "none"
+            raise NotFound(f"no {name!r} worker pool runs here (running: {running})")
+        return pool
+
+    async def workers(self, request: web.Request) -> web.Response:
+        pool = self._pool(request)
+        workers = [WorkerWire.model_validate(info, from_attributes=True) for info in pool.workers()]
+        return _json(WorkersResponse(pool=pool.name, workers=workers))
+
+    async def add_worker(self, request: web.Request) -> web.Response:
+        pool = self._pool(request)
+        info = await pool.add_worker()
+        return _json(
+            WorkerResponse(
+                pool=pool.name, worker=WorkerWire.model_validate(info, from_attributes=True)
+            )
+        )
+
+    async def remove_worker(self, request: web.Request) -> web.Response:
+        pool = self._pool(request)
+        info = await pool.remove_worker()
+        return _json(
+            WorkerResponse(
+                pool=pool.name, worker=WorkerWire.model_validate(info, from_attributes=True)
+            )
+        )
+
+    async def reset_workers(self, request: web.Request) -> web.Response:
+        await self._pool(request).reset()
+        return _json(OkResponse())
+
+    async def connections(self, request: web.Request) -> web.Response:
+        listed = []
+        for connection in self._smtp.connections:
+            session = connection.mail_session
+            envelope = connection.envelope
+            listed.append(
+                ConnectionWire(
+                    uuid=session.connection_id,
+                    remote_addr=session.remote_addr,
+                    helo=session.host_name,
+                    mail_from=getattr(envelope, "mail_from", None),
+                    recipients=list(getattr(envelope, "rcpt_tos", [])),
+                    auth_user=session.auth.username if session.auth else None,
+                    messages=session.messages,
+                )
+            )
+        return _json(ConnectionsResponse(connections=listed))
+
+    async def close_connection(self, request: web.Request) -> web.Response:
+        connection_id = request.match_info["uuid"]
+        connection = self._smtp.connection(connection_id)
+        if connection is None:
+            raise NotFound(f"no open SMTP connection {connection_id!r}")
+        connection.request_close(CLOSED_BY_ADMIN)
+        return _json(OkResponse())
+
+    # --- health, metrics, openapi ------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        known = set(self._jobs.list_pipelines())
+        pipelines = {
+            name: name in known and self._jobs.pipeline(name).consuming for name in self._consumed
+        }
+        ready = self._smtp.listening and all(pipelines.values())
+        body = HealthResponse(
+            status="ready" if ready else "not ready", smtp=self._smtp.listening, pipelines=pipelines
+        )
+        return _json(body, 200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        await self._refresh_gauges()
+        return web.Response(
+            body=self._metrics.exposition(), content_type="text/plain", charset="utf-8"
+        )
+
+    async def _refresh_gauges(self) -> None:
+        metrics = self._metrics
+        metrics.smtp_connections.set(len(self._smtp.connections))
+        for name in self._jobs.list_pipelines():
+            try:
+                stat = await self._jobs.stat(name)
+            except MailrunnerError:
+                continue
+            for state in ("queued", "delayed", "reserved", "failed"):
+                metrics.jobs_queue.labels(name, state).set(getattr(stat, state))
+        for pool in self._pools.values():
+            counts: dict[str, int] = {"ready": 0, "working": 0, "starting": 0, "stopping": 0}
+            for info in pool.workers():
+                counts[info.state] = counts.get(info.state, 0) + 1
+            for state, count in counts.items():
+                metrics.workers.labels(pool.name, state).set(count)
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document(self.routes))
+
+
+def openapi_document(routes: list[Route]) -> dict[str, Any]:
+    """OpenAPI 3.1 for the route table: every route with its request and response schemas."""
+    components: dict[str, Any] = {}
+    paths: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    error = {"content": {"application/json": {"schema": ref(ErrorResponse)}}}
+    for route in routes:
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": route.handler.__name__,
+        }
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _path_parameters(route.path)
+        ]
+        parameters += [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 100000},
+            }
+            for name in route.query
+        ]
+        if parameters:
+            operation["parameters"] = parameters
+        if route.request is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(route.request)}},
+            }
+        if route.response is None:
+            ok: dict[str, Any] = {
+                "description": "OK",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        else:
+            ok = {
+                "description": "OK",
+                "content": {"application/json": {"schema": ref(route.response)}},
+            }
+        operation["responses"] = {
+            "200": ok,
+            **{
+                str(status): {"description": description, **error}
+                for status, description in _ERROR_STATUSES.items()
+            },
+        }
+        if not route.public:
+            operation["security"] = [{"bearer": []}]
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mailrunner management API", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+_ERROR_STATUSES = {
+    401: "rpc.token is set and the bearer token is missing or wrong",
+    404: "unknown pipeline, pool or connection",
+    409: "a pipeline of that name exists with other settings",
+    422: "the request is malformed",
+    503: "the driver or pool is unavailable, or timed out",
+}
+
+
+def _path_parameters(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]

@@ -1,0 +1,234 @@
+"""The management API's wire format, as pydantic models: they validate requests and are the
+source of the request and response schemas in /openapi.json.
+
+A job on the wire follows RoadRunner's shape: `{"id", "job", "payload" | "payload_base64",
+"headers", "options": {"pipeline", "priority", "delay", "auto_ack"}}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mailrunner.jobs.model import FailedJob, Job, JobOptions
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobOptionsWire(Wire):
+    pipeline: str = Field(min_length=1)
+    priority: int = Field(default=0, ge=0, le=2**31)
+    delay: float = Field(default=0.0, ge=0, le=10**9)
+    auto_ack: bool = False
+
+
+class JobWire(Wire):
+    id: str = Field(min_length=1, max_length=1024)
+    job: str = Field(min_length=1, max_length=1024)
+    payload: str | None = None
+    payload_base64: str | None = None
+    headers: dict[str, list[str]] = {}
+    options: JobOptionsWire
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> JobWire:
+        if self.payload is not None and self.payload_base64 is not None:
+            raise ValueError("give payload or payload_base64, not both")
+        if self.payload_base64 is not None:
+            try:
+                base64.b64decode(self.payload_base64, validate=True)
+            except (binascii.Error, ValueError) as error:
+                raise ValueError(f"payload_base64 is not base64: {error}") from None
+        return self
+
+    def to_job(self) -> Job:
+        if self.payload_base64 is not None:
+            payload = base64.b64decode(self.payload_base64)
+        else:
+            payload = (self.payload or "").encode("utf-8")
+        options = JobOptions(
+            pipeline=self.options.pipeline,
+            priority=self.options.priority,
+            delay=self.options.delay,
+            auto_ack=self.options.auto_ack,
+        )
+        return Job(self.id, self.job, payload, options, dict(self.headers))
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobWire:
+        try:
+            text: str | None = job.payload.decode("utf-8")
+            encoded = None
+        except UnicodeDecodeError:
+            text, encoded = None, base64.b64encode(job.payload).decode("ascii")
+        return cls(
+            id=job.id,
+            job=job.name,
+            payload=text,
+            payload_base64=encoded,
+            headers=job.headers,
+            options=JobOptionsWire(
+                pipeline=job.options.pipeline,
+                priority=job.options.priority,
+                delay=job.options.delay,
+                auto_ack=job.options.auto_ack,
+            ),
+        )
+
+
+class PushRequest(Wire):
+    job: JobWire
+
+
+class PushBatchRequest(Wire):
+    jobs: list[JobWire] = Field(min_length=1)
+
+
+class PushResponse(Wire):
+    id: str
+
+
+class PushResultWire(Wire):
+    id: str
+    error: str | None
+
+
+class PushBatchResponse(Wire):
+    results: list[PushResultWire]
+
+
+class PipelinesResponse(Wire):
+    pipelines: list[str]
+
+
+class DeclareRequest(Wire):
+    """The same settings as a `jobs.pipelines.NAME` block of the YAML file."""
+
+    name: str = Field(min_length=1, max_length=200)
+    driver: Literal["memory", "sqlite", "redis", "amqp", "nats"]
+    priority: int = Field(default=10, ge=0)
+    prefetch: int = Field(default=10, ge=1)
+    retries: int = Field(default=5, ge=1)
+    visibility_timeout: float | str = 300.0
+    config: dict[str, Any] = {}
+    consume: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"name", "consume"})
+
+
+class DeclareResponse(Wire):
+    pipeline: str
+    created: bool
+
+
+class DestroyRequest(Wire):
+    purge: bool = False
+
+
+class OkResponse(Wire):
+    ok: Literal[True] = True
+
+
+class CapabilitiesWire(Wire):
+    durable: bool
+    idempotent_push: bool
+    atomic_batch: bool
+    priority: bool
+    delay: bool
+    peek: bool
+    max_payload: int | None
+
+
+class StatResponse(Wire):
+    pipeline: str
+    driver: str
+    priority: int
+    durable: bool
+    paused: bool
+    consuming: bool
+    queued: int
+    delayed: int
+    reserved: int
+    failed: int
+    capabilities: CapabilitiesWire
+
+
+class PeekResponse(Wire):
+    jobs: list[JobWire]
+
+
+class FailedJobWire(Wire):
+    job: JobWire
+    error: str
+    attempts: int
+    failed_at: float
+
+    @classmethod
+    def from_failed(cls, failed: FailedJob) -> FailedJobWire:
+        return cls(
+            job=JobWire.from_job(failed.job),
+            error=failed.error,
+            attempts=failed.attempts,
+            failed_at=failed.failed_at,
+        )
+
+
+class FailedResponse(Wire):
+    failed: list[FailedJobWire]
+
+
+class IdsRequest(Wire):
+    ids: list[str] | None = None
+
+
+class CountResponse(Wire):
+    count: int
+
+
+class WorkerWire(Wire):
+    pid: int
+    state: str
+    executions: int
+    rss_bytes: int
+    created: float
+
+
+class WorkersResponse(Wire):
+    pool: str
+    workers: list[WorkerWire]
+
+
+class WorkerResponse(Wire):
+    pool: str
+    worker: WorkerWire
+
+
+class ConnectionWire(Wire):
+    uuid: str
+    remote_addr: str
+    helo: str | None
+    mail_from: str | None
+    recipients: list[str]
+    auth_user: str | None
+    messages: int
+
+
+class ConnectionsResponse(Wire):
+    connections: list[ConnectionWire]
+
+
+class HealthResponse(Wire):
+    status: Literal["ready", "not ready"]
+    smtp: bool
+    pipelines: dict[str, bool]
+
+
+class ErrorResponse(Wire):
+    error: str
+    type: str

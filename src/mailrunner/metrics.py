@@ -1,0 +1,64 @@
+"""Prometheus metrics: counters fed as things happen, gauges read from components at scrape.
+
+Each App owns its own registry, so two servers in one process (tests) never share counts.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """Every metric mailrunner exports, on one registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.smtp_messages = Counter(
+            "mailrunner_smtp_messages",
+            "SMTP messages by result (accepted, rejected) and reason (the reply code)",
+            ["result", "reason"],
+            registry=self.registry,
+        )
+        self.smtp_bytes = Counter(
+            "mailrunner_smtp_bytes", "Bytes of accepted messages", registry=self.registry
+        )
+        self.smtp_delivery = Histogram(
+            "mailrunner_smtp_delivery_seconds",
+            "Time from the end of DATA to the 250 reply",
+            buckets=DELIVERY_BUCKETS,
+            registry=self.registry,
+        )
+        self.smtp_connections = Gauge(
+            "mailrunner_smtp_connections", "Open SMTP connections", registry=self.registry
+        )
+        self.jobs_push = Counter(
+            "mailrunner_jobs_push",
+            "Jobs pushed, by pipeline and result (ok, error)",
+            ["pipeline", "result"],
+            registry=self.registry,
+        )
+        self.jobs_queue = Gauge(
+            "mailrunner_jobs_queue",
+            "Jobs per pipeline and state (queued, delayed, reserved, failed)",
+            ["pipeline", "state"],
+            registry=self.registry,
+        )
+        self.workers = Gauge(
+            "mailrunner_workers",
+            "Worker processes by pool and state",
+            ["pool", "state"],
+            registry=self.registry,
+        )
+
+    def accepted(self, size: int, seconds: float) -> None:
+        self.smtp_messages.labels("accepted", "250").inc()
+        self.smtp_bytes.inc(size)
+        self.smtp_delivery.observe(seconds)
+
+    def rejected(self, reply: str) -> None:
+        self.smtp_messages.labels("rejected", reply[:3]).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
