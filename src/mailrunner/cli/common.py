@@ -1,0 +1,132 @@
+"""What every command shares: configuration discovery, the server's address, exit codes,
+and output as tables for people or JSON for scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from mailrunner import config
+from mailrunner.api.client import ApiClient
+from mailrunner.errors import ApiUnavailable, ConfigError, MailrunnerError
+
+EXIT_ERROR = 1
+"""The server answered with an error, or the configuration is invalid."""
+EXIT_USAGE = 2
+"""A usage error, or the server cannot be reached."""
+
+RPC_ENV = "MAILRUNNER_RPC"
+TOKEN_ENV = "MAILRUNNER_TOKEN"
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="YAML file; else $MAILRUNNER_CONFIG, else ./mailrunner.yaml, else the embedded default.",
+)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"mailrunner: {message}", err=True)
+    sys.exit(code)
+
+
+def load_or_exit(config_path: Path | None) -> tuple[config.Config, str]:
+    try:
+        return config.load(config_path)
+    except ConfigError as error:
+        fail(str(error))
+
+
+def api_options(command: F) -> F:
+    """--server, --token, -c and --json for every command that talks to a running server."""
+    command = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(
+        command
+    )
+    command = click.option(
+        "--token", envvar=TOKEN_ENV, default=None, help=f"Bearer token (or ${TOKEN_ENV})."
+    )(command)
+    command = click.option(
+        "--server",
+        envvar=RPC_ENV,
+        default=None,
+        help=f"API URL (or ${RPC_ENV}); else rpc.listen of the configuration.",
+    )(command)
+    config_file = click.option(
+        "-c",
+        "--config-file",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Find the server from rpc.listen of this file (default ./mailrunner.yaml).",
+    )
+    return config_file(command)
+
+
+def server_url(server: str | None, config_path: Path | None) -> str:
+    """--server, else $MAILRUNNER_RPC, else rpc.listen of the config file."""
+    if server:
+        return server if "://" in server else f"http://{server}"
+    loaded, _ = load_or_exit(config_path)
+    return f"http://{loaded.rpc.listen}"
+
+
+def call_api(
+    server: str | None,
+    token: str | None,
+    config_path: Path | None,
+    work: Callable[[ApiClient], Awaitable[T]],
+) -> T:
+    """Run `work` against the server; unreachable exits 2, an error answer exits 1."""
+    url = server_url(server, config_path)
+
+    async def run() -> T:
+        async with ApiClient(url, token) as client:
+            return await work(client)
+
+    try:
+        return asyncio.run(run())
+    except ApiUnavailable as error:
+        fail(f"{error} (is the server running? see --server, ${RPC_ENV})", EXIT_USAGE)
+    except MailrunnerError as error:
+        fail(str(error))
+
+
+def show(
+    data: Any, as_json: bool, columns: Sequence[str] | None = None, rows_key: str = ""
+) -> None:
+    """JSON as the API sent it, or a table of `rows_key` with `columns`, or key: value lines."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    rows = data.get(rows_key) if rows_key and isinstance(data, dict) else None
+    if rows is not None and columns:
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*(_cell(row.get(column)) for column in columns))
+        console.print(table)
+        return
+    if isinstance(data, dict):
+        for key, value in data.items():
+            console.print(f"[bold]{key}[/bold]: {_cell(value)}")
+        return
+    console.print(_cell(data))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return "" if value is None else str(value)
