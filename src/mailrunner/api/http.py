@@ -55,7 +55,7 @@ from mailrunner.errors import (
 )
 from mailrunner.jobs.service import JobsService
 from mailrunner.metrics import Metrics
-from mailrunner.pool.pool import WorkerPool
+from mailrunner.pool.pool import WorkerInfo, WorkerPool
 from mailrunner.smtp.server import SmtpServer
 
 log = structlog.get_logger("mailrunner.api")
@@ -399,21 +399,11 @@ class ApiServer:
 
     async def add_worker(self, request: web.Request) -> web.Response:
         pool = self._pool(request)
-        info = await pool.add_worker()
-        return _json(
-            WorkerResponse(
-                pool=pool.name, worker=WorkerWire.model_validate(info, from_attributes=True)
-            )
-        )
+        return _worker_response(pool, await pool.add_worker())
 
     async def remove_worker(self, request: web.Request) -> web.Response:
         pool = self._pool(request)
-        info = await pool.remove_worker()
-        return _json(
-            WorkerResponse(
-                pool=pool.name, worker=WorkerWire.model_validate(info, from_attributes=True)
-            )
-        )
+        return _worker_response(pool, await pool.remove_worker())
 
     async def reset_workers(self, request: web.Request) -> web.Response:
         await self._pool(request).reset()
@@ -483,6 +473,11 @@ class ApiServer:
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document(self.routes))
+
+
+def _worker_response(pool: WorkerPool, info: WorkerInfo) -> web.Response:
+    worker = WorkerWire.model_validate(info, from_attributes=True)
+    return _json(WorkerResponse(pool=pool.name, worker=worker))
 
 
 def openapi_document(routes: list[Route]) -> dict[str, Any]:

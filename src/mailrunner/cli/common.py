@@ -28,14 +28,27 @@ TOKEN_ENV = "MAILRUNNER_TOKEN"
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-config_option = click.option(
-    "-c",
+
+def _config_path_option(long_flag: str, help_text: str) -> Callable[[F], F]:
+    return click.option(
+        "-c",
+        long_flag,
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help=help_text,
+    )
+
+
+config_option = _config_path_option(
     "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="YAML file; else $MAILRUNNER_CONFIG, else ./mailrunner.yaml, else the embedded default.",
+    "YAML file; else $MAILRUNNER_CONFIG, else ./mailrunner.yaml, else the embedded default.",
 )
+config_file_option = _config_path_option(
+    "--config-file",
+    "Find the server from rpc.listen of this file (default ./mailrunner.yaml).",
+)
+"""`jobs declare` takes the driver's `--config key=value`, so API commands spell it this way."""
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -64,15 +77,7 @@ def api_options(command: F) -> F:
         default=None,
         help=f"API URL (or ${RPC_ENV}); else rpc.listen of the configuration.",
     )(command)
-    config_file = click.option(
-        "-c",
-        "--config-file",
-        "config_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=None,
-        help="Find the server from rpc.listen of this file (default ./mailrunner.yaml).",
-    )
-    return config_file(command)
+    return config_file_option(command)
 
 
 def server_url(server: str | None, config_path: Path | None) -> str:
