@@ -14,7 +14,8 @@ client::
     │   ├── WorkerCrashed      (the worker died, or broke the frame protocol)
     │   ├── WorkerFailed       the worker answered with an ERROR frame
     │   ├── BadAnswer          the worker answered something the protocol does not allow
-    │   └── PoolStopped
+    │   ├── PoolStopped
+    │   └── PoolLimit          the change would leave the pool without a worker
     ├── RelayError             bytes from a worker are not a valid frame (the worker is replaced)
     │   └── FrameError         BadChecksum, BadVersion, FrameTooLarge, TruncatedFrame
     │                          (in pool/frame.py, which worker processes import)
@@ -82,6 +83,10 @@ class BadAnswer(PoolError):
 
 class PoolStopped(PoolError):
     """The pool is stopping and takes no more work."""
+
+
+class PoolLimit(PoolError):
+    """The pool refuses a change that would leave it unable to serve (no worker left)."""
 
 
 class RelayError(MailrunnerError):

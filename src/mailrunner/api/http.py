@@ -52,6 +52,7 @@ from mailrunner.errors import (
     PipelineConflict,
     PipelineNotFound,
     PoolError,
+    PoolLimit,
 )
 from mailrunner.jobs.service import JobsService
 from mailrunner.metrics import Metrics
@@ -66,6 +67,7 @@ CLOSED_BY_ADMIN = "421 4.7.0 {hostname} Connection closed by the administrator"
 _STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (PipelineNotFound, 404),
     (PipelineConflict, 409),
+    (PoolLimit, 409),
     (InvalidJob, 422),
     (InvalidPipeline, 422),
     (DriverError, 503),
@@ -93,6 +95,7 @@ class Route:
     request: type[BaseModel] | None = None
     query: tuple[str, ...] = ()
     public: bool = False
+    content_type: str = "application/json"
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
@@ -155,7 +158,6 @@ class ApiServer:
         )
         for route in self.routes:
             app.router.add_route(route.method, route.path, route.handler)
-        app.router.add_get("/openapi.json", self._openapi)
         return app
 
     async def start(self) -> None:
@@ -185,7 +187,8 @@ class ApiServer:
         if token is None or request.path in ("/health", "/openapi.json"):
             return await handler(request)
         sent = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        expected = f"Bearer {token}".encode()
+        if not hmac.compare_digest(sent.encode("utf-8", "replace"), expected):
             return _error(401, "a bearer token is required (rpc.token)", "Unauthorized")
         return await handler(request)
 
@@ -319,7 +322,15 @@ class ApiServer:
                 HealthResponse,
                 public=True,
             ),
-            Route("GET", "/metrics", "Prometheus metrics", self.metrics, None),
+            Route(
+                "GET",
+                "/metrics",
+                "Prometheus metrics",
+                self.metrics,
+                None,
+                content_type="text/plain",
+            ),
+            Route("GET", "/openapi.json", "This document", self._openapi, None, public=True),
         ]
 
     # --- jobs --------------------------------------------------------------------------------
@@ -457,6 +468,7 @@ class ApiServer:
     async def _refresh_gauges(self) -> None:
         metrics = self._metrics
         metrics.smtp_connections.set(len(self._smtp.connections))
+        metrics.jobs_queue.clear()
         for name in self._jobs.list_pipelines():
             try:
                 stat = await self._jobs.stat(name)

@@ -28,6 +28,7 @@ from mailrunner.errors import (
     ExecTimeout,
     NoFreeWorker,
     PoolError,
+    PoolLimit,
     PoolStopped,
     RelayError,
     WorkerCrashed,
@@ -339,7 +340,7 @@ class WorkerPool:
     async def remove_worker(self) -> WorkerInfo:
         """Stop one idle worker (waiting up to allocate_timeout for one) and shrink the pool."""
         if self._target <= 1:
-            raise PoolError(f"the {self.name} pool keeps at least one worker")
+            raise PoolLimit(f"the {self.name} pool keeps at least one worker")
         self._target -= 1
         try:
             worker = await self._allocate()
