@@ -52,8 +52,10 @@ class Metrics:
             registry=self.registry,
         )
 
+        self._accepted = self.smtp_messages.labels("accepted", "250")
+
     def accepted(self, size: int, seconds: float) -> None:
-        self.smtp_messages.labels("accepted", "250").inc()
+        self._accepted.inc()
         self.smtp_bytes.inc(size)
         self.smtp_delivery.observe(seconds)
 
