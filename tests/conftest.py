@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -209,3 +210,16 @@ def swaks() -> str:
             pytest.fail("swaks is not installed (CI installs it: apt-get install swaks)")
         pytest.skip("swaks is not installed (apt-get install swaks)")
     return path
+
+
+def require_broker(name: str, host: str, port: int) -> None:
+    """Make sure a broker listens on host:port: skipped locally when it does not, a failure in
+    CI (`MAILRUNNER_REQUIRE_BROKERS=1`), where every broker must be there."""
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return
+    except OSError as error:
+        reason = f"{name} is not reachable on {host}:{port} ({error})"
+    if REQUIRE_TOOLS:
+        pytest.fail(f"{reason}; CI must start it before the tests")
+    pytest.skip(reason)

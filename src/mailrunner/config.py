@@ -162,8 +162,33 @@ class SqliteDriverConfig(_Model):
 
 
 class RedisDriverConfig(_Model):
+    """Where a redis pipeline keeps its jobs: keys `<key_prefix>:{<stream>}:…` on `addr`.
+
+    `stream` names the queue inside Redis (default: the pipeline's name), so pipelines on
+    different nodes share one queue by naming the same stream. The braces make `stream` the
+    Redis Cluster hash tag, which keeps a pipeline's keys together for its atomic scripts.
+    `timeout` bounds connecting and every single command, so a dead server fails a call
+    instead of hanging it.
+    """
+
     addr: str = "redis://127.0.0.1:6379/0"
-    stream: str | None = None
+    stream: str | None = Field(default=None, min_length=1)
+    key_prefix: str = Field(default="mailrunner", min_length=1)
+    timeout: Duration = Field(default=5.0, gt=0)
+
+    @field_validator("addr")
+    @classmethod
+    def _check_addr(cls, addr: str) -> str:
+        if urlsplit(addr).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return addr
+
+    @field_validator("stream", "key_prefix")
+    @classmethod
+    def _no_braces(cls, value: str | None) -> str | None:
+        if value is not None and ("{" in value or "}" in value):
+            raise ValueError("must not contain { or } (they mark the Redis Cluster hash tag)")
+        return value
 
 
 class AmqpDriverConfig(_Model):
