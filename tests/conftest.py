@@ -7,6 +7,7 @@ and asyncio clients (aiosmtplib) drive it over real TCP exactly as users do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import nats
+import nats.js.errors
 import pytest
 
 from mailrunner.app import App
@@ -223,3 +226,19 @@ def require_broker(name: str, host: str, port: int) -> None:
     if REQUIRE_TOOLS:
         pytest.fail(f"{reason}; CI must start it before the tests")
     pytest.skip(reason)
+
+
+def delete_streams(port: int, stream: str) -> None:
+    """Remove a NATS pipeline's streams (its jobs and its failed list) after a test."""
+
+    async def main() -> None:
+        connection = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=5)
+        try:
+            jetstream = connection.jetstream()
+            for name in (stream, f"{stream}_failed"):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await jetstream.delete_stream(name)
+        finally:
+            await connection.close()
+
+    asyncio.run(main())

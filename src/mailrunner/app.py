@@ -38,6 +38,11 @@ from mailrunner.smtp.server import SmtpServer
 log = structlog.get_logger("mailrunner.app")
 
 PARSE_THREADS = 2
+EVENT_GROWTH = 2.0
+"""An event's JSON is at most about twice its message: bodies as text plus base64 attachments."""
+RAW_GROWTH = 1.34
+"""`smtp.include_raw` adds the whole message again, base64-encoded."""
+MIN_MESSAGE_SIZE = 64 * 1024
 
 
 class App:
@@ -133,6 +138,7 @@ class App:
                 if pool is not None:
                     await pool.start()
             self._start_consumers()
+            self._fit_message_size()
             await self.smtp.start()
             await self.api.start()
         except BaseException:
@@ -140,6 +146,37 @@ class App:
             await self.api.stop()
             await self._stop_components()
             raise
+
+    def _fit_message_size(self) -> None:
+        """Never accept a message whose event the pipeline cannot carry (it would get 451
+        forever): lower the advertised SIZE to what the driver's max_payload allows."""
+        smtp = self.config.smtp
+        if not smtp.use_jobs or smtp.jobs.rpc is not None:
+            return
+        max_payload = self.jobs.pipeline(smtp.jobs.pipeline).driver.capabilities.max_payload
+        if max_payload is None:
+            return
+        growth = EVENT_GROWTH + (RAW_GROWTH if smtp.include_raw else 0.0)
+        fits = int(max_payload / growth)
+        current = self.smtp.max_message_size
+        if current and current <= fits:
+            return
+        if fits < MIN_MESSAGE_SIZE:
+            raise ConfigError(
+                [
+                    f"smtp.jobs.pipeline: pipeline {smtp.jobs.pipeline!r} carries at most"
+                    f" {max_payload} bytes per job, too small for email events"
+                ],
+                self.source,
+            )
+        log.warning(
+            "SIZE lowered to what the pipeline can carry",
+            pipeline=smtp.jobs.pipeline,
+            max_payload=max_payload,
+            configured=current or "unlimited",
+            advertised=fits,
+        )
+        self.smtp.limit_message_size(fits)
 
     def _start_consumers(self) -> None:
         if self.consumers is None:

@@ -192,16 +192,63 @@ class RedisDriverConfig(_Model):
 
 
 class AmqpDriverConfig(_Model):
+    """Where an amqp pipeline keeps its jobs on the RabbitMQ server at `addr`.
+
+    `queue` is the durable queue (default `mailrunner.<pipeline>`); the driver also owns
+    `<queue>.failed`, `<queue>.delays` and `<queue>.delay.<ms>`. Jobs are published to the
+    durable direct `exchange` (default: the queue's name) with `routing_key` (default: the
+    queue's name), so pipelines on different nodes share one queue by naming the same one.
+    `timeout` bounds connecting and every single broker call, so a dead broker fails a call
+    instead of hanging it.
+    """
+
     addr: str = "amqp://guest:guest@127.0.0.1:5672/"
-    queue: str | None = None
-    exchange: str = "mailrunner"
-    routing_key: str | None = None
+    queue: str | None = Field(default=None, min_length=1, max_length=200)
+    exchange: str | None = Field(default=None, min_length=1, max_length=255)
+    routing_key: str | None = Field(default=None, max_length=255)
+    timeout: Duration = Field(default=5.0, gt=0)
+
+    @field_validator("addr")
+    @classmethod
+    def _check_amqp_addr(cls, addr: str) -> str:
+        if urlsplit(addr).scheme not in ("amqp", "amqps"):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return addr
 
 
 class NatsDriverConfig(_Model):
+    """Where a nats pipeline keeps its jobs: JetStream stream `stream` on `addr`.
+
+    `stream` (default: the pipeline's name) holds the jobs on `subject` (default
+    `mailrunner.jobs.<pipeline>`); the driver also owns `<stream>_failed` on
+    `<subject>.failed`. Pipelines on different nodes share one queue by naming the same
+    stream and subject. Names are checked here because JetStream refuses them only at run time.
+    """
+
     addr: str = "nats://127.0.0.1:4222"
-    stream: str | None = None
-    subject: str | None = None
+    stream: str | None = Field(default=None, min_length=1, max_length=200)
+    subject: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("addr")
+    @classmethod
+    def _check_nats_addr(cls, addr: str) -> str:
+        if urlsplit(addr).scheme not in ("nats", "tls"):
+            raise ValueError("must be a nats:// or tls:// URL")
+        return addr
+
+    @field_validator("stream")
+    @classmethod
+    def _check_stream(cls, stream: str | None) -> str | None:
+        if stream is not None and re.search(r"[.*>\s/\\]", stream):
+            raise ValueError("a stream name cannot contain '.', '*', '>', '/', '\\' or spaces")
+        return stream
+
+    @field_validator("subject")
+    @classmethod
+    def _check_subject(cls, subject: str | None) -> str | None:
+        if subject is not None and not re.fullmatch(r"[^.*>\s]+(\.[^.*>\s]+)*", subject):
+            raise ValueError("a subject is dot-separated tokens without wildcards or spaces")
+        return subject
 
 
 class _PipelineBase(_Model):

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningServer, validate_event, wait_until
+from conftest import RunningServer, delete_streams, require_broker, validate_event, wait_until
 
 TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
 HERE = Path(__file__).parent
@@ -208,3 +209,27 @@ def test_tempfile_attachments_live_until_the_job_is_acked(
         lambda: not stored.parent.exists(), "the attachment folder to go once the job is acked"
     )
     assert event["id"] in log.read_text()
+
+
+@pytest.mark.nats
+def test_a_pipeline_with_a_small_max_payload_lowers_the_advertised_size(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    require_broker("nats", "127.0.0.1", 4222)
+    stream = f"size_{uuid.uuid4().hex[:12]}"
+    pipeline = {"driver": "nats", "config": {"stream": stream, "subject": f"mailrunner.{stream}"}}
+    try:
+        server = start_server(record=False, jobs={"pipelines": {"smtp-emails": pipeline}})
+        max_payload = server.app.jobs.pipeline("smtp-emails").driver.capabilities.max_payload
+        assert max_payload is not None
+        with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+            client.ehlo("c")
+            advertised = int(client.esmtp_features["size"])
+            assert advertised == int(max_payload / 2.0) < 10485760
+            code, _ = client.docmd(f"MAIL FROM:<a@example.com> SIZE={advertised + 1}")
+            assert code == 552, "a declared size over what the pipeline carries is refused early"
+            client.rset()
+            body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * (advertised // 1000 - 1)
+            client.sendmail("a@example.com", ["b@example.com"], body)
+    finally:
+        delete_streams(4222, stream)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import structlog
 
@@ -38,6 +39,14 @@ class SmtpServer:
     @property
     def connections(self) -> frozenset[MailrunnerSMTP]:
         return frozenset(self._connections)
+
+    @property
+    def max_message_size(self) -> int:
+        return self._settings.max_message_size
+
+    def limit_message_size(self, limit: int) -> None:
+        """Advertise and enforce a smaller SIZE (before start), e.g. what a broker can carry."""
+        self._settings = replace(self._settings, max_message_size=limit)
 
     @property
     def listening(self) -> bool:
