@@ -19,6 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import TypeAdapter
+
+from mailrunner.config import PipelineConfig
+from mailrunner.jobs.drivers import build_driver
+
 CONNECTIONS = 100
 SECONDS = 4.0
 WARMUP = 1.0
@@ -32,6 +37,14 @@ MESSAGE = (
 )
 HERE = Path(__file__).parent
 TARGETS = {"aiosmtpd": 0.6, "aiosmtpd+parser": 0.8}
+DRIVERS: dict[str, int | None] = {"memory": None, "sqlite": None, "redis": 6379, "nats": 4222}
+"""Drivers compared side by side, with the port their broker must listen on."""
+BROKER_STREAM = "mailrunner_bench"
+BROKER_SUBJECT = "mailrunner.bench"
+BROKER_CONFIG = {
+    "redis": f"{{stream: {BROKER_STREAM}}}",
+    "nats": f"{{stream: {BROKER_STREAM}, subject: {BROKER_SUBJECT}}}",
+}
 
 
 @dataclass
@@ -126,40 +139,92 @@ async def run(name: str, command: list[str], port: int, cwd: Path) -> Result:
 
 
 def mailrunner_config(directory: Path, port: int, driver: str = "sqlite") -> Path:
-    config = directory / f"bench-{driver}.yaml"
+    config = directory / f"bench-{driver}-{port}.yaml"
+    pipeline = f"{{driver: {driver}}}"
+    if driver in ("redis", "nats"):
+        pipeline = f"{{driver: {driver}, config: {BROKER_CONFIG[driver]}}}"
     config.write_text(
         f"smtp:\n  addr: 127.0.0.1:{port}\n  jobs: {{pipeline: bench}}\n"
-        f"jobs:\n  pipelines:\n    bench: {{driver: {driver}}}\n"
+        f"jobs:\n  pipelines:\n    bench: {pipeline}\n"
         "rpc: {listen: '127.0.0.1:0'}\nlogs: {level: warning}\n"
     )
     return config
 
 
-async def main() -> int:
+def mailrunner_command(directory: Path, port: int, driver: str) -> list[str]:
+    config = mailrunner_config(directory, port, driver)
+    return [sys.executable, "-m", "mailrunner", "serve", "-c", str(config)]
+
+
+def median(results: list[Result]) -> Result:
+    return sorted(results, key=lambda result: result.rate)[len(results) // 2]
+
+
+async def one_round(directory: Path) -> list[Result]:
+    """(a), (b) and mailrunner -> sqlite, one after the other."""
     results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="mailrunner-bench-") as temp:
-        directory = Path(temp)
-        for kind in ("aiosmtpd", "aiosmtpd+parser"):
-            port = free_port()
-            command = [sys.executable, str(HERE / "baseline_servers.py"), kind, str(port)]
-            results.append(
-                await run(
-                    f"({'a' if kind == 'aiosmtpd' else 'b'}) {kind}", command, port, directory
-                )
-            )
+    for label, kind in (("(a) aiosmtpd", "aiosmtpd"), ("(b) aiosmtpd+parser", "aiosmtpd+parser")):
         port = free_port()
-        config = mailrunner_config(directory, port)
-        command = [sys.executable, "-m", "mailrunner", "serve", "-c", str(config)]
-        results.append(await run("mailrunner -> sqlite", command, port, directory))
+        command = [sys.executable, str(HERE / "baseline_servers.py"), kind, str(port)]
+        results.append(await run(label, command, port, directory))
+    port = free_port()
+    command = mailrunner_command(directory, port, "sqlite")
+    results.append(await run("mailrunner -> sqlite", command, port, directory))
+    return results
+
+
+def reachable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def drivers_side_by_side(directory: Path) -> list[Result]:
+    """One round per driver whose broker is reachable: the same load into each pipeline."""
+    results = []
+    for driver, broker_port in DRIVERS.items():
+        if broker_port is not None and not reachable(broker_port):
+            print(f"(skipping {driver}: nothing listens on 127.0.0.1:{broker_port})")
+            continue
+        port = free_port()
+        command = mailrunner_command(directory, port, driver)
+        results.append(await run(f"mailrunner -> {driver}", command, port, directory))
+        if broker_port is not None:
+            await empty_broker_pipeline(driver, directory)
+    return results
+
+
+async def empty_broker_pipeline(driver: str, directory: Path) -> None:
+    """Leave nothing behind on the machine's brokers: the benchmark's jobs are deleted."""
+    adapter: TypeAdapter[PipelineConfig] = TypeAdapter(PipelineConfig)
+    config = {"stream": BROKER_STREAM, **({"subject": BROKER_SUBJECT} if driver == "nats" else {})}
+    settings = adapter.validate_python({"driver": driver, "config": config})
+    pipeline = build_driver("bench", settings, directory)
+    await pipeline.open()
+    await pipeline.destroy()
+    await pipeline.close()
+
+
+def print_table(results: list[Result]) -> None:
+    print(f"{'server':<24} {'messages/s':>11} {'p50 ms':>8} {'p99 ms':>8}")
+    for result in results:
+        print(f"{result.name:<24} {result.rate:>11.0f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f}")
+
+
+async def main() -> int:
+    rounds: list[list[Result]] = []
+    with tempfile.TemporaryDirectory(prefix="mailrunner-bench-") as temp:
+        for _ in range(ROUNDS):
+            rounds.append(await one_round(Path(temp)))
+        by_driver = await drivers_side_by_side(Path(temp))
+    results = [median(list(column)) for column in zip(*rounds, strict=True)]
     print(
         f"1 KB messages, {CONNECTIONS} parallel connections, {SECONDS:.0f}s per server after"
         f" {WARMUP:.0f}s warm-up, median of {ROUNDS} rounds; mailrunner: the real SMTP path,"
         f" Jobs into a sqlite pipeline (WAL, synchronous=FULL), logs at warning;"
         f" {os.cpu_count()} CPUs"
     )
-    print(f"{'server':<24} {'messages/s':>11} {'p50 ms':>8} {'p99 ms':>8}")
-    for result in results:
-        print(f"{result.name:<24} {result.rate:>11.0f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f}")
+    print_table(results)
     ours = results[-1].rate
     ok = True
     for result, (kind, target) in zip(results, TARGETS.items(), strict=False):
@@ -167,6 +232,8 @@ async def main() -> int:
         verdict = "meets" if ratio >= target else "MISSES"
         ok = ok and ratio >= target
         print(f"mailrunner / {kind}: {ratio:.2f} ({verdict} the {target} target)")
+    print("\nSMTP -> pipeline by driver (one round each, brokers on this machine as they run):")
+    print_table(by_driver)
     return 0 if ok else 1
 
 
