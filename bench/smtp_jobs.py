@@ -37,12 +37,19 @@ MESSAGE = (
 )
 HERE = Path(__file__).parent
 TARGETS = {"aiosmtpd": 0.6, "aiosmtpd+parser": 0.8}
-DRIVERS: dict[str, int | None] = {"memory": None, "sqlite": None, "redis": 6379, "nats": 4222}
+DRIVERS: dict[str, int | None] = {
+    "memory": None,
+    "sqlite": None,
+    "redis": 6379,
+    "amqp": 5672,
+    "nats": 4222,
+}
 """Drivers compared side by side, with the port their broker must listen on."""
 BROKER_STREAM = "mailrunner_bench"
 BROKER_SUBJECT = "mailrunner.bench"
 BROKER_CONFIG = {
     "redis": f"{{stream: {BROKER_STREAM}}}",
+    "amqp": f"{{queue: {BROKER_STREAM}}}",
     "nats": f"{{stream: {BROKER_STREAM}, subject: {BROKER_SUBJECT}}}",
 }
 
@@ -197,7 +204,11 @@ async def drivers_side_by_side(directory: Path) -> list[Result]:
 async def empty_broker_pipeline(driver: str, directory: Path) -> None:
     """Leave nothing behind on the machine's brokers: the benchmark's jobs are deleted."""
     adapter: TypeAdapter[PipelineConfig] = TypeAdapter(PipelineConfig)
-    config = {"stream": BROKER_STREAM, **({"subject": BROKER_SUBJECT} if driver == "nats" else {})}
+    config = {
+        "redis": {"stream": BROKER_STREAM},
+        "amqp": {"queue": BROKER_STREAM},
+        "nats": {"stream": BROKER_STREAM, "subject": BROKER_SUBJECT},
+    }[driver]
     settings = adapter.validate_python({"driver": driver, "config": config})
     pipeline = build_driver("bench", settings, directory)
     await pipeline.open()
