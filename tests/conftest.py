@@ -11,7 +11,11 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -26,6 +30,7 @@ import jsonschema
 import nats
 import nats.js.errors
 import pytest
+import yaml
 
 from mailrunner.app import App
 from mailrunner.config import config_from_mapping
@@ -242,3 +247,83 @@ def delete_streams(port: int, stream: str) -> None:
             await connection.close()
 
     asyncio.run(main())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServeProcess:
+    """A `mailrunner serve` child with its own config, data dir and captured logs."""
+
+    def __init__(self, workdir: Path, settings: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.api_port = free_port()
+        config = {
+            "rpc": {"listen": f"127.0.0.1:{self.api_port}"},
+            "jobs": {"pipelines": {"smtp-emails": {"driver": "sqlite"}}},
+            **settings,
+            "smtp": {**settings.get("smtp", {}), "addr": f"127.0.0.1:{self.port}"},
+        }
+        (workdir / "mailrunner.yaml").write_text(yaml.safe_dump(config))
+        self.pidfile = workdir / "server.pid"
+        self.log_path = workdir / "server.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailrunner", "serve", "--pidfile", str(self.pidfile)],
+            cwd=workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._ready, "the server to write its pidfile")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"server exited early:\n{self.log_path.read_text()}")
+        return self.pidfile.exists() and self.pidfile.read_text().strip().isdigit()
+
+    def events(self) -> list[dict[str, Any]]:
+        """The events stored as `smtp.email` jobs in the sqlite pipeline, in push order."""
+        path = self.workdir / "var" / "jobs.db"
+        if not path.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(path)) as database:
+            rows = database.execute(
+                "SELECT payload FROM jobs WHERE name = 'smtp.email' ORDER BY seq"
+            )
+            events = [json.loads(payload) for (payload,) in rows]
+        for event in events:
+            validate_event(event)
+        return events
+
+    def wait_events(self, count: int) -> list[dict[str, Any]]:
+        wait_until(lambda: len(self.events()) >= count, f"{count} email jobs in var/jobs.db")
+        return self.events()
+
+    def terminate(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(30)
+        self._log.close()
+        return code
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    def start(**settings: Any) -> ServeProcess:
+        process = ServeProcess(tmp_path, settings)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.terminate()
