@@ -1,0 +1,460 @@
+"""A broker restart during a load: no acknowledged email lost, SMTP clients see 451 while it
+is down, and the flow resumes without restarting mailrunner.
+
+For each broker driver a background thread sends emails continuously over SMTP, each with a
+unique Message-ID, while the broker is stopped and started again under it. Every Message-ID
+that got 250 must be stored in the pipeline afterwards (duplicates are allowed, losses are
+not); while the broker is down the clients must see 451; once it is back, 250s must come
+again from the same mailrunner. Redis and NATS run as private servers of the test's own (on a
+free port and a tmp dir, killed with SIGKILL); RabbitMQ is the machine's broker, stopped and
+started with `rabbitmqctl stop_app` / `start_app` as the criterion says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+import redis
+
+from conftest import REQUIRE_TOOLS, RunningServer, delete_streams, require_broker, wait_until
+
+NATS_SERVER = "/usr/sbin/nats-server"
+RABBITMQCTL = "rabbitmqctl"
+AMQP_ADDR = "amqp://guest:guest@127.0.0.1:5672/"
+SERVER_START_DEADLINE = 15.0
+FIRST_ACCEPTS = 100
+"""250s to see before the broker goes away: the load is flowing."""
+REFUSALS_WHILE_DOWN = 5
+DOWN_AT_LEAST = 1.0
+"""The broker stays down until this many 451s and this many seconds have passed."""
+ACCEPTS_AFTER_RESTART = 5
+"""250s to see after the broker is back: the flow has resumed."""
+TEMP_FAILURE_CODE = 451
+PIPELINE = "smtp-emails"
+
+
+# --- the SMTP load -------------------------------------------------------------------------
+
+
+def message(message_id: str) -> bytes:
+    return (
+        "From: A <a@example.com>\r\nTo: b@example.com\r\nSubject: restart\r\n"
+        f"Message-ID: {message_id}\r\n\r\nbody\r\n"
+    ).encode()
+
+
+class Sender:
+    """Threads that send emails continuously until stopped, recording each outcome by
+    Message-ID: accepted (250), refused (451), other replies, and connection errors."""
+
+    def __init__(self, host: str, port: int, threads: int = 2) -> None:
+        self.host = host
+        self.port = port
+        self.accepted: list[str] = []
+        self.refused: list[str] = []
+        self.other: list[tuple[str, int, bytes]] = []
+        self.errors: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"smtp-sender-{index}", daemon=True)
+            for index in range(threads)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        alive = [thread.name for thread in self._threads if thread.is_alive()]
+        assert not alive, f"sender threads did not stop: {alive}"
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self.accepted), len(self.refused)
+
+    def summary(self) -> str:
+        with self._lock:
+            return (
+                f"250: {len(self.accepted)}, 451: {len(self.refused)}, "
+                f"other replies: {self.other[:5]}, errors: {len(self.errors)} {self.errors[:5]}"
+            )
+
+    def _record(self, bucket: list[Any], item: Any) -> None:
+        with self._lock:
+            bucket.append(item)
+
+    def _run(self) -> None:
+        client: smtplib.SMTP | None = None
+        while not self._stop.is_set():
+            message_id = f"<{uuid.uuid4().hex}@restart.test>"
+            try:
+                if client is None:
+                    client = smtplib.SMTP(self.host, self.port, timeout=15)
+                    client.ehlo("restart.test")
+                client.mail("a@example.com")
+                client.rcpt("b@example.com")
+                code, reply = client.data(message(message_id))
+            except (OSError, smtplib.SMTPException) as error:
+                self._record(self.errors, (message_id, repr(error)))
+                if client is not None:
+                    with contextlib.suppress(OSError, smtplib.SMTPException):
+                        client.close()
+                client = None
+                time.sleep(0.05)
+                continue
+            if code == 250:
+                self._record(self.accepted, message_id)
+            elif code == TEMP_FAILURE_CODE:
+                self._record(self.refused, message_id)
+                time.sleep(0.02)
+            else:
+                self._record(self.other, (message_id, code, reply))
+                time.sleep(0.02)
+        if client is not None:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                client.quit()
+
+
+@contextlib.contextmanager
+def sending(server: RunningServer) -> Iterator[Sender]:
+    sender = Sender(server.host, server.port)
+    sender.start()
+    try:
+        yield sender
+    finally:
+        sender.stop()
+
+
+def wait_for(sender: Sender, condition: Callable[[], bool], what: str, timeout: float) -> None:
+    """wait_until, failing with what the senders saw by then."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}; {sender.summary()}")
+        time.sleep(0.01)
+
+
+def restart_under_load(
+    server: RunningServer,
+    stop_broker: Callable[[], None],
+    start_broker: Callable[[], None],
+) -> Sender:
+    """Drive the load through a broker stop and start; return the sender's record."""
+    with sending(server) as sender:
+        wait_for(
+            sender,
+            lambda: sender.counts()[0] >= FIRST_ACCEPTS,
+            f"{FIRST_ACCEPTS} emails accepted",
+            15.0,
+        )
+        stop_broker()
+        down_since = time.monotonic()
+        wait_for(
+            sender,
+            lambda: (
+                sender.counts()[1] >= REFUSALS_WHILE_DOWN
+                and time.monotonic() - down_since >= DOWN_AT_LEAST
+            ),
+            f"{REFUSALS_WHILE_DOWN} 451s while the broker is down",
+            15.0,
+        )
+        start_broker()
+        resumed_from = sender.counts()[0]
+        wait_for(
+            sender,
+            lambda: sender.counts()[0] >= resumed_from + ACCEPTS_AFTER_RESTART,
+            "250s again after the broker restart, without restarting mailrunner",
+            20.0,
+        )
+    return sender
+
+
+def message_ids(payloads: list[bytes | str]) -> set[str]:
+    return {json.loads(payload)["message"]["id"] for payload in payloads}
+
+
+def assert_nothing_acknowledged_was_lost(sender: Sender, stored: set[str]) -> None:
+    lost = [message_id for message_id in sender.accepted if message_id not in stored]
+    assert not lost, (
+        f"{len(lost)} of {len(sender.accepted)} emails answered 250 are not in the pipeline "
+        f"(first: {lost[:5]}); {sender.summary()}"
+    )
+    assert not sender.other, f"only 250 or 451 expected: {sender.summary()}"
+    assert not sender.errors, f"mailrunner stayed up, no connection may fail: {sender.summary()}"
+
+
+def reserve_all(server: RunningServer) -> list[bytes | str]:
+    """Read every stored job of a driver without peek: reserve and ack until none are left."""
+    driver = server.app.jobs.pipeline(PIPELINE).driver
+
+    async def take() -> list[bytes | str]:
+        leases = await driver.reserve(500, 1.0)
+        payloads = [lease.job.payload for lease in leases]
+        await asyncio.gather(*(lease.ack() for lease in leases))
+        return payloads
+
+    payloads: list[bytes | str] = []
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        batch: list[bytes | str] = server.call(take())
+        if not batch:
+            return payloads
+        payloads += batch
+    pytest.fail(f"the pipeline was still not drained after 60s ({len(payloads)} jobs read)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def require_binary(path: str | None, name: str) -> str:
+    if path is None or not os.access(path, os.X_OK):
+        reason = f"{name} is not installed (apt-get install {name})"
+        if REQUIRE_TOOLS:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def kill(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL by pid: nothing is flushed that was not already on disk."""
+    if process is not None and process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
+# --- redis ---------------------------------------------------------------------------------
+
+
+def answers_ping(port: int) -> bool:
+    try:
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0) as client:
+            return bool(client.ping())
+    except redis.RedisError:  # refused while down, LOADING while it reads its AOF
+        return False
+
+
+class RedisServer:
+    """A durable redis-server of our own in a tmp dir, restartable on the same dir and port."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--dir", str(self.directory), "--logfile", "redis.log"]
+        command += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        process = self.process
+        wait_until(
+            lambda: process.poll() is not None or answers_ping(self.port),
+            f"redis-server on port {self.port} to answer PING",
+            SERVER_START_DEADLINE,
+        )
+        if process.poll() is not None:
+            log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+            pytest.fail(f"redis-server exited with {process.returncode}: {log}")
+
+    def kill(self) -> None:
+        kill(self.process)
+        self.process = None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    binary = require_binary(shutil.which("redis-server"), "redis-server")
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(binary, directory)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.mark.redis
+def test_redis_restart_under_load_loses_no_acknowledged_email(
+    start_server: Callable[..., RunningServer], own_redis: RedisServer
+) -> None:
+    require_broker("redis", "127.0.0.1", own_redis.port)
+    addr = f"redis://127.0.0.1:{own_redis.port}/0"
+    server = start_server(
+        record=False,
+        smtp={"jobs": {"push_timeout": 2}},
+        jobs={"pipelines": {PIPELINE: {"driver": "redis", "config": {"addr": addr, "timeout": 1}}}},
+    )
+    sender = restart_under_load(server, own_redis.kill, own_redis.start)
+    assert server.app.jobs.pipeline(PIPELINE).driver.capabilities.peek
+    jobs = server.call(server.app.jobs.peek(PIPELINE, 1_000_000))
+    assert_nothing_acknowledged_was_lost(sender, message_ids([job.payload for job in jobs]))
+
+
+# --- nats ----------------------------------------------------------------------------------
+
+
+class NatsServer:
+    """A nats-server with JetStream of our own, restartable on the same store dir and port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [NATS_SERVER, "-js", "-sd", str(self.directory), "-a", "127.0.0.1"]
+        command += ["-p", str(self.port), "-l", str(self.directory / "nats.log")]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        process = self.process
+        wait_until(
+            lambda: process.poll() is not None or listening(self.port),
+            f"nats-server on port {self.port}",
+            SERVER_START_DEADLINE,
+        )
+        if process.poll() is not None:
+            pytest.fail(f"nats-server exited with {process.returncode}")
+
+    def kill(self) -> None:
+        kill(self.process)
+        self.process = None
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    require_binary(NATS_SERVER, "nats-server")
+    directory = tmp_path / "nats-store"
+    directory.mkdir()
+    server = NatsServer(directory)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.mark.nats
+def test_nats_restart_under_load_loses_no_acknowledged_email(
+    start_server: Callable[..., RunningServer], own_nats: NatsServer
+) -> None:
+    require_broker("nats", "127.0.0.1", own_nats.port)
+    stream = f"restart-{uuid.uuid4().hex}"
+    config = {
+        "addr": f"nats://127.0.0.1:{own_nats.port}",
+        "stream": stream,
+        "subject": f"restart.{stream}",
+    }
+    server = start_server(
+        record=False,
+        smtp={"jobs": {"push_timeout": 2}},
+        jobs={"pipelines": {PIPELINE: {"driver": "nats", "config": config}}},
+    )
+    try:
+        sender = restart_under_load(server, own_nats.kill, own_nats.start)
+        stored = message_ids(reserve_all(server))
+        assert_nothing_acknowledged_was_lost(sender, stored)
+    finally:
+        if listening(own_nats.port):
+            delete_streams(own_nats.port, stream)
+
+
+# --- amqp ----------------------------------------------------------------------------------
+
+
+def rabbitmqctl(command: str, timeout: float) -> None:
+    result = subprocess.run(
+        [RABBITMQCTL, command],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"rabbitmqctl {command} exited with {result.returncode}: {result.stderr!r}")
+
+
+def delete_queues(queue: str) -> None:
+    async def main() -> None:
+        connection = await aio_pika.connect(AMQP_ADDR, timeout=10.0)
+        async with connection:
+            for name in (queue, f"{queue}.failed", f"{queue}.delays"):
+                channel = await connection.channel()
+                with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                    await channel.queue_delete(name)
+            channel = await connection.channel()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await channel.exchange_delete(queue)
+
+    asyncio.run(main())
+
+
+@pytest.mark.amqp
+def test_rabbitmq_restart_under_load_loses_no_acknowledged_email(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    require_binary(shutil.which(RABBITMQCTL), "rabbitmq-server")
+    require_broker("rabbitmq", "127.0.0.1", 5672)
+    queue = f"mailrunner.restart.{uuid.uuid4().hex[:12]}"
+    server = start_server(
+        record=False,
+        smtp={"jobs": {"push_timeout": 2}},
+        jobs={
+            "pipelines": {
+                PIPELINE: {"driver": "amqp", "config": {"addr": AMQP_ADDR, "queue": queue}}
+            }
+        },
+    )
+    stopped = False
+
+    def stop_broker() -> None:
+        nonlocal stopped
+        stopped = True
+        rabbitmqctl("stop_app", 60.0)
+
+    def start_broker() -> None:
+        nonlocal stopped
+        rabbitmqctl("start_app", 120.0)
+        stopped = False
+
+    try:
+        sender = restart_under_load(server, stop_broker, start_broker)
+        stored = message_ids(reserve_all(server))
+        assert_nothing_acknowledged_was_lost(sender, stored)
+    finally:
+        if stopped:
+            rabbitmqctl("start_app", 120.0)
+        wait_until(lambda: listening(5672), "RabbitMQ to listen on 5672 again", 60.0)
+        delete_queues(queue)
