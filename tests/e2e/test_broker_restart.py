@@ -15,11 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import signal
 import smtplib
-import socket
 import subprocess
 import threading
 import time
@@ -30,14 +27,12 @@ from typing import Any
 
 import aio_pika
 import pytest
-import redis
 
-from conftest import REQUIRE_TOOLS, RunningServer, delete_streams, require_broker, wait_until
+from brokers import DURABLE_REDIS, NATS_SERVER, NatsServer, RedisServer, listening, require_binary
+from conftest import RunningServer, delete_streams, require_broker, wait_until
 
-NATS_SERVER = "/usr/sbin/nats-server"
 RABBITMQCTL = "rabbitmqctl"
 AMQP_ADDR = "amqp://guest:guest@127.0.0.1:5672/"
-SERVER_START_DEADLINE = 15.0
 FIRST_ACCEPTS = 100
 """250s to see before the broker goes away: the load is flowing."""
 REFUSALS_WHILE_DOWN = 5
@@ -223,75 +218,7 @@ def reserve_all(server: RunningServer) -> list[bytes | str]:
     pytest.fail(f"the pipeline was still not drained after 60s ({len(payloads)} jobs read)")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def require_binary(path: str | None, name: str) -> str:
-    if path is None or not os.access(path, os.X_OK):
-        reason = f"{name} is not installed (apt-get install {name})"
-        if REQUIRE_TOOLS:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
-
-
-def kill(process: subprocess.Popen[bytes] | None) -> None:
-    """SIGKILL by pid: nothing is flushed that was not already on disk."""
-    if process is not None and process.poll() is None:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(10)
-
-
 # --- redis ---------------------------------------------------------------------------------
-
-
-def answers_ping(port: int) -> bool:
-    try:
-        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0) as client:
-            return bool(client.ping())
-    except redis.RedisError:  # refused while down, LOADING while it reads its AOF
-        return False
-
-
-class RedisServer:
-    """A durable redis-server of our own in a tmp dir, restartable on the same dir and port."""
-
-    def __init__(self, binary: str, directory: Path) -> None:
-        self.binary = binary
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--dir", str(self.directory), "--logfile", "redis.log"]
-        command += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        process = self.process
-        wait_until(
-            lambda: process.poll() is not None or answers_ping(self.port),
-            f"redis-server on port {self.port} to answer PING",
-            SERVER_START_DEADLINE,
-        )
-        if process.poll() is not None:
-            log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-            pytest.fail(f"redis-server exited with {process.returncode}: {log}")
-
-    def kill(self) -> None:
-        kill(self.process)
-        self.process = None
 
 
 @pytest.fixture
@@ -299,7 +226,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     binary = require_binary(shutil.which("redis-server"), "redis-server")
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(binary, directory)
+    server = RedisServer(binary, directory, DURABLE_REDIS)
     try:
         server.start()
         yield server
@@ -325,32 +252,6 @@ def test_redis_restart_under_load_loses_no_acknowledged_email(
 
 
 # --- nats ----------------------------------------------------------------------------------
-
-
-class NatsServer:
-    """A nats-server with JetStream of our own, restartable on the same store dir and port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [NATS_SERVER, "-js", "-sd", str(self.directory), "-a", "127.0.0.1"]
-        command += ["-p", str(self.port), "-l", str(self.directory / "nats.log")]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        process = self.process
-        wait_until(
-            lambda: process.poll() is not None or listening(self.port),
-            f"nats-server on port {self.port}",
-            SERVER_START_DEADLINE,
-        )
-        if process.poll() is not None:
-            pytest.fail(f"nats-server exited with {process.returncode}")
-
-    def kill(self) -> None:
-        kill(self.process)
-        self.process = None
 
 
 @pytest.fixture

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import smtplib
-import socket
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import RunningServer, wait_until
+from conftest import RunningServer, free_port, wait_until
 
 JOB_WORKER = Path(__file__).parents[1] / "jobs" / "job_worker.py"
 TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def send(server: RunningServer, subject: str) -> tuple[int, bytes]:

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,7 +30,8 @@ from contract import (
 )
 from pydantic import ValidationError
 
-from conftest import REQUIRE_TOOLS, delete_streams, require_broker, wait_until
+from brokers import NATS_SERVER, NatsServer
+from conftest import REQUIRE_TOOLS, delete_streams, require_broker
 from mailrunner.config import NatsDriverConfig
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver
@@ -41,8 +39,6 @@ from mailrunner.jobs.driver import Driver
 pytestmark = pytest.mark.nats
 
 MACHINE_NATS = ("127.0.0.1", 4222)
-NATS_SERVER = "/usr/sbin/nats-server"
-SERVER_START_DEADLINE = 15.0
 
 
 def settings_for(port: int, stream: str, **extra: Any) -> dict[str, Any]:
@@ -55,50 +51,6 @@ def settings_for(port: int, stream: str, **extra: Any) -> dict[str, Any]:
         },
         **extra,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class NatsServer:
-    """A nats-server with JetStream of our own, restartable on the same store dir and port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [NATS_SERVER, "-js", "-sd", str(self.directory), "-a", "127.0.0.1"]
-        command += ["-p", str(self.port), "-l", str(self.directory / "nats.log")]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        process = self.process
-        wait_until(
-            lambda: process.poll() is not None or listening(self.port),
-            f"nats-server on port {self.port}",
-            SERVER_START_DEADLINE,
-        )
-        if process.poll() is not None:
-            pytest.fail(f"nats-server exited with {process.returncode}")
-
-    def kill(self) -> None:
-        """SIGKILL: nothing is flushed that was not already written."""
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
 
 
 @pytest.fixture

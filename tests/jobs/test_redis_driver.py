@@ -14,8 +14,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,7 +38,8 @@ from contract import (
 from pydantic import ValidationError
 
 import mailrunner.jobs.drivers.redis as redis_driver
-from conftest import REQUIRE_TOOLS, require_broker, wait_until
+from brokers import RedisServer
+from conftest import REQUIRE_TOOLS, free_port, require_broker
 from mailrunner.config import RedisDriverConfig
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.driver import Driver
@@ -49,7 +48,6 @@ from mailrunner.jobs.model import Job, JobOptions
 pytestmark = pytest.mark.redis
 
 MACHINE_REDIS = ("127.0.0.1", 6379)
-SERVER_START_DEADLINE = 15.0
 DURABLE = {"appendonly": "yes", "appendfsync": "always"}
 
 
@@ -65,60 +63,6 @@ def delete_stream_keys(port: int, stream: str) -> None:
         keys = list(client.scan_iter(match=f"mailrunner:{{{stream}}}:*"))
         if keys:
             client.delete(*keys)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def answers_ping(port: int) -> bool:
-    try:
-        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0) as client:
-            return bool(client.ping())
-    except redis.RedisError:  # refused while down, LOADING while it reads its AOF
-        return False
-
-
-class RedisServer:
-    """A redis-server process of our own in a tmp dir, restartable on the same dir and port."""
-
-    def __init__(self, binary: str, directory: Path, settings: dict[str, str]) -> None:
-        self.binary = binary
-        self.directory = directory
-        self.settings = settings
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        options = {"save": "", **self.settings}
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--dir", str(self.directory), "--logfile", "redis.log"]
-        for name, value in options.items():
-            command += [f"--{name}", value]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        process = self.process
-        wait_until(
-            lambda: process.poll() is not None or answers_ping(self.port),
-            f"redis-server on port {self.port} to answer PING",
-            SERVER_START_DEADLINE,
-        )
-        if process.poll() is not None:
-            log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-            pytest.fail(f"redis-server exited with {process.returncode}: {log}")
-
-    def kill(self) -> None:
-        """SIGKILL: nothing is flushed that was not already on disk."""
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-    def send_signal(self, signum: signal.Signals) -> None:
-        assert self.process is not None, "the redis-server is not running"
-        os.kill(self.process.pid, signum)
 
 
 @pytest.fixture

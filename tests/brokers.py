@@ -1,0 +1,114 @@
+"""Broker processes of the tests' own: a redis-server or nats-server in a tmp dir on a free
+port, restartable on the same dir and port, killed by pid; shared by the driver tests and the
+end-to-end restart tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+
+from conftest import REQUIRE_TOOLS, free_port, wait_until
+
+NATS_SERVER = "/usr/sbin/nats-server"
+SERVER_START_DEADLINE = 15.0
+DURABLE_REDIS = {"appendonly": "yes", "appendfsync": "always"}
+
+
+def require_binary(path: str | None, name: str) -> str:
+    """The binary's path; skipped locally when it is missing, a failure in CI."""
+    if path is None or not os.access(path, os.X_OK):
+        reason = f"{name} is not installed (apt-get install {name})"
+        if REQUIRE_TOOLS:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def answers_ping(port: int) -> bool:
+    try:
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0) as client:
+            return bool(client.ping())
+    except redis.RedisError:  # refused while down, LOADING while it reads its AOF
+        return False
+
+
+class RedisServer:
+    """A redis-server process of our own in a tmp dir, restartable on the same dir and port."""
+
+    def __init__(self, binary: str, directory: Path, settings: dict[str, str]) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.settings = settings
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        options = {"save": "", **self.settings}
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--dir", str(self.directory), "--logfile", "redis.log"]
+        for name, value in options.items():
+            command += [f"--{name}", value]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        process = self.process
+        wait_until(
+            lambda: process.poll() is not None or answers_ping(self.port),
+            f"redis-server on port {self.port} to answer PING",
+            SERVER_START_DEADLINE,
+        )
+        if process.poll() is not None:
+            log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+            pytest.fail(f"redis-server exited with {process.returncode}: {log}")
+
+    def kill(self) -> None:
+        """SIGKILL: nothing is flushed that was not already on disk."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def send_signal(self, signum: signal.Signals) -> None:
+        assert self.process is not None, "the redis-server is not running"
+        os.kill(self.process.pid, signum)
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class NatsServer:
+    """A nats-server with JetStream of our own, restartable on the same store dir and port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [NATS_SERVER, "-js", "-sd", str(self.directory), "-a", "127.0.0.1"]
+        command += ["-p", str(self.port), "-l", str(self.directory / "nats.log")]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        process = self.process
+        wait_until(
+            lambda: process.poll() is not None or listening(self.port),
+            f"nats-server on port {self.port}",
+            SERVER_START_DEADLINE,
+        )
+        if process.poll() is not None:
+            pytest.fail(f"nats-server exited with {process.returncode}")
+
+    def kill(self) -> None:
+        """SIGKILL: nothing is flushed that was not already written."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
