@@ -458,12 +458,18 @@ def load(explicit: Path | None = None) -> tuple[Config, str]:
 _SECRET_KEYS = frozenset({"token", "password"})
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
+    """A broker address fit for logs, errors and `config check`: the password replaced."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if parts.password is None and "password" not in parts.query:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    return urlunsplit(parts._replace(netloc=user + host, query=""))
 
 
 def _masked(value: Any, key: str = "") -> Any:
@@ -474,7 +480,7 @@ def _masked(value: Any, key: str = "") -> Any:
     if key in _SECRET_KEYS and value:
         return "***"
     if isinstance(value, str) and "://" in value:
-        return _mask_url(value)
+        return mask_url(value)
     return value
 
 

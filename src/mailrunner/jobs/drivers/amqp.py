@@ -93,7 +93,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -107,7 +106,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 
-from mailrunner.config import AmqpPipeline
+from mailrunner.config import AmqpPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.driver import Driver, Lease
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
@@ -173,18 +172,6 @@ def delay_ms(seconds: float) -> int:
         return ms
     scale: int = 10 ** (len(str(ms)) - 2)
     return math.ceil(ms / scale) * scale
-
-
-def _without_password(addr: str) -> str:
-    """The address for messages and logs: credentials never leave the config."""
-    parts = urlsplit(addr)
-    if parts.password is None:
-        return addr
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def _text(value: Any) -> str:
@@ -278,7 +265,7 @@ class AmqpDriver(Driver):
         config = settings.config
         self.name = name
         self.visibility_timeout = settings.visibility_timeout
-        self.addr = _without_password(config.addr)
+        self.addr = mask_url(config.addr)
         self.capabilities = _capabilities()
         self.queue_name = config.queue or f"mailrunner.{name}"
         self.exchange_name = config.exchange or self.queue_name

@@ -95,7 +95,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
@@ -114,7 +113,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from mailrunner.config import NatsPipeline
+from mailrunner.config import NatsPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.driver import Driver, Lease
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
@@ -153,17 +152,6 @@ def _capabilities(max_payload: int | None) -> Capabilities:
         peek=False,
         max_payload=max_payload,
     )
-
-
-def _without_password(addr: str) -> str:
-    """The address for messages and logs: credentials never leave the config."""
-    parts = urlsplit(addr)
-    if parts.password is None:
-        return addr
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _token(name: str) -> str:
@@ -255,7 +243,7 @@ class NatsDriver(Driver):
     def __init__(self, name: str, settings: NatsPipeline, data_dir: Path) -> None:
         self.name = name
         self.visibility_timeout = float(settings.visibility_timeout)
-        self.addr = _without_password(settings.config.addr)
+        self.addr = mask_url(settings.config.addr)
         self.capabilities = _capabilities(None)
         """`max_payload` is filled in by `open()` from the server's INFO."""
         self._settings = settings.config

@@ -68,7 +68,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from redis.asyncio import Redis
@@ -79,7 +78,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mailrunner.config import RedisPipeline
+from mailrunner.config import RedisPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.driver import Driver, Lease
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
@@ -441,20 +440,6 @@ def _capabilities(*, durable: bool, max_payload: int | None) -> Capabilities:
     )
 
 
-def _without_password(addr: str) -> str:
-    """The address for messages and logs: credentials never leave the config."""
-    parts = urlsplit(addr)
-    if parts.password is None and "password" not in parts.query:
-        return addr
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return urlunsplit(parts._replace(netloc=user + host, query=""))
-
-
 def _text(value: bytes) -> str:
     return value.decode("utf-8")
 
@@ -498,7 +483,7 @@ class RedisDriver(Driver):
     def __init__(self, name: str, settings: RedisPipeline, data_dir: Path) -> None:
         self.name = name
         self.visibility_timeout = settings.visibility_timeout
-        self.addr = _without_password(settings.config.addr)
+        self.addr = mask_url(settings.config.addr)
         self.capabilities = _capabilities(durable=False, max_payload=None)
         """Provisional until `open()` has asked the server how it stores."""
         self._settings = settings.config
