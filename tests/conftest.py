@@ -305,11 +305,17 @@ class ServeProcess:
         return self.events()
 
     def terminate(self) -> int:
+        """SIGTERM and wait; a server that does not stop in time is killed and the test fails."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(30)
-        self._log.close()
-        return code
+        try:
+            return self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            pytest.fail(f"the server did not stop within 30 s of SIGTERM:\n{self.logs()[-3000:]}")
+        finally:
+            self._log.close()
 
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")

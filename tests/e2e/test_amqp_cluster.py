@@ -31,9 +31,24 @@ def delete_queues(queue: str) -> None:
     asyncio.run(main())
 
 
+def broker_answers() -> bool:
+    """An open port is not enough: right after `start_app` the broker may still refuse."""
+
+    async def connect() -> None:
+        connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/", timeout=2)
+        await connection.close()
+
+    try:
+        asyncio.run(connect())
+    except (OSError, aio_pika.exceptions.AMQPError, TimeoutError):
+        return False
+    return True
+
+
 @pytest.mark.amqp
 def test_two_ingress_and_two_consumer_nodes_consume_each_email_exactly_once(tmp_path: Path) -> None:
     require_broker("rabbitmq", "127.0.0.1", 5672)
+    wait_until(broker_answers, "RabbitMQ to accept AMQP connections", 60)
     queue = f"mailrunner.cluster.{uuid.uuid4().hex[:10]}"
     log = tmp_path / "executed.log"
     pipeline = {"smtp-emails": {"driver": "amqp", "prefetch": 20, "config": {"queue": queue}}}
