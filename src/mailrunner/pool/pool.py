@@ -16,7 +16,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,7 @@ class WorkerProcess:
         self.executions = 0
         self.created = time.time()
         self.retiring = False
+        self.on_reaped: Callable[[WorkerProcess], None] | None = None
         self._pool_name = pool_name
         self._stderr_task = asyncio.create_task(
             self._pump_stderr(), name=f"worker-{self.pid}-stderr"
@@ -152,6 +153,8 @@ class WorkerProcess:
         await self.process.wait()
         await self._stderr_task
         self.state = WorkerState.STOPPED
+        if self.on_reaped is not None:
+            self.on_reaped(self)
 
     async def _pump_stderr(self) -> None:
         stream = self.process.stderr
@@ -181,6 +184,8 @@ class WorkerPool:
         self._workers: set[WorkerProcess] = set()
         self._idle: asyncio.Queue[WorkerProcess] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unreaped: set[WorkerProcess] = set()
+        """Every child not yet waited for, live or killed, so stop() leaves no pipe open."""
         self._stopping = False
 
     # --- life cycle --------------------------------------------------------------------------
@@ -200,7 +205,8 @@ class WorkerPool:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(w.stop(self.config.destroy_timeout) for w in list(self._workers)))
+        await asyncio.gather(*(w.stop(self.config.destroy_timeout) for w in list(self._unreaped)))
+        self._unreaped.clear()
         self._workers.clear()
         log.info("worker pool stopped", pool=self.name)
 
@@ -217,6 +223,8 @@ class WorkerPool:
         except OSError as error:
             raise PoolError(f"cannot start {self.name} worker {self._command}: {error}") from error
         worker = WorkerProcess(process, self.name)
+        self._unreaped.add(worker)
+        worker.on_reaped = self._unreaped.discard
         self._workers.add(worker)
         try:
             await asyncio.wait_for(worker.handshake(), self.config.allocate_timeout)
