@@ -1,6 +1,12 @@
-"""Baseline SMTP servers for bench/smtp_jobs.py: plain aiosmtpd, with and without our parser.
+"""Baseline SMTP servers for bench/smtp_jobs.py.
 
-Usage: baseline_servers.py {aiosmtpd|aiosmtpd+parser} PORT. Serves until killed.
+(a) aiosmtpd: plain aiosmtpd, every message answered 250.
+(b) aiosmtpd+parser: the same after mailrunner's parser has read the message.
+(c) smtp+parser: mailrunner's own SMTP listener (protocol class, connection registry, logs
+    at warning) with the same parse-then-250 handler: no event, no job, no pipeline. Against
+    (c), the ratio shows what building the event and storing the job costs on its own.
+
+Usage: baseline_servers.py {aiosmtpd|aiosmtpd+parser|smtp+parser} PORT. Serves until killed.
 """
 
 from __future__ import annotations
@@ -11,7 +17,11 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from mailrunner.config import LogsConfig, SmtpConfig
+from mailrunner.logs import configure
+from mailrunner.metrics import Metrics
 from mailrunner.mime.parse import parse
+from mailrunner.smtp.server import SmtpServer
 
 
 class OnlyOk:
@@ -22,24 +32,38 @@ class OnlyOk:
 
 
 class ParseThenOk:
-    """(b): the same, after parsing the message with mailrunner's parser."""
+    """(b) and (c): the same, after parsing the message with mailrunner's parser."""
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         parse(envelope.original_content)
         return "250 OK"
 
 
-HANDLERS = {"aiosmtpd": OnlyOk, "aiosmtpd+parser": ParseThenOk}
-
-
-async def serve(kind: str, port: int) -> None:
-    handler = HANDLERS[kind]()
+async def serve_aiosmtpd(handler: Any, port: int) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="bench", enable_SMTPUTF8=True), "127.0.0.1", port
     )
     async with server:
         await server.serve_forever()
+
+
+async def serve_mailrunner_smtp(port: int) -> None:
+    configure(LogsConfig(level="warning"))
+    server = SmtpServer(SmtpConfig(addr=f"127.0.0.1:{port}"), ParseThenOk(), Metrics())  # type: ignore[arg-type]
+    await server.start()
+    await asyncio.Event().wait()
+
+
+async def serve(kind: str, port: int) -> None:
+    if kind == "aiosmtpd":
+        await serve_aiosmtpd(OnlyOk(), port)
+    elif kind == "aiosmtpd+parser":
+        await serve_aiosmtpd(ParseThenOk(), port)
+    elif kind == "smtp+parser":
+        await serve_mailrunner_smtp(port)
+    else:
+        raise SystemExit(f"unknown baseline {kind!r}")
 
 
 if __name__ == "__main__":

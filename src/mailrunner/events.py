@@ -6,10 +6,11 @@ message on the hot path, and its shape is fixed by `schema/email_received.v1.jso
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 EVENT_NAME = "EMAIL_RECEIVED"
 EVENT_VERSION = 1
@@ -151,5 +152,7 @@ class EmailEvent:
         }
 
     def to_json(self) -> bytes:
-        """UTF-8 JSON; every string in the event is already valid Unicode, so this cannot fail."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        """Compact UTF-8 JSON. Every string in the event is already valid Unicode, so this
+        cannot fail; orjson because this runs once per message on the hot path, where the
+        standard encoder cost a third of what building the event costs."""
+        return orjson.dumps(self.to_dict())

@@ -25,6 +25,7 @@ from mailrunner import __version__
 from mailrunner.events import Authentication
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
+from mailrunner.smtp.addresses import plain_path
 
 log = structlog.get_logger("mailrunner.smtp")
 
@@ -225,6 +226,16 @@ class MailrunnerSMTP(SMTP):
     def busy(self) -> bool:
         """True while a command (DATA included) is being read or answered."""
         return self._in_command
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The common `<local@domain>` is read by a regex (see `smtp/addresses.py`)."""
+        plain = plain_path(arg)
+        if plain is None:
+            return super()._getaddr(arg)
+        address, parameters = plain
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, parameters
 
     # --- replies ---------------------------------------------------------------------------
 

@@ -1,0 +1,103 @@
+"""The fast MAIL/RCPT path reader gives aiosmtpd's answer whenever it answers at all."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from aiosmtpd.smtp import SMTP
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailrunner.smtp.addresses import plain_path
+from mailrunner.smtp.protocol import MailrunnerSMTP
+
+ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
+AWKWARD = ' \t\x0b\u2003<>()@.,;:"[]\\é\x00'
+LOCAL_PART_LIMIT = 8
+
+
+def aiosmtpd(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None]:
+    stock = SMTP.__new__(SMTP)
+    stock.local_part_limit = local_part_limit
+    return stock._getaddr(arg)
+
+
+def ours(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None]:
+    server = MailrunnerSMTP.__new__(MailrunnerSMTP)
+    server.local_part_limit = local_part_limit
+    return server._getaddr(arg)
+
+
+atoms = st.text(alphabet=ATEXT, min_size=1, max_size=6)
+dot_atoms = st.lists(atoms, min_size=1, max_size=3).map(".".join)
+parameters = st.text(alphabet=ATEXT + AWKWARD + "=", max_size=20)
+
+
+awkward_text = st.text(alphabet=ATEXT[:6] + AWKWARD, max_size=12)
+
+
+@given(st.text(alphabet=ATEXT[:6] + AWKWARD, max_size=30))
+def test_any_answer_is_aiosmtpds(arg: str) -> None:
+    plain = plain_path(arg)
+    if plain is not None:
+        assert plain == aiosmtpd(arg)
+
+
+@given(awkward_text, awkward_text, awkward_text, awkward_text)
+def test_near_miss_answers_are_aiosmtpds(lead: str, local: str, domain: str, rest: str) -> None:
+    arg = f"{lead}<{local}@{domain}>{rest}"
+    plain = plain_path(arg)
+    if plain is not None:
+        assert plain == aiosmtpd(arg)
+
+
+@given(dot_atoms, dot_atoms, parameters)
+def test_plain_paths_are_read_without_aiosmtpd(local: str, domain: str, rest: str) -> None:
+    arg = f"<{local}@{domain}>{rest}"
+    plain = plain_path(arg)
+    if "(" in rest:
+        assert plain is None
+    else:
+        assert plain == aiosmtpd(arg)
+
+
+@given(dot_atoms, dot_atoms, parameters)
+def test_the_server_answers_like_aiosmtpd(local: str, domain: str, rest: str) -> None:
+    """The local-part limit still applies on the fast path."""
+    arg = f"<{local}@{domain}>{rest}"
+    assert ours(arg, LOCAL_PART_LIMIT) == aiosmtpd(arg, LOCAL_PART_LIMIT)
+
+
+@pytest.mark.parametrize(
+    ("arg", "expected"),
+    [
+        ("<bench@example.com>", ("bench@example.com", "")),
+        (
+            "<a.b+tag@mail.example.com> SIZE=1000 BODY=8BITMIME",
+            ("a.b+tag@mail.example.com", "SIZE=1000 BODY=8BITMIME"),
+        ),
+        ("<a@b>\t \x0bX", ("a@b", "X")),
+    ],
+)
+def test_common_paths(arg: str, expected: tuple[str, str]) -> None:
+    assert plain_path(arg) == expected == aiosmtpd(arg)
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "<>",
+        " <a@b>",
+        "<a@[127.0.0.1]>",
+        '<"a b"@c>',
+        "<a..b@c>",
+        "<@relay:a@b>",
+        "<é@b>",
+        "<a@b> (comment) SIZE=1",
+        "a@b",
+    ],
+)
+def test_other_shapes_go_to_aiosmtpd(arg: str) -> None:
+    assert plain_path(arg) is None
+    assert ours(arg) == aiosmtpd(arg)
