@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,8 +50,15 @@ def trace_value(arrival: Arrival, hostname: str) -> str:
     return (
         f"from {arrival.helo or 'unknown'} ([{arrival.remote_host}])"
         f"\tby {hostname} (mailrunner) with {protocol} id {arrival.event_id}{for_clause};"
-        f"\t{format_datetime(arrival.received_at)}"
+        f"\t{_trace_date(arrival.received_at.replace(microsecond=0))}"
     )
+
+
+@functools.lru_cache(maxsize=2)
+def _trace_date(second: datetime) -> str:
+    """Messages arriving in the same second share one date text (formatting costs more than
+    the rest of the trace line)."""
+    return format_datetime(second)
 
 
 def with_trace(headers: dict[str, list[str]], trace: str) -> dict[str, list[str]]:
