@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import smtplib
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import RunningServer, wait_until
-from mailrunner.pool.pool import WorkerInfo
+from mailrunner.pool.pool import WorkerInfo, WorkerProcess
 
 WORKER = Path(__file__).with_name("behaviour_worker.py")
 TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
@@ -70,6 +71,10 @@ def workers(server: RunningServer) -> list[WorkerInfo]:
 
     result: list[WorkerInfo] = server.call(listed())
     return result
+
+
+def ready(server: RunningServer) -> int:
+    return sum(info.state == "ready" for info in workers(server))
 
 
 def pids(server: RunningServer) -> set[int]:
@@ -214,6 +219,24 @@ def test_a_worker_dying_while_idle_is_replaced(pool_server: Callable[..., Runnin
     victim = min(pids(server))
     os.kill(victim, 9)
     wait_until(lambda: victim not in pids(server) and len(pids(server)) == 2, "a replacement")
+    assert send(server, "ok")[0] == 250
+
+
+def test_killed_workers_are_let_go_of_while_the_server_runs(
+    pool_server: Callable[..., RunningServer],
+) -> None:
+    """A long-running server that replaces crashed workers must not keep the dead ones."""
+    server = pool_server(num_workers=2)
+    for _ in range(5):
+        victim = min(pids(server))
+        os.kill(victim, 9)
+        wait_until(lambda v=victim: v not in pids(server) and ready(server) == 2, "a replacement")
+
+    def held() -> int:
+        gc.collect()
+        return sum(isinstance(o, WorkerProcess) for o in gc.get_objects())
+
+    wait_until(lambda: held() == 2, "only the two live workers to be held")
     assert send(server, "ok")[0] == 250
 
 

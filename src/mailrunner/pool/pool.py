@@ -149,6 +149,10 @@ class WorkerProcess:
                 await asyncio.wait_for(self.process.wait(), grace)
             except TimeoutError:
                 log.warning("worker ignored stop, killing", pool=self._pool_name, pid=self.pid)
+        await self.reap()
+
+    async def reap(self) -> None:
+        """Kill if still running, wait for the exit and the last stderr line, let go of it."""
         self.kill()
         await self.process.wait()
         await self._stderr_task
@@ -186,6 +190,8 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._unreaped: set[WorkerProcess] = set()
         """Every child not yet waited for, live or killed, so stop() leaves no pipe open."""
+        self._reaping: set[asyncio.Task[None]] = set()
+        """Killed workers being waited for; stop() lets these finish instead of cancelling."""
         self._stopping = False
 
     # --- life cycle --------------------------------------------------------------------------
@@ -205,6 +211,7 @@ class WorkerPool:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._reaping)
         await asyncio.gather(*(w.stop(self.config.destroy_timeout) for w in list(self._unreaped)))
         self._unreaped.clear()
         self._workers.clear()
@@ -230,7 +237,7 @@ class WorkerPool:
             await asyncio.wait_for(worker.handshake(), self.config.allocate_timeout)
         except (RelayError, WorkerCrashed, TimeoutError) as error:
             self._workers.discard(worker)
-            worker.kill()
+            self._reap(worker)
             raise PoolError(
                 f"{self.name} worker {worker.pid} failed its handshake: {error}"
             ) from error
@@ -256,9 +263,18 @@ class WorkerPool:
             )
             self._replace(worker)
 
-    def _replace(self, worker: WorkerProcess) -> None:
+    def _reap(self, worker: WorkerProcess) -> None:
+        """Kill now and wait for the exit in the background: a long-running server that
+        replaces crashed workers keeps no dead ones (nor their pipes) around."""
         worker.kill()
+        task = asyncio.create_task(worker.reap(), name=f"worker-{worker.pid}-reap")
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    def _replace(self, worker: WorkerProcess) -> None:
+        self._reap(worker)
         self._workers.discard(worker)
+        self._drop_idle(worker)
         if not self._stopping and len(self._workers) < self._target:
             self._background(self._respawn(), f"{self.name}-respawn")
 
@@ -314,6 +330,14 @@ class WorkerPool:
             if worker.alive and worker.state is WorkerState.READY:
                 worker.state = WorkerState.WORKING
                 return worker
+
+    def _drop_idle(self, worker: WorkerProcess) -> None:
+        """Take a dead worker out of the idle queue now rather than at the next allocation,
+        which on a quiet server with a crashing worker might not come for a long time."""
+        idle = [self._idle.get_nowait() for _ in range(self._idle.qsize())]
+        for other in idle:
+            if other is not worker:
+                self._idle.put_nowait(other)
 
     def _release(self, worker: WorkerProcess) -> None:
         worker.executions += 1
