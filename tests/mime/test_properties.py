@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+from email import message_from_bytes
+from email.message import Message
 from email.mime.application import MIMEApplication
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from email.policy import compat32
 from email.utils import getaddresses
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import BUILDER, arrival, decode_event
-from mailrunner.mime.parse import ParseOptions, parse, simple_addresses
+from mailrunner.mime.parse import (
+    ParseOptions,
+    clean_base64,
+    parse,
+    parse_in_chunks,
+    simple_addresses,
+)
 
 
 def build(raw: bytes) -> dict[str, object]:
@@ -122,3 +132,33 @@ def test_the_fast_address_path_agrees_with_getaddresses_whenever_it_answers(
     fast = simple_addresses(texts)
     if fast is not None:
         assert fast == [pair for pair in getaddresses(texts) if pair != ("", "")]
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(trees(), st.integers(min_value=1, max_value=9), st.sampled_from([b"\n", b"\r\n", b"\r"]))
+def test_feeding_the_parser_in_chunks_gives_the_same_message(
+    tree: MIMEBase, chunk: int, linesep: bytes
+) -> None:
+    """Chunk edges fall inside CRLFs, boundaries and headers; the tree must not change."""
+    raw = tree.as_bytes().replace(b"\n", linesep)
+    whole = message_from_bytes(raw, policy=compat32)
+    assert parse_in_chunks(raw, chunk).as_bytes() == whole.as_bytes()
+
+
+base64_bodies = st.one_of(
+    st.binary(max_size=300).map(lambda data: base64.encodebytes(data).decode()),
+    st.binary(max_size=300).map(lambda data: base64.b64encode(data).decode().rstrip("=")),
+    st.text(alphabet="ABCxyz019+/=\r\n -_!*", max_size=60),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(base64_bodies)
+def testclean_base64_decodes_exactly_like_email_or_leaves_it_to_email(body: str) -> None:
+    part = Message()
+    part["Content-Transfer-Encoding"] = "base64"
+    part.set_payload(body)
+    fast = clean_base64(part)
+    if fast is not None:
+        assert fast == part.get_payload(decode=True)
+        assert not part.defects, "the shortcut must never hide a defect email reports"

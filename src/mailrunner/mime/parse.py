@@ -8,11 +8,12 @@ Nothing here raises: whatever goes wrong is recorded in `parse_errors` and the r
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email import message_from_bytes
+from email.feedparser import BytesFeedParser
 from email.header import decode_header
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -23,6 +24,8 @@ from mailrunner.events import Address
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _LINE_END = re.compile(r"\r\n?")
+_FEED_CHUNK = 64 * 1024
+_CLEAN_BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]*(?:=[\r\n]*){0,2}")
 _FALLBACK_CHARSET = "utf-8"
 _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to"})
 _NOT_SIMPLE = re.compile(r'["()\\;:\[\]]')
@@ -101,7 +104,7 @@ def parse(raw: bytes, options: ParseOptions = ParseOptions()) -> ParsedMessage:
     """Parse `raw`; never raises, so a message the parser dislikes is still delivered."""
     result = ParsedMessage()
     try:
-        message = message_from_bytes(raw, policy=compat32)
+        message = parse_in_chunks(raw)
     except RecursionError:
         result.parse_errors.append(
             "MIME nesting too deep for the parser: only the top-level headers were read"
@@ -116,6 +119,17 @@ def parse(raw: bytes, options: ParseOptions = ParseOptions()) -> ParsedMessage:
         result.parse_errors.append(f"MIME structure could not be read: {error!r}")
     result.parse_errors = list(dict.fromkeys(result.parse_errors))
     return result
+
+
+def parse_in_chunks(raw: bytes, chunk: int = _FEED_CHUNK) -> Message:
+    """The standard parser, fed piece by piece: `message_from_bytes` decodes the whole
+    message to one string and splits all of it into lines before parsing, which peaks near
+    eight times the message size; fed in chunks it stays under three."""
+    parser = BytesFeedParser(policy=compat32)
+    view = memoryview(raw)
+    for start in range(0, len(raw), chunk):
+        parser.feed(bytes(view[start : start + chunk]))
+    return parser.close()
 
 
 def _fill_headers(message: Message, result: ParsedMessage) -> None:
@@ -279,10 +293,32 @@ def _payload_bytes(leaf: _Leaf, errors: list[str]) -> bytes:
     part = leaf.part
     if part.get_content_maintype() == "message" or part.is_multipart():
         return _embedded_message_bytes(part)
+    payload = clean_base64(part)
+    if payload is not None:
+        return payload
     payload = part.get_payload(decode=True)
     errors.extend(f"part {leaf.number}: {type(d).__name__}" for d in part.defects)
     part.defects.clear()
     return payload if isinstance(payload, bytes) else b""
+
+
+def clean_base64(part: Message) -> bytes | None:
+    """A well-formed base64 body decoded in one step, or None to let `email` decode it.
+
+    `get_payload(decode=True)` copies the body three times on the way (bytes, split lines,
+    joined) before decoding, about 4.5 times the size of a large attachment at its peak.
+    For a body of only base64 characters and line breaks, correctly padded, its answer is
+    exactly `a2b_base64` of the text (which skips line breaks) with no defect to report;
+    anything else goes the standard way, defects included.
+    """
+    if str(part.get("Content-Transfer-Encoding", "")).strip().lower() != "base64":
+        return None
+    payload = part.get_payload()
+    if not isinstance(payload, str) or _CLEAN_BASE64.fullmatch(payload) is None:
+        return None
+    if (len(payload) - payload.count("\n") - payload.count("\r")) % 4:
+        return None
+    return binascii.a2b_base64(payload)
 
 
 def _embedded_message_bytes(part: Message) -> bytes:
