@@ -98,6 +98,8 @@ def arrival() -> Arrival:
 class RecordingDelivery:
     """A delivery for SMTP-side tests: records events; can be told to stall or fail."""
 
+    destination = "the test's recorder"
+
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.outcome = Outcome.ACCEPTED

@@ -160,6 +160,7 @@ def test_json_logs_have_a_line_per_message_per_connection_and_per_rejection(
         "info",
     )
     assert {"uuid", "id", "size", "ms"} <= accepted.keys()
+    assert accepted["delivered_to"] == "jobs pipeline smtp-emails"
     assert by_event["connection closed"]["messages"] == 1
     assert by_event["command rejected"]["reply"] == "452 4.5.3 Too many recipients"
 

@@ -34,6 +34,9 @@ class Outcome(enum.Enum):
 class Delivery(Protocol):
     """Hands one event on; returns only once the event is safe where it went."""
 
+    destination: str
+    """Where accepted messages go, as the "message accepted" log line names it."""
+
     async def deliver(self, event: EmailEvent) -> Outcome: ...
 
 
@@ -47,6 +50,7 @@ class PoolDelivery:
 
     def __init__(self, pool: WorkerPool) -> None:
         self._pool = pool
+        self.destination = f"{pool.name} worker pool"
 
     async def deliver(self, event: EmailEvent) -> Outcome:
         context, _ = await self._pool.exec(event.to_json())
@@ -87,6 +91,7 @@ class JobsDelivery:
         self._rpc = rpc
         self._settings = settings
         self._attachments = attachments
+        self.destination = f"jobs pipeline {settings.pipeline}"
 
     async def deliver(self, event: EmailEvent) -> Outcome:
         timeout = self._settings.push_timeout

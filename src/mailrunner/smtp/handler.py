@@ -131,6 +131,7 @@ class SmtpHandler:
             mail_from=arrival.mail_from,
             recipients=len(arrival.rcpt_to),
             size=event.envelope.size,
+            delivered_to=self._delivery.destination,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
         return replies.queued(arrival.event_id)
