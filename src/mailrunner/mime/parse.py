@@ -293,9 +293,9 @@ def _payload_bytes(leaf: _Leaf, errors: list[str]) -> bytes:
     part = leaf.part
     if part.get_content_maintype() == "message" or part.is_multipart():
         return _embedded_message_bytes(part)
-    payload = clean_base64(part)
-    if payload is not None:
-        return payload
+    decoded = clean_base64(part)
+    if decoded is not None:
+        return decoded
     payload = part.get_payload(decode=True)
     errors.extend(f"part {leaf.number}: {type(d).__name__}" for d in part.defects)
     part.defects.clear()
