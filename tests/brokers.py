@@ -1,15 +1,18 @@
 """Broker processes of the tests' own: a redis-server or nats-server in a tmp dir on a free
-port, restartable on the same dir and port, killed by pid; shared by the driver tests and the
-end-to-end restart tests."""
+port, restartable on the same dir and port, killed by pid; and the helpers for the machine's
+RabbitMQ. Shared by the driver tests and the end-to-end tests."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 from pathlib import Path
 
+import aio_pika
 import pytest
 import redis
 
@@ -18,6 +21,7 @@ from conftest import REQUIRE_TOOLS, free_port, wait_until
 NATS_SERVER = "/usr/sbin/nats-server"
 SERVER_START_DEADLINE = 15.0
 DURABLE_REDIS = {"appendonly": "yes", "appendfsync": "always"}
+AMQP_ADDR = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def require_binary(path: str | None, name: str) -> str:
@@ -112,3 +116,43 @@ class NatsServer:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.process = None
+
+
+def amqp_answers() -> bool:
+    """An open port is not enough: right after `start_app` RabbitMQ may still refuse."""
+
+    async def connect() -> None:
+        connection = await aio_pika.connect(AMQP_ADDR, timeout=2)
+        await connection.close()
+
+    try:
+        asyncio.run(connect())
+    except (OSError, aio_pika.exceptions.AMQPError, TimeoutError):
+        return False
+    return True
+
+
+async def _delete_amqp_pipeline(queue: str, exchange: str) -> None:
+    connection = await aio_pika.connect(AMQP_ADDR, timeout=10.0)
+    async with connection:
+        names = [queue, f"{queue}.failed", f"{queue}.delays"]
+        channel = await connection.channel()
+        try:
+            catalog = await channel.declare_queue(f"{queue}.delays", passive=True)
+            while (message := await catalog.get(no_ack=True, fail=False)) is not None:
+                names.append(f"{queue}.delay.{message.body.decode()}")
+        except aio_pika.exceptions.ChannelClosed:
+            pass
+        for name in names:
+            channel = await connection.channel()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await channel.queue_delete(name)
+        channel = await connection.channel()
+        with contextlib.suppress(aio_pika.exceptions.AMQPError):
+            await channel.exchange_delete(exchange)
+
+
+def delete_amqp_pipeline(queue: str, exchange: str | None = None) -> None:
+    """Delete an amqp pipeline's queues (its delay queues found through the catalog queue,
+    as the driver finds them) and its exchange, leaving the machine's RabbitMQ as it was."""
+    asyncio.run(_delete_amqp_pipeline(queue, exchange or queue))

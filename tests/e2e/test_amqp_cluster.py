@@ -3,52 +3,25 @@ queue and two consumer processes drain it."""
 
 from __future__ import annotations
 
-import asyncio
 import smtplib
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import aio_pika
 import pytest
 
+from brokers import amqp_answers, delete_amqp_pipeline
 from conftest import ServeProcess, require_broker, wait_until
 
 JOB_WORKER = Path(__file__).parents[1] / "jobs" / "job_worker.py"
 EMAILS = 2000
 
 
-def delete_queues(queue: str) -> None:
-    async def main() -> None:
-        connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
-        async with connection:
-            channel = await connection.channel()
-            for name in (queue, f"{queue}.failed", f"{queue}.delays", f"{queue}.catalog"):
-                await channel.queue_delete(name)
-            await channel.exchange_delete(queue)
-
-    asyncio.run(main())
-
-
-def broker_answers() -> bool:
-    """An open port is not enough: right after `start_app` the broker may still refuse."""
-
-    async def connect() -> None:
-        connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/", timeout=2)
-        await connection.close()
-
-    try:
-        asyncio.run(connect())
-    except (OSError, aio_pika.exceptions.AMQPError, TimeoutError):
-        return False
-    return True
-
-
 @pytest.mark.amqp
 def test_two_ingress_and_two_consumer_nodes_consume_each_email_exactly_once(tmp_path: Path) -> None:
     require_broker("rabbitmq", "127.0.0.1", 5672)
-    wait_until(broker_answers, "RabbitMQ to accept AMQP connections", 60)
+    wait_until(amqp_answers, "RabbitMQ to accept AMQP connections", 60)
     queue = f"mailrunner.cluster.{uuid.uuid4().hex[:10]}"
     log = tmp_path / "executed.log"
     pipeline = {"smtp-emails": {"driver": "amqp", "prefetch": 20, "config": {"queue": queue}}}
@@ -105,4 +78,4 @@ def test_two_ingress_and_two_consumer_nodes_consume_each_email_exactly_once(tmp_
     finally:
         for node in nodes:
             node.terminate()
-        delete_queues(queue)
+        delete_amqp_pipeline(queue)

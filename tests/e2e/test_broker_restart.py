@@ -25,14 +25,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 
-from brokers import DURABLE_REDIS, NATS_SERVER, NatsServer, RedisServer, listening, require_binary
+from brokers import (
+    AMQP_ADDR,
+    DURABLE_REDIS,
+    NATS_SERVER,
+    NatsServer,
+    RedisServer,
+    amqp_answers,
+    delete_amqp_pipeline,
+    listening,
+    require_binary,
+)
 from conftest import RunningServer, delete_streams, require_broker, wait_until
 
 RABBITMQCTL = "rabbitmqctl"
-AMQP_ADDR = "amqp://guest:guest@127.0.0.1:5672/"
 FIRST_ACCEPTS = 100
 """250s to see before the broker goes away: the load is flowing."""
 REFUSALS_WHILE_DOWN = 5
@@ -307,21 +315,6 @@ def rabbitmqctl(command: str, timeout: float) -> None:
         pytest.fail(f"rabbitmqctl {command} exited with {result.returncode}: {result.stderr!r}")
 
 
-def delete_queues(queue: str) -> None:
-    async def main() -> None:
-        connection = await aio_pika.connect(AMQP_ADDR, timeout=10.0)
-        async with connection:
-            for name in (queue, f"{queue}.failed", f"{queue}.delays"):
-                channel = await connection.channel()
-                with contextlib.suppress(aio_pika.exceptions.AMQPError):
-                    await channel.queue_delete(name)
-            channel = await connection.channel()
-            with contextlib.suppress(aio_pika.exceptions.AMQPError):
-                await channel.exchange_delete(queue)
-
-    asyncio.run(main())
-
-
 @pytest.mark.amqp
 def test_rabbitmq_restart_under_load_loses_no_acknowledged_email(
     start_server: Callable[..., RunningServer],
@@ -349,6 +342,7 @@ def test_rabbitmq_restart_under_load_loses_no_acknowledged_email(
         nonlocal stopped
         rabbitmqctl("start_app", 120.0)
         stopped = False
+        wait_until(amqp_answers, "RabbitMQ to accept AMQP connections again", 60.0)
 
     try:
         sender = restart_under_load(server, stop_broker, start_broker)
@@ -357,5 +351,5 @@ def test_rabbitmq_restart_under_load_loses_no_acknowledged_email(
     finally:
         if stopped:
             rabbitmqctl("start_app", 120.0)
-        wait_until(lambda: listening(5672), "RabbitMQ to listen on 5672 again", 60.0)
-        delete_queues(queue)
+        wait_until(amqp_answers, "RabbitMQ to accept AMQP connections again", 60.0)
+        delete_amqp_pipeline(queue)

@@ -34,6 +34,7 @@ from contract import (
 )
 from pydantic import ValidationError
 
+from brokers import AMQP_ADDR, delete_amqp_pipeline
 from conftest import require_broker
 from mailrunner.config import AmqpDriverConfig
 from mailrunner.errors import DriverError, DriverUnavailable
@@ -43,37 +44,10 @@ from mailrunner.jobs.drivers.amqp import AmqpDriver, broker_priority, delay_ms
 pytestmark = pytest.mark.amqp
 
 BROKER = ("127.0.0.1", 5672)
-ADDR = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def settings_for(queue: str, **config: Any) -> dict[str, Any]:
-    return {"driver": "amqp", "config": {"addr": ADDR, "queue": queue, **config}}
-
-
-async def _delete_everything(queue: str, exchange: str) -> None:
-    """Delete a test's queues and exchange; the delay queues are found by a driver-like
-    scan of the catalog queue plus the delays the tests use."""
-    connection = await aio_pika.connect(ADDR, timeout=5.0)
-    async with connection:
-        names = [queue, f"{queue}.failed", f"{queue}.delays"]
-        channel = await connection.channel()
-        try:
-            catalog = await channel.declare_queue(f"{queue}.delays", passive=True)
-            while (message := await catalog.get(no_ack=True, fail=False)) is not None:
-                names.append(f"{queue}.delay.{message.body.decode()}")
-        except aio_pika.exceptions.ChannelClosed:
-            pass
-        for name in names:
-            channel = await connection.channel()
-            with contextlib.suppress(aio_pika.exceptions.AMQPError):
-                await channel.queue_delete(name)
-        channel = await connection.channel()
-        with contextlib.suppress(aio_pika.exceptions.AMQPError):
-            await channel.exchange_delete(exchange)
-
-
-def delete_everything(queue: str, exchange: str | None = None) -> None:
-    asyncio.run(_delete_everything(queue, exchange or queue))
+    return {"driver": "amqp", "config": {"addr": AMQP_ADDR, "queue": queue, **config}}
 
 
 @pytest.fixture
@@ -81,7 +55,7 @@ def queue_name() -> Iterator[str]:
     require_broker("amqp", *BROKER)
     name = f"mailrunner-test-{uuid.uuid4().hex}"
     yield name
-    delete_everything(name)
+    delete_amqp_pipeline(name)
 
 
 class TestAmqpDriver(DriverContract):
@@ -158,7 +132,7 @@ def test_a_delayed_job_waits_its_delay_in_its_own_delay_queue(
         lease = await reserve_one(driver, 2.0, "the delayed job must come after its delay")
         waited = time.monotonic() - pushed_at
         assert 1.0 - EARLY <= waited <= 1.0 + LATE + 0.2, f"served after {waited:.2f}s"
-        connection = await aio_pika.connect(ADDR, timeout=5.0)
+        connection = await aio_pika.connect(AMQP_ADDR, timeout=5.0)
         async with connection:
             channel = await connection.channel()
             delay_queue = await channel.declare_queue(f"{queue_name}.delay.1000", passive=True)
@@ -170,7 +144,7 @@ def test_a_delayed_job_waits_its_delay_in_its_own_delay_queue(
 
 def test_an_unroutable_publish_fails_the_push(queue_name: str, tmp_path: Path) -> None:
     async def unbind() -> None:
-        connection = await aio_pika.connect(ADDR, timeout=5.0)
+        connection = await aio_pika.connect(AMQP_ADDR, timeout=5.0)
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(

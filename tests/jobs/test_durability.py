@@ -22,6 +22,7 @@ from mailrunner.jobs.drivers.sqlite import SqliteDriver
 from mailrunner.jobs.model import Job, JobOptions
 
 HERE = Path(__file__).parent
+PUSHES = 5000
 
 
 def executed_ids(log: Path) -> set[str]:
@@ -65,7 +66,7 @@ def test_kill_9_midway_loses_no_job_whose_push_returned(tmp_path: Path) -> None:
         )
     )
     printed = tmp_path / "pushed.txt"
-    host = start_host(config, 2000, printed)
+    host = start_host(config, PUSHES, printed)
 
     def pushed_enough() -> bool:
         assert host.poll() is None, "the host process exited before it was killed"
@@ -75,7 +76,7 @@ def test_kill_9_midway_loses_no_job_whose_push_returned(tmp_path: Path) -> None:
     host.send_signal(signal.SIGKILL)
     host.wait(10)
     acknowledged = {line for line in printed.read_text().splitlines() if line and line != "pushed"}
-    assert len(acknowledged) < 2000, "the kill must land midway for the test to mean anything"
+    assert len(acknowledged) < PUSHES, "the kill must land midway for the test to mean anything"
 
     restarted = start_host(config, 0, tmp_path / "restart.txt")
     try:

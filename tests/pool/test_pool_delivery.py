@@ -227,14 +227,17 @@ def test_killed_workers_are_let_go_of_while_the_server_runs(
 ) -> None:
     """A long-running server that replaces crashed workers must not keep the dead ones."""
     server = pool_server(num_workers=2)
+    started = pids(server)
     for _ in range(5):
         victim = min(pids(server))
         os.kill(victim, 9)
         wait_until(lambda v=victim: v not in pids(server) and ready(server) == 2, "a replacement")
+        started |= pids(server)
 
     def held() -> int:
+        """This server's worker objects still in memory (other tests' are not counted)."""
         gc.collect()
-        return sum(isinstance(o, WorkerProcess) for o in gc.get_objects())
+        return sum(isinstance(o, WorkerProcess) and o.pid in started for o in gc.get_objects())
 
     wait_until(lambda: held() == 2, "only the two live workers to be held")
     assert send(server, "ok")[0] == 250

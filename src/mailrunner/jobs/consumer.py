@@ -88,6 +88,7 @@ class PipelineConsumer:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def _settings(self) -> PipelineConfig:
@@ -102,6 +103,7 @@ class PipelineConsumer:
     async def stop(self) -> None:
         """Stop leasing; let running jobs finish within shutdown_timeout, then give them back."""
         self.pipeline.consuming = False
+        self._stopping = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -113,7 +115,9 @@ class PipelineConsumer:
             await asyncio.gather(*unfinished, return_exceptions=True)
 
     async def _reserve_loop(self) -> None:
-        while True:
+        """Runs until cancelled; the flag also ends it should a library swallow the cancel
+        (Python 3.11's `asyncio.wait_for` can, when what it waits for finishes just then)."""
+        while not self._stopping:
             await self.pipeline.resumed.wait()
             free = self._settings.prefetch - len(self._in_flight)
             if free <= 0:

@@ -146,7 +146,8 @@ class WorkerProcess:
                 await self.relay.send(control_frame({"stop": True}))
             self.relay.close()
             try:
-                await asyncio.wait_for(self.process.wait(), grace)
+                async with asyncio.timeout(grace):
+                    await self.process.wait()
             except TimeoutError:
                 log.warning("worker ignored stop, killing", pool=self._pool_name, pid=self.pid)
         await self.reap()
@@ -234,7 +235,8 @@ class WorkerPool:
         worker.on_reaped = self._unreaped.discard
         self._workers.add(worker)
         try:
-            await asyncio.wait_for(worker.handshake(), self.config.allocate_timeout)
+            async with asyncio.timeout(self.config.allocate_timeout):
+                await worker.handshake()
         except (RelayError, WorkerCrashed, TimeoutError) as error:
             self._workers.discard(worker)
             self._reap(worker)
@@ -294,7 +296,8 @@ class WorkerPool:
         """Run one payload; raises NoFreeWorker, ExecTimeout, WorkerCrashed or WorkerFailed."""
         worker = await self._allocate()
         try:
-            answer = await asyncio.wait_for(worker.run(context, body), self.config.exec_timeout)
+            async with asyncio.timeout(self.config.exec_timeout):
+                answer = await worker.run(context, body)
         except TimeoutError:
             log.warning("worker exec timeout, killing", pool=self.name, pid=worker.pid)
             self._replace(worker)
@@ -318,7 +321,8 @@ class WorkerPool:
         if self._stopping:
             raise PoolStopped(f"the {self.name} pool is stopping")
         try:
-            return await asyncio.wait_for(self._next_ready(), self.config.allocate_timeout)
+            async with asyncio.timeout(self.config.allocate_timeout):
+                return await self._next_ready()
         except TimeoutError:
             raise NoFreeWorker(
                 f"no free {self.name} worker within {self.config.allocate_timeout}s"

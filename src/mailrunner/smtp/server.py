@@ -108,7 +108,8 @@ class SmtpServer:
             connection.request_close(replies.R421_SHUTTING_DOWN)
         if self._connections:
             try:
-                await asyncio.wait_for(self._drained.wait(), grace)
+                async with asyncio.timeout(grace):
+                    await self._drained.wait()
             except TimeoutError:
                 log.warning(
                     "connections still open after grace, aborting", count=len(self._connections)

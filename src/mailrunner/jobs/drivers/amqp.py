@@ -501,7 +501,8 @@ class AmqpDriver(Driver):
             if leases or remaining <= 0:
                 return leases
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, _IDLE_POLL))
+                async with asyncio.timeout(min(remaining, _IDLE_POLL)):
+                    await self._changed.wait()
 
     async def _take(self, limit: int) -> list[Lease]:
         queue = self._queues.get(self.queue_name)

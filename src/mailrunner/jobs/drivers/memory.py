@@ -148,7 +148,8 @@ class MemoryDriver(Driver):
                 pause = min(pause, next_due + 0.001)
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), pause)
+                    async with asyncio.timeout(pause):
+                        await self._changed.wait()
 
     async def stat(self) -> QueueStat:
         now = time.monotonic()

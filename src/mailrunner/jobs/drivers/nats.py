@@ -142,6 +142,14 @@ _MSG_ID = "Nats-Msg-Id"
 _STATUS = "Status"
 
 
+def _cancelled_by_caller() -> bool:
+    """Whether a CancelledError is meant for the running task. nats-py lets cancellations of
+    its own internal tasks escape from calls such as flush and close (nats.py issues #373,
+    #469); those must become errors of the call, not stop the caller's task."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _capabilities(max_payload: int | None) -> Capabilities:
     return Capabilities(
         durable=True,
@@ -335,8 +343,13 @@ class NatsDriver(Driver):
         self._held.clear()
         self._uncounted.clear()
         if nc is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await nc.close()
+            except asyncio.CancelledError:
+                if _cancelled_by_caller():
+                    raise
+            except Exception as error:
+                log.debug("nats client close failed", pipeline=self.name, error=repr(error))
 
     def _client(self) -> tuple[Client, JetStreamContext]:
         if self._nc is None or self._js is None:
@@ -377,6 +390,10 @@ class NatsDriver(Driver):
             await self._publish_jobs(jobs, deadline, stored)
         except BaseException as error:
             await self._unstore(js, stored)
+            if isinstance(error, asyncio.CancelledError) and not _cancelled_by_caller():
+                raise DriverUnavailable(
+                    f"pipeline {self.name}: the nats client cancelled its own request"
+                ) from None
             if isinstance(error, DriverError) or not isinstance(error, Exception):
                 raise
             if isinstance(error, (nats.errors.TimeoutError, TimeoutError)):
@@ -466,7 +483,8 @@ class NatsDriver(Driver):
                 if remaining <= 0:
                     break
                 try:
-                    msg = await asyncio.wait_for(queue.get(), remaining)
+                    async with asyncio.timeout(remaining):
+                        msg = await queue.get()
                 except TimeoutError:
                     break
                 status = JetStreamContext.is_status_msg(msg)

@@ -621,7 +621,8 @@ class RedisDriver(Driver):
             if next_due is not None:
                 pause = min(pause, next_due + 0.001)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), pause)
+                async with asyncio.timeout(pause):
+                    await self._changed.wait()
 
     async def on_lease(
         self, action: LeaseAction, job_id: str, token: str, *args: str | int

@@ -279,7 +279,8 @@ class SqliteDriver(Driver):
             if next_due is not None:
                 pause = min(pause, max(0.0, next_due - time.time()) + 0.001)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), pause)
+                async with asyncio.timeout(pause):
+                    await self._changed.wait()
 
     async def update_lease(self, job_id: str, token: str, assignments: str, *values: Any) -> None:
         """Change a leased job, only if the lease is still the current one."""
