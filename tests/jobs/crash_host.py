@@ -18,7 +18,6 @@ from mailrunner.app import App
 from mailrunner.config import load
 from mailrunner.jobs.model import Job, JobOptions
 
-
 PUSHERS = 20
 
 
