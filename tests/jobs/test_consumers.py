@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import sys
@@ -14,8 +15,12 @@ from typing import Any
 import pytest
 
 from conftest import RunningServer, wait_until
-from mailrunner.jobs.consumer import Answer, parse_answer
+from mailrunner.config import MemoryPipeline
+from mailrunner.jobs.consumer import Answer, PipelineConsumer, parse_answer
+from mailrunner.jobs.driver import Lease
+from mailrunner.jobs.drivers.memory import MemoryDriver
 from mailrunner.jobs.model import Job, JobOptions
+from mailrunner.jobs.service import Pipeline
 
 WORKER = Path(__file__).with_name("job_worker.py")
 DRIVERS = ["memory", "sqlite"]
@@ -266,3 +271,40 @@ def test_stop_waits_for_jobs_in_flight_and_leaves_the_rest_stored(
         sqlite3.connect(database).execute("SELECT id FROM jobs WHERE failed_at IS NULL").fetchall()
     )
     assert sorted(row[0] for row in rows) == sorted(waiting), "jobs not yet run stay stored"
+
+
+class CancelSwallowingDriver(MemoryDriver):
+    """A reserve that turns the first cancel into an empty answer, as Python 3.11's wait_for
+    does when what it waits for completes at the same moment."""
+
+    def __init__(self, name: str, settings: MemoryPipeline, data_dir: Path) -> None:
+        super().__init__(name, settings, data_dir)
+        self.waiting = asyncio.Event()
+        self.swallowed = 0
+
+    async def reserve(self, limit: int, wait: float) -> list[Lease]:
+        self.waiting.set()
+        try:
+            return await super().reserve(limit, wait)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1
+            return []
+
+
+def test_stop_ends_the_consumer_even_when_its_driver_swallows_the_cancel(tmp_path: Path) -> None:
+    async def scenario() -> int:
+        settings = MemoryPipeline(driver="memory")
+        driver = CancelSwallowingDriver("q", settings, tmp_path)
+        pipeline = Pipeline("q", settings, driver, declared_at_runtime=False)
+        pipeline.resumed.set()
+        consumer = PipelineConsumer(pipeline, None, 1.0, None)  # type: ignore[arg-type]
+        consumer.start()
+        await driver.waiting.wait()
+        stopping = asyncio.create_task(consumer.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=5)
+        assert done, "stop() did not return within 5 s of a swallowed cancel"
+        return driver.swallowed
+
+    assert asyncio.run(scenario()) == 1, "the cancel must have reached the driver's reserve"
