@@ -106,8 +106,7 @@ class PipelineConsumer:
         self._stopping = True
         if self._loop_task is not None:
             self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await asyncio.wait({self._loop_task})
         if self._in_flight:
             _, unfinished = await asyncio.wait(set(self._in_flight), timeout=self._shutdown_timeout)
             for task in unfinished:
