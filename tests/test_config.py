@@ -104,18 +104,23 @@ def test_environment_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
         config_from_mapping({"smtp": {"hostname": "${MR_NOPE}"}})
 
 
+def without_jobs(hostname: str) -> str:
+    """A config that needs no pipeline: the worker-pool path, with a (never started) command."""
+    return f"smtp: {{hostname: {hostname}, use_jobs: false}}\nserver: {{command: w}}\n"
+
+
 def test_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MAILRUNNER_CONFIG", raising=False)
     config, source = load()
     assert source == EMBEDDED_DEFAULT
     assert config.jobs.pipelines["smtp-emails"].driver == "sqlite"
-    (tmp_path / "mailrunner.yaml").write_text("smtp: {hostname: local, use_jobs: false}\n")
+    (tmp_path / "mailrunner.yaml").write_text(without_jobs("local"))
     assert load()[0].smtp.hostname == "local"
-    (tmp_path / "env.yaml").write_text("smtp: {hostname: from-env, use_jobs: false}\n")
+    (tmp_path / "env.yaml").write_text(without_jobs("from-env"))
     monkeypatch.setenv("MAILRUNNER_CONFIG", str(tmp_path / "env.yaml"))
     assert load()[0].smtp.hostname == "from-env"
-    (tmp_path / "explicit.yaml").write_text("smtp: {hostname: explicit, use_jobs: false}\n")
+    (tmp_path / "explicit.yaml").write_text(without_jobs("explicit"))
     assert load(tmp_path / "explicit.yaml")[0].smtp.hostname == "explicit"
 
 
@@ -123,6 +128,10 @@ def test_secrets_are_masked() -> None:
     config = config_from_mapping(
         {
             "smtp": {"use_jobs": False},
+            "server": {
+                "command": "python worker.py",
+                "env": {"DB_PASSWORD": "hunter2", "API_KEY": "k", "APP_ENV": "prod"},
+            },
             "rpc": {"token": "tok"},
             "jobs": {
                 "pipelines": {"q": {"driver": "amqp", "config": {"addr": "amqp://u:pw@127.0.0.1/"}}}
@@ -131,6 +140,7 @@ def test_secrets_are_masked() -> None:
     )
     dumped = masked_dump(config)
     assert dumped["rpc"]["token"] == "***"
+    assert dumped["server"]["env"] == {"DB_PASSWORD": "***", "API_KEY": "***", "APP_ENV": "prod"}
     assert dumped["jobs"]["pipelines"]["q"]["config"]["addr"] == "amqp://u:***@127.0.0.1/"
 
 
@@ -178,4 +188,22 @@ def test_the_smtp_pipeline_must_be_declared_unless_pushing_remotely() -> None:
         config_from_mapping({})
     remote = config_from_mapping({"smtp": {"jobs": {"rpc": "http://127.0.0.1:6001"}}})
     assert remote.smtp.jobs.rpc is not None
-    assert config_from_mapping({"smtp": {"use_jobs": False}}).smtp.use_jobs is False
+    pool = config_from_mapping({"smtp": {"use_jobs": False}, "server": {"command": "w"}})
+    assert pool.smtp.use_jobs is False
+
+
+def test_a_pool_that_will_run_needs_a_command(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"smtp\.pool\.command: required when smtp\.use_jobs"):
+        config_from_mapping({"smtp": {"use_jobs": False}})
+    consuming = {
+        "jobs": {"consume": ["smtp-emails"], "pipelines": {"smtp-emails": {"driver": "memory"}}}
+    }
+    with pytest.raises(ConfigError, match=r"jobs\.pool\.command: required when jobs\.consume"):
+        config_from_mapping(consuming)
+    with_command = {"jobs": {**consuming["jobs"], "pool": {"command": "w"}}}
+    assert config_from_mapping(with_command).jobs.consume == ["smtp-emails"]
+    config = tmp_path / "pool.yaml"
+    config.write_text("smtp:\n  use_jobs: false\n")
+    result = run_cli("config", "check", "-c", str(config))
+    assert result.returncode == 1, "config check must refuse what serve would refuse"
+    assert "smtp.pool.command: required" in result.stderr

@@ -63,7 +63,7 @@ class App:
             self.jobs_pool = WorkerPool(
                 "jobs",
                 config.jobs.pool,
-                self._command("jobs.pool", config.jobs.pool),
+                self._command(config.jobs.pool),
                 config.server.env,
             )
             self.consumers = Consumers(self.jobs, self.jobs_pool, config.jobs.shutdown_timeout)
@@ -89,17 +89,14 @@ class App:
                 self.remote_jobs = ApiClient(smtp.jobs.rpc.url, smtp.jobs.rpc.token)
                 return JobsDelivery(self.remote_jobs, smtp.jobs, tempfiles)
             return JobsDelivery(self.jobs, smtp.jobs, tempfiles)
-        command = self._command("smtp.pool", smtp.pool)
+        command = self._command(smtp.pool)
         self.smtp_pool = WorkerPool("smtp", smtp.pool, command, self.config.server.env)
         return PoolDelivery(self.smtp_pool)
 
-    def _command(self, key: str, pool: PoolConfig) -> str | list[str]:
+    def _command(self, pool: PoolConfig) -> str | list[str]:
+        """The pool's own command, else server.command (the config ensures one is set)."""
         command = pool.command or self.config.server.command
-        if not command:
-            needed = "smtp.use_jobs is false" if key == "smtp.pool" else "jobs.consume is not empty"
-            raise ConfigError(
-                [f"{key}.command: required when {needed} (or set server.command)"], self.source
-            )
+        assert command, "Config._pool_commands lets no pool without a command through"
         return command
 
     def _storage(self) -> AttachmentStorage:

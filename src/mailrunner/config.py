@@ -343,6 +343,18 @@ class Config(_Model):
         return self
 
     @model_validator(mode="after")
+    def _pool_commands(self) -> Config:
+        """A pool that will run needs a command; found here so `config check` says so too."""
+        needed = []
+        if not self.smtp.use_jobs and not (self.smtp.pool.command or self.server.command):
+            needed.append("smtp.pool.command: required when smtp.use_jobs is false")
+        if self.jobs.consume and not (self.jobs.pool.command or self.server.command):
+            needed.append("jobs.pool.command: required when jobs.consume is not empty")
+        if needed:
+            raise ValueError("; ".join(f"{problem} (or set server.command)" for problem in needed))
+        return self
+
+    @model_validator(mode="after")
     def _token_beyond_loopback(self) -> Config:
         host, _ = split_host_port(self.rpc.listen)
         if host not in _LOOPBACK and not self.rpc.token:
@@ -456,6 +468,8 @@ def load(explicit: Path | None = None) -> tuple[Config, str]:
 
 
 _SECRET_KEYS = frozenset({"token", "password"})
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|PRIVATE|API_?KEY", re.I)
+"""Names of `server.env` variables whose values `config check` hides."""
 
 
 def mask_url(url: str) -> str:
@@ -477,7 +491,7 @@ def _masked(value: Any, key: str = "") -> Any:
         return {k: _masked(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_masked(v) for v in value]
-    if key in _SECRET_KEYS and value:
+    if (key in _SECRET_KEYS or _SECRET_NAME.search(key)) and value:
         return "***"
     if isinstance(value, str) and "://" in value:
         return mask_url(value)

@@ -21,6 +21,7 @@ def service_for(tmp_path: Path, pipelines: dict[str, Any]) -> JobsService:
     settings = {
         "data_dir": str(tmp_path),
         "smtp": {"use_jobs": False},
+        "server": {"command": "never-started"},
         "jobs": {"pipelines": pipelines},
     }
     return JobsService(config_from_mapping(settings))
