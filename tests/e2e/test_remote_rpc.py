@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import smtplib
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -65,3 +68,51 @@ def test_ingress_pushes_to_the_jobs_node_and_recovers_when_it_comes_back(
     after = reply.decode().rsplit(" ", 1)[-1]
     wait_until(lambda: after in ran(), "the restarted jobs node to run the email")
     assert len(ran()) == 2, "the refused email must never run"
+
+
+def test_a_push_the_ingress_gave_up_on_is_never_stored_by_the_jobs_node(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """The ingress sends its push_timeout along, so the jobs node gives up no later than the
+    ingress does: a 451 at the ingress means the job is not stored, not even afterwards."""
+    api_port = free_port()
+    database = tmp_path / "jobs.db"
+    pipeline = {"driver": "sqlite", "config": {"path": str(database)}}
+    jobs_node = start_server(
+        record=False,
+        rpc={"listen": f"127.0.0.1:{api_port}"},
+        jobs={"pipelines": {"smtp-emails": pipeline}},
+    )
+    ingress = start_server(
+        record=False,
+        smtp={"jobs": {"rpc": f"http://127.0.0.1:{api_port}", "push_timeout": 1}},
+    )
+    assert send(ingress, "stored")[0] == 250
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        assert send(ingress, "refused") == TEMP_FAILURE
+        assert time.monotonic() - started < 2.0, "451 must come within push_timeout + 1 s"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert send(ingress, "after")[0] == 250
+
+    def subjects() -> list[str]:
+        with contextlib.closing(sqlite3.connect(database)) as reader:
+            rows = reader.execute("SELECT payload FROM jobs ORDER BY seq").fetchall()
+        return [json.loads(payload)["message"]["subject"] for (payload,) in rows]
+
+    def node_pushes(result: str) -> float:
+        labels = {"pipeline": "smtp-emails", "result": result}
+        value = jobs_node.app.metrics.registry.get_sample_value(
+            "mailrunner_jobs_push_total", labels
+        )
+        return value or 0.0
+
+    wait_until(
+        lambda: node_pushes("error") + node_pushes("ok") == 3, "the node to settle all 3 pushes"
+    )
+    assert node_pushes("error") == 1, "the node must give up on the push the ingress gave up on"
+    assert subjects() == ["stored", "after"], "the refused email must never be stored"

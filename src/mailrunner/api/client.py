@@ -31,6 +31,11 @@ _ERRORS: dict[str, type[Exception]] = {
     "InvalidPipeline": InvalidPipeline,
     "PushTimeout": PushTimeout,
 }
+_REPLY_GRACE = 0.75
+"""How long past its push_timeout the node's answer is awaited: a broker driver may take
+0.5 s past the deadline for the broker's verdict, and the reply must cross the network.
+Waiting that long means the ingress never answers 451 for a job the node then stores
+(the node gives up at push_timeout), and the SMTP side's own bound (+1 s) still holds."""
 
 
 class ApiClient:
@@ -82,7 +87,8 @@ class ApiClient:
     async def push(self, job: Job, *, push_timeout: float) -> None:
         """The Jobs RPC push the SMTP side makes when `smtp.jobs.rpc` is set."""
         wire = JobWire.from_job(job).model_dump(mode="json", exclude_none=True)
-        await self.call("POST", "/jobs/push", {"job": wire}, request_timeout=push_timeout)
+        body = {"job": wire, "push_timeout": push_timeout}
+        await self.call("POST", "/jobs/push", body, request_timeout=push_timeout + _REPLY_GRACE)
 
 
 def _error(status: int, data: Any) -> Exception:

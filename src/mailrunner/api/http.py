@@ -54,6 +54,7 @@ from mailrunner.errors import (
     PoolError,
     PoolLimit,
 )
+from mailrunner.jobs.service import DEFAULT_PUSH_TIMEOUT as PUSH_TIMEOUT
 from mailrunner.jobs.service import JobsService
 from mailrunner.metrics import Metrics
 from mailrunner.pool.pool import WorkerInfo, WorkerPool
@@ -337,12 +338,15 @@ class ApiServer:
 
     async def push(self, request: web.Request) -> web.Response:
         body: PushRequest = await _body(request, PushRequest)
-        await self._jobs.push(body.job.to_job())
+        await self._jobs.push(body.job.to_job(), push_timeout=body.push_timeout or PUSH_TIMEOUT)
         return _json(PushResponse(id=body.job.id))
 
     async def push_batch(self, request: web.Request) -> web.Response:
         body: PushBatchRequest = await _body(request, PushBatchRequest)
-        results = await self._jobs.push_batch([job.to_job() for job in body.jobs])
+        timeout = body.push_timeout or PUSH_TIMEOUT
+        results = await self._jobs.push_batch(
+            [job.to_job() for job in body.jobs], push_timeout=timeout
+        )
         wire = [PushResultWire(id=r.id, error=r.error) for r in results]
         return _json(PushBatchResponse(results=wire))
 

@@ -81,12 +81,23 @@ class JobWire(Wire):
         )
 
 
+_PUSH_TIMEOUT = Field(
+    default=None,
+    gt=0,
+    le=3600,
+    description="Seconds the node may take to store; after that it gives up and stores"
+    " nothing (default 5). A remote caller sends what is left of its own wait.",
+)
+
+
 class PushRequest(Wire):
     job: JobWire
+    push_timeout: float | None = _PUSH_TIMEOUT
 
 
 class PushBatchRequest(Wire):
     jobs: list[JobWire] = Field(min_length=1)
+    push_timeout: float | None = _PUSH_TIMEOUT
 
 
 class PushResponse(Wire):
