@@ -149,6 +149,29 @@ def test_nack_retries_until_the_limit_then_the_job_is_failed(
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_jobs_waiting_for_a_busy_pool_are_not_charged_an_attempt(
+    start_server: Callable[..., RunningServer], tmp_path: Path, driver: str
+) -> None:
+    """prefetch 3 on one worker: two jobs wait past allocate_timeout while the first runs.
+    They are given back uncounted, so with retries 1 none of them may end up failed."""
+    log = tmp_path / "executed.log"
+    server = start_server(
+        server={"command": [sys.executable, str(WORKER)], "env": {"JOB_LOG": str(log)}},
+        jobs={
+            "pipelines": {"q": {"driver": driver, "retries": 1, "prefetch": 3}},
+            "consume": ["q"],
+            "pool": {"num_workers": 1, "allocate_timeout": 0.3, "destroy_timeout": 3},
+        },
+    )
+    node = JobsNode(server, log)
+    ids = [node.push({"seconds": 1}) for _ in range(3)]
+    rows = node.wait_executed(3, timeout=30)
+    assert sorted(row[0] for row in rows) == sorted(ids)
+    assert [row[1] for row in rows] == [1, 1, 1], "waiting for a worker is not an attempt"
+    assert node.stat()["failed"] == 0
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_nack_without_requeue_fails_at_once_and_can_be_purged(
     jobs_node: Callable[..., JobsNode], driver: str
 ) -> None:
@@ -246,7 +269,21 @@ def test_worker_answers_are_read_as_roadrunner_defines_them(body: bytes, answer:
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"not json", b"[]", b'{"type": "2"}', b'{"type": 9}', b'{"type": true}', b'{"data": {}}'],
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"type": "2"}',
+        b'{"type": 9}',
+        b'{"type": true}',
+        b'{"data": {}}',
+        b'{"type": 3, "data": {"delay_seconds": "x"}}',
+        b'{"type": 3, "data": {"delay_seconds": "inf"}}',
+        b'{"type": 3, "data": {"delay_seconds": -1}}',
+        b'{"type": 3, "data": {"requeue": "false"}}',
+        b'{"type": 4, "data": {"headers": "oops"}}',
+        b'{"type": 4, "data": {"headers": {"a": "b"}}}',
+    ],
 )
 def test_an_empty_malformed_or_unknown_answer_is_a_failure_not_an_ack(body: bytes) -> None:
     answer = parse_answer(body)

@@ -2,8 +2,9 @@
 
 `ok` (or anything unknown) logs "<event id> <pid>" to $BEHAVIOUR_LOG and answers CONTINUE;
 `close` answers CLOSE; `fail` raises; `answer:X` answers X; `exit` dies; `hang` never
-answers; `badcrc`, `truncated` and `huge` write a corrupt frame. With $IGNORE_STOP set the
-worker ignores the server's stop request.
+answers; `badcrc`, `truncated` and `huge` write a corrupt frame; `nooptions` and `control`
+write a well-formed frame that is no answer to a payload. With $IGNORE_STOP set the worker
+ignores the server's stop request.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 import zlib
 
+from mailrunner.pool.frame import Flag, Frame, write_frame
 from mailrunner.worker import Email, Worker
 
 LOG = os.environ.get("BEHAVIOUR_LOG", "")
@@ -42,6 +44,10 @@ def corrupt(out: object, kind: str) -> None:
         os._exit(0)
     elif kind == "huge":
         out.write(header(0xFFFFFFF0))
+    elif kind == "nooptions":
+        write_frame(out, Frame(flags=Flag.CODEC_RAW, payload=b"CONTINUE"))
+    elif kind == "control":
+        write_frame(out, Frame(flags=Flag.CONTROL | Flag.CODEC_JSON, payload=b"{}", options=(0,)))
     out.flush()
 
 
@@ -57,7 +63,7 @@ def serve() -> None:
             os._exit(3)
         if subject == "hang":
             time.sleep(3600)
-        if subject in ("badcrc", "truncated", "huge"):
+        if subject in ("badcrc", "truncated", "huge", "nooptions", "control"):
             corrupt(out, subject)
             continue
         if subject == "fail":

@@ -199,7 +199,7 @@ def test_an_answer_that_is_neither_continue_nor_close_gives_451(
     assert send(server, "ok")[0] == 250
 
 
-@pytest.mark.parametrize("corruption", ["badcrc", "truncated", "huge"])
+@pytest.mark.parametrize("corruption", ["badcrc", "truncated", "huge", "nooptions", "control"])
 def test_corrupt_frame_kills_and_replaces_only_that_worker(
     pool_server: Callable[..., RunningServer], corruption: str
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import structlog
 
 from mailrunner.config import PipelineConfig
-from mailrunner.errors import DriverError, PoolError
+from mailrunner.errors import DriverError, NoFreeWorker, PoolError
 from mailrunner.jobs.driver import Lease
 from mailrunner.jobs.model import Headers
 from mailrunner.jobs.service import JobsService, Pipeline
@@ -48,22 +49,51 @@ def parse_answer(body: bytes) -> Answer:
     """Read `{"type": T, "data": {...}}`; anything unreadable is a failure, never an ack."""
     try:
         kind, data = _decode(body)
+        if kind in ACK_TYPES:
+            return Answer(ack=True)
+        message = str(data.get("message", ""))
+        delay = _delay(data.get("delay_seconds"))
+        if kind in (ERROR_TYPE, NACK_TYPE):
+            requeue = _requeue(data.get("requeue", True))
+            return Answer(ack=False, requeue=requeue, delay=delay, message=message)
+        if kind == REQUEUE_TYPE:
+            headers = _headers(data.get("headers"))
+            return Answer(ack=False, delay=delay, message=message or "requeued", headers=headers)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         return Answer(ack=False, message=f"unreadable worker answer {body[:80]!r}: {error}")
-    if kind in ACK_TYPES:
-        return Answer(ack=True)
-    message = str(data.get("message", ""))
-    delay = float(data.get("delay_seconds") or 0)
-    if kind in (ERROR_TYPE, NACK_TYPE):
-        return Answer(
-            ack=False, requeue=bool(data.get("requeue", True)), delay=delay, message=message
-        )
-    if kind == REQUEUE_TYPE:
-        headers = data.get("headers")
-        return Answer(
-            ack=False, delay=delay, message=message or "requeued", headers=headers or None
-        )
     return Answer(ack=False, message=f"unknown worker answer type {kind!r}")
+
+
+def _requeue(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"requeue must be true or false, not {value!r}")
+    return value
+
+
+def _delay(value: object) -> float:
+    """Seconds before a requeued job is due again: a finite number, zero or more."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"delay_seconds must be a number, not {value!r}")
+    delay = float(value)
+    if not math.isfinite(delay) or delay < 0:
+        raise ValueError(f"delay_seconds must be a finite number >= 0, not {value!r}")
+    return delay
+
+
+def _headers(value: object) -> Headers | None:
+    """Requeue headers replace the job's: an object of string lists, or nothing."""
+    if not value:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(name, str)
+        and isinstance(values, list)
+        and all(isinstance(item, str) for item in values)
+        for name, values in value.items()
+    ):
+        raise TypeError(f"headers must map names to lists of strings, not {value!r}")
+    return value
 
 
 def _decode(body: bytes) -> tuple[int, dict[str, Any]]:
@@ -155,6 +185,9 @@ class PipelineConsumer:
             log.error(
                 "cannot settle job", pipeline=self.pipeline.name, id=lease.job.id, error=str(error)
             )
+        except Exception as error:
+            log.exception("job handling failed", pipeline=self.pipeline.name, id=lease.job.id)
+            await _give_back(lease, f"internal error while handling the job: {error!r}")
         finally:
             extender.cancel()
 
@@ -179,6 +212,13 @@ class PipelineConsumer:
             await lease.ack()
         try:
             _, body = await self._pool.exec(self._context(lease), job.payload)
+        except NoFreeWorker as error:
+            if job.options.auto_ack:
+                await self._settle(lease, Answer(ack=False, message=str(error)))
+                return
+            log.warning("no free worker: job given back", pipeline=self.pipeline.name, id=job.id)
+            await lease.release()  # no worker saw it: not an attempt
+            return
         except PoolError as error:
             await self._settle(lease, Answer(ack=False, message=str(error)))
             return

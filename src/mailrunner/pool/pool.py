@@ -37,6 +37,7 @@ from mailrunner.errors import (
 from mailrunner.pool.frame import (
     Flag,
     Frame,
+    FrameError,
     control_frame,
     parse_control,
     payload_frame,
@@ -311,11 +312,18 @@ class WorkerPool:
         except BaseException:
             self._replace(worker)
             raise
-        self._release(worker)
         if Flag.ERROR in answer.flags:
+            self._release(worker)
             message = answer.payload.decode("utf-8", "replace")
             raise WorkerFailed(f"{self.name} worker {worker.pid} reported: {message}")
-        return split_payload(answer)
+        try:
+            parts = _answer_parts(answer)
+        except FrameError as error:
+            log.warning("worker broke the protocol, replacing", pool=self.name, pid=worker.pid)
+            self._replace(worker)
+            raise WorkerCrashed(f"{self.name} worker {worker.pid}: {error}") from error
+        self._release(worker)
+        return parts
 
     async def _allocate(self) -> WorkerProcess:
         if self._stopping:
@@ -399,3 +407,11 @@ class WorkerPool:
                     worker.stop(self.config.destroy_timeout), f"worker-{worker.pid}-stop"
                 )
         await self._respawn()
+
+
+def _answer_parts(answer: Frame) -> tuple[bytes, bytes]:
+    """(context, body) of a worker's answer; a frame that is not a payload answer is a
+    protocol error of that worker."""
+    if Flag.CONTROL in answer.flags:
+        raise FrameError("a CONTROL frame where the answer to a payload was due")
+    return split_payload(answer)
