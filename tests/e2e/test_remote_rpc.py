@@ -116,3 +116,42 @@ def test_a_push_the_ingress_gave_up_on_is_never_stored_by_the_jobs_node(
     )
     assert node_pushes("error") == 1, "the node must give up on the push the ingress gave up on"
     assert subjects() == ["stored", "after"], "the refused email must never be stored"
+
+
+def test_a_message_near_size_with_raw_included_is_stored_through_the_jobs_node(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """The worst case for the push's size: include_raw on the ingress (which the jobs node
+    cannot know) and a body of quotes, which JSON escaping doubles."""
+    api_port = free_port()
+    size = 1024 * 1024
+    database = tmp_path / "jobs.db"
+    jobs_node = start_server(
+        record=False,
+        rpc={"listen": f"127.0.0.1:{api_port}"},
+        smtp={"max_message_size": size},
+        jobs={
+            "pipelines": {"smtp-emails": {"driver": "sqlite", "config": {"path": str(database)}}}
+        },
+    )
+    ingress = start_server(
+        record=False,
+        smtp={
+            "max_message_size": size,
+            "include_raw": True,
+            "jobs": {"rpc": f"http://127.0.0.1:{api_port}"},
+        },
+    )
+    quotes = (b'"' * 998 + b"\r\n") * ((size - 1024) // 1000)
+    with smtplib.SMTP(ingress.host, ingress.port, timeout=30) as client:
+        client.ehlo("ingress.client")
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        code, reply = client.data(b"Subject: quotes\r\n\r\n" + quotes)
+    assert code == 250, reply
+    with contextlib.closing(sqlite3.connect(database)) as reader:
+        (payload,) = reader.execute("SELECT payload FROM jobs").fetchone()
+    event = json.loads(payload)
+    assert event["message"]["subject"] == "quotes"
+    assert len(event["message"]["body"]) == len(quotes) // 1000 * 999
+    assert jobs_node.app.config.smtp.max_message_size == size

@@ -6,9 +6,11 @@ keep-alive connections instead of opening one per email.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import aiohttp
+import orjson
 
 from mailrunner.api.schemas import JobWire
 from mailrunner.errors import (
@@ -70,7 +72,7 @@ class ApiClient:
         per_call = aiohttp.ClientTimeout(total=request_timeout) if request_timeout else None
         try:
             async with self._client().request(
-                method, self.base_url + path, json=body, timeout=per_call
+                method, self.base_url + path, data=_json_body(body), timeout=per_call
             ) as response:
                 if response.content_type == "application/json":
                     data = await response.json()
@@ -86,9 +88,17 @@ class ApiClient:
 
     async def push(self, job: Job, *, push_timeout: float) -> None:
         """The Jobs RPC push the SMTP side makes when `smtp.jobs.rpc` is set."""
-        wire = JobWire.from_job(job).model_dump(mode="json", exclude_none=True)
+        wire = JobWire.from_job(job, as_base64=True).model_dump(mode="json", exclude_none=True)
         body = {"job": wire, "push_timeout": push_timeout}
         await self.call("POST", "/jobs/push", body, request_timeout=push_timeout + _REPLY_GRACE)
+
+
+def _json_body(body: Any) -> aiohttp.BytesIOPayload | None:
+    """JSON as a stream: aiohttp warns that a multi-megabyte bytes body (an email's event)
+    may hold up the event loop, and writes a stream in chunks instead."""
+    if body is None:
+        return None
+    return aiohttp.BytesIOPayload(io.BytesIO(orjson.dumps(body)), content_type="application/json")
 
 
 def _error(status: int, data: Any) -> Exception:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -60,12 +61,13 @@ class JobWire(Wire):
         return Job(self.id, self.job, payload, options, dict(self.headers))
 
     @classmethod
-    def from_job(cls, job: Job) -> JobWire:
-        try:
-            text: str | None = job.payload.decode("utf-8")
-            encoded = None
-        except UnicodeDecodeError:
-            text, encoded = None, base64.b64encode(job.payload).decode("ascii")
+    def from_job(cls, job: Job, *, as_base64: bool = False) -> JobWire:
+        """`payload` when it is UTF-8 text, else (or when asked) `payload_base64`."""
+        text: str | None = None
+        if not as_base64:
+            with contextlib.suppress(UnicodeDecodeError):
+                text = job.payload.decode("utf-8")
+        encoded = None if text is not None else base64.b64encode(job.payload).decode("ascii")
         return cls(
             id=job.id,
             job=job.name,
