@@ -534,9 +534,10 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
                 "content": {"application/json": {"schema": ref(route.request)}},
             }
         if route.response is None:
+            untyped = {"type": "object"} if route.content_type == "application/json" else None
             ok: dict[str, Any] = {
                 "description": "OK",
-                "content": {"text/plain": {"schema": {"type": "string"}}},
+                "content": {route.content_type: {"schema": untyped or {"type": "string"}}},
             }
         else:
             ok = {

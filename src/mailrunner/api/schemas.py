@@ -85,7 +85,7 @@ class JobWire(Wire):
 
 _PUSH_TIMEOUT = Field(
     default=None,
-    gt=0,
+    ge=0.1,
     le=3600,
     description="Seconds the node may take to store; after that it gives up and stores"
     " nothing (default 5). A remote caller sends what is left of its own wait.",
