@@ -242,6 +242,16 @@ def test_declare_with_consume_starts_a_consumer_for_the_new_pipeline(
     assert node.wait_executed(1) == [(job_id, 1)]
 
 
+def test_declare_with_consume_on_a_server_without_a_jobs_pool_is_refused(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    _, api = jobs_server(start_server)
+    refused = api.post("/jobs/pipelines", {"name": "later", "driver": "memory", "consume": True})
+    assert (refused.status, refused.body["type"]) == (422, "InvalidPipeline")
+    assert "no jobs worker pool" in refused.body["error"]
+    assert "later" not in api.ok("GET", "/jobs/pipelines")["pipelines"]
+
+
 def failed_list(api: Api, limit: int = 100) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = api.ok("GET", f"/jobs/pipelines/work/failed?limit={limit}")[
         "failed"

@@ -174,6 +174,11 @@ class JobsService:
 
         The same settings again succeed; other settings for an existing name conflict.
         """
+        if consume and self.consumers is None:
+            raise InvalidPipeline(
+                f"pipeline {name!r}: this server has no jobs worker pool to consume it with"
+                " (start it with jobs.consume and a command, or declare without consume)"
+            )
         existing = self._pipelines.get(name)
         if existing is not None:
             if existing.settings != settings:
