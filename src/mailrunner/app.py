@@ -21,7 +21,7 @@ from mailrunner.errors import ConfigError
 from mailrunner.jobs.consumer import Consumers
 from mailrunner.jobs.model import Job
 from mailrunner.jobs.service import JobsService
-from mailrunner.metrics import Metrics
+from mailrunner.metrics import Metrics, UnwithdrawnPublishes
 from mailrunner.mime.attachments import (
     AttachmentStorage,
     CleanupTask,
@@ -59,6 +59,7 @@ class App:
         self.remote_jobs: ApiClient | None = None
         self.smtp_pool: WorkerPool | None = None
         self.jobs = JobsService(config, self.metrics)
+        self.metrics.registry.register(UnwithdrawnPublishes(self.jobs.unwithdrawn_publishes))
         self.jobs_pool: WorkerPool | None = None
         self.consumers: Consumers | None = None
         if config.jobs.consume:

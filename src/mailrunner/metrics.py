@@ -5,7 +5,11 @@ Each App owns its own registry, so two servers in one process (tests) never shar
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -64,3 +68,23 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class UnwithdrawnPublishes(Collector):
+    """`mailrunner_jobs_unwithdrawn_publishes_total`, read from the drivers at scrape time:
+    the one case where a 451 does not rule out that the message was stored (DESIGN's "No
+    late delivery"), so operators can see how often it happens."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "mailrunner_jobs_unwithdrawn_publishes",
+            "Pushes that timed out after their message reached a broker that cannot withdraw"
+            " it: possibly stored although the push failed",
+            labels=["pipeline"],
+        )
+        for pipeline, count in sorted(self._counts().items()):
+            family.add_metric([pipeline], count)
+        yield family

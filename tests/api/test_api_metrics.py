@@ -146,3 +146,15 @@ def test_a_refused_message_is_counted_as_rejected_not_accepted(
         "mailrunner_smtp_messages_total", **ACCEPTED
     )
     assert after.value("mailrunner_smtp_bytes_total") == before.value("mailrunner_smtp_bytes_total")
+
+
+def test_unwithdrawn_publishes_are_exported_per_pipeline(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """The drivers' count of pushes that may be stored despite a timeout reaches /metrics
+    (only the amqp driver ever counts one, under a RabbitMQ resource alarm)."""
+    node = start_jobs_node(start_server, tmp_path)
+    name = "mailrunner_jobs_unwithdrawn_publishes_total"
+    assert node.api.metrics().value(name, pipeline="work") == 0
+    node.server.app.jobs.pipeline("work").driver.unwithdrawn_publishes = 2
+    assert node.api.metrics().value(name, pipeline="work") == 2

@@ -51,6 +51,9 @@ class Driver(ABC):
     """Storage for one pipeline. Built with its settings; `open` connects."""
 
     capabilities: Capabilities
+    unwithdrawn_publishes: int = 0
+    """Pushes that raised PushTimeout although their message had already gone to a broker
+    that cannot take it back (amqp): they may be stored. Exported as a metric."""
 
     @abstractmethod
     async def open(self) -> None:

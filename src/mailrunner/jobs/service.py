@@ -158,6 +158,10 @@ class JobsService:
 
     # --- pipelines ---------------------------------------------------------------------------
 
+    def unwithdrawn_publishes(self) -> dict[str, int]:
+        """Per pipeline, pushes that timed out but may be stored (see Driver)."""
+        return {name: p.driver.unwithdrawn_publishes for name, p in self._pipelines.items()}
+
     def list_pipelines(self) -> list[str]:
         return sorted(self._pipelines)
 

@@ -74,7 +74,8 @@ but a publish already sent CANNOT be withdrawn: when its confirm is missing at t
 grace the push raises PushTimeout and the job may still be stored (under a resource alarm
 RabbitMQ blocks publishers and confirms late). Each such case is logged as
 "amqp push may be stored after its deadline" with a running count
-(`AmqpDriver.unwithdrawn_publishes`); the SMTP client's retry then makes a duplicate.
+(`AmqpDriver.unwithdrawn_publishes`, exported as the metric
+`mailrunner_jobs_unwithdrawn_publishes_total`); the SMTP client's retry then makes a duplicate.
 
 Connections: `aio_pika.connect_robust` reconnects after a broker restart and re-declares the
 queues. While the connection is down every call fails at once with DriverUnavailable, never
