@@ -135,6 +135,22 @@ class SmtpJobsConfig(_Model):
     rpc: RpcTarget | None = None
 
 
+class TlsConfig(_Model):
+    """STARTTLS: offered when a certificate is configured, demanded when `required`."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    required: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file: give both, or neither to turn TLS off")
+        if self.required and self.cert_file is None:
+            raise ValueError("required: needs cert_file and key_file")
+        return self
+
+
 class SmtpConfig(_Model):
     addr: HostPort = "127.0.0.1:1025"
     hostname: str = Field(default="localhost", min_length=1)
@@ -146,6 +162,7 @@ class SmtpConfig(_Model):
     max_connections: int = Field(default=1000, ge=1)
     include_raw: bool = False
     auth: AuthConfig = AuthConfig()
+    tls: TlsConfig = TlsConfig()
     attachment_storage: AttachmentStorageConfig = AttachmentStorageConfig()
     parse: ParseConfig = ParseConfig()
     use_jobs: bool = True

@@ -155,4 +155,5 @@ class SmtpHandler:
             rcpt_to=tuple(_valid_text(r, "RCPT TO", errors) for r in envelope.rcpt_tos),
             authentication=session.auth,
             errors=tuple(errors),
+            tls=session.ssl is not None,
         )

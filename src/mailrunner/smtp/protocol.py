@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import collections
+import ssl
 import uuid
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
@@ -49,14 +50,16 @@ class ProtocolSettings:
     session_timeout: float
     max_message_size: int
     auth_capture: bool
+    tls_context: ssl.SSLContext | None = None
+    require_tls: bool = False
 
 
 class MailSession(Session):
     """aiosmtpd's session plus what the event needs: connection id and captured AUTH."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, connection_id: str | None = None) -> None:
         super().__init__(loop)
-        self.connection_id = str(uuid.uuid4())
+        self.connection_id = connection_id or str(uuid.uuid4())
         self.auth: Authentication | None = None
         self.close_after_reply = False
         self.messages = 0
@@ -97,6 +100,8 @@ class MailrunnerSMTP(SMTP):
             ident=f"ESMTP mailrunner {__version__}",
             timeout=settings.read_timeout,
             auth_require_tls=False,
+            tls_context=settings.tls_context,
+            require_starttls=settings.require_tls,
             auth_exclude_mechanism=[] if settings.auth_capture else ["PLAIN", "LOGIN"],
         )
         self.settings = settings
@@ -114,7 +119,11 @@ class MailrunnerSMTP(SMTP):
     # --- state -----------------------------------------------------------------------------
 
     def _create_session(self) -> MailSession:
-        self._mail_session = MailSession(self.loop)
+        """aiosmtpd starts a new session after STARTTLS (RFC 3207 4.2); it keeps the
+        connection's id, so the events of one connection share their `uuid`."""
+        previous: MailSession | None = getattr(self, "_mail_session", None)
+        connection_id = previous.connection_id if previous is not None else None
+        self._mail_session = MailSession(self.loop, connection_id)
         return self._mail_session
 
     @property
@@ -152,10 +161,12 @@ class MailrunnerSMTP(SMTP):
     # --- connection life -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Called again with the TLS transport after STARTTLS: one session timer only."""
         super().connection_made(transport)
-        self._session_timer = self.loop.call_later(
-            self.settings.session_timeout, self._session_expired
-        )
+        if self._session_timer is None:
+            self._session_timer = self.loop.call_later(
+                self.settings.session_timeout, self._session_expired
+            )
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._session_timer is not None:

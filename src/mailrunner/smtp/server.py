@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import replace
 
 import structlog
 
-from mailrunner.config import SmtpConfig, split_host_port
+from mailrunner.config import SmtpConfig, TlsConfig, split_host_port
+from mailrunner.errors import ConfigError
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
 from mailrunner.smtp.handler import SmtpHandler
 from mailrunner.smtp.protocol import MailrunnerSMTP, ProtocolSettings
 
 log = structlog.get_logger("mailrunner.smtp")
+
+
+def tls_context(config: TlsConfig) -> ssl.SSLContext | None:
+    """The server side of STARTTLS, or None when no certificate is configured."""
+    if config.cert_file is None or config.key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.cert_file, config.key_file)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(
+            [f"smtp.tls: cannot load {config.cert_file} and {config.key_file}: {error}"]
+        ) from None
+    return context
 
 
 class SmtpServer:
@@ -30,6 +46,8 @@ class SmtpServer:
             session_timeout=config.session_timeout,
             max_message_size=config.max_message_size,
             auth_capture=config.auth.mode == "capture",
+            tls_context=tls_context(config.tls),
+            require_tls=config.tls.required,
         )
         self._connections: set[MailrunnerSMTP] = set()
         self._opened: dict[MailrunnerSMTP, float] = {}
