@@ -234,8 +234,9 @@ async def _remove_email_attachments(storage: TempfileStorage, job: Job) -> None:
 
 def _request_limit(max_message_size: int) -> int:
     """API requests carry whole events, so the limit follows SIZE: room for an ingress
-    that sets include_raw (which this node cannot know), base64 and the job's other fields,
-    so a message the ingress accepted is never refused here for its size."""
+    that sets include_raw (which this node cannot know), base64 and the job's other fields.
+    Only a body JSON-escaping inflates beyond twice its size (control characters become
+    six-byte escapes) can still exceed it: the ingress then answers 451 and logs the 413."""
     if max_message_size == 0:
         return 2**31
     event = max_message_size * (EVENT_GROWTH + RAW_GROWTH)

@@ -131,7 +131,7 @@ class SmtpJobsConfig(_Model):
     priority: int = Field(default=10, ge=0)
     delay: Duration = 0.0
     auto_ack: bool = False
-    push_timeout: Duration = Field(default=5.0, ge=0.1, le=3600)
+    push_timeout: Duration = Field(default=5.0, ge=0.5, le=3600)
     rpc: RpcTarget | None = None
 
 

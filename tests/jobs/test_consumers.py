@@ -283,6 +283,8 @@ def test_worker_answers_are_read_as_roadrunner_defines_them(body: bytes, answer:
         b'{"type": 3, "data": {"requeue": "false"}}',
         b'{"type": 4, "data": {"headers": "oops"}}',
         b'{"type": 4, "data": {"headers": {"a": "b"}}}',
+        b'{"type": 4, "data": {"headers": 0}}',
+        b'{"type": 3, "data": {"delay_seconds": ' + b"9" * 400 + b"}}",
     ],
 )
 def test_an_empty_malformed_or_unknown_answer_is_a_failure_not_an_ack(body: bytes) -> None:

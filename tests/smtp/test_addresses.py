@@ -13,7 +13,7 @@ from mailrunner.smtp.addresses import plain_path
 from mailrunner.smtp.protocol import MailrunnerSMTP
 
 ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
-AWKWARD = ' \t\x0b\u2003<>()@.,;:"[]\\é\x00'
+AWKWARD = ' \t\x0b\u2003<>()@.,;:"[]\\é\x00=?'
 LOCAL_PART_LIMIT = 8
 
 
@@ -95,6 +95,8 @@ def test_common_paths(arg: str, expected: tuple[str, str]) -> None:
         "<@relay:a@b>",
         "<é@b>",
         "<a@b> (comment) SIZE=1",
+        "<=?utf-8?q?abc?=@example.com>",
+        "<a@=?x?q?b?=>",
         "a@b",
     ],
 )

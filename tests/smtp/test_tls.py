@@ -11,6 +11,7 @@ import shutil
 import smtplib
 import ssl
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,3 +145,20 @@ def test_a_certificate_that_cannot_be_loaded_stops_the_start_with_its_key_path(
     missing = {"cert_file": str(tmp_path / "no.pem"), "key_file": str(tmp_path / "no.key")}
     with pytest.raises(Exception, match=r"smtp\.tls: cannot load"):
         start_server(smtp={"tls": missing})
+
+
+def test_config_check_loads_the_certificate_too(tmp_path: Path) -> None:
+    config = tmp_path / "tls.yaml"
+    config.write_text(
+        "smtp: {tls: {cert_file: /nonexistent/cert.pem, key_file: /nonexistent/key.pem}}\n"
+        "jobs: {pipelines: {smtp-emails: {driver: memory}}}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mailrunner", "config", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "smtp.tls: cannot load /nonexistent/cert.pem" in result.stderr

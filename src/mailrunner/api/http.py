@@ -5,7 +5,9 @@ document cannot drift from the server.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +55,7 @@ from mailrunner.errors import (
     PipelineNotFound,
     PoolError,
     PoolLimit,
+    PushTimeout,
 )
 from mailrunner.jobs.service import DEFAULT_PUSH_TIMEOUT as PUSH_TIMEOUT
 from mailrunner.jobs.service import JobsService
@@ -110,14 +113,34 @@ def _error(status: int, error: Exception | str, kind: str | None = None) -> web.
 
 
 async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+    """The validated request body; a large one (a pushed email) is parsed on a thread."""
     try:
         raw = await request.read()
+        if len(raw) > _PARSE_ON_THREAD:
+            return await asyncio.to_thread(model.model_validate_json, raw)
         return model.model_validate_json(raw or b"{}")
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()
         )
         raise InvalidJob(f"bad request: {problems}") from None
+
+
+_CALLER_MARGIN = 0.25
+"""Seconds allowed for a push request's headers to reach this node (see ApiClient.push)."""
+_PARSE_ON_THREAD = 256 * 1024
+
+
+def _time_left(push_timeout: float | None, arrived: float) -> float:
+    """The caller's push_timeout counts from when it sent the request; the node counts from
+    the request's arrival, takes off what reading it cost and a margin for its way here, and
+    so gives up before the caller does: a caller that answered 451 finds nothing stored."""
+    if push_timeout is None:
+        return PUSH_TIMEOUT
+    left = push_timeout - _CALLER_MARGIN - (time.monotonic() - arrived)
+    if left <= 0:
+        raise PushTimeout(f"push_timeout ({push_timeout}s) ran out while the request was read")
+    return left
 
 
 def _limit(request: web.Request, default: int) -> int:
@@ -337,15 +360,18 @@ class ApiServer:
     # --- jobs --------------------------------------------------------------------------------
 
     async def push(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         body: PushRequest = await _body(request, PushRequest)
-        await self._jobs.push(body.job.to_job(), push_timeout=body.push_timeout or PUSH_TIMEOUT)
+        push_timeout = _time_left(body.push_timeout, arrived)
+        await self._jobs.push(body.job.to_job(), push_timeout=push_timeout)
         return _json(PushResponse(id=body.job.id))
 
     async def push_batch(self, request: web.Request) -> web.Response:
+        arrived = time.monotonic()
         body: PushBatchRequest = await _body(request, PushBatchRequest)
-        timeout = body.push_timeout or PUSH_TIMEOUT
+        push_timeout = _time_left(body.push_timeout, arrived)
         results = await self._jobs.push_batch(
-            [job.to_job() for job in body.jobs], push_timeout=timeout
+            [job.to_job() for job in body.jobs], push_timeout=push_timeout
         )
         wire = [PushResultWire(id=r.id, error=r.error) for r in results]
         return _json(PushBatchResponse(results=wire))

@@ -12,7 +12,7 @@ import binascii
 import contextlib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from mailrunner.jobs.model import FailedJob, Job, JobOptions
 
@@ -35,6 +35,8 @@ class JobWire(Wire):
     payload_base64: str | None = None
     headers: dict[str, list[str]] = {}
     options: JobOptionsWire
+    _decoded: bytes | None = PrivateAttr(default=None)
+    """payload_base64 decoded once, while validating (an email's event can be megabytes)."""
 
     @model_validator(mode="after")
     def _one_payload(self) -> JobWire:
@@ -42,14 +44,14 @@ class JobWire(Wire):
             raise ValueError("give payload or payload_base64, not both")
         if self.payload_base64 is not None:
             try:
-                base64.b64decode(self.payload_base64, validate=True)
+                self._decoded = base64.b64decode(self.payload_base64, validate=True)
             except (binascii.Error, ValueError) as error:
                 raise ValueError(f"payload_base64 is not base64: {error}") from None
         return self
 
     def to_job(self) -> Job:
-        if self.payload_base64 is not None:
-            payload = base64.b64decode(self.payload_base64)
+        if self._decoded is not None:
+            payload = self._decoded
         else:
             payload = (self.payload or "").encode("utf-8")
         options = JobOptions(
@@ -85,10 +87,11 @@ class JobWire(Wire):
 
 _PUSH_TIMEOUT = Field(
     default=None,
-    ge=0.1,
+    ge=0.5,
     le=3600,
-    description="Seconds the node may take to store; after that it gives up and stores"
-    " nothing (default 5). A remote caller sends what is left of its own wait.",
+    description="Seconds the caller waits from sending the request (default 5). The node"
+    " gives up storing 0.25 s before that, counted from the request's arrival, and then"
+    " stores nothing.",
 )
 
 

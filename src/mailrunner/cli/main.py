@@ -15,7 +15,8 @@ from mailrunner.app import App
 from mailrunner.cli.common import config_option, fail, load_or_exit
 from mailrunner.cli.remote import connections, jobs, workers
 from mailrunner.cli.send import send
-from mailrunner.errors import MailrunnerError
+from mailrunner.errors import ConfigError, MailrunnerError
+from mailrunner.smtp.server import tls_context
 
 
 @click.group()
@@ -51,6 +52,10 @@ def config_group() -> None:
 def check(config_path: Path | None, as_json: bool) -> None:
     """Validate the configuration and print it in effect, secrets masked (exit 1 if invalid)."""
     loaded, source = load_or_exit(config_path)
+    try:
+        tls_context(loaded.smtp.tls)
+    except ConfigError as error:
+        fail(f"{error} (in {source})")
     effective = config.masked_dump(loaded)
     if as_json:
         click.echo(json.dumps({"source": source, "config": effective}, indent=2))

@@ -24,6 +24,7 @@ from mailrunner.jobs.driver import Lease
 from mailrunner.jobs.model import Headers
 from mailrunner.jobs.service import JobsService, Pipeline
 from mailrunner.pool.pool import WorkerPool
+from mailrunner.tasks import cancel_and_wait
 
 log = structlog.get_logger("mailrunner.jobs")
 
@@ -59,7 +60,7 @@ def parse_answer(body: bytes) -> Answer:
         if kind == REQUEUE_TYPE:
             headers = _headers(data.get("headers"))
             return Answer(ack=False, delay=delay, message=message or "requeued", headers=headers)
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
         return Answer(ack=False, message=f"unreadable worker answer {body[:80]!r}: {error}")
     return Answer(ack=False, message=f"unknown worker answer type {kind!r}")
 
@@ -84,7 +85,7 @@ def _delay(value: object) -> float:
 
 def _headers(value: object) -> Headers | None:
     """Requeue headers replace the job's: an object of string lists, or nothing."""
-    if not value:
+    if value is None or value == {}:
         return None
     if not isinstance(value, dict) or not all(
         isinstance(name, str)
@@ -135,8 +136,7 @@ class PipelineConsumer:
         self.pipeline.consuming = False
         self._stopping = True
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.wait({self._loop_task})
+            await cancel_and_wait(self._loop_task, f"consumer of {self.pipeline.name}")
         if self._in_flight:
             _, unfinished = await asyncio.wait(set(self._in_flight), timeout=self._shutdown_timeout)
             for task in unfinished:

@@ -22,6 +22,7 @@ import structlog
 
 from mailrunner.events import StoredAttachment
 from mailrunner.mime.parse import Attachment
+from mailrunner.tasks import cancel_and_wait
 
 log = structlog.get_logger("mailrunner.attachments")
 
@@ -139,8 +140,7 @@ class CleanupTask:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task})
+            await cancel_and_wait(self._task, "attachment cleanup")
             self._task = None
 
     async def _run(self) -> None:

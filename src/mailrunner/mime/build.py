@@ -45,8 +45,8 @@ def trace_value(arrival: Arrival, hostname: str) -> str:
     """The RFC 5321 section 4.4 `Received:` trace this server prepends to every message,
     as the event shows it: unfolded (the folding whitespace kept, the line breaks gone)."""
     protocol = "ESMTP" if arrival.esmtp else "SMTP"
-    if arrival.tls:
-        protocol += "S"  # RFC 3848: ESMTPS, ESMTPSA
+    if arrival.tls and arrival.esmtp:
+        protocol += "S"  # RFC 3848 names ESMTPS and ESMTPSA only
     if arrival.authentication is not None:
         protocol += "A"
     for_clause = f"\tfor <{arrival.rcpt_to[0]}>" if len(arrival.rcpt_to) == 1 else ""

@@ -311,7 +311,7 @@ def clean_base64(part: Message) -> bytes | None:
     exactly `a2b_base64` of the text (which skips line breaks) with no defect to report;
     anything else goes the standard way, defects included.
     """
-    if str(part.get("Content-Transfer-Encoding", "")).strip().lower() != "base64":
+    if str(part.get("Content-Transfer-Encoding", "")).lower() != "base64":  # as email reads it
         return None
     payload = part.get_payload()
     if not isinstance(payload, str) or _CLEAN_BASE64.fullmatch(payload) is None:

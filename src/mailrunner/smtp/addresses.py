@@ -5,7 +5,8 @@ aiosmtpd reads every path with `email._header_value_parser.get_angle_addr` and d
 which made it the largest single cost of a message on the SMTP -> Jobs path. Almost every
 client sends `<dot-atom@dot-atom>` followed by plain parameters; for exactly that shape the
 answer is computed here, and anything else (comments, quoted local parts, domain literals,
-non-ASCII, source routes, a missing `<`) goes to aiosmtpd. The property test in
+non-ASCII, source routes, a missing `<`, anything like an RFC 2047 encoded word) goes to
+aiosmtpd. The property test in
 tests/smtp/test_addresses.py holds this to aiosmtpd's answer for any input it accepts.
 """
 
@@ -23,8 +24,8 @@ _FOLDING_SPACE = (" ", "\t")
 def plain_path(arg: str) -> tuple[str, str] | None:
     """(address, parameters) as aiosmtpd would return them, or None to let aiosmtpd decide."""
     match = _PLAIN_PATH.match(arg)
-    if match is None:
-        return None
+    if match is None or "=?" in match.group(1):
+        return None  # the header parser decodes RFC 2047 encoded words in a dot-atom
     rest = arg[match.end() :]
     if "(" in rest:
         return None

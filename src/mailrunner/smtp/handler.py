@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from aiosmtpd.smtp import TLSSetupException
 
 from mailrunner.errors import MailrunnerError
 from mailrunner.metrics import Metrics
@@ -137,7 +138,12 @@ class SmtpHandler:
         return replies.queued(arrival.event_id)
 
     async def handle_exception(self, error: Exception) -> str:
-        log.error("internal error in SMTP session", exc_info=error)
+        """A failed TLS handshake is the client's doing (aiosmtpd closes that connection);
+        anything else here is a bug of ours, logged with its traceback."""
+        if isinstance(error, TLSSetupException):
+            log.info("TLS handshake failed", reason=repr(error.__cause__))
+        else:
+            log.error("internal error in SMTP session", exc_info=error)
         return replies.R451_TEMP
 
     def _arrival(self, session: MailSession, envelope: Any) -> Arrival:

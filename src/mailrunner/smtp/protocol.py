@@ -120,10 +120,12 @@ class MailrunnerSMTP(SMTP):
 
     def _create_session(self) -> MailSession:
         """aiosmtpd starts a new session after STARTTLS (RFC 3207 4.2); it keeps the
-        connection's id, so the events of one connection share their `uuid`."""
+        connection's id and message count, so one connection is one `uuid` in events and logs."""
         previous: MailSession | None = getattr(self, "_mail_session", None)
         connection_id = previous.connection_id if previous is not None else None
         self._mail_session = MailSession(self.loop, connection_id)
+        if previous is not None:
+            self._mail_session.messages = previous.messages
         return self._mail_session
 
     @property
