@@ -1,7 +1,8 @@
 """A worker for pool tests: the email's subject says how to (mis)behave.
 
 `ok` (or anything unknown) logs "<event id> <pid>" to $BEHAVIOUR_LOG and answers CONTINUE;
-`close` answers CLOSE; `fail` raises; `answer:X` answers X; `exit` dies; `hang` never
+`close` answers CLOSE; `fail` raises; `answer:X` answers X; `body` answers CONTINUE with a
+body; `exit` dies; `hang` never
 answers; `badcrc`, `truncated` and `huge` write a corrupt frame; `nooptions` and `control`
 write a well-formed frame that is no answer to a payload. With $IGNORE_STOP set the worker
 ignores the server's stop request.
@@ -71,6 +72,9 @@ def serve() -> None:
             continue
         if subject.startswith("answer:"):
             worker.respond(subject.removeprefix("answer:").encode())
+            continue
+        if subject == "body":
+            worker.respond(b"CONTINUE", b"unexpected body")
             continue
         record(f"{email.id} {os.getpid()}")
         worker.respond(b"CLOSE" if subject == "close" else b"CONTINUE")

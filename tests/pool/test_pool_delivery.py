@@ -196,6 +196,7 @@ def test_an_answer_that_is_neither_continue_nor_close_gives_451(
 ) -> None:
     server = pool_server(num_workers=1)
     assert send(server, "answer:MAYBE") == TEMP_FAILURE
+    assert send(server, "body") == TEMP_FAILURE, "CONTINUE must come with an empty body"
     assert send(server, "ok")[0] == 250
 
 

@@ -53,10 +53,13 @@ class PoolDelivery:
         self.destination = f"{pool.name} worker pool"
 
     async def deliver(self, event: EmailEvent) -> Outcome:
-        context, _ = await self._pool.exec(event.to_json())
+        context, body = await self._pool.exec(event.to_json())
         outcome = self.ANSWERS.get(context)
-        if outcome is None:
-            raise BadAnswer(f"worker answered {context[:40]!r}, expected CONTINUE or CLOSE")
+        if outcome is None or body:
+            raise BadAnswer(
+                f"worker answered {context[:40]!r} with a {len(body)}-byte body,"
+                " expected CONTINUE or CLOSE and an empty body"
+            )
         return outcome
 
 
