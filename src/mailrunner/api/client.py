@@ -7,12 +7,23 @@ keep-alive connections instead of opening one per email.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-from mailrunner.api.schemas import JobWire
+from mailrunner.api.schemas import (
+    CountResponse,
+    DeclareResponse,
+    FailedResponse,
+    JobWire,
+    PeekResponse,
+    PipelinesResponse,
+    PushBatchResponse,
+    StatResponse,
+)
 from mailrunner.errors import (
     ApiError,
     ApiUnavailable,
@@ -24,7 +35,8 @@ from mailrunner.errors import (
     PipelineNotFound,
     PushTimeout,
 )
-from mailrunner.jobs.model import Job
+from mailrunner.jobs.model import FailedJob, Job, PushResult
+from mailrunner.jobs.service import DEFAULT_PUSH_TIMEOUT
 
 _ERRORS: dict[str, type[Exception]] = {
     "PipelineNotFound": PipelineNotFound,
@@ -87,11 +99,73 @@ class ApiClient:
                 f"cannot reach {self.base_url}: {error or type(error).__name__}"
             ) from None
 
-    async def push(self, job: Job, *, push_timeout: float) -> None:
-        """The Jobs RPC push the SMTP side makes when `smtp.jobs.rpc` is set."""
+    # --- Jobs RPC: the JobsService methods, over HTTP ----------------------------------------
+
+    async def push(self, job: Job, *, push_timeout: float = DEFAULT_PUSH_TIMEOUT) -> None:
+        """Store one job; the SMTP side's push when `smtp.jobs.rpc` is set."""
         wire = JobWire.from_job(job, as_base64=True).model_dump(mode="json", exclude_none=True)
         body = {"job": wire, "push_timeout": push_timeout}
         await self.call("POST", "/jobs/push", body, request_timeout=push_timeout + _REPLY_GRACE)
+
+    async def push_batch(
+        self, jobs: Sequence[Job], *, push_timeout: float = DEFAULT_PUSH_TIMEOUT
+    ) -> list[PushResult]:
+        wires = [JobWire.from_job(job).model_dump(mode="json", exclude_none=True) for job in jobs]
+        body = {"jobs": wires, "push_timeout": push_timeout}
+        data = await self.call(
+            "POST", "/jobs/push_batch", body, request_timeout=push_timeout + _REPLY_GRACE
+        )
+        return [PushResult(r.id, r.error) for r in PushBatchResponse.model_validate(data).results]
+
+    async def list_pipelines(self) -> list[str]:
+        data = await self.call("GET", "/jobs/pipelines")
+        return PipelinesResponse.model_validate(data).pipelines
+
+    async def declare(
+        self, name: str, settings: Mapping[str, Any], *, consume: bool = False
+    ) -> bool:
+        """Declare a pipeline from a `jobs.pipelines.NAME` block; True if it was new."""
+        body = {**settings, "name": name, "consume": consume}
+        return DeclareResponse.model_validate(
+            await self.call("POST", "/jobs/pipelines", body)
+        ).created
+
+    async def destroy(self, pipeline: str, *, purge: bool = False) -> None:
+        await self.call("POST", f"{_pipeline(pipeline)}/destroy", {"purge": purge})
+
+    async def pause(self, pipeline: str) -> None:
+        await self.call("POST", f"{_pipeline(pipeline)}/pause")
+
+    async def resume(self, pipeline: str) -> None:
+        await self.call("POST", f"{_pipeline(pipeline)}/resume")
+
+    async def stat(self, pipeline: str) -> StatResponse:
+        return StatResponse.model_validate(await self.call("GET", f"{_pipeline(pipeline)}/stat"))
+
+    async def peek(self, pipeline: str, limit: int = 10) -> list[Job]:
+        data = await self.call("GET", f"{_pipeline(pipeline)}/peek?limit={limit}")
+        return [wire.to_job() for wire in PeekResponse.model_validate(data).jobs]
+
+    async def list_failed(self, pipeline: str, limit: int = 100) -> list[FailedJob]:
+        data = await self.call("GET", f"{_pipeline(pipeline)}/failed?limit={limit}")
+        return [
+            FailedJob(entry.job.to_job(), entry.error, entry.attempts, entry.failed_at)
+            for entry in FailedResponse.model_validate(data).failed
+        ]
+
+    async def retry_failed(self, pipeline: str, ids: Sequence[str] | None = None) -> int:
+        return await self._count(f"{_pipeline(pipeline)}/failed/retry", ids)
+
+    async def purge_failed(self, pipeline: str, ids: Sequence[str] | None = None) -> int:
+        return await self._count(f"{_pipeline(pipeline)}/failed/purge", ids)
+
+    async def _count(self, path: str, ids: Sequence[str] | None) -> int:
+        body = {"ids": list(ids) if ids is not None else None}
+        return CountResponse.model_validate(await self.call("POST", path, body)).count
+
+
+def _pipeline(name: str) -> str:
+    return "/jobs/pipelines/" + quote(name, safe="")
 
 
 def _json_body(body: Any) -> aiohttp.BytesIOPayload | None:
