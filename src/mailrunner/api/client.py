@@ -131,40 +131,43 @@ class ApiClient:
         ).created
 
     async def destroy(self, pipeline: str, *, purge: bool = False) -> None:
-        await self.call("POST", f"{_pipeline(pipeline)}/destroy", {"purge": purge})
+        await self.call("POST", f"{pipeline_path(pipeline)}/destroy", {"purge": purge})
 
     async def pause(self, pipeline: str) -> None:
-        await self.call("POST", f"{_pipeline(pipeline)}/pause")
+        await self.call("POST", f"{pipeline_path(pipeline)}/pause")
 
     async def resume(self, pipeline: str) -> None:
-        await self.call("POST", f"{_pipeline(pipeline)}/resume")
+        await self.call("POST", f"{pipeline_path(pipeline)}/resume")
 
     async def stat(self, pipeline: str) -> StatResponse:
-        return StatResponse.model_validate(await self.call("GET", f"{_pipeline(pipeline)}/stat"))
+        return StatResponse.model_validate(
+            await self.call("GET", f"{pipeline_path(pipeline)}/stat")
+        )
 
     async def peek(self, pipeline: str, limit: int = 10) -> list[Job]:
-        data = await self.call("GET", f"{_pipeline(pipeline)}/peek?limit={limit}")
+        data = await self.call("GET", f"{pipeline_path(pipeline)}/peek?limit={limit}")
         return [wire.to_job() for wire in PeekResponse.model_validate(data).jobs]
 
     async def list_failed(self, pipeline: str, limit: int = 100) -> list[FailedJob]:
-        data = await self.call("GET", f"{_pipeline(pipeline)}/failed?limit={limit}")
+        data = await self.call("GET", f"{pipeline_path(pipeline)}/failed?limit={limit}")
         return [
             FailedJob(entry.job.to_job(), entry.error, entry.attempts, entry.failed_at)
             for entry in FailedResponse.model_validate(data).failed
         ]
 
     async def retry_failed(self, pipeline: str, ids: Sequence[str] | None = None) -> int:
-        return await self._count(f"{_pipeline(pipeline)}/failed/retry", ids)
+        return await self._count(f"{pipeline_path(pipeline)}/failed/retry", ids)
 
     async def purge_failed(self, pipeline: str, ids: Sequence[str] | None = None) -> int:
-        return await self._count(f"{_pipeline(pipeline)}/failed/purge", ids)
+        return await self._count(f"{pipeline_path(pipeline)}/failed/purge", ids)
 
     async def _count(self, path: str, ids: Sequence[str] | None) -> int:
         body = {"ids": list(ids) if ids is not None else None}
         return CountResponse.model_validate(await self.call("POST", path, body)).count
 
 
-def _pipeline(name: str) -> str:
+def pipeline_path(name: str) -> str:
+    """A pipeline's API path; the name is quoted, so any name a pipeline may have works."""
     return "/jobs/pipelines/" + quote(name, safe="")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mailrunner.api.client import ApiClient
+from mailrunner.api.client import ApiClient, pipeline_path
 from mailrunner.cli.common import api_options, call_api, show
 
 JOB_COLUMNS = ("id", "job", "payload", "headers")
@@ -66,7 +66,7 @@ def list_pipelines(**options: Any) -> None:
 @api_options
 def stat(pipeline: str, **options: Any) -> None:
     """Counts and settings of a pipeline."""
-    show(_run(options, "GET", f"/jobs/pipelines/{pipeline}/stat"), options["as_json"])
+    show(_run(options, "GET", f"{pipeline_path(pipeline)}/stat"), options["as_json"])
 
 
 @jobs.command()
@@ -74,7 +74,7 @@ def stat(pipeline: str, **options: Any) -> None:
 @api_options
 def pause(pipeline: str, **options: Any) -> None:
     """Stop consuming a pipeline; pushes are still stored."""
-    show(_run(options, "POST", f"/jobs/pipelines/{pipeline}/pause"), options["as_json"])
+    show(_run(options, "POST", f"{pipeline_path(pipeline)}/pause"), options["as_json"])
 
 
 @jobs.command()
@@ -82,7 +82,7 @@ def pause(pipeline: str, **options: Any) -> None:
 @api_options
 def resume(pipeline: str, **options: Any) -> None:
     """Consume a paused pipeline again."""
-    show(_run(options, "POST", f"/jobs/pipelines/{pipeline}/resume"), options["as_json"])
+    show(_run(options, "POST", f"{pipeline_path(pipeline)}/resume"), options["as_json"])
 
 
 @jobs.command()
@@ -119,7 +119,7 @@ def declare(name: str, driver: str, driver_config: Sequence[str], **options: Any
 def destroy(pipeline: str, purge: bool, **options: Any) -> None:
     """Detach a pipeline; its jobs stay stored unless --purge."""
     show(
-        _run(options, "POST", f"/jobs/pipelines/{pipeline}/destroy", {"purge": purge}),
+        _run(options, "POST", f"{pipeline_path(pipeline)}/destroy", {"purge": purge}),
         options["as_json"],
     )
 
@@ -164,7 +164,7 @@ def push(pipeline: str, payload: str, payload_file: Path | None, **options: Any)
 @api_options
 def peek(pipeline: str, limit: int, **options: Any) -> None:
     """Show stored jobs in the order they will be served, without taking them."""
-    data = _run(options, "GET", f"/jobs/pipelines/{pipeline}/peek?limit={limit}")
+    data = _run(options, "GET", f"{pipeline_path(pipeline)}/peek?limit={limit}")
     show(data, options["as_json"], JOB_COLUMNS, "jobs")
 
 
@@ -179,7 +179,7 @@ def failed() -> None:
 @api_options
 def list_failed(pipeline: str, limit: int, **options: Any) -> None:
     """Jobs that used up their attempts or were nacked without requeue."""
-    data = _run(options, "GET", f"/jobs/pipelines/{pipeline}/failed?limit={limit}")
+    data = _run(options, "GET", f"{pipeline_path(pipeline)}/failed?limit={limit}")
     if options["as_json"]:
         show(data, True)
         return
@@ -194,9 +194,7 @@ def list_failed(pipeline: str, limit: int, **options: Any) -> None:
 def retry(pipeline: str, ids: Sequence[str], **options: Any) -> None:
     """Push failed jobs back with their attempts reset."""
     body = {"ids": list(ids) or None}
-    show(
-        _run(options, "POST", f"/jobs/pipelines/{pipeline}/failed/retry", body), options["as_json"]
-    )
+    show(_run(options, "POST", f"{pipeline_path(pipeline)}/failed/retry", body), options["as_json"])
 
 
 @failed.command()
@@ -206,9 +204,7 @@ def retry(pipeline: str, ids: Sequence[str], **options: Any) -> None:
 def purge(pipeline: str, ids: Sequence[str], **options: Any) -> None:
     """Delete failed jobs."""
     body = {"ids": list(ids) or None}
-    show(
-        _run(options, "POST", f"/jobs/pipelines/{pipeline}/failed/purge", body), options["as_json"]
-    )
+    show(_run(options, "POST", f"{pipeline_path(pipeline)}/failed/purge", body), options["as_json"])
 
 
 pool_option = click.option(
