@@ -258,6 +258,20 @@ def free_port() -> int:
         return port
 
 
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """`mailrunner ARGS` in a child process, as a user runs it; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailrunner", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+
+
 class ServeProcess:
     """A `mailrunner serve` child with its own config, data dir and captured logs."""
 

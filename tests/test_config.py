@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from mailrunner.config import (
     EMBEDDED_DEFAULT,
     ConfigError,
@@ -142,16 +141,6 @@ def test_secrets_are_masked() -> None:
     assert dumped["rpc"]["token"] == "***"
     assert dumped["server"]["env"] == {"DB_PASSWORD": "***", "API_KEY": "***", "APP_ENV": "prod"}
     assert dumped["jobs"]["pipelines"]["q"]["config"]["addr"] == "amqp://u:***@127.0.0.1/"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mailrunner", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def test_config_check_prints_the_effective_config_of_the_example() -> None:

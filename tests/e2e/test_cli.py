@@ -13,21 +13,14 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningServer, wait_until
+from conftest import RunningServer, run_cli, wait_until
 
 JOB_WORKER = Path(__file__).parents[1] / "jobs" / "job_worker.py"
 ROOT = Path(__file__).parents[2]
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mailrunner", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
+    return run_cli(*args, env=env, timeout=60)
 
 
 def cli_json(server: RunningServer, *args: str) -> Any:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from conftest import ServeProcess, wait_until
+from conftest import ServeProcess, run_cli, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cr3t-Passw0rd"
@@ -106,13 +104,7 @@ def test_credentials_never_reach_the_logs_at_debug_level(
 def test_serve_refuses_an_invalid_config_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("smtp:\n  max_message_size: -5\n  colour: blue\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "mailrunner", "serve", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_cli("serve", "-c", str(config))
     assert result.returncode == 1
     assert "smtp.max_message_size: must be >= 0" in result.stderr
     assert "smtp.colour: unknown key" in result.stderr
@@ -127,14 +119,7 @@ def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
         config.write_text(
             f"smtp:\n  addr: 127.0.0.1:{port}\n  use_jobs: false\n  pool: {{command: x}}\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "mailrunner", "serve", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env={**os.environ},
-        )
+        result = run_cli("serve", "-c", str(config))
     assert result.returncode == 1
     assert "cannot start" in result.stderr
 

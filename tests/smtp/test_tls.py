@@ -11,14 +11,13 @@ import shutil
 import smtplib
 import ssl
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtplib
 import pytest
 
-from conftest import REQUIRE_TOOLS, RunningServer
+from conftest import REQUIRE_TOOLS, RunningServer, run_cli
 
 MESSAGE = b"Subject: over tls\r\nFrom: a@example.com\r\n\r\nsecret body\r\n"
 
@@ -153,12 +152,6 @@ def test_config_check_loads_the_certificate_too(tmp_path: Path) -> None:
         "smtp: {tls: {cert_file: /nonexistent/cert.pem, key_file: /nonexistent/key.pem}}\n"
         "jobs: {pipelines: {smtp-emails: {driver: memory}}}\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "mailrunner", "config", "check", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_cli("config", "check", "-c", str(config))
     assert result.returncode == 1
     assert "smtp.tls: cannot load /nonexistent/cert.pem" in result.stderr
