@@ -31,6 +31,7 @@ import nats
 import nats.js.errors
 import pytest
 import yaml
+from hypothesis import settings
 
 from mailrunner.app import App
 from mailrunner.config import config_from_mapping
@@ -44,6 +45,10 @@ REQUIRE_TOOLS = (
     os.environ.get("MAILRUNNER_REQUIRE_BROKERS") == "1" or os.environ.get("CI") == "true"
 )
 WAIT_SECONDS = 10.0
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+"""`.ci/run` gates landing: the same examples every run, so a red CI is about the change.
+Everyday `make test` keeps exploring new examples and remembers failures in .hypothesis/."""
 
 _SCHEMA = json.loads(
     resources.files("mailrunner")
