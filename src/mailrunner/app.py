@@ -106,10 +106,13 @@ class App:
         storage_config = self.config.smtp.attachment_storage
         if storage_config.mode == "memory":
             return MemoryStorage()
-        storage = TempfileStorage(self.config.attachments_dir)
-        if self.config.smtp.use_jobs:
+        smtp = self.config.smtp
+        if smtp.use_jobs:
+            storage = TempfileStorage(self.config.attachments_dir, smtp.jobs.pipeline)
             self.jobs.on_job_removed = partial(_remove_email_attachments, storage)
+            self.jobs.on_pipeline_purged = partial(_remove_pipeline_attachments, storage)
         else:
+            storage = TempfileStorage(self.config.attachments_dir)
             self._cleanup = CleanupTask(storage, storage_config.cleanup_after)
         return storage
 
@@ -230,6 +233,12 @@ async def _remove_email_attachments(storage: TempfileStorage, job: Job) -> None:
     """With Jobs, attachment files live until their email's job is acked or purged."""
     if job.name == EMAIL_JOB:
         await asyncio.to_thread(storage.remove, job.id)
+
+
+async def _remove_pipeline_attachments(storage: TempfileStorage, pipeline: str) -> None:
+    removed = await asyncio.to_thread(storage.remove_pipeline, pipeline)
+    if removed:
+        log.info("attachments removed", pipeline=pipeline, folders=removed)
 
 
 def _request_limit(max_message_size: int) -> int:

@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningServer, delete_streams, require_broker, validate_event, wait_until
+from conftest import (
+    RunningServer,
+    delete_streams,
+    require_broker,
+    run_cli,
+    validate_event,
+    wait_until,
+)
 
 TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
 HERE = Path(__file__).parent
@@ -29,6 +36,13 @@ def message(subject: str = "hello", message_id: str = "<m1@example.com>") -> byt
         f"From: A <a@example.com>\r\nTo: b@example.com\r\nSubject: {subject}\r\n"
         f"Message-ID: {message_id}\r\n\r\nbody\r\n"
     ).encode()
+
+
+WITH_ATTACHMENT = (
+    b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+    b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Disposition: attachment; filename=data.bin\r\n\r\nDATA\r\n--b--\r\n"
+)
 
 
 def send(server: RunningServer, payload: bytes | None = None) -> tuple[int, bytes]:
@@ -191,12 +205,7 @@ def test_tempfile_attachments_live_until_the_job_is_acked(
         jobs={"consume": ["smtp-emails"], "pool": {"num_workers": 1}},
     )
     server.call(server.app.jobs.pause("smtp-emails"))
-    with_attachment = (
-        b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
-        b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
-        b"Content-Disposition: attachment; filename=data.bin\r\n\r\nDATA\r\n--b--\r\n"
-    )
-    assert send(server, with_attachment)[0] == 250
+    assert send(server, WITH_ATTACHMENT)[0] == 250
     (event,) = stored_events(server)
     stored = Path(event["attachments"][0]["path"])
     assert stored.read_bytes() == b"DATA"
@@ -209,6 +218,46 @@ def test_tempfile_attachments_live_until_the_job_is_acked(
         lambda: not stored.parent.exists(), "the attachment folder to go once the job is acked"
     )
     assert event["id"] in log.read_text()
+
+
+NACK_WORKER = (
+    "from mailrunner.worker import Consumer\n"
+    "consumer = Consumer()\n"
+    "while (task := consumer.wait_task()) is not None:\n"
+    "    task.nack('refused for the test', requeue=False)\n"
+)
+
+
+def test_tempfile_attachments_go_with_purged_failed_jobs_and_destroyed_pipelines(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """Through the CLI, as an operator would: `jobs failed purge` and `jobs destroy --purge`."""
+    server = start_server(
+        record=False,
+        server={"command": [sys.executable, "-c", NACK_WORKER]},
+        smtp={"attachment_storage": {"mode": "tempfile"}},
+        jobs={"consume": ["smtp-emails"], "pool": {"num_workers": 1}},
+    )
+    assert send(server, WITH_ATTACHMENT)[0] == 250
+    wait_until(
+        lambda: server.call(server.app.jobs.stat("smtp-emails")).failed == 1,
+        "the nacked job to reach the failed list",
+    )
+    (failed,) = server.call(server.app.jobs.list_failed("smtp-emails"))
+    failed_folder = Path(json.loads(failed.job.payload)["attachments"][0]["path"]).parent
+    assert failed_folder.is_dir()
+    purged = run_cli("jobs", "failed", "purge", "smtp-emails", "--server", server.api_url)
+    assert purged.returncode == 0, purged.stderr
+    assert not failed_folder.exists(), "purging a failed job must delete its attachments"
+
+    server.call(server.app.jobs.pause("smtp-emails"))
+    assert send(server, WITH_ATTACHMENT)[0] == 250
+    (event,) = stored_events(server)
+    queued_folder = Path(event["attachments"][0]["path"]).parent
+    assert queued_folder.is_dir()
+    destroyed = run_cli("jobs", "destroy", "smtp-emails", "--purge", "--server", server.api_url)
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert not queued_folder.exists(), "destroy --purge must delete its jobs' attachments"
 
 
 @pytest.mark.nats

@@ -1,4 +1,5 @@
-"""Attachment storage: safe file names, fsynced files, age-based cleanup, parse offloading."""
+"""Attachment storage: safe file names, fsynced files, age-based and per-pipeline cleanup,
+parse offloading."""
 
 from __future__ import annotations
 
@@ -60,6 +61,18 @@ def test_cleanup_removes_only_folders_older_than_the_limit(tmp_path: Path) -> No
     os.utime(tmp_path / "old", (an_hour_ago, an_hour_ago))
     assert storage.remove_older_than(1800) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+
+
+def test_a_purged_pipeline_takes_only_the_folders_marked_with_its_name(tmp_path: Path) -> None:
+    attachment = [Attachment("f", "text/plain", b"x", None, False)]
+    asyncio.run(TempfileStorage(tmp_path, "doomed").store("a", attachment))
+    asyncio.run(TempfileStorage(tmp_path, "doomed").store("b", attachment))
+    asyncio.run(TempfileStorage(tmp_path, "kept").store("c", attachment))
+    asyncio.run(TempfileStorage(tmp_path).store("unmarked", attachment))
+    (tmp_path / "stray-file").write_text("not a folder")
+    assert TempfileStorage(tmp_path, "kept").remove_pipeline("doomed") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "stray-file", "unmarked"]
+    assert (tmp_path / "c" / "001-f").read_bytes() == b"x"
 
 
 class CountingExecutor(ThreadPoolExecutor):

@@ -70,6 +70,8 @@ class JobsService:
         self.consumers: ConsumerControl | None = None
         self.on_job_removed: Callable[[Job], Awaitable[None]] | None = None
         """Called when a job is gone for good (acked or purged): frees what it pointed at."""
+        self.on_pipeline_purged: Callable[[str], Awaitable[None]] | None = None
+        """Called once a pipeline was destroyed together with its jobs, for the same reason."""
 
     async def start(self) -> None:
         """Open the pipelines of the configuration; a driver that cannot open stops start-up."""
@@ -220,6 +222,8 @@ class JobsService:
         finally:
             await pipeline.driver.close()
         log.info("pipeline destroyed", pipeline=name, purged=purge)
+        if purge and self.on_pipeline_purged is not None:
+            await self.on_pipeline_purged(name)
 
     # --- inspection --------------------------------------------------------------------------
 

@@ -63,11 +63,22 @@ def safe_filename(filename: str | None, index: int) -> str:
     return f"{index:03d}-{stem or 'attachment'}"
 
 
-class TempfileStorage:
-    """Attachments are written under `<directory>/<event id>/` and the event carries paths."""
+PIPELINE_MARK = ".pipeline"
+"""A file in each event folder written on the Jobs path, holding the name of the pipeline the
+email's job went to: destroying that pipeline with purge finds its folders this way, since
+not every driver can list the jobs it holds. `safe_filename` never yields this name."""
 
-    def __init__(self, directory: Path) -> None:
+
+class TempfileStorage:
+    """Attachments are written under `<directory>/<event id>/` and the event carries paths.
+
+    `pipeline` is where this server pushes its emails' jobs (Jobs path only); each folder is
+    marked with it.
+    """
+
+    def __init__(self, directory: Path, pipeline: str | None = None) -> None:
         self.directory = directory.resolve()
+        self._pipeline = pipeline
 
     async def store(
         self, event_id: str, attachments: Sequence[Attachment]
@@ -81,6 +92,8 @@ class TempfileStorage:
     ) -> tuple[StoredAttachment, ...]:
         folder = self.directory / event_id
         folder.mkdir(parents=True, exist_ok=True)
+        if self._pipeline is not None:
+            (folder / PIPELINE_MARK).write_text(self._pipeline, encoding="utf-8")
         stored = []
         for index, attachment in enumerate(attachments, start=1):
             path = folder / safe_filename(attachment.filename, index)
@@ -104,6 +117,21 @@ class TempfileStorage:
     def remove(self, event_id: str) -> None:
         """Delete one event's files (when its job is acked or purged)."""
         shutil.rmtree(self.directory / event_id, ignore_errors=True)
+
+    def remove_pipeline(self, pipeline: str) -> int:
+        """Delete the folders marked with `pipeline` (destroyed with purge); returns how many."""
+        if not self.directory.is_dir():
+            return 0
+        removed = 0
+        for folder in self.directory.iterdir():
+            try:
+                owner = (folder / PIPELINE_MARK).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue  # not an event folder of the Jobs path, or already gone
+            if owner == pipeline:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
 
     def remove_older_than(self, age: float) -> int:
         """Delete event folders not touched for `age` seconds; returns how many went."""
