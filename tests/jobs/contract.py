@@ -24,7 +24,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from mailrunner.config import PipelineConfig
-from mailrunner.errors import PushTimeout
+from mailrunner.errors import DriverError, PushTimeout
 from mailrunner.jobs.driver import Driver, Lease
 from mailrunner.jobs.drivers import build_driver
 from mailrunner.jobs.model import Headers, Job, JobOptions, QueueStat
@@ -147,6 +147,24 @@ async def push(driver: Driver, *jobs: Job) -> None:
 async def sleep_until(instant: float) -> None:
     """Let a lease or a delay run out (never used to wait for a condition)."""
     await asyncio.sleep(max(0.0, instant - time.monotonic()))
+
+
+BROKER_GONE_DEADLINE = 10.0
+
+
+async def until_broker_unreachable(driver: Driver) -> None:
+    """Wait until the driver has seen its broker go: stat() then fails (at once, once the
+    client knows; at the driver's own timeout while it does not yet)."""
+    give_up = time.monotonic() + BROKER_GONE_DEADLINE
+    while True:
+        try:
+            await driver.stat()
+        except DriverError:
+            return
+        assert time.monotonic() < give_up, (
+            f"the driver still reached its broker after {BROKER_GONE_DEADLINE}s"
+        )
+        await asyncio.sleep(0.02)
 
 
 async def reserve_one(driver: Driver, wait: float, why: str) -> Lease:

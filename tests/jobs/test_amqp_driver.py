@@ -31,6 +31,7 @@ from contract import (
     queue_stat,
     reserve_one,
     soon,
+    until_broker_unreachable,
 )
 from pydantic import ValidationError
 
@@ -287,7 +288,7 @@ def test_pushes_fail_fast_while_the_broker_is_away_and_work_after_it_reconnects(
             await push(driver, make_job("before"))
             held = await reserve_one(driver, 1.0, "a pushed job")
             await proxy.stop()
-            await asyncio.sleep(0.3)  # the client notices the cut connection
+            await until_broker_unreachable(driver)
             started = time.monotonic()
             with pytest.raises(DriverError):
                 await driver.push([make_job("while-down")], deadline=time.monotonic() + 3.0)

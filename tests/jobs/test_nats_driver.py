@@ -27,6 +27,7 @@ from contract import (
     make_job,
     push,
     reserve_one,
+    until_broker_unreachable,
 )
 from pydantic import ValidationError
 
@@ -123,7 +124,7 @@ def test_push_while_down_fails_in_time_is_never_delivered_and_the_driver_recover
     async def scenario(driver: Driver) -> None:
         await push(driver, make_job("before"))
         await asyncio.to_thread(own_nats.kill)
-        await asyncio.sleep(0.2)  # let the client notice
+        await until_broker_unreachable(driver)
         started = time.monotonic()
         with pytest.raises(DriverError):
             await driver.push([make_job("while-down")], deadline=started + 2.0)
