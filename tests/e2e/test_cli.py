@@ -162,6 +162,11 @@ def test_send_delivers_a_test_email_with_an_attachment_and_auth(
     assert event["message"]["subject"] == "from the cli"
     assert event["authentication"]["username"] == "u"
     assert event["attachments"][0]["size"] == (ROOT / "README.md").stat().st_size
+    table = cli("jobs", "peek", "smtp-emails", "--server", node.api_url)
+    assert table.returncode == 0, table.stderr
+    summary = f"{event['envelope']['from']} → t@example.com · 'from the cli' · 1 attachment(s)"
+    assert summary in table.stdout, table.stdout
+    assert job["id"] in table.stdout
 
 
 def test_exit_codes_error_answer_1_unreachable_2_usage_2(

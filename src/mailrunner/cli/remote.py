@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,10 @@ import click
 
 from mailrunner.api.client import ApiClient, pipeline_path
 from mailrunner.cli.common import api_options, call_api, show
+from mailrunner.worker import EMAIL_JOB, Email, EventError
 
-JOB_COLUMNS = ("id", "job", "payload", "headers")
+PEEK_COLUMNS = ("id", "job", "summary")
+SUMMARY_LIMIT = 120
 WORKER_COLUMNS = ("pid", "state", "executions", "rss_bytes", "created")
 CONNECTION_COLUMNS = (
     "uuid",
@@ -35,6 +37,34 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
             raise click.BadParameter(f"{value!r}: expected key=value", param_hint=what)
         pairs[key] = item
     return pairs
+
+
+def job_summary(job: Mapping[str, Any]) -> str:
+    """One line per job for the peek table (the whole job is in --json): an email's envelope,
+    subject and attachment count, else the start of the payload."""
+    payload = job.get("payload")
+    if not isinstance(payload, str):
+        return "(binary payload)"
+    if job.get("job") == EMAIL_JOB:
+        try:
+            email = Email.from_json(payload)
+        except EventError:
+            pass
+        else:
+            envelope = email.envelope
+            parts = [
+                f"{envelope.from_ or '<>'} → {', '.join(envelope.to)}",
+                repr(email.message.subject),
+            ]
+            if email.attachments:
+                parts.append(f"{len(email.attachments)} attachment(s)")
+            return _one_line(" · ".join(parts))
+    return _one_line(payload)
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= SUMMARY_LIMIT else flat[: SUMMARY_LIMIT - 1] + "…"
 
 
 def _run(options: dict[str, Any], method: str, path: str, body: Any = None) -> Any:
@@ -165,7 +195,11 @@ def push(pipeline: str, payload: str, payload_file: Path | None, **options: Any)
 def peek(pipeline: str, limit: int, **options: Any) -> None:
     """Show stored jobs in the order they will be served, without taking them."""
     data = _run(options, "GET", f"{pipeline_path(pipeline)}/peek?limit={limit}")
-    show(data, options["as_json"], JOB_COLUMNS, "jobs")
+    if options["as_json"]:
+        show(data, True)
+        return
+    rows = [{"id": j["id"], "job": j["job"], "summary": job_summary(j)} for j in data["jobs"]]
+    show({"jobs": rows}, False, PEEK_COLUMNS, "jobs")
 
 
 @jobs.group()
