@@ -257,7 +257,8 @@ def test_stop_leaves_no_worker_process_even_behind_a_shell_or_ignoring_stop(
     server.stop()
     assert time.monotonic() - started < 5
     for pid in children | shells:
-        assert not alive(pid), f"process {pid} outlived the server"
+        # SIGKILL to the group is sent by now; the kernel finishes each exit on its own time
+        wait_until(lambda pid=pid: not alive(pid), f"process {pid} to die with the server")
 
 
 def test_add_remove_reset_and_list_workers(pool_server: Callable[..., RunningServer]) -> None:
