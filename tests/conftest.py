@@ -31,7 +31,7 @@ import nats
 import nats.js.errors
 import pytest
 import yaml
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from mailrunner.app import App
 from mailrunner.config import config_from_mapping
@@ -46,7 +46,14 @@ REQUIRE_TOOLS = (
 )
 WAIT_SECONDS = 10.0
 
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 """`.ci/run` gates landing: the same examples every run, so a red CI is about the change.
 Everyday `make test` keeps exploring new examples and remembers failures in .hypothesis/."""
 
@@ -305,7 +312,8 @@ class ServeProcess:
     def _ready(self) -> bool:
         if self.process.poll() is not None:
             pytest.fail(f"server exited early:\n{self.log_path.read_text()}")
-        return self.pidfile.exists() and self.pidfile.read_text().strip().isdigit()
+        # the pid, not just a pidfile: a restart in the same workdir finds the old one there
+        return self.pidfile.exists() and self.pidfile.read_text().strip() == str(self.process.pid)
 
     def events(self) -> list[dict[str, Any]]:
         """The events stored as `smtp.email` jobs in the sqlite pipeline, in push order."""

@@ -160,11 +160,11 @@ def test_jobs_waiting_for_a_busy_pool_are_not_charged_an_attempt(
         jobs={
             "pipelines": {"q": {"driver": driver, "retries": 1, "prefetch": 3}},
             "consume": ["q"],
-            "pool": {"num_workers": 1, "allocate_timeout": 0.3, "destroy_timeout": 3},
+            "pool": {"num_workers": 1, "allocate_timeout": 1, "destroy_timeout": 3},
         },
     )
     node = JobsNode(server, log)
-    ids = [node.push({"seconds": 1}) for _ in range(3)]
+    ids = [node.push({"seconds": 2}) for _ in range(3)]
     rows = node.wait_executed(3, timeout=30)
     assert sorted(row[0] for row in rows) == sorted(ids)
     assert [row[1] for row in rows] == [1, 1, 1], "waiting for a worker is not an attempt"
