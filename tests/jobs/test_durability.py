@@ -165,18 +165,20 @@ def test_database_uses_wal_and_synchronous_full(tmp_path: Path) -> None:
 def test_the_event_loop_keeps_running_while_sqlite_waits_for_a_lock(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
 
-    async def scenario() -> int:
+    async def scenario() -> list[float]:
         driver = SqliteDriver("q", settings(path), tmp_path)  # type: ignore[arg-type]
         await driver.open()
         other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         other.execute("BEGIN EXCLUSIVE")
-        ticks = 0
+        gaps: list[float] = []
 
         async def tick() -> None:
-            nonlocal ticks
+            last = time.monotonic()
             while True:
                 await asyncio.sleep(0.01)
-                ticks += 1
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
 
         ticker = asyncio.create_task(tick())
         with pytest.raises(PushTimeout):
@@ -187,6 +189,10 @@ def test_the_event_loop_keeps_running_while_sqlite_waits_for_a_lock(tmp_path: Pa
         other.execute("ROLLBACK")
         other.close()
         await driver.close()
-        return ticks
+        return gaps
 
-    assert asyncio.run(scenario()) > 20, "the loop was blocked while the driver waited for the lock"
+    gaps = asyncio.run(scenario())
+    assert gaps, "the loop never ran while the driver waited for the lock"
+    assert max(gaps) < 0.3, (
+        f"the loop stood still for {max(gaps):.2f}s while the driver waited 0.5 s for the lock"
+    )
