@@ -123,12 +123,12 @@ def test_priority_decides_order_while_paused_jobs_pile_up(
 def test_delayed_job_runs_after_its_delay(jobs_node: Callable[..., JobsNode], driver: str) -> None:
     node = jobs_node(driver)
     pushed = time.monotonic()
-    delayed = node.push(delay=1.0)
+    delayed = node.push(delay=2.0)
     now = node.push()
     assert node.wait_executed(1)[0][0] == now
     assert node.stat()["delayed"] == 1
     assert [row[0] for row in node.wait_executed(2)] == [now, delayed]
-    assert time.monotonic() - pushed >= 1.0
+    assert time.monotonic() - pushed >= 2.0
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -224,8 +224,8 @@ def test_auto_ack_acks_on_receipt_even_if_the_job_fails(
 def test_job_outlasting_the_visibility_timeout_runs_once(
     jobs_node: Callable[..., JobsNode],
 ) -> None:
-    node = jobs_node("sqlite", workers=2, visibility_timeout=1)
-    job_id = node.push({"seconds": 2.5})
+    node = jobs_node("sqlite", workers=2, visibility_timeout=2)
+    job_id = node.push({"seconds": 5})
     node.wait_executed(1)
     wait_until(lambda: node.stat()["reserved"] == 0, "the long job to be acked")
     assert [row[0] for row in node.executed()] == [job_id], "the lease must be extended, not expire"
