@@ -725,6 +725,7 @@ class DriverContract:
     ) -> None:
         async def scenario(driver: Driver) -> None:
             stored: list[str] = []
+            counted_before = driver.unwithdrawn_publishes
             for attempt, allowance in enumerate((0.0, 0.0005, 0.001, 0.002, 0.005, 0.02, 0.1)):
                 batch = [make_job(f"b{attempt}-{n:02}", bytes(65536)) for n in range(20)]
                 try:
@@ -733,13 +734,21 @@ class DriverContract:
                     continue
                 stored.extend(ids(batch))
             await asyncio.sleep(0.3)  # a late commit, if any, would land now
-            await assert_stat(
-                driver, queue_stat(queued=len(stored)), "stored jobs must be those pushes returned"
+            # A driver that cannot withdraw a sent publish counts each one it raised for: only
+            # those may be stored without a successful push (amqp confirming late under load).
+            uncertain = driver.unwithdrawn_publishes - counted_before
+            queued = (await driver.stat()).queued
+            assert len(stored) <= queued <= len(stored) + uncertain, (
+                f"{queued} stored; pushes returned for {len(stored)},"
+                f" {uncertain} publishes were counted as possibly stored late"
             )
             if driver.capabilities.peek:
                 kept = ids(await driver.peek(1000))
-                assert sorted(kept) == sorted(stored), (
-                    f"stored without a successful push: {sorted(set(kept) - set(stored))}; "
+                unexpected = set(kept) - set(stored)
+                assert len(unexpected) <= uncertain, (
+                    f"stored without a successful push: {sorted(unexpected)}"
+                )
+                assert set(stored) <= set(kept), (
                     f"lost although their push returned: {sorted(set(stored) - set(kept))}"
                 )
 
