@@ -107,12 +107,12 @@ class App:
         if storage_config.mode == "memory":
             return MemoryStorage()
         smtp = self.config.smtp
+        pipeline = smtp.jobs.pipeline if smtp.use_jobs else None
+        storage = TempfileStorage(self.config.attachments_dir, pipeline)
         if smtp.use_jobs:
-            storage = TempfileStorage(self.config.attachments_dir, smtp.jobs.pipeline)
             self.jobs.on_job_removed = partial(_remove_email_attachments, storage)
             self.jobs.on_pipeline_purged = partial(_remove_pipeline_attachments, storage)
         else:
-            storage = TempfileStorage(self.config.attachments_dir)
             self._cleanup = CleanupTask(storage, storage_config.cleanup_after)
         return storage
 
