@@ -31,9 +31,10 @@ from mailrunner.mime.attachments import (
 from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import ParseOptions
 from mailrunner.pool.pool import WorkerPool
-from mailrunner.smtp.delivery import EMAIL_JOB, Delivery, JobsDelivery, PoolDelivery
+from mailrunner.smtp.delivery import Delivery, JobsDelivery, PoolDelivery
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.server import SmtpServer
+from mailrunner.worker.jobs import EMAIL_JOB
 
 log = structlog.get_logger("mailrunner.app")
 

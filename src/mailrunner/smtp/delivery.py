@@ -18,10 +18,10 @@ from mailrunner.events import EmailEvent
 from mailrunner.jobs.model import Job, JobOptions
 from mailrunner.mime.attachments import TempfileStorage
 from mailrunner.pool.pool import WorkerPool
+from mailrunner.worker.jobs import EMAIL_JOB
 
 log = structlog.get_logger("mailrunner.smtp")
 
-EMAIL_JOB = "smtp.email"
 _PUSH_GRACE = 1.0
 """Drivers answer by their deadline; this bounds a driver that does not, so 451 still comes."""
 
