@@ -121,7 +121,11 @@ class App:
         smtp = self.config.smtp
         builder = EventBuilder(
             hostname=smtp.hostname,
-            options=ParseOptions(max_depth=smtp.parse.max_depth),
+            options=ParseOptions(
+                max_depth=smtp.parse.max_depth,
+                max_parts=smtp.parse.max_parts,
+                max_header_bytes=smtp.parse.max_header_bytes,
+            ),
             storage=storage,
             include_raw=smtp.include_raw,
             offload_bytes=smtp.parse.offload_bytes,

@@ -32,6 +32,8 @@ from mailrunner.errors import ConfigError
 CONFIG_ENV = "MAILRUNNER_CONFIG"
 LOCAL_CONFIG = Path("mailrunner.yaml")
 EMBEDDED_DEFAULT = "embedded default"
+MAX_WORKERS_FACTOR = 4
+"""`workers add` may grow a pool to this many times `num_workers` unless `max_workers` says."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -76,14 +78,30 @@ class _Model(BaseModel):
 
 
 class PoolConfig(_Model):
-    """A pool of worker processes; `command` falls back to `server.command`."""
+    """A pool of worker processes; `command` falls back to `server.command`.
+
+    `max_workers` caps what `workers add` may grow the pool to at run time (default four
+    times `num_workers`), so one API call cannot fork the machine to death.
+    """
 
     command: str | list[str] | None = None
     num_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    max_workers: int | None = Field(default=None, ge=1)
     max_jobs: int = Field(default=0, ge=0)
     allocate_timeout: Duration = 60.0
     exec_timeout: Duration = 30.0
     destroy_timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _room_for_the_workers(self) -> PoolConfig:
+        if self.max_workers is not None and self.max_workers < self.num_workers:
+            raise ValueError(f"max_workers: must be >= num_workers ({self.num_workers})")
+        return self
+
+    @property
+    def worker_limit(self) -> int:
+        """How many workers the pool may have at most, `workers add` included."""
+        return self.max_workers or MAX_WORKERS_FACTOR * self.num_workers
 
 
 class ServerConfig(_Model):
@@ -95,14 +113,41 @@ class AuthConfig(_Model):
     mode: Literal["capture", "off"] = "capture"
 
 
+def _check_file_mode(value: object) -> int:
+    """A file mode as YAML gives it: `0o640`/`0640` as text, or an int (YAML 1.1 reads 0640
+    as octal already)."""
+    if isinstance(value, str):
+        try:
+            value = int(value.removeprefix("0o").removeprefix("0O") or "0", 8)
+        except ValueError:
+            raise ValueError("must be an octal file mode like 0600 or 0640") from None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+        raise ValueError("must be an octal file mode like 0600 or 0640")
+    if value & 0o600 != 0o600:
+        raise ValueError("must let the owner read and write (0600 at least)")
+    return value
+
+
+FileMode = Annotated[int, BeforeValidator(_check_file_mode)]
+
+
 class AttachmentStorageConfig(_Model):
+    """`file_mode` is for consumers that run as another user (e.g. 0640 with a shared group);
+    the default keeps mail readable by this server's user only."""
+
     mode: Literal["memory", "tempfile"] = "memory"
     temp_dir: Path | None = None
     cleanup_after: Duration = 3600.0
+    file_mode: FileMode = 0o600
 
 
 class ParseConfig(_Model):
+    """Limits that keep a hostile message from costing more than a normal one; a message past
+    one is cut there, the cut is named in `parse_errors`, and the message is still delivered."""
+
     max_depth: int = Field(default=50, ge=1, le=500)
+    max_parts: int = Field(default=1000, ge=1)
+    max_header_bytes: int = Field(default=1024 * 1024, ge=1024)
     offload_bytes: int = Field(default=262144, ge=0)
 
 
@@ -160,6 +205,9 @@ class SmtpConfig(_Model):
     max_message_size: int = Field(default=10485760, ge=0)
     max_recipients: int = Field(default=100, ge=1)
     max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_ip: int = Field(default=100, ge=1)
+    limit_loopback: bool = False
+    max_inflight_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     include_raw: bool = False
     auth: AuthConfig = AuthConfig()
     tls: TlsConfig = TlsConfig()
@@ -171,7 +219,10 @@ class SmtpConfig(_Model):
 
 
 class MemoryDriverConfig(_Model):
-    pass
+    """`max_queued` bounds the jobs a memory pipeline holds (queued, delayed and reserved):
+    beyond it a push fails (SMTP answers 451) instead of the process growing without end."""
+
+    max_queued: int = Field(default=100_000, ge=1)
 
 
 class SqliteDriverConfig(_Model):
@@ -245,6 +296,7 @@ class NatsDriverConfig(_Model):
     addr: str = "nats://127.0.0.1:4222"
     stream: str | None = Field(default=None, min_length=1, max_length=200)
     subject: str | None = Field(default=None, min_length=1, max_length=200)
+    max_clock_skew: Duration = Field(default=2.0, ge=0, le=3600)
 
     @field_validator("addr")
     @classmethod
@@ -326,8 +378,14 @@ class JobsConfig(_Model):
 
 
 class RpcConfig(_Model):
+    """The management API. Without a token it trusts only requests addressed to itself
+    (`Host` is the listen address, a loopback name or one of `allowed_hosts`) and not sent
+    by another web page (`Origin`), so a page in the user's browser cannot drive it."""
+
     listen: HostPort = "127.0.0.1:6001"
     token: str | None = None
+    allowed_hosts: list[str] = []
+    allow_any_declare: bool = False
 
 
 class LogsConfig(_Model):
@@ -490,17 +548,30 @@ _SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|PRIVATE|API_
 
 
 def mask_url(url: str) -> str:
-    """A broker address fit for logs, errors and `config check`: the password replaced."""
+    """A URL fit for logs, errors and `config check`: any userinfo hidden.
+
+    A user alone may be a token (`nats://TOKEN@host`), so it goes too; with a password the
+    user name stays readable and only the password is replaced.
+    """
     parts = urlsplit(url)
-    if parts.password is None and "password" not in parts.query:
+    if "@" not in parts.netloc and "password" not in parts.query:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else "***@"
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.password is not None and parts.username else "***@"
     return urlunsplit(parts._replace(netloc=user + host, query=""))
+
+
+_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]{0,20}://)[^\s/@?#]+@")
+
+
+def mask_urls_in(text: str) -> str:
+    """Hide the userinfo of every URL inside free text (log lines, error messages).
+
+    The pattern has no overlapping quantifiers, so it is linear on any input.
+    """
+    if "://" not in text:
+        return text
+    return _URL_USERINFO.sub(r"\1***@", text)
 
 
 def _masked(value: Any, key: str = "") -> Any:

@@ -2,19 +2,30 @@
 
 aiosmtpd logs every command line, AUTH included, at INFO on its `mail.log` logger, and its
 debug output shows credentials; that logger is held at ERROR so no secret reaches a log.
+Broker URLs can carry credentials in their userinfo (`nats://TOKEN@host`), inside any value
+or error text, so every string of every log line passes through `mask_urls_in`.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-from mailrunner.config import LogsConfig
+from mailrunner.config import LogsConfig, mask_urls_in
 
 _AIOSMTPD_LOGGER = "mail.log"
+
+
+def _mask_urls(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: no URL userinfo in any string value of the line."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = mask_urls_in(value)
+    return event
 
 
 def configure(config: LogsConfig, stream: Any = None) -> None:
@@ -37,6 +48,7 @@ def configure(config: LogsConfig, stream: Any = None) -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                _mask_urls,
                 renderer,
             ],
         )

@@ -41,6 +41,8 @@ class ParseOptions:
     """Limits that keep a hostile message from costing more than a normal one."""
 
     max_depth: int = 50
+    max_parts: int = 1000
+    max_header_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
