@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+import structlog
 
 from conftest import run_cli
 from mailrunner.config import (
     EMBEDDED_DEFAULT,
     ConfigError,
+    LogsConfig,
     config_from_mapping,
     load,
+    mask_url,
+    mask_urls_in,
     masked_dump,
     parse_duration,
 )
+from mailrunner.logs import configure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,3 +202,78 @@ def test_a_pool_that_will_run_needs_a_command(tmp_path: Path) -> None:
     result = run_cli("config", "check", "-c", str(config))
     assert result.returncode == 1, "config check must refuse what serve would refuse"
     assert "smtp.pool.command: required" in result.stderr
+
+
+def test_the_hardening_limits_have_their_documented_defaults() -> None:
+    config = config_from_mapping(MINIMAL)
+    smtp = config.smtp
+    assert (smtp.parse.max_parts, smtp.parse.max_header_bytes) == (1000, 1024 * 1024)
+    assert (smtp.max_inflight_bytes, smtp.max_connections_per_ip, smtp.limit_loopback) == (
+        256 * 1024 * 1024,
+        100,
+        False,
+    )
+    assert smtp.attachment_storage.file_mode == 0o600
+    assert (config.rpc.allowed_hosts, config.rpc.allow_any_declare) == ([], False)
+    pool = config_from_mapping({**MINIMAL, "jobs": {**MINIMAL["jobs"], "pool": {"num_workers": 3}}})
+    assert pool.jobs.pool.worker_limit == 12
+    memory = config_from_mapping({"jobs": {"pipelines": {"smtp-emails": {"driver": "memory"}}}})
+    assert memory.jobs.pipelines["smtp-emails"].config.max_queued == 100_000  # type: ignore[union-attr]
+    nats = config_from_mapping({"jobs": {"pipelines": {"smtp-emails": {"driver": "nats"}}}})
+    assert nats.jobs.pipelines["smtp-emails"].config.max_clock_skew == 2.0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("given", "mode"), [("0640", 0o640), ("0o600", 0o600), (0o660, 0o660)])
+def test_attachment_file_modes_are_read_as_octal(given: object, mode: int) -> None:
+    config = config_from_mapping(
+        {**MINIMAL, "smtp": {"attachment_storage": {"mode": "tempfile", "file_mode": given}}}
+    )
+    assert config.smtp.attachment_storage.file_mode == mode
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"smtp": {"attachment_storage": {"file_mode": "0400"}}}, "owner read and write"),
+        ({"smtp": {"attachment_storage": {"file_mode": "rw-"}}}, "octal file mode"),
+        ({"smtp": {"attachment_storage": {"file_mode": 0o1777}}}, "octal file mode"),
+        ({"jobs": {"pool": {"num_workers": 4, "max_workers": 2}}}, "max_workers"),
+    ],
+)
+def test_bad_hardening_settings_are_refused_by_key_path(
+    settings: dict[str, dict[str, object]], problem: str
+) -> None:
+    merged = {**MINIMAL, **settings}
+    if "jobs" in settings:
+        merged["jobs"] = {**MINIMAL["jobs"], **settings["jobs"]}
+    with pytest.raises(ConfigError, match=problem):
+        config_from_mapping(merged)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://s3cr3t-token@127.0.0.1:4222", "nats://***@127.0.0.1:4222"),
+        ("amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:***@127.0.0.1:5672/"),
+        ("redis://:pw@[::1]:6379/0", "redis://***@[::1]:6379/0"),
+        ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+    ],
+)
+def test_any_url_userinfo_is_masked(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+    assert mask_urls_in(f"cannot reach {url}: refused") == f"cannot reach {shown}: refused"
+
+
+def test_log_lines_never_show_url_credentials() -> None:
+    stream = io.StringIO()
+    configure(LogsConfig(format="json"), stream)
+    try:
+        structlog.get_logger("test").warning(
+            "broker down", addr="nats://s3cr3t@127.0.0.1:4222", error="amqp://u:pw@h/ refused"
+        )
+    finally:
+        configure(LogsConfig())
+    line = stream.getvalue()
+    assert "s3cr3t" not in line
+    assert ":pw@" not in line
+    assert "nats://***@127.0.0.1:4222" in line

@@ -561,17 +561,18 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + host, query=""))
 
 
-_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]{0,20}://)[^\s/@?#]+@")
+_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]{0,20}://)([^\s/@?#:]+:)?[^\s/@?#]+@")
 
 
 def mask_urls_in(text: str) -> str:
-    """Hide the userinfo of every URL inside free text (log lines, error messages).
+    """Hide the userinfo of every URL inside free text (log lines, error messages), as
+    `mask_url` does.
 
     The pattern has no overlapping quantifiers, so it is linear on any input.
     """
     if "://" not in text:
         return text
-    return _URL_USERINFO.sub(r"\1***@", text)
+    return _URL_USERINFO.sub(r"\1\2***@", text)
 
 
 def _masked(value: Any, key: str = "") -> Any:
