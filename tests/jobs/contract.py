@@ -639,25 +639,30 @@ class DriverContract:
             await fail(await drain(driver, 2, limit=2))
             await push(driver, make_job("queued"))
             purged = await driver.purge_failed()
-            assert purged == 2, f"purge_failed() returned {purged}, two jobs had failed"
+            assert sorted(purged) == ["a", "b"], f"purge_failed() returned {purged}, a and b failed"
             await assert_stat(driver, queue_stat(queued=1), "purge must leave other jobs alone")
             assert await driver.failed(10) == [], "purged jobs are still listed as failed"
             assert await driver.retry_failed() == 0, "purged jobs could still be retried"
+            assert await driver.purge_failed() == [], "a purge of an empty failed list"
 
         harness.run(scenario)
 
-    def test_purge_failed_by_ids_deletes_only_those_jobs(self, harness: Harness) -> None:
+    def test_purge_failed_by_ids_returns_exactly_the_ids_it_deleted(self, harness: Harness) -> None:
         async def scenario(driver: Driver) -> None:
-            await push(driver, *make_jobs("a", "b", "c"))
+            await push(driver, *make_jobs("a", "b", "c", "queued"))
             leases = await lease_all(driver, 3)
             await fail([leases["a"], leases["b"], leases["c"]])
-            purged = await driver.purge_failed(["a", "never-pushed"])
-            assert purged == 1, f"purge_failed([a, unknown]) returned {purged}"
-            assert ids(entry.job for entry in await driver.failed(10)) == ["b", "c"], (
-                "b and c must stay failed"
+            purged = await driver.purge_failed(["a", "never-pushed", "queued", "c", "a"])
+            assert sorted(purged) == ["a", "c"], (
+                f"purge_failed([a, unknown, queued, c, a]) returned {purged}: only the failed"
+                " jobs a and c went, each to be named once"
             )
-            assert await driver.purge_failed(["a"]) == 0, "a second purge of a counted it again"
-            await assert_stat(driver, queue_stat(failed=2), "after purging a")
+            assert ids(entry.job for entry in await driver.failed(10)) == ["b"], (
+                "b must stay failed"
+            )
+            assert await driver.purge_failed(["a"]) == [], "a second purge of a named it again"
+            assert await driver.purge_failed([]) == [], "an empty id list purges nothing"
+            await assert_stat(driver, queue_stat(queued=1, failed=1), "after purging a and c")
 
         harness.run(scenario)
 

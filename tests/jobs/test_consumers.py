@@ -176,10 +176,10 @@ def test_nack_without_requeue_fails_at_once_and_can_be_purged(
     jobs_node: Callable[..., JobsNode], driver: str
 ) -> None:
     node = jobs_node(driver, retries=5)
-    node.push({"do": "nack-final"})
+    job_id = node.push({"do": "nack-final"})
     node.wait_executed(1)
     wait_until(lambda: node.stat()["failed"] == 1, "the job in the failed list")
-    assert node.server.call(node.service.purge_failed("q")) == 1
+    assert node.server.call(node.service.purge_failed("q")) == [job_id]
     assert node.stat()["failed"] == 0
     assert len(node.executed()) == 1
 

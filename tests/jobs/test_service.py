@@ -182,3 +182,33 @@ def test_pause_and_resume_show_in_stat(tmp_path: Path) -> None:
         return seen
 
     assert run(service, scenario) == [True, False]
+
+
+def test_purge_failed_returns_the_ids_it_removed_and_frees_exactly_those(
+    tmp_path: Path,
+) -> None:
+    service = service_for(tmp_path, {"q": {"driver": "sqlite"}})
+    freed: list[str] = []
+
+    async def on_job_removed(job_id: str) -> None:
+        freed.append(job_id)
+
+    async def never_read(limit: int) -> list[Any]:
+        raise AssertionError(f"purge read failed jobs (limit {limit}): payloads must not load")
+
+    async def scenario() -> list[str]:
+        service.on_job_removed = on_job_removed
+        driver = service.pipeline("q").driver
+        for job_id in ("a", "b", "c", "kept"):
+            await service.push(job(job_id))
+        leases = await driver.reserve(3, 1.0)
+        for lease in leases:
+            await lease.nack(requeue=False, error="failed")
+        driver.failed = never_read  # type: ignore[method-assign]
+        purged = await service.purge_failed("q", ["c", "a", "kept", "unknown"])
+        assert sorted(purged) == ["a", "c"], f"purge_failed returned {purged}"
+        assert sorted(freed) == ["a", "c"], f"attachments were freed for {freed}"
+        assert await service.purge_failed("q") == ["b"]
+        return freed
+
+    assert sorted(run(service, scenario)) == ["a", "b", "c"]

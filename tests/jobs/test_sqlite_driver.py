@@ -124,7 +124,7 @@ class TestSqliteDriver(DriverContract):
             assert sorted(leases) == ["acked", "purged"], f"reserved {sorted(leases)}"
             await leases["acked"].ack()
             await leases["purged"].nack(requeue=False, error="failed")
-            assert await driver.purge_failed() == 1, "one failed job to purge"
+            assert await driver.purge_failed() == ["purged"], "one failed job to purge"
             remaining = sorted(rows(tmp_path / "jobs.db"))
             assert remaining == ["kept"], f"ack and purge must delete rows, left {remaining}"
 

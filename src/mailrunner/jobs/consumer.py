@@ -239,7 +239,7 @@ class PipelineConsumer:
     async def _settle(self, lease: Lease, answer: Answer) -> None:
         job = lease.job
         if job.options.auto_ack:
-            await self._service.job_removed(job)
+            await self._service.job_removed(job.id)
             if not answer.ack:
                 log.warning(
                     "auto-acked job failed",
@@ -250,7 +250,7 @@ class PipelineConsumer:
             return
         if answer.ack:
             await lease.ack()
-            await self._service.job_removed(job)
+            await self._service.job_removed(job.id)
             log.debug("job done", pipeline=self.pipeline.name, id=job.id, attempt=lease.attempt)
         elif answer.requeue and lease.attempt < self._settings.retries:
             await lease.nack(

@@ -96,8 +96,10 @@ class Driver(ABC):
         """Make failed jobs (all, or those in `ids`) due again with attempts reset; how many."""
 
     @abstractmethod
-    async def purge_failed(self, ids: Sequence[str] | None = None) -> int:
-        """Delete failed jobs (all, or those in `ids`); returns how many went."""
+    async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
+        """Delete failed jobs (all, or those in `ids`); returns the ids of the jobs that went,
+        each once, so that what they point at (attachment folders) can be freed by id without
+        reading their payloads first. Ids that were not failed are not returned."""
 
     @abstractmethod
     async def destroy(self) -> None:

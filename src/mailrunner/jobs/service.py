@@ -32,7 +32,6 @@ from mailrunner.metrics import Metrics
 log = structlog.get_logger("mailrunner.jobs")
 
 DEFAULT_PUSH_TIMEOUT = 5.0
-PURGE_SCAN_LIMIT = 1_000_000
 
 
 @dataclass(eq=False)
@@ -68,8 +67,10 @@ class JobsService:
         self._configured = config.jobs.pipelines
         self._pipelines: dict[str, Pipeline] = {}
         self.consumers: ConsumerControl | None = None
-        self.on_job_removed: Callable[[Job], Awaitable[None]] | None = None
-        """Called when a job is gone for good (acked or purged): frees what it pointed at."""
+        self.on_job_removed: Callable[[str], Awaitable[None]] | None = None
+        """Called with a job's id when the job is gone for good (acked or purged), to free what
+        it pointed at. Only the id: it is all a purge knows without reading payloads, and a
+        job's name or payload came from whoever pushed it, so nothing else may decide."""
         self.on_pipeline_purged: Callable[[str], Awaitable[None]] | None = None
         """Called once a pipeline was destroyed together with its jobs, for the same reason."""
 
@@ -259,21 +260,16 @@ class JobsService:
     async def retry_failed(self, name: str, ids: Sequence[str] | None = None) -> int:
         return await self.pipeline(name).driver.retry_failed(ids)
 
-    async def purge_failed(self, name: str, ids: Sequence[str] | None = None) -> int:
-        driver = self.pipeline(name).driver
-        doomed: list[Job] = []
-        if self.on_job_removed is not None:
-            wanted = None if ids is None else set(ids)
-            failed = await driver.failed(PURGE_SCAN_LIMIT)
-            doomed = [f.job for f in failed if wanted is None or f.job.id in wanted]
-        count = await driver.purge_failed(ids)
-        for job in doomed:
-            await self.job_removed(job)
-        return count
+    async def purge_failed(self, name: str, ids: Sequence[str] | None = None) -> list[str]:
+        """Delete failed jobs (all, or those in `ids`); the ids of those that went."""
+        removed = await self.pipeline(name).driver.purge_failed(ids)
+        for job_id in removed:
+            await self.job_removed(job_id)
+        return removed
 
-    async def job_removed(self, job: Job) -> None:
+    async def job_removed(self, job_id: str) -> None:
         if self.on_job_removed is not None:
-            await self.on_job_removed(job)
+            await self.on_job_removed(job_id)
 
 
 async def _push_one(driver: Driver, job: Job, deadline: float) -> PushResult:

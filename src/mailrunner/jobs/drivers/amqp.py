@@ -726,23 +726,22 @@ class AmqpDriver(Driver):
             self._changed.set()
         return count
 
-    async def purge_failed(self, ids: Sequence[str] | None = None) -> int:
+    async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
         if ids is not None and not ids:
-            return 0
+            return []
         wanted = None if ids is None else set(ids)
-        count = 0
+        removed: dict[str, None] = {}  # ordered and each once: a failed list may repeat an id
 
-        async def drop(message: AbstractIncomingMessage) -> None:
-            nonlocal count
+        async def drop(message: AbstractIncomingMessage, job_id: str) -> None:
             await message.ack()
-            count += 1
+            removed[job_id] = None
 
         def pick(message: AbstractIncomingMessage) -> Awaitable[None] | None:
             job, _ = self._job(message)
-            return drop(message) if wanted is None or job.id in wanted else None
+            return drop(message, job.id) if wanted is None or job.id in wanted else None
 
         await self._browse(self.failed_name, None, pick)
-        return count
+        return list(removed)
 
     async def destroy(self) -> None:
         """Delete the queues (jobs, delays, failed list, catalog) and declare them afresh;

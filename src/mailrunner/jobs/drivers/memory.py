@@ -2,6 +2,12 @@
 
 Not durable: jobs live as long as the process. Useful for tests and for developers who
 consume in the same process; its stat and capabilities say `durable: false`.
+
+Bounded: at most `config.max_queued` jobs waiting (queued, delayed or reserved) at a time.
+A push beyond that raises DriverError instead of growing the process until the kernel kills
+it, so an SMTP flood with no consumer gets 451 (the senders retry later) and the jobs already
+stored stay safe. Failed jobs are not counted: they wait for an operator, and new mail is not
+refused for their sake (they grow only as fast as a consumer fails jobs).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mailrunner.config import MemoryPipeline
-from mailrunner.errors import PushTimeout
+from mailrunner.errors import DriverError, PushTimeout
 from mailrunner.jobs.driver import Driver, Lease
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, QueueStat
 
@@ -81,6 +87,7 @@ class MemoryLease(Lease):
             await self._driver.notify()
         else:
             entry.failed = FailedJob(entry.job, error, entry.attempts, time.time())
+            self._driver.failed_count += 1
 
 
 class MemoryDriver(Driver):
@@ -93,7 +100,10 @@ class MemoryDriver(Driver):
     def __init__(self, name: str, settings: MemoryPipeline, data_dir: Path) -> None:
         self.name = name
         self.visibility_timeout = settings.visibility_timeout
+        self.max_queued = settings.config.max_queued
         self.entries: dict[str, _Entry] = {}
+        self.failed_count = 0
+        """Entries on the failed list, kept as they move so a push need not count them."""
         self._changed = asyncio.Condition()
 
     async def open(self) -> None:
@@ -110,9 +120,18 @@ class MemoryDriver(Driver):
         now = time.monotonic()
         if now >= deadline:
             raise PushTimeout(f"pipeline {self.name}: push deadline passed before storing")
+        new: dict[str, Job] = {}
         for job in jobs:
             if job.id not in self.entries:
-                self.entries[job.id] = _Entry(job, now + job.options.delay)
+                new.setdefault(job.id, job)
+        waiting = len(self.entries) - self.failed_count
+        if waiting + len(new) > self.max_queued:
+            raise DriverError(
+                f"pipeline {self.name}: {waiting} jobs are waiting, {len(new)} more would pass"
+                f" max_queued ({self.max_queued}); nothing was stored"
+            )
+        for job_id, job in new.items():
+            self.entries[job_id] = _Entry(job, now + job.options.delay)
         await self.notify()
 
     def _due(self, now: float) -> list[_Entry]:
@@ -194,14 +213,17 @@ class MemoryDriver(Driver):
             entry.failed = None
             entry.attempts = 0
             entry.due_at = time.monotonic()
+        self.failed_count -= len(entries)
         await self.notify()
         return len(entries)
 
-    async def purge_failed(self, ids: Sequence[str] | None = None) -> int:
+    async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
         entries = self._failed_entries(ids)
         for entry in entries:
             del self.entries[entry.job.id]
-        return len(entries)
+        self.failed_count -= len(entries)
+        return [entry.job.id for entry in entries]
 
     async def destroy(self) -> None:
         self.entries.clear()
+        self.failed_count = 0

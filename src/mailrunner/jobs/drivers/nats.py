@@ -760,17 +760,17 @@ class NatsDriver(Driver):
             count += 1
         return count
 
-    async def purge_failed(self, ids: Sequence[str] | None = None) -> int:
+    async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
         if ids is not None and not ids:
-            return 0
+            return []
         _nc, js = self._client()
         chosen = set(ids) if ids is not None else None
-        count = 0
+        removed: dict[str, None] = {}  # ordered and each once: a failed list may repeat an id
         for seq, entry in await self._failed_messages():
             if chosen is None or entry.job.id in chosen:
                 await self._delete_failed(js, seq)
-                count += 1
-        return count
+                removed[entry.job.id] = None
+        return list(removed)
 
     async def _delete_failed(self, js: JetStreamContext, seq: int) -> None:
         try:

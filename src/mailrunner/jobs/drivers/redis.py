@@ -289,17 +289,24 @@ end
 return jobs
 """
 
-# ARGV[2] = 'all' or 'ids', then the ids. Returns how many failed jobs were touched.
+# ARGV[2] = 'all' or 'ids', then the ids; `chosen` = the failed ones among them, each once.
 _FAILED_SELECTION = """
 local chosen = {}
 if ARGV[2] == 'all' then
   chosen = redis.call('ZRANGE', failed, 0, -1)
 else
+  local seen = {}
   for i = 3, #ARGV do
-    if redis.call('ZSCORE', failed, ARGV[i]) then chosen[#chosen + 1] = ARGV[i] end
+    local id = ARGV[i]
+    if not seen[id] and redis.call('ZSCORE', failed, id) then
+      chosen[#chosen + 1] = id
+      seen[id] = true
+    end
   end
 end
 """
+
+# Returns how many failed jobs were made due again.
 
 _RETRY_FAILED = """
 for _, id in ipairs(chosen) do
@@ -312,12 +319,13 @@ end
 return #chosen
 """
 
+# Returns the ids of the jobs deleted.
 _PURGE_FAILED = """
 for _, id in ipairs(chosen) do
   redis.call('ZREM', failed, id)
   redis.call('DEL', job_prefix .. id)
 end
-return #chosen
+return chosen
 """
 
 _DESTROY = """
@@ -662,21 +670,25 @@ class RedisDriver(Driver):
         ]
 
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        count = await self._change_failed(self._open_scripts().retry_failed, ids, "retrying")
+        if ids is not None and not ids:
+            return 0
+        count = int(await self._change_failed(self._open_scripts().retry_failed, ids, "retrying"))
         if count:
             self._changed.set()
         return count
 
-    async def purge_failed(self, ids: Sequence[str] | None = None) -> int:
-        return await self._change_failed(self._open_scripts().purge_failed, ids, "purging")
+    async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
+        if ids is not None and not ids:
+            return []
+        removed = await self._change_failed(self._open_scripts().purge_failed, ids, "purging")
+        return [_text(job_id) for job_id in removed]
 
     async def _change_failed(
         self, script: AsyncScript, ids: Sequence[str] | None, doing: str
-    ) -> int:
-        if ids is not None and not ids:
-            return 0
+    ) -> Any:
+        """Run a failed-list script on every failed job, or on those in `ids`."""
         selection = ["all"] if ids is None else ["ids", *ids]
-        return int(await self._run(script, selection, f"{doing} failed jobs"))
+        return await self._run(script, selection, f"{doing} failed jobs")
 
     async def destroy(self) -> None:
         await self._run(self._open_scripts().destroy, [], "deleting the pipeline's jobs")

@@ -73,6 +73,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_pipeline ON jobs (pipeline, failed_at, priori
 _JOB_COLUMNS = "id, name, payload, headers, priority, auto_ack"
 _ROWS_PER_INSERT = 100
 """Rows per INSERT statement: 900 parameters, under the 999 SQLite allowed before 3.32."""
+BUSY_TIMEOUT = 5.0
+"""Seconds a statement waits for another connection's lock (a push: at most until its
+deadline), and the bound on a COMMIT the SMTP side waits for past its deadline."""
+BUSY_TIMEOUT_MS = round(BUSY_TIMEOUT * 1000)
 _IDLE_POLL = 0.25
 """How often an idle reserve looks for jobs pushed by other processes into the same file."""
 
@@ -300,7 +304,7 @@ class SqliteDriver(Driver):
 
     def _execute_sync(self, statement: str, values: Sequence[Any]) -> int:
         db = self._db()
-        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return db.execute(statement, values).rowcount
 
     # --- inspection and the failed list ------------------------------------------------------
@@ -356,40 +360,60 @@ class SqliteDriver(Driver):
     async def failed(self, limit: int) -> list[FailedJob]:
         return await self._run(self._failed_sync, limit)
 
-    def _change_failed_sync(self, action: str, ids: Sequence[str] | None) -> int:
+    def _failed_where(self, ids: Sequence[str] | None) -> tuple[str, list[Any]]:
+        """The WHERE clause choosing this pipeline's failed jobs (all, or those in `ids`)."""
         where = "pipeline = ? AND failed_at IS NOT NULL"
         values: list[Any] = [self.name]
         if ids is not None:
             where += f" AND id IN ({', '.join('?' * len(ids))})"
             values += list(ids)
-        if action == "retry":
-            statement = (
-                "UPDATE jobs SET failed_at = NULL, attempts = 0, lease = NULL, available_at = ?"
-                f" WHERE {where}"
-            )
-            values.insert(0, time.time())
-        else:
-            statement = f"DELETE FROM jobs WHERE {where}"
-        return self._execute_sync(statement, values)
+        return where, values
+
+    def _retry_failed_sync(self, ids: Sequence[str] | None) -> int:
+        where, values = self._failed_where(ids)
+        statement = (
+            "UPDATE jobs SET failed_at = NULL, attempts = 0, lease = NULL, available_at = ?"
+            f" WHERE {where}"
+        )
+        return self._execute_sync(statement, [time.time(), *values])
+
+    def _purge_failed_sync(self, ids: Sequence[str] | None) -> list[str]:
+        """Read the chosen ids and delete their rows in one transaction, so the ids returned
+        are exactly the rows deleted (no DELETE … RETURNING: it needs SQLite 3.35)."""
+        where, values = self._failed_where(ids)
+        db = self._db()
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute(f"SELECT id FROM jobs WHERE {where} ORDER BY seq", values)
+            removed = [job_id for (job_id,) in rows.fetchall()]
+            db.execute(f"DELETE FROM jobs WHERE {where}", values)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return removed
 
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
         if ids is not None and not ids:
             return 0
-        count = await self._run(self._change_failed_sync, "retry", ids)
+        count = await self._run(self._retry_failed_sync, ids)
         self._changed.set()
         return count
 
-    async def purge_failed(self, ids: Sequence[str] | None = None) -> int:
+    async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
         if ids is not None and not ids:
-            return 0
-        return await self._run(self._change_failed_sync, "purge", ids)
+            return []
+        return await self._run(self._purge_failed_sync, ids)
 
     async def destroy(self) -> None:
         await self._run(self._execute_sync, "DELETE FROM jobs WHERE pipeline = ?", (self.name,))
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, timeout=5.0, check_same_thread=False)
+    connection = sqlite3.connect(
+        path, isolation_level=None, timeout=BUSY_TIMEOUT, check_same_thread=False
+    )
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     return connection
