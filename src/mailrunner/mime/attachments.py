@@ -2,7 +2,8 @@
 
 `tempfile` mode keeps multi-megabyte attachments out of the event (and out of the queue);
 files are fsynced before the event is handed on, because a consumer may read them after a
-crash of this server.
+crash of this server. Paths come only from this server: folders are named by event ids it
+generated, and one is deleted only when `ownership` finds this server's marker in it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import os
 import re
 import shutil
+import stat
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +25,13 @@ from typing import Protocol
 import structlog
 
 from mailrunner.events import StoredAttachment
+from mailrunner.files import (
+    PRIVATE_DIRECTORY,
+    create_directories,
+    create_directory,
+    fsync_directory,
+    write_new_file,
+)
 from mailrunner.mime.parse import Attachment
 from mailrunner.tasks import cancel_and_wait
 
@@ -30,7 +41,10 @@ _UNSAFE = re.compile(r"[^\w.+@-]+")
 
 
 class AttachmentStorage(Protocol):
-    """Turns decoded attachments into what the event carries."""
+    """Turns decoded attachments into what the event carries.
+
+    `store` is all or nothing: when it raises or is cancelled, nothing it wrote is left.
+    """
 
     async def store(
         self, event_id: str, attachments: Sequence[Attachment]
@@ -56,51 +70,174 @@ class MemoryStorage:
         )
 
 
-def safe_filename(filename: str | None, index: int) -> str:
-    """A filename is data, never a path: keep a readable name without separators."""
-    stem = _UNSAFE.sub("_", os.path.basename((filename or "").replace("\\", "/")))
-    stem = stem.strip("._")[:120]
-    return f"{index:03d}-{stem or 'attachment'}"
+NAME_MAX = 255
+"""Bytes in one file name on Linux file systems: a longer name cannot be created at all, so
+the message would get 451 on every retry."""
+_KEPT_SUFFIX = 32
+"""A cut name keeps an extension up to this many bytes: consumers often go by it."""
 
+
+def safe_filename(filename: str | None, index: int) -> str:
+    """A filename is data, never a path: keep a readable name without separators.
+
+    The name is cut to NAME_MAX bytes of UTF-8 (120 CJK characters are 360 bytes), on a
+    character boundary. It always starts with `NNN-`, so it is never a dot file like
+    OWNER_MARK or PIPELINE_MARK.
+    """
+    stem = _UNSAFE.sub("_", os.path.basename((filename or "").replace("\\", "/")))
+    prefix = f"{index:03d}-"
+    return prefix + (_fit(stem.strip("._"), NAME_MAX - len(prefix)) or "attachment")
+
+
+def _fit(name: str, limit: int) -> str:
+    if len(name.encode("utf-8")) <= limit:
+        return name
+    stem, suffix = os.path.splitext(name)
+    if len(suffix.encode("utf-8")) > _KEPT_SUFFIX:
+        stem, suffix = name, ""
+    kept = stem.encode("utf-8")[: limit - len(suffix.encode("utf-8"))]
+    return kept.decode("utf-8", "ignore") + suffix  # "ignore" drops only a cut last character
+
+
+OWNER_MARK = ".mailrunner"
+"""A file in each event folder naming the event id it was written for. Only a folder holding
+it is ever deleted: job ids reach this server from anyone who can push a job, so an id is
+never trusted to name a folder by itself."""
 
 PIPELINE_MARK = ".pipeline"
 """A file in each event folder written on the Jobs path, holding the name of the pipeline the
 email's job went to: destroying that pipeline with purge finds its folders this way, since
-not every driver can list the jobs it holds. `safe_filename` never yields this name."""
+not every driver can list the jobs it holds. Age-based cleanup (worker-pool path) leaves
+folders holding it alone."""
+
+_MARK_LIMIT = 64 * 1024
+
+
+class Ownership(enum.Enum):
+    """What stands at `<directory>/<id>`, as far as deleting it is concerned."""
+
+    OURS = "an event folder this server wrote for that id"
+    ABSENT = "nothing"
+    NOT_AN_EVENT_ID = "the id is not an event id (a UUID)"
+    NOT_A_DIRECTORY = "not a real directory (a symlink or a file)"
+    UNMARKED = f"a directory without a {OWNER_MARK} marker naming the id"
+
+
+def ownership(directory: Path, event_id: str) -> Ownership:
+    """The one decision of whether `<directory>/<event_id>` may be deleted (only if OURS).
+
+    The id is checked before any path is built from it, so `../x` or `/abs` never reach the
+    file system; a canonical UUID cannot leave `directory`.
+    """
+    if not _is_event_id(event_id):
+        return Ownership.NOT_AN_EVENT_ID
+    folder = directory / event_id
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        return Ownership.ABSENT
+    if not stat.S_ISDIR(info.st_mode):
+        return Ownership.NOT_A_DIRECTORY
+    if _read_mark(folder / OWNER_MARK) != event_id:
+        return Ownership.UNMARKED
+    return Ownership.OURS
+
+
+def _is_event_id(name: str) -> bool:
+    """Event ids are `str(uuid4())`: only that canonical spelling counts."""
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
+
+
+def _read_mark(path: Path) -> str | None:
+    """A mark's text; None unless it is a regular file (not a symlink, FIFO or device)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None
+        return os.read(descriptor, _MARK_LIMIT).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(descriptor)
+
+
+def _looks_like_a_path(job_id: str) -> bool:
+    return job_id in {".", ".."} or any(character in job_id for character in "/\\\0")
+
+
+def folder_mode(file_mode: int) -> int:
+    """Event folders are private, except that whoever may read the files (group or others in
+    `file_mode`, for consumers under another uid) may also enter the folder."""
+    readers = file_mode & 0o044
+    return PRIVATE_DIRECTORY | readers | readers >> 2
 
 
 class TempfileStorage:
     """Attachments are written under `<directory>/<event id>/` and the event carries paths.
 
-    `pipeline` is where this server pushes its emails' jobs (Jobs path only); each folder is
-    marked with it.
+    Each folder holds OWNER_MARK; `pipeline` is where this server pushes its emails' jobs
+    (Jobs path only), and each folder is marked with it too. Files get exactly `file_mode`.
     """
 
-    def __init__(self, directory: Path, pipeline: str | None = None) -> None:
+    def __init__(self, directory: Path, pipeline: str | None = None, *, file_mode: int) -> None:
         self.directory = directory.resolve()
         self._pipeline = pipeline
+        self._file_mode = file_mode
+        self._folder_mode = folder_mode(file_mode)
 
     async def store(
         self, event_id: str, attachments: Sequence[Attachment]
     ) -> tuple[StoredAttachment, ...]:
+        """Write every file, or none: a failure removes the event's folder and is raised."""
         if not attachments:
             return ()
-        return await asyncio.to_thread(self._write_all, event_id, attachments)
+        writing = asyncio.ensure_future(asyncio.to_thread(self._write_all, event_id, attachments))
+        try:
+            return await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            await self._take_back(writing, event_id)
+            raise
+
+    async def _take_back(
+        self, writing: asyncio.Future[tuple[StoredAttachment, ...]], event_id: str
+    ) -> None:
+        """The session was cancelled mid-write (aiosmtpd does so when the client hangs up):
+        no job will point at these files. The thread cannot be stopped, so wait for it."""
+        await asyncio.wait([writing])
+        if writing.exception() is None:
+            await asyncio.to_thread(self.remove, event_id)
 
     def _write_all(
         self, event_id: str, attachments: Sequence[Attachment]
     ) -> tuple[StoredAttachment, ...]:
+        if not _is_event_id(event_id):
+            raise ValueError(f"attachment folders are named by event ids (UUIDs), not {event_id!r}")
+        create_directories(self.directory, self._folder_mode)
         folder = self.directory / event_id
-        folder.mkdir(parents=True, exist_ok=True)
+        create_directory(folder, self._folder_mode)
+        try:
+            return self._fill(folder, event_id, attachments)
+        except BaseException:
+            # this call created the folder (an exclusive mkdir), so it is ours to take back
+            _delete(folder)
+            raise
+
+    def _fill(
+        self, folder: Path, event_id: str, attachments: Sequence[Attachment]
+    ) -> tuple[StoredAttachment, ...]:
+        write_new_file(folder / OWNER_MARK, event_id.encode("utf-8"))
         if self._pipeline is not None:
-            (folder / PIPELINE_MARK).write_text(self._pipeline, encoding="utf-8")
+            write_new_file(folder / PIPELINE_MARK, self._pipeline.encode("utf-8"))
         stored = []
         for index, attachment in enumerate(attachments, start=1):
             path = folder / safe_filename(attachment.filename, index)
-            with path.open("wb") as handle:
-                handle.write(attachment.content)
-                handle.flush()
-                os.fsync(handle.fileno())
+            write_new_file(path, attachment.content, self._file_mode)
             stored.append(
                 StoredAttachment(
                     filename=attachment.filename,
@@ -111,48 +248,75 @@ class TempfileStorage:
                     path=str(path),
                 )
             )
-        _fsync_directory(folder)
+        fsync_directory(folder)
         return tuple(stored)
 
-    def remove(self, event_id: str) -> None:
-        """Delete one event's files (when its job is acked or purged)."""
-        shutil.rmtree(self.directory / event_id, ignore_errors=True)
+    def remove(self, event_id: str) -> bool:
+        """Delete one event's files (its job was acked or purged, or its push failed).
+
+        The id may come from anyone who can push a job: anything but an event folder this
+        server wrote for it is left alone and logged. An email without attachments has no
+        folder, which is not worth a line.
+        """
+        verdict = ownership(self.directory, event_id)
+        if verdict is Ownership.OURS:
+            return _delete(self.directory / event_id)
+        if verdict is not Ownership.ABSENT:
+            warn = verdict is not Ownership.NOT_AN_EVENT_ID or _looks_like_a_path(event_id)
+            report = log.warning if warn else log.debug
+            report("attachment folder left alone", id=repr(event_id), found=verdict.value)
+        return False
 
     def remove_pipeline(self, pipeline: str) -> int:
         """Delete the folders marked with `pipeline` (destroyed with purge); returns how many."""
-        if not self.directory.is_dir():
-            return 0
-        removed = 0
-        for folder in self.directory.iterdir():
-            try:
-                owner = (folder / PIPELINE_MARK).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue  # not an event folder of the Jobs path, or already gone
-            if owner == pipeline:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed += 1
-        return removed
+        return sum(
+            _delete(folder)
+            for folder in self._own_folders()
+            if _read_mark(folder / PIPELINE_MARK) == pipeline
+        )
 
     def remove_older_than(self, age: float) -> int:
-        """Delete event folders not touched for `age` seconds; returns how many went."""
-        if not self.directory.is_dir():
-            return 0
+        """Delete worker-pool event folders not touched for `age` seconds; returns how many."""
         cutoff = time.time() - age
         removed = 0
-        for folder in self.directory.iterdir():
+        for folder in self._own_folders():
+            if (folder / PIPELINE_MARK).exists():
+                continue  # a Jobs-path folder: it lives until its job is acked
             with contextlib.suppress(FileNotFoundError):
-                if folder.is_dir() and folder.stat().st_mtime < cutoff:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    removed += 1
+                if os.lstat(folder).st_mtime < cutoff:
+                    removed += _delete(folder)
         return removed
 
+    def _own_folders(self) -> list[Path]:
+        """The event folders this server wrote; `temp_dir` may be shared (even /tmp), and
+        whatever else is there is skipped."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        owned = [
+            self.directory / name
+            for name in names
+            if ownership(self.directory, name) is Ownership.OURS
+        ]
+        if len(owned) < len(names):
+            log.debug(
+                "entries not written by mailrunner left alone",
+                directory=str(self.directory),
+                entries=len(names) - len(owned),
+            )
+        return owned
 
-def _fsync_directory(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
+
+def _delete(folder: Path) -> bool:
     try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        log.warning("attachment folder not removed", path=str(folder), error=str(error))
+        return False
+    return True
 
 
 class CleanupTask:

@@ -106,6 +106,9 @@ class EventBuilder:
         else:
             parsed = parse(raw, self._options)
         parsed.headers = with_trace(parsed.headers, trace_value(arrival, self._hostname))
+        facts = self._facts(parsed, raw)
+        # storing is the last step that can fail, and it removes its own folder when it does:
+        # a message refused with 451 leaves no files behind
         attachments = await self._storage.store(arrival.event_id, parsed.attachments)
         return EmailEvent(
             id=arrival.event_id,
@@ -119,7 +122,7 @@ class EventBuilder:
                 size=len(raw),
             ),
             authentication=arrival.authentication,
-            message=self._facts(parsed, raw),
+            message=facts,
             attachments=attachments,
             parse_errors=arrival.errors + tuple(parsed.parse_errors),
         )
