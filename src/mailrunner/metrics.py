@@ -70,21 +70,40 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class UnwithdrawnPublishes(Collector):
-    """`mailrunner_jobs_unwithdrawn_publishes_total`, read from the drivers at scrape time:
-    the one case where a 451 does not rule out that the message was stored (DESIGN's "No
-    late delivery"), so operators can see how often it happens."""
+class _DriverCounter(Collector):
+    """A per-pipeline counter that drivers keep as a plain int, read at scrape time (drivers
+    import only the jobs model, the driver seam, config and errors)."""
+
+    name = ""
+    documentation = ""
 
     def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
         self._counts = counts
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            "mailrunner_jobs_unwithdrawn_publishes",
-            "Pushes that timed out after their message reached a broker that cannot withdraw"
-            " it: possibly stored although the push failed",
-            labels=["pipeline"],
-        )
+        family = CounterMetricFamily(self.name, self.documentation, labels=["pipeline"])
         for pipeline, count in sorted(self._counts().items()):
             family.add_metric([pipeline], count)
         yield family
+
+
+class UnwithdrawnPublishes(_DriverCounter):
+    """`mailrunner_jobs_unwithdrawn_publishes_total`: the one case where a 451 does not rule
+    out that the message was stored (DESIGN's "No late delivery"), so operators can see how
+    often it happens."""
+
+    name = "mailrunner_jobs_unwithdrawn_publishes"
+    documentation = (
+        "Pushes that timed out after their message reached a broker that cannot withdraw"
+        " it: possibly stored although the push failed"
+    )
+
+
+class DroppedLate(_DriverCounter):
+    """`mailrunner_jobs_dropped_late_total`: jobs a consumer discarded because the broker
+    stored them after their push had given up (the SMTP client got 451 and retries). Each one
+    is also logged; a rising count with few 451s points at pushers whose clocks lag the
+    broker's by more than `max_clock_skew`."""
+
+    name = "mailrunner_jobs_dropped_late"
+    documentation = "Jobs discarded unseen because the broker stored them after their push deadline"

@@ -30,12 +30,14 @@ from contract import (
     until_broker_unreachable,
 )
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from brokers import NATS_SERVER, NatsServer
 from conftest import REQUIRE_TOOLS, delete_streams, require_broker
 from mailrunner.config import NatsDriverConfig
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver
+from nats_pusher import publish_as_lagging_pusher
 
 pytestmark = pytest.mark.nats
 
@@ -83,6 +85,54 @@ class TestNatsDriver(DriverContract):
         stream = f"contract-{uuid.uuid4().hex}"
         yield settings_for(MACHINE_NATS[1], stream)
         delete_streams(MACHINE_NATS[1], stream)
+
+
+@pytest.fixture
+def machine_stream() -> Iterator[str]:
+    """A stream of its own on the machine's nats-server, deleted afterwards."""
+    require_broker("nats", *MACHINE_NATS)
+    stream = f"skew-{uuid.uuid4().hex}"
+    yield stream
+    delete_streams(MACHINE_NATS[1], stream)
+
+
+@pytest.mark.parametrize(
+    ("max_clock_skew", "served"),
+    [(None, ["in-skew", "in-time"]), (0.5, ["in-time"])],
+    ids=["default-2s", "skew-0.5s"],
+)
+def test_a_job_stored_after_its_deadline_beyond_the_clock_skew_is_dropped_logged_and_counted(
+    machine_stream: str, tmp_path: Path, max_clock_skew: float | None, served: list[str]
+) -> None:
+    settings = settings_for(MACHINE_NATS[1], machine_stream)
+    if max_clock_skew is not None:
+        settings["config"]["max_clock_skew"] = max_clock_skew
+    harness = Harness.from_settings(settings, tmp_path)
+    addr, subject = settings["config"]["addr"], settings["config"]["subject"]
+
+    async def scenario(driver: Driver) -> None:
+        for job_id, expired_ago in (("lagging", 10.0), ("in-skew", 1.0), ("in-time", -5.0)):
+            await publish_as_lagging_pusher(addr, subject, job_id, expired_ago=expired_ago)
+        with capture_logs() as logs:
+            leases = await driver.reserve(10, 1.0)
+            leases += await driver.reserve(10, 0.2)
+        assert sorted(lease.job.id for lease in leases) == sorted(served), (
+            f"served {[lease.job.id for lease in leases]}; expected {served}"
+        )
+        dropped = sorted(entry["id"] for entry in logs if entry["event"].startswith("job dropped"))
+        expected_dropped = sorted({"lagging", "in-skew", "in-time"} - set(served))
+        assert dropped == expected_dropped, f"dropped-job log lines name {dropped}: {logs}"
+        assert all(
+            entry["pipeline"] == "contract" and entry["log_level"] == "warning"
+            for entry in logs
+            if entry["event"].startswith("job dropped")
+        ), f"a drop must be a warning naming its pipeline: {logs}"
+        assert driver.dropped_late == len(expected_dropped)
+        for lease in leases:
+            await lease.ack()
+        await assert_nothing_due(driver, "a dropped job came back", 0.5)
+
+    harness.run(scenario)
 
 
 def test_max_payload_is_the_servers_less_room_for_headers(own_harness: Harness) -> None:

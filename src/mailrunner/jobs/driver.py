@@ -54,6 +54,10 @@ class Driver(ABC):
     unwithdrawn_publishes: int = 0
     """Pushes that raised PushTimeout although their message had already gone to a broker
     that cannot take it back (amqp): they may be stored. Exported as a metric."""
+    dropped_late: int = 0
+    """Jobs `reserve` discarded unseen because the broker stored them after their push's
+    deadline (nats): their push raised, so serving them would deliver mail after a 451. Each
+    is logged with its id and pipeline; exported as a metric."""
 
     @abstractmethod
     async def open(self) -> None:

@@ -165,6 +165,10 @@ class JobsService:
         """Per pipeline, pushes that timed out but may be stored (see Driver)."""
         return {name: p.driver.unwithdrawn_publishes for name, p in self._pipelines.items()}
 
+    def dropped_late(self) -> dict[str, int]:
+        """Per pipeline, jobs discarded because they were stored after their push gave up."""
+        return {name: p.driver.dropped_late for name, p in self._pipelines.items()}
+
     def list_pipelines(self) -> list[str]:
         return sorted(self._pipelines)
 

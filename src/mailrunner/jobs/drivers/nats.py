@@ -70,11 +70,15 @@ instead of being sent after the server returns). Before each message the deadlin
 connection are checked, and the PubAck is awaited up to the deadline plus 0.5 s; a job whose
 PubAck comes after the deadline is deleted again (by its sequence) before PushTimeout is
 raised. Each message also carries the pusher's wall-clock deadline (`Mailrunner-Deadline`),
-and reserve terminates, unseen, a message the server stored after it, so even a publish whose
-PubAck never came is not delivered when it landed late (clocks of the pushing node and the
-server are assumed to agree to well under a second). A push whose PubAck never came although
-the server stored it in time may be delivered although push raised: a duplicate after the
-SMTP client's retry, never a loss.
+and reserve terminates, unseen, a message the server stored more than `config.max_clock_skew`
+(default 2 s) after it, so even a publish whose PubAck never came is not delivered when it
+landed late. Every such job is logged ("job dropped: stored after its push deadline", with
+its id and pipeline) and counted in `dropped_late` (the metric
+`mailrunner_jobs_dropped_late_total{pipeline}`): a pusher whose clock lags the server's by
+more than the skew shows up there instead of losing mail silently. The skew is the
+tolerance for clocks that disagree: a push whose PubAck never came although the server stored
+it within its deadline plus the skew may be delivered although push raised: a duplicate
+after the SMTP client's retry, never a loss.
 
 Connections: nats-py reconnects by itself (allow_reconnect, unlimited attempts); the durable
 consumer and the pull inbox survive a server restart, so the same driver works again once the
@@ -252,6 +256,7 @@ class NatsDriver(Driver):
         self.name = name
         self.visibility_timeout = float(settings.visibility_timeout)
         self.addr = mask_url(settings.config.addr)
+        self._max_clock_skew = float(settings.config.max_clock_skew)
         self.capabilities = _capabilities(None)
         """`max_payload` is filled in by `open()` from the server's INFO."""
         self._settings = settings.config
@@ -502,15 +507,35 @@ class NatsDriver(Driver):
                     msgs.append(msg)
         return msgs
 
-    def _lease(self, msg: Msg, pulled_at: float) -> NatsLease | None:
-        """A lease for a pulled message, or None when it must not be served (yet)."""
+    def _late_by(self, msg: Msg) -> float | None:
+        """Seconds by which the server stored `msg` after its push's deadline, beyond
+        `max_clock_skew`; None when it came in time (or carries no deadline)."""
+        deadline = (msg.headers or {}).get(_DEADLINE)
+        if deadline is None:
+            return None
+        late_by = msg.metadata.timestamp.timestamp() - float(deadline) - self._max_clock_skew
+        return late_by if late_by > 0 else None
+
+    async def _drop_late(self, msg: Msg, late_by: float) -> None:
+        """Discard, unseen, a message stored after its push gave up (the pusher raised, so
+        the SMTP client got 451 and sends the mail again): logged and counted, never silent."""
+        job = _decode(msg.headers, msg.data, self.name)
+        self.dropped_late += 1
+        log.warning(
+            "job dropped: stored after its push deadline",
+            pipeline=self.name,
+            id=job.id,
+            job=job.name,
+            late_by=round(late_by, 3),
+            max_clock_skew=self._max_clock_skew,
+        )
+        await self._quietly(msg.term())
+
+    def _lease(self, msg: Msg, pulled_at: float) -> NatsLease:
+        """A lease for a pulled message, remembered as held by this process."""
         meta = msg.metadata
         seq, delivered, delivery = meta.sequence.stream, meta.num_delivered, meta.sequence.consumer
         headers = msg.headers or {}
-        if _DEADLINE in headers:
-            stored_at = meta.timestamp.timestamp()
-            if stored_at > float(headers[_DEADLINE]):
-                return None  # stored after its push gave up: terminated unseen by the caller
         job = _decode(headers, msg.data, self.name)
         attempt = int(headers.get(_ATTEMPTS, "0")) + delivered - self._uncounted.get(seq, 0)
         self._held[seq] = _Held(delivery, "leased", pulled_at + self.visibility_timeout)
@@ -521,12 +546,13 @@ class NatsDriver(Driver):
         for msg in msgs:
             headers = msg.headers or {}
             try:
+                late_by = self._late_by(msg)
+                if late_by is not None:
+                    await self._drop_late(msg, late_by)
+                    continue
                 lease = self._lease(msg, pulled_at)
             except (KeyError, ValueError, TypeError) as error:
                 log.error("dropping a malformed nats message", pipeline=self.name, error=str(error))
-                await self._quietly(msg.term())
-                continue
-            if lease is None:
                 await self._quietly(msg.term())
                 continue
             not_before = float(headers.get(_NOT_BEFORE, "0"))
