@@ -15,7 +15,8 @@ client::
     │   ├── WorkerFailed       the worker answered with an ERROR frame
     │   ├── BadAnswer          the worker answered something the protocol does not allow
     │   ├── PoolStopped
-    │   └── PoolLimit          the change would leave the pool without a worker
+    │   └── PoolLimit          the change would leave the pool without a worker, or grow it
+    │                          beyond max_workers
     ├── RelayError             bytes from a worker are not a valid frame (the worker is replaced)
     │   └── FrameError         BadChecksum, BadVersion, FrameTooLarge, TruncatedFrame
     │                          (in pool/frame.py, which worker processes import)
@@ -29,7 +30,10 @@ client::
     │   └── InvalidJob
     └── ApiError               a management API call failed (status and message kept)
         ├── NotFound           no such pool, connection or route
-        └── ApiUnavailable     the server could not be reached
+        ├── ApiUnavailable     the server could not be reached
+        ├── Forbidden          the API does not trust the request (Host, Origin) or refuses
+        │                      what it asks for (a Declare beyond the configuration)
+        └── UnsupportedMediaType  a change not sent as application/json
 """
 
 from __future__ import annotations
@@ -86,7 +90,8 @@ class PoolStopped(PoolError):
 
 
 class PoolLimit(PoolError):
-    """The pool refuses a change that would leave it unable to serve (no worker left)."""
+    """The pool refuses a change that would leave it unable to serve (no worker left) or
+    grow it past its cap (`max_workers`)."""
 
 
 class RelayError(MailrunnerError):
@@ -145,3 +150,19 @@ class ApiUnavailable(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, 503)
+
+
+class Forbidden(ApiError):
+    """The API refuses the request whoever retries it: a caller it does not trust (another
+    site's page, a rebound DNS name) or an action beyond what the configuration allows."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 403)
+
+
+class UnsupportedMediaType(ApiError):
+    """A request that changes something was not sent as `application/json`: unlike a form's
+    types, a web page cannot send that to another site without a CORS preflight."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 415)

@@ -6,6 +6,7 @@ tests/conftest.py), so a blocking client drives it over real TCP exactly as curl
 
 from __future__ import annotations
 
+import http.client
 import json
 import smtplib
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -51,13 +53,14 @@ class Api:
         headers: Mapping[str, str] | None = None,
         timeout: float = 20.0,
     ) -> Reply:
-        """`body` is sent as JSON; `data` is sent as is (for malformed requests)."""
+        """`body` is sent as JSON; `data` is sent as is (for malformed requests); a POST is
+        always `application/json` unless `headers` say otherwise."""
         if data is None and body is not None:
             data = json.dumps(body).encode("utf-8")
         if data is None and method == "POST":
             data = b""
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        if data:
+        if method != "GET":
             request.add_header("Content-Type", "application/json")
         if self.token is not None:
             request.add_header("Authorization", f"Bearer {self.token}")
@@ -105,6 +108,30 @@ class Api:
         reply = self.get("/metrics")
         assert reply.status == 200, reply.body
         return Metrics(reply.body)
+
+
+def send_raw(
+    api_url: str,
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    body: bytes = b"",
+) -> Reply:
+    """A request with exactly these headers, as a browser or an attacker sends it: http.client
+    adds only Content-Length (and Host when not given), where urllib would fill in a POST's
+    Content-Type."""
+    address = urlsplit(api_url)
+    assert address.hostname is not None
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=20)
+    try:
+        connection.request(method, path, body=body, headers=dict(headers))
+        response = connection.getresponse()
+        raw = response.read()
+        content_type = response.headers.get_content_type()
+    finally:
+        connection.close()
+    parsed: Any = json.loads(raw) if content_type == "application/json" else raw.decode()
+    return Reply(response.status, parsed, content_type)
 
 
 def wire_job(pipeline: str, payload: Any = None, **job: Any) -> dict[str, Any]:
@@ -167,9 +194,11 @@ def start_jobs_node(
     *,
     workers: int = 2,
     pipelines: Mapping[str, Any] | None = None,
+    pool: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> JobsNode:
-    """A server on the real Jobs path with `work` (memory) consumed by real worker processes."""
+    """A server on the real Jobs path with `work` (memory) consumed by real worker processes;
+    `pool` adds settings of jobs.pool."""
     log = tmp_path / f"executed-{uuid.uuid4().hex}.log"
     server = start_server(
         record=False,
@@ -182,6 +211,7 @@ def start_jobs_node(
                 "exec_timeout": 10,
                 "destroy_timeout": 3,
                 "allocate_timeout": 5,
+                **(pool or {}),
             },
             "shutdown_timeout": 3,
         },

@@ -156,7 +156,7 @@ def test_declare_of_a_sqlite_path_outside_data_dir_is_refused(
     refused = api.post(
         "/jobs/pipelines", {"name": "out", "driver": "sqlite", "config": {"path": str(outside)}}
     )
-    assert (refused.status, refused.body["type"]) == (422, "InvalidPipeline")
+    assert (refused.status, refused.body["type"]) == (403, "Forbidden")
     assert "data_dir" in refused.body["error"]
     assert not outside.exists()
     assert "out" not in api.ok("GET", "/jobs/pipelines")["pipelines"]

@@ -28,12 +28,14 @@ from mailrunner.errors import (
     ApiError,
     ApiUnavailable,
     DriverError,
+    Forbidden,
     InvalidJob,
     InvalidPipeline,
     NotFound,
     PipelineConflict,
     PipelineNotFound,
     PushTimeout,
+    UnsupportedMediaType,
 )
 from mailrunner.jobs.model import FailedJob, Job, PushResult
 from mailrunner.jobs.service import DEFAULT_PUSH_TIMEOUT
@@ -44,7 +46,10 @@ _ERRORS: dict[str, type[Exception]] = {
     "InvalidJob": InvalidJob,
     "InvalidPipeline": InvalidPipeline,
     "PushTimeout": PushTimeout,
+    "Forbidden": Forbidden,
+    "UnsupportedMediaType": UnsupportedMediaType,
 }
+_READING_METHODS = frozenset({"GET", "HEAD"})
 _REPLY_GRACE = 0.75
 """How long past its push_timeout the node's answer is awaited. The node gives up 0.25 s
 before push_timeout, counted from the request's arrival, and a broker driver may take 0.5 s
@@ -81,7 +86,10 @@ class ApiClient:
     async def call(
         self, method: str, path: str, body: Any = None, *, request_timeout: float | None = None
     ) -> Any:
-        """One request; JSON in, JSON (or text for /metrics) out."""
+        """One request; JSON in, JSON (or text for /metrics) out. A change is always sent as
+        JSON, `{}` when it has no parameters: the server refuses any other type."""
+        if body is None and method.upper() not in _READING_METHODS:
+            body = {}
         per_call = aiohttp.ClientTimeout(total=request_timeout) if request_timeout else None
         try:
             async with self._client().request(

@@ -18,12 +18,14 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mailrunner import __version__
 from mailrunner.api.schemas import (
+    MAX_LIST_LIMIT,
     ConnectionsResponse,
     ConnectionWire,
     CountResponse,
     DeclareRequest,
     DeclareResponse,
     DestroyRequest,
+    EmptyRequest,
     ErrorResponse,
     FailedJobWire,
     FailedResponse,
@@ -43,6 +45,7 @@ from mailrunner.api.schemas import (
     WorkersResponse,
     WorkerWire,
 )
+from mailrunner.api.trust import JSON, DeclarePolicy, RequestGuard
 from mailrunner.config import PipelineConfig, RpcConfig, split_host_port
 from mailrunner.errors import (
     ApiError,
@@ -99,7 +102,7 @@ class Route:
     request: type[BaseModel] | None = None
     query: tuple[str, ...] = ()
     public: bool = False
-    content_type: str = "application/json"
+    content_type: str = JSON
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
@@ -144,9 +147,11 @@ def _time_left(push_timeout: float | None, arrived: float) -> float:
 
 
 def _limit(request: web.Request, default: int) -> int:
+    """Refused, not cut, beyond MAX_LIST_LIMIT: a caller that asked for more and got fewer
+    would take them for all there is."""
     text = request.query.get("limit", str(default))
-    if not text.isdigit() or not 1 <= int(text) <= 100_000:
-        raise InvalidJob("limit must be an integer from 1 to 100000")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
+        raise InvalidJob(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
     return int(text)
 
 
@@ -163,8 +168,11 @@ class ApiServer:
         metrics: Metrics,
         consumed: list[str],
         max_request: int,
+        declare_policy: DeclarePolicy,
     ) -> None:
         self._config = config
+        self._guard = RequestGuard(config)
+        self._declare_policy = declare_policy
         self._jobs = jobs
         self._smtp = smtp
         self._pools = pools
@@ -178,7 +186,8 @@ class ApiServer:
 
     def application(self) -> web.Application:
         app = web.Application(
-            client_max_size=self._max_request, middlewares=[self._errors, self._auth]
+            client_max_size=self._max_request,
+            middlewares=[self._errors, self._trusted, self._auth, self._json_only],
         )
         for route in self.routes:
             app.router.add_route(route.method, route.path, route.handler)
@@ -204,6 +213,16 @@ class ApiServer:
             self._runner = None
 
     # --- middlewares -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _trusted(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._guard.check_sender(request)
+        return await handler(request)
+
+    @web.middleware
+    async def _json_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._guard.check_media_type(request)
+        return await handler(request)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -273,8 +292,22 @@ class ApiServer:
                 OkResponse,
                 DestroyRequest,
             ),
-            Route("POST", f"{pipeline}/pause", "Pause consuming", self.pause, OkResponse),
-            Route("POST", f"{pipeline}/resume", "Resume consuming", self.resume, OkResponse),
+            Route(
+                "POST",
+                f"{pipeline}/pause",
+                "Pause consuming",
+                self.pause,
+                OkResponse,
+                EmptyRequest,
+            ),
+            Route(
+                "POST",
+                f"{pipeline}/resume",
+                "Resume consuming",
+                self.resume,
+                OkResponse,
+                EmptyRequest,
+            ),
             Route("GET", f"{pipeline}/stat", "Pipeline stat", self.stat, StatResponse),
             Route(
                 "GET",
@@ -309,13 +342,21 @@ class ApiServer:
                 IdsRequest,
             ),
             Route("GET", "/workers/{pool}", "List workers", self.workers, WorkersResponse),
-            Route("POST", "/workers/{pool}/add", "Add a worker", self.add_worker, WorkerResponse),
+            Route(
+                "POST",
+                "/workers/{pool}/add",
+                "Add a worker, up to max_workers",
+                self.add_worker,
+                WorkerResponse,
+                EmptyRequest,
+            ),
             Route(
                 "POST",
                 "/workers/{pool}/remove",
                 "Remove a worker",
                 self.remove_worker,
                 WorkerResponse,
+                EmptyRequest,
             ),
             Route(
                 "POST",
@@ -323,6 +364,7 @@ class ApiServer:
                 "Replace every worker",
                 self.reset_workers,
                 OkResponse,
+                EmptyRequest,
             ),
             Route(
                 "GET",
@@ -337,6 +379,7 @@ class ApiServer:
                 "Close a connection",
                 self.close_connection,
                 OkResponse,
+                EmptyRequest,
             ),
             Route(
                 "GET",
@@ -385,6 +428,7 @@ class ApiServer:
             settings = PIPELINE_SETTINGS.validate_python(body.settings())
         except ValidationError as error:
             raise InvalidPipeline(f"pipeline {body.name!r}: {error.errors()[0]['msg']}") from None
+        await asyncio.to_thread(self._declare_policy.check, body.name, settings)
         created = await self._jobs.declare(body.name, settings, consume=body.consume)
         return _json(DeclareResponse(pipeline=body.name, created=created))
 
@@ -394,10 +438,12 @@ class ApiServer:
         return _json(OkResponse())
 
     async def pause(self, request: web.Request) -> web.Response:
+        await _body(request, EmptyRequest)
         await self._jobs.pause(request.match_info["name"])
         return _json(OkResponse())
 
     async def resume(self, request: web.Request) -> web.Response:
+        await _body(request, EmptyRequest)
         await self._jobs.resume(request.match_info["name"])
         return _json(OkResponse())
 
@@ -420,7 +466,7 @@ class ApiServer:
 
     async def purge_failed(self, request: web.Request) -> web.Response:
         body: IdsRequest = await _body(request, IdsRequest)
-        count = await self._jobs.purge_failed(request.match_info["name"], body.ids)
+        count = len(await self._jobs.purge_failed(request.match_info["name"], body.ids))
         return _json(CountResponse(count=count))
 
     # --- workers and connections -------------------------------------------------------------
@@ -439,14 +485,17 @@ class ApiServer:
         return _json(WorkersResponse(pool=pool.name, workers=workers))
 
     async def add_worker(self, request: web.Request) -> web.Response:
+        await _body(request, EmptyRequest)
         pool = self._pool(request)
         return _worker_response(pool, await pool.add_worker())
 
     async def remove_worker(self, request: web.Request) -> web.Response:
+        await _body(request, EmptyRequest)
         pool = self._pool(request)
         return _worker_response(pool, await pool.remove_worker())
 
     async def reset_workers(self, request: web.Request) -> web.Response:
+        await _body(request, EmptyRequest)
         await self._pool(request).reset()
         return _json(OkResponse())
 
@@ -469,6 +518,7 @@ class ApiServer:
         return _json(ConnectionsResponse(connections=listed))
 
     async def close_connection(self, request: web.Request) -> web.Response:
+        await _body(request, EmptyRequest)
         connection_id = request.match_info["uuid"]
         connection = self._smtp.connection(connection_id)
         if connection is None:
@@ -533,7 +583,7 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
         components[model.__name__] = schema
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
-    error = {"content": {"application/json": {"schema": ref(ErrorResponse)}}}
+    error = {"content": {JSON: {"schema": ref(ErrorResponse)}}}
     for route in routes:
         operation: dict[str, Any] = {
             "summary": route.summary,
@@ -548,7 +598,7 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
                 "name": name,
                 "in": "query",
                 "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": 100000},
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
             }
             for name in route.query
         ]
@@ -557,10 +607,10 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
         if route.request is not None:
             operation["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": ref(route.request)}},
+                "content": {JSON: {"schema": ref(route.request)}},
             }
         if route.response is None:
-            untyped = {"type": "object"} if route.content_type == "application/json" else None
+            untyped = {"type": "object"} if route.content_type == JSON else None
             ok: dict[str, Any] = {
                 "description": "OK",
                 "content": {route.content_type: {"schema": untyped or {"type": "string"}}},
@@ -568,13 +618,14 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
         else:
             ok = {
                 "description": "OK",
-                "content": {"application/json": {"schema": ref(route.response)}},
+                "content": {JSON: {"schema": ref(route.response)}},
             }
+        statuses = _ERROR_STATUSES | (_BODY_STATUSES if route.request is not None else {})
         operation["responses"] = {
             "200": ok,
             **{
                 str(status): {"description": description, **error}
-                for status, description in _ERROR_STATUSES.items()
+                for status, description in sorted(statuses.items())
             },
         }
         if not route.public:
@@ -593,10 +644,18 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
 
 _ERROR_STATUSES = {
     401: "rpc.token is set and the bearer token is missing or wrong",
+    403: "without rpc.token, the Host is not this API's address, a loopback name or one of"
+    " rpc.allowed_hosts, or the Origin is another site; or a Declare reaches beyond the"
+    " configuration file (rpc.allow_any_declare)",
     404: "unknown pipeline, pool or connection",
-    409: "a pipeline of that name exists with other settings",
+    409: "a pipeline of that name exists with other settings, or the pool is at max_workers"
+    " or down to its last worker",
     422: "the request is malformed",
     503: "the driver or pool is unavailable, or timed out",
+}
+_BODY_STATUSES = {
+    413: "the body is over the request limit, which follows smtp.max_message_size",
+    415: "the body is not sent as Content-Type: application/json",
 }
 
 

@@ -16,6 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from mailrunner.jobs.model import FailedJob, Job, JobOptions
 
+MAX_DELAY = 30 * 24 * 3600
+"""A job may wait at most 30 days: a longer delay is a mistake in seconds versus
+milliseconds, or a way to park jobs (and their attachment folders) for ever."""
+MAX_LIST_LIMIT = 1000
+"""`peek` and `failed` return at most this many jobs per call: each may be an email's whole
+event, so one request cannot ask the server to load its whole store into memory."""
+
 
 class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -24,7 +31,12 @@ class Wire(BaseModel):
 class JobOptionsWire(Wire):
     pipeline: str = Field(min_length=1)
     priority: int = Field(default=0, ge=0, le=2**31)
-    delay: float = Field(default=0.0, ge=0, le=10**9)
+    delay: float = Field(
+        default=0.0,
+        ge=0,
+        le=MAX_DELAY,
+        description="Seconds before the job is due (30 days at most).",
+    )
     auto_ack: bool = False
 
 
@@ -141,6 +153,11 @@ class DeclareRequest(Wire):
 class DeclareResponse(Wire):
     pipeline: str
     created: bool
+
+
+class EmptyRequest(Wire):
+    """The body of a POST that takes no parameters: `{}` or nothing. It is still sent as
+    application/json, like every change, so a web page cannot send it cross-site."""
 
 
 class DestroyRequest(Wire):

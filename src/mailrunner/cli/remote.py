@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from mailrunner.api.client import ApiClient, pipeline_path
+from mailrunner.api.schemas import MAX_DELAY, MAX_LIST_LIMIT
 from mailrunner.cli.common import api_options, call_api, show
 from mailrunner.worker import EMAIL_JOB, Email, EventError
 
@@ -162,7 +163,9 @@ def destroy(pipeline: str, purge: bool, **options: Any) -> None:
 @click.option("--id", "job_id", default=None, help="Job id (default: a new UUID).")
 @click.option("--header", multiple=True, help="Header key=value (repeatable).")
 @click.option("--priority", type=int, default=0, help="0 = the pipeline's priority.")
-@click.option("--delay", type=float, default=0.0)
+@click.option(
+    "--delay", type=click.FloatRange(0, MAX_DELAY), default=0.0, help="Seconds (30 days at most)."
+)
 @click.option("--auto-ack", is_flag=True)
 @api_options
 def push(pipeline: str, payload: str, payload_file: Path | None, **options: Any) -> None:
@@ -190,7 +193,7 @@ def push(pipeline: str, payload: str, payload_file: Path | None, **options: Any)
 
 @jobs.command()
 @click.argument("pipeline")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=10, show_default=True)
+@click.option("--limit", type=click.IntRange(1, MAX_LIST_LIMIT), default=10, show_default=True)
 @api_options
 def peek(pipeline: str, limit: int, **options: Any) -> None:
     """Show stored jobs in the order they will be served, without taking them."""
@@ -209,7 +212,7 @@ def failed() -> None:
 
 @failed.command(name="list")
 @click.argument("pipeline")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1, MAX_LIST_LIMIT), default=100, show_default=True)
 @api_options
 def list_failed(pipeline: str, limit: int, **options: Any) -> None:
     """Jobs that used up their attempts or were nacked without requeue."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from mailrunner.config import PoolConfig
+from mailrunner.config import MAX_WORKERS_FACTOR, PoolConfig
 from mailrunner.errors import (
     ExecTimeout,
     NoFreeWorker,
@@ -374,6 +374,14 @@ class WorkerPool:
         return sorted((w.info() for w in self._workers), key=lambda info: info.created)
 
     async def add_worker(self) -> WorkerInfo:
+        """Start one more worker, up to `worker_limit`: each is a process, and the API must
+        not let one caller fork the machine to death."""
+        limit = self.config.worker_limit
+        if self._target >= limit:
+            raise PoolLimit(
+                f"the {self.name} pool is at its limit of {limit} workers"
+                f" ({self.name}.pool.max_workers, default {MAX_WORKERS_FACTOR}x num_workers)"
+            )
         self._target += 1
         try:
             return (await self._spawn()).info()
