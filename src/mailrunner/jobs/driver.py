@@ -8,9 +8,43 @@ same above this line. `tests/jobs/contract.py` is the executable form of these d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, QueueStat
+
+VerdictListener = Callable[[float], None]
+"""Told a `time.monotonic()` instant: the push's outcome comes by then, after its deadline."""
+
+_verdict_listener: ContextVar[VerdictListener | None] = ContextVar(
+    "mailrunner_verdict_listener", default=None
+)
+
+
+@contextmanager
+def verdict_listener(listener: VerdictListener) -> Iterator[None]:
+    """Pushes awaited inside this block (in this task) tell `listener` when their outcome will
+    come after their deadline: a caller that bounds its wait with a timeout of its own (the SMTP
+    side) extends it then, instead of reporting a failure for a job that is stored a moment
+    later. Once the block is left, late news is ignored."""
+    active = True
+
+    def relay(instant: float) -> None:
+        if active:
+            listener(instant)
+
+    token = _verdict_listener.set(relay)
+    try:
+        yield
+    finally:
+        active = False
+        _verdict_listener.reset(token)
+
+
+def current_verdict_listener() -> VerdictListener | None:
+    """For a driver's `push`: whom to tell that its outcome comes after the deadline."""
+    return _verdict_listener.get()
 
 
 class Lease(ABC):
@@ -71,9 +105,13 @@ class Driver(ABC):
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
         """Store `jobs` (all or nothing) and return only when they are durable.
 
-        `deadline` is a `time.monotonic()` instant: a job that is not stored by then is never
-        stored afterwards, and PushTimeout is raised. A job id already stored is not stored
-        twice when `capabilities.idempotent_push`. Concurrent calls may share a transaction.
+        `deadline` is a `time.monotonic()` instant: a job whose storing has not begun by then
+        is never stored afterwards, and PushTimeout is raised. Storing that has begun and cannot
+        be withdrawn (a sqlite COMMIT in flight) is waited for, past the deadline, and push
+        reports what really happened: it first tells `current_verdict_listener()`, if any, by
+        when the outcome will be known, so that no caller gives up on a job that is then
+        stored. A job id already stored is not stored twice when
+        `capabilities.idempotent_push`. Concurrent calls may share a transaction.
         """
 
     @abstractmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from typing import ClassVar, Protocol
 
 import structlog
@@ -15,6 +16,7 @@ import structlog
 from mailrunner.config import SmtpJobsConfig
 from mailrunner.errors import BadAnswer, DeliveryTimeout
 from mailrunner.events import EmailEvent
+from mailrunner.jobs.driver import VerdictListener, verdict_listener
 from mailrunner.jobs.model import Job, JobOptions
 from mailrunner.mime.attachments import TempfileStorage
 from mailrunner.pool.pool import WorkerPool
@@ -23,7 +25,9 @@ from mailrunner.worker.jobs import EMAIL_JOB
 log = structlog.get_logger("mailrunner.smtp")
 
 _PUSH_GRACE = 1.0
-"""Drivers answer by their deadline; this bounds a driver that does not, so 451 still comes."""
+"""Drivers answer by their deadline, or by the instant they name when storing that cannot be
+withdrawn is under way (a sqlite COMMIT); this bounds a driver that does not, so 451 still
+comes."""
 
 
 class Outcome(enum.Enum):
@@ -99,12 +103,19 @@ class JobsDelivery:
     async def deliver(self, event: EmailEvent) -> Outcome:
         timeout = self._settings.push_timeout
         try:
-            async with asyncio.timeout(timeout + _PUSH_GRACE):
-                await self._rpc.push(email_job(event, self._settings), push_timeout=timeout)
+            async with asyncio.timeout(timeout + _PUSH_GRACE) as bound:
+                with verdict_listener(_extender(bound)):
+                    await self._rpc.push(email_job(event, self._settings), push_timeout=timeout)
         except TimeoutError:
-            await self._forget_attachments(event)
+            log.warning(
+                "push outcome unknown: attachments kept",
+                uuid=event.uuid,
+                id=event.id,
+                pipeline=self._settings.pipeline,
+            )
             raise DeliveryTimeout(
-                f"push to {self._settings.pipeline} took over {timeout}s"
+                f"push to {self._settings.pipeline} gave no outcome within {timeout}s"
+                f" + {_PUSH_GRACE}s"
             ) from None
         except Exception:
             await self._forget_attachments(event)
@@ -115,6 +126,24 @@ class JobsDelivery:
         return Outcome.ACCEPTED
 
     async def _forget_attachments(self, event: EmailEvent) -> None:
-        """A refused message leaves no files behind: the client will send it again."""
+        """A refused message leaves no files behind: the client will send it again.
+
+        Only when the push said it failed: after the bound ran out without an answer the job
+        may still be stored, and a stored job must not lose its files (the folder, marked with
+        the pipeline, goes with `destroy --purge` if the job never shows up)."""
         if self._attachments is not None and event.attachments:
             await asyncio.to_thread(self._attachments.remove, event.id)
+
+
+def _extender(bound: asyncio.Timeout) -> VerdictListener:
+    """A listener that pushes `bound` back to `_PUSH_GRACE` after the instant a driver names
+    for its outcome (never earlier than it already is, and not once it has fired)."""
+    loop = asyncio.get_running_loop()
+
+    def extend(instant: float) -> None:
+        when = loop.time() + (instant - time.monotonic()) + _PUSH_GRACE
+        current = bound.when()
+        if current is not None and when > current and not bound.expired():
+            bound.reschedule(when)
+
+    return extend

@@ -4,7 +4,10 @@ Every SQLite call runs on the driver's own thread, never on the event loop. Conc
 pushes are group-committed: whatever arrived while the previous transaction was being
 written goes into the next one, and each push returns after the commit that holds it.
 A push whose deadline passes before its transaction gets the write lock is dropped, never
-written later: that is what lets the SMTP side answer 451 honestly.
+written later: that is what lets the SMTP side answer 451 honestly. Once its transaction has
+begun, a push's outcome is the COMMIT's, whenever that comes: the push waits for it past its
+deadline (telling its caller's verdict listener to wait up to `COMMIT_WAIT` more), so a
+push never fails for a job that the COMMIT then stores.
 
 Schema (table `jobs`, one row per job, shared by every pipeline in the file):
 
@@ -45,7 +48,7 @@ from typing import Any, TypeVar
 
 from mailrunner.config import SqlitePipeline
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
-from mailrunner.jobs.driver import Driver, Lease
+from mailrunner.jobs.driver import Driver, Lease, VerdictListener, current_verdict_listener
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
 
 T = TypeVar("T")
@@ -75,8 +78,12 @@ _ROWS_PER_INSERT = 100
 """Rows per INSERT statement: 900 parameters, under the 999 SQLite allowed before 3.32."""
 BUSY_TIMEOUT = 5.0
 """Seconds a statement waits for another connection's lock (a push: at most until its
-deadline), and the bound on a COMMIT the SMTP side waits for past its deadline."""
+deadline)."""
 BUSY_TIMEOUT_MS = round(BUSY_TIMEOUT * 1000)
+COMMIT_WAIT = BUSY_TIMEOUT
+"""Seconds from the start of its transaction a push's caller is asked to wait for the
+COMMIT: what any other statement may wait for a lock. A WAL commit takes no lock of its own,
+so only a stalled disk makes it slower."""
 _IDLE_POLL = 0.25
 """How often an idle reserve looks for jobs pushed by other processes into the same file."""
 
@@ -86,6 +93,9 @@ class _PendingPush:
     jobs: Sequence[Job]
     deadline: float
     future: asyncio.Future[None] = field(repr=False)
+    listener: VerdictListener | None = field(default=None, repr=False)
+    """The caller's, told when the push's transaction begins (its outcome may then come
+    after the deadline)."""
 
     def expired(self) -> bool:
         return self.future.cancelled() or time.monotonic() >= self.deadline
@@ -217,7 +227,8 @@ class SqliteDriver(Driver):
             raise PushTimeout(f"pipeline {self.name}: push deadline passed before storing")
         if self._committer is None:
             raise DriverUnavailable(f"pipeline {self.name}: the sqlite driver is not open")
-        pending = _PendingPush(jobs, deadline, asyncio.get_running_loop().create_future())
+        future = asyncio.get_running_loop().create_future()
+        pending = _PendingPush(jobs, deadline, future, current_verdict_listener())
         self._committer.submit(pending)
         await pending.future
 
@@ -529,6 +540,7 @@ class _GroupCommitter:
             raise
         try:
             stored = [p for p in batch if not p.expired()]
+            self._committing(stored)
             now = time.time()
             rows = [_row(self._driver.name, job, now) for push in stored for job in push.jobs]
             for start in range(0, len(rows), _ROWS_PER_INSERT):
@@ -539,6 +551,19 @@ class _GroupCommitter:
             db.execute("ROLLBACK")
             raise
         return stored
+
+    def _committing(self, stored: list[_PendingPush]) -> None:
+        """From here on these pushes' outcome is the COMMIT's, even past their deadline:
+        their callers are told to wait for it (one wake-up of the loop per transaction)."""
+        listeners = [p.listener for p in stored if p.listener is not None]
+        if listeners:
+            due = time.monotonic() + COMMIT_WAIT
+            self._loop.call_soon_threadsafe(_tell_all, listeners, due)
+
+
+def _tell_all(listeners: list[VerdictListener], due: float) -> None:
+    for listener in listeners:
+        listener(due)
 
 
 @functools.cache
