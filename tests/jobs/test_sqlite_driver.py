@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sqlite3
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -78,6 +80,19 @@ def write_lock_held(path: Path) -> Iterator[None]:
             yield
         finally:
             connection.execute("ROLLBACK")
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def in_pipeline(job: Job, pipeline: str) -> Job:
@@ -242,3 +257,42 @@ class TestSqliteDriver(DriverContract):
             )
 
         harness.run(scenario)
+
+    def test_files_it_creates_are_private_whatever_the_umask(self, tmp_path: Path) -> None:
+        folder = tmp_path / "fresh" / "jobs"
+        harness = Harness.from_settings(
+            {"driver": "sqlite", "config": {"path": str(folder / "jobs.db")}}, tmp_path
+        )
+        created: dict[str, str] = {}
+
+        async def scenario(driver: Driver) -> None:
+            await push(driver, make_job("job-1"))
+            for path in (tmp_path / "fresh", folder, *folder.iterdir()):
+                created[path.relative_to(tmp_path).as_posix()] = oct(mode(path))
+
+        with umask(0):
+            harness.run(scenario)
+        assert {"fresh/jobs/jobs.db-wal", "fresh/jobs/jobs.db-shm"} <= set(created), (
+            f"no WAL files to check while open: {created}"
+        )
+        expected = {name: oct(0o600) for name in created} | {
+            "fresh": oct(0o700),
+            "fresh/jobs": oct(0o700),
+        }
+        assert created == expected, "jobs hold mail and credentials: only the owner may read"
+
+    def test_an_existing_database_keeps_its_mode(self, tmp_path: Path) -> None:
+        path = tmp_path / "shared.db"
+        with closing(sqlite3.connect(path)):
+            pass
+        path.chmod(0o640)
+        harness = Harness.from_settings(
+            {"driver": "sqlite", "config": {"path": str(path)}}, tmp_path
+        )
+
+        async def scenario(driver: Driver) -> None:
+            await push(driver, make_job("job-1"))
+
+        harness.run(scenario)
+        assert mode(path) == 0o640, "the owner chose this file's mode"
+        assert rows(path) == {"job-1": b"payload"}

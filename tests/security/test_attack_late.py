@@ -1,18 +1,22 @@
-"""Attacks on the jobs side of a running `mailrunner serve`: no silent drops, bounded queues.
+"""Attacks on the jobs side of a running `mailrunner serve`: no silent drops, bounded queues,
+private job files.
 
 A memory pipeline that nobody consumes is flooded over SMTP: beyond `max_queued` the
 senders get 451 (they retry later) instead of the server growing until the kernel kills it
 with every stored job. A nats pusher whose clock lags the server's stores jobs that look late:
 beyond `max_clock_skew` the consumer drops them, but says so in the log and in /metrics, and
-within it the job is served.
+within it the job is served. Another local user reads the sqlite jobs file, which holds every
+message and captured credential, unless its mode keeps them out whatever the umask.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import smtplib
+import stat
 import sys
 import urllib.request
 import uuid
@@ -42,7 +46,7 @@ def api_get(server: ServeProcess, path: str) -> bytes:
         return body
 
 
-def stat(server: ServeProcess, pipeline: str) -> dict[str, Any]:
+def pipeline_stat(server: ServeProcess, pipeline: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(api_get(server, f"/jobs/pipelines/{pipeline}/stat"))
     return result
 
@@ -72,7 +76,7 @@ def test_flooding_an_unconsumed_memory_pipeline_gets_451_beyond_max_queued(
         f"with max_queued {MAX_QUEUED}, {FLOOD} messages got {codes}"
     )
     assert replies[-1] == TEMP_FAILURE, f"a full pipeline answered {replies[-1]!r}"
-    counts = stat(server, "smtp-emails")
+    counts = pipeline_stat(server, "smtp-emails")
     assert counts["queued"] == MAX_QUEUED, f"the pipeline holds {counts}"
     assert "max_queued" in server.logs(), "the refusal's reason is not in the server log"
 
@@ -136,3 +140,26 @@ def test_a_lagging_pushers_late_job_is_logged_and_counted_and_one_within_the_ske
     assert len(warnings) == 1, f"expected one dropped-job warning, got {warnings}"
     assert "ten-seconds-late" in warnings[0], f"the warning does not name the job: {warnings}"
     assert "lagging" in warnings[0], f"the warning does not name the pipeline: {warnings}"
+
+
+def test_the_sqlite_jobs_file_and_its_wal_are_private_under_a_usual_umask(
+    serve: Callable[..., ServeProcess],
+) -> None:
+    previous = os.umask(0o022)  # the usual default: files world-readable
+    try:
+        server = serve(smtp={"auth": {"mode": "capture"}})
+    finally:
+        os.umask(previous)
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+        client.login("victim", "secret password")
+        client.sendmail("a@example.com", ["b@example.com"], message(0))
+    (event,) = server.wait_events(1)
+    assert event["authentication"]["password"] == "secret password"
+    data_dir = server.workdir / "var"
+    modes = {
+        path.name: oct(stat.S_IMODE(path.stat().st_mode))
+        for path in (data_dir, *data_dir.glob("jobs.db*"))
+    }
+    assert {"jobs.db", "jobs.db-wal", "jobs.db-shm"} <= set(modes), f"found {modes}"
+    expected = {name: oct(0o600) for name in modes} | {"var": oct(0o700)}
+    assert modes == expected, "other local users can read the stored mail and credentials"

@@ -9,6 +9,9 @@ begun, a push's outcome is the COMMIT's, whenever that comes: the push waits for
 deadline (telling its caller's verdict listener to wait up to `COMMIT_WAIT` more), so a
 push never fails for a job that the COMMIT then stores.
 
+Files: a database file the driver creates is 0600 (SQLite gives its -wal and -shm files the
+same mode), a folder it creates 0700; what already exists keeps its mode.
+
 Schema (table `jobs`, one row per job, shared by every pipeline in the file):
 
     seq          INTEGER PRIMARY KEY   push order (FIFO among equal priorities)
@@ -48,6 +51,7 @@ from typing import Any, TypeVar
 
 from mailrunner.config import SqlitePipeline
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
+from mailrunner.files import create_directories, write_new_file
 from mailrunner.jobs.driver import Driver, Lease, VerdictListener, current_verdict_listener
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
 
@@ -188,7 +192,11 @@ class SqliteDriver(Driver):
         return self._connection
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_directories(self.path.parent)
+        with contextlib.suppress(FileExistsError):
+            # SQLite would create it 0644 less the umask, and gives its -wal and -shm files
+            # the database file's mode: jobs hold mail and captured credentials.
+            write_new_file(self.path, b"")
         connection = _connect(self.path)
         connection.executescript(SCHEMA)
         self._connection = connection
