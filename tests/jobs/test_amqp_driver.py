@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from contract import (
     until_broker_unreachable,
 )
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from brokers import AMQP_ADDR, delete_amqp_pipeline
 from conftest import require_broker
@@ -311,3 +312,63 @@ def test_pushes_fail_fast_while_the_broker_is_away_and_work_after_it_reconnects(
         await proxy.stop()
 
     asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def squatted_queue(name: str) -> AsyncIterator[None]:
+    """A durable queue `name` declared by someone else, without the driver's arguments (so
+    the driver's own declare of it is refused with PRECONDITION_FAILED), deleted afterwards."""
+    connection = await aio_pika.connect(AMQP_ADDR, timeout=5.0)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(name, durable=True)
+        try:
+            yield
+        finally:
+            await (await connection.channel()).queue_delete(name)
+
+
+def test_a_refused_delay_queue_declare_fails_that_push_only_and_keeps_the_leases(
+    queue_name: str, tmp_path: Path
+) -> None:
+    harness = harness_for(queue_name, tmp_path, visibility_timeout=30.0)
+
+    async def scenario(driver: Driver) -> None:
+        await push(driver, make_job("held"))
+        held = await reserve_one(driver, 1.0, "a pushed job")
+        async with squatted_queue(f"{queue_name}.delay.7000"):
+            with pytest.raises(DriverError, match="PRECONDITION_FAILED"):
+                await driver.push([make_job("odd", delay=7.0)], deadline=soon())
+            await push(driver, make_job("next"))  # at once: the driver's channel is open
+            await assert_stat(driver, queue_stat(queued=1, reserved=1), "after the refusal")
+            await held.ack()
+            lease = await reserve_one(driver, 1.0, "the job pushed after the refusal")
+            assert lease.job.id == "next", f"served {lease.job.id}: the held lease came back"
+            await lease.ack()
+            await assert_nothing_due(driver, "the acked lease was delivered again", 0.3)
+
+    harness.run(scenario)
+
+
+def test_the_longest_api_delay_is_held_a_longer_push_is_refused_and_a_longer_nack_is_cut(
+    queue_name: str, tmp_path: Path
+) -> None:
+    thirty_days = 30 * 24 * 3600.0
+    fifty_days = 50 * 24 * 3600.0
+
+    async def scenario(driver: Driver) -> None:
+        await push(driver, make_job("thirty-days", delay=thirty_days))
+        await assert_stat(driver, queue_stat(delayed=1), "a job delayed by 30 days")
+        with pytest.raises(DriverError, match=r"about 49\.7 days"):
+            await driver.push([make_job("fifty-days", delay=fifty_days)], deadline=soon())
+        await push(driver, make_job("now"))
+        await assert_stat(driver, queue_stat(queued=1, delayed=1), "after the refusal")
+        lease = await reserve_one(driver, 1.0, "the undelayed job")
+        with capture_logs() as logs:
+            await lease.nack(requeue=True, delay=fifty_days)  # a worker asking too much
+        await assert_stat(driver, queue_stat(delayed=2), "a nack beyond the longest delay")
+        assert [entry["event"] for entry in logs] == [
+            "amqp delay cut to the longest rabbitmq can hold"
+        ]
+
+    harness_for(queue_name, tmp_path).run(scenario)

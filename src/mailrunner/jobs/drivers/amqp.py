@@ -17,7 +17,13 @@ the driver on top of it. What it honours (the capabilities it declares):
   `<queue>.delay.<ms>` with `x-message-ttl: ms` and a dead-letter route back to the main
   queue, created on demand. Delays are rounded UP to two significant digits (at most ~10 %
   late, never early) to bound the number of such queues. Their names are recorded in
-  `<queue>.delays` so that `stat`, `destroy` and a new driver instance can find them.
+  `<queue>.delays` so that `stat`, `destroy` and a new driver instance can find them. Delay
+  queues are declared, counted and deleted on channels of their own: RabbitMQ answers a
+  refused declare (PRECONDITION_FAILED, e.g. a queue of that name with other arguments) by
+  closing the channel, which must not be the one holding this driver's leases and
+  publishes. The longest delay is 2^32 - 1 ms (about 49.7 days, the largest TTL every
+  RabbitMQ version takes; the API allows 30 days): a push with a longer one fails before
+  anything is sent, and a nack asking for a longer one is held that long (with a warning).
 - peek: NO. AMQP cannot read a queue without taking its messages (basic.get leases them and
   counts as a delivery for `redelivered`), so the driver declares `peek: false`.
 - idempotent_push: NO. RabbitMQ does not deduplicate; a re-pushed id is stored twice.
@@ -91,7 +97,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -128,6 +134,9 @@ _CONFIRM_GRACE = 0.5
 """Seconds past a push's deadline to wait for confirms of messages sent before it."""
 _RECONNECT_INTERVAL = 1.0
 """Seconds between attempts to reconnect after the broker went away."""
+_MAX_DELAY_MS = 2**32 - 1
+"""The longest delay a delay queue is declared for: the largest `x-message-ttl` every
+RabbitMQ version takes (older ones refuse more; 3.10 takes up to ten years)."""
 _CLOSE_BUDGET = 5.0
 """Seconds close() spends moving held leases to the delay queue before it gives up on them
 (RabbitMQ then redelivers them at once, counted by `redelivered`)."""
@@ -282,7 +291,11 @@ class AmqpDriver(Driver):
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._queues: dict[str, AbstractQueue] = {}
+        """The queues declared on the driver's channel: main, failed list, catalog."""
         self._delays: set[int] = set()
+        """Every delay value in use on this queue (from the catalog, or declared here)."""
+        self._declared_delays: set[int] = set()
+        """Delay values whose queue this instance has declared since it opened."""
         self._leases: set[AmqpLease] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
@@ -314,8 +327,7 @@ class AmqpDriver(Driver):
                 await main.bind(self._exchange, self.routing_key)
                 await self._declare(self.failed_name)
                 await self._declare(self.catalog_name)
-                for ms in await self._read_catalog():
-                    await self._declare_delay(ms)
+                await self._read_catalog()
         except (TimeoutError, AMQPError, OSError) as error:
             await self.close()
             raise DriverUnavailable(
@@ -330,35 +342,50 @@ class AmqpDriver(Driver):
     def _delay_name(self, ms: int) -> str:
         return f"{self.queue_name}.delay.{ms}"
 
-    async def _declare_delay(self, ms: int) -> AbstractQueue:
-        """The delay queue for `ms`: its messages expire into the main queue after ms."""
+    async def _declare_delay(self, ms: int) -> None:
+        """The delay queue for `ms` (its messages expire into the main queue after ms),
+        declared on a channel of its own and recorded in the catalog."""
+        if ms in self._declared_delays:
+            return
         name = self._delay_name(ms)
-        queue = self._queues.get(name)
-        if queue is not None and ms in self._delays:
-            return queue
-        queue = await self._declare(
-            name,
-            {
-                "x-message-ttl": ms,
-                "x-dead-letter-exchange": self.exchange_name,
-                "x-dead-letter-routing-key": self.routing_key,
-            },
-        )
+        arguments: dict[str, Any] = {
+            "x-message-ttl": ms,
+            "x-dead-letter-exchange": self.exchange_name,
+            "x-dead-letter-routing-key": self.routing_key,
+        }
+        async with self._own_channel() as channel:
+            declaring = channel.declare_queue(name, durable=True, arguments=arguments)
+            await self._call(f"declaring {name}", declaring)
+        self._declared_delays.add(ms)
         if ms not in self._delays:
-            await self._publish(
-                aio_pika.Message(str(ms).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                "",
-                self.catalog_name,
+            entry = aio_pika.Message(
+                str(ms).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
             )
+            await self._call("recording a delay", self._publish(entry, "", self.catalog_name))
             self._delays.add(ms)
-        return queue
 
-    async def _read_catalog(self) -> set[int]:
-        """The delay values any node ever used on this queue (their queues may hold jobs)."""
+    async def _read_catalog(self) -> None:
+        """Learn the delay values any node ever used on this queue (their queues may hold
+        jobs)."""
         bodies = await self._browse(self.catalog_name, None, lambda message: None)
         found = {_int(body.decode("ascii", "replace"), -1) for body in bodies}
         self._delays.update(ms for ms in found if ms > 0)
-        return {ms for ms in found if ms > 0}
+
+    @contextlib.asynccontextmanager
+    async def _own_channel(self) -> AsyncIterator[AbstractChannel]:
+        """A channel for one operation, closed after it. RabbitMQ answers a refused declare or
+        a passive declare of a missing queue by closing the channel it came on: on the
+        driver's channel that would drop every lease it holds (their deliveries go back) and
+        the confirms of publishes in flight. Closing it also puts back what was taken on it."""
+        connection = self._connection
+        self._open_channel()
+        assert connection is not None
+        channel = await self._call("opening a channel", connection.channel())
+        try:
+            yield channel
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def close(self) -> None:
         connection = self._connection
@@ -381,6 +408,7 @@ class AmqpDriver(Driver):
         self._leases.clear()
         self._channel, self._exchange = None, None
         self._queues.clear()
+        self._declared_delays.clear()
         with contextlib.suppress(Exception):
             await connection.close()
 
@@ -440,8 +468,13 @@ class AmqpDriver(Driver):
         if not jobs:
             return
         delays = {delay_ms(job.options.delay) for job in jobs if job.options.delay > 0}
+        if delays and max(delays) > _MAX_DELAY_MS:
+            raise DriverError(
+                f"pipeline {self.name}: a delay of {max(delays)} ms is beyond the longest the"
+                f" amqp driver holds ({_MAX_DELAY_MS} ms, about 49.7 days); nothing was sent"
+            )
         for ms in sorted(delays):
-            await self._call("declaring a delay queue", self._declare_delay(ms))
+            await self._declare_delay(ms)
         if time.monotonic() >= deadline:
             raise PushTimeout(f"pipeline {self.name}: push deadline passed before publishing")
         # Tasks in job order: aiormq writes publishes in the order they take its channel lock.
@@ -597,8 +630,8 @@ class AmqpDriver(Driver):
         try:
             message = _message(job, attempt, front=front)
             if delay > 0:
-                ms = delay_ms(delay)
-                await self._call("declaring a delay queue", self._declare_delay(ms))
+                ms = self._settling_delay_ms(job, delay)
+                await self._declare_delay(ms)
                 await self._call(
                     "requeueing a job", self._publish(message, "", self._delay_name(ms))
                 )
@@ -610,6 +643,22 @@ class AmqpDriver(Driver):
             raise
         await self.settle(lease.message, "ack")
         self._changed.set()
+
+    def _settling_delay_ms(self, job: Job, delay: float) -> int:
+        """The delay queue a job settled with `delay` goes to. A worker may ask for any delay;
+        one beyond the longest is cut to it (the job comes back then, with a warning) rather
+        than failing the nack, which would hand the job straight back, attempt after attempt."""
+        ms = delay_ms(delay)
+        if ms <= _MAX_DELAY_MS:
+            return ms
+        log.warning(
+            "amqp delay cut to the longest rabbitmq can hold",
+            pipeline=self.name,
+            id=job.id,
+            asked_ms=ms,
+            max_ms=_MAX_DELAY_MS,
+        )
+        return _MAX_DELAY_MS
 
     async def move(
         self, lease: AmqpLease, job: Job, attempt: int, delay: float, *, front: bool
@@ -637,11 +686,27 @@ class AmqpDriver(Driver):
         result = await self._call(f"counting {name}", queue.declare(timeout=self._timeout))
         return int(result.message_count or 0)
 
+    async def _count_delay_queue(self, ms: int) -> int:
+        """Jobs waiting in the delay queue for `ms`, asked on a channel of its own: another
+        node's destroy may have deleted the queue, and asking for a missing one closes the
+        channel."""
+        name = self._delay_name(ms)
+
+        async def count(channel: AbstractChannel) -> int:
+            try:
+                queue = await channel.declare_queue(name, durable=True, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return 0
+            return int(queue.declaration_result.message_count or 0)
+
+        async with self._own_channel() as channel:
+            return await self._call(f"counting {name}", count(channel))
+
     async def stat(self) -> QueueStat:
         queued = await self._count(self.queue_name)
         delayed = 0
         for ms in sorted(self._delays):
-            delayed += await self._count(self._delay_name(ms))
+            delayed += await self._count_delay_queue(ms)
         failed = await self._count(self.failed_name)
         return QueueStat(queued=queued, delayed=delayed, reserved=len(self._leases), failed=failed)
 
@@ -660,12 +725,8 @@ class AmqpDriver(Driver):
         """Take up to `limit` messages of queue `name` on a channel of its own, let `pick`
         act on each (it may ack), then close the channel: RabbitMQ puts every message not
         acked back in its place."""
-        connection = self._connection
-        self._open_channel()
-        assert connection is not None
         bodies: list[bytes] = []
-        channel = await self._call("opening a channel", connection.channel())
-        try:
+        async with self._own_channel() as channel:
             queue = await self._call(
                 f"reading {name}", channel.declare_queue(name, durable=True, passive=True)
             )
@@ -679,9 +740,6 @@ class AmqpDriver(Driver):
                 outcome = pick(message)
                 if outcome is not None:
                     await self._call(f"changing {name}", outcome)
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
         return bodies
 
     async def failed(self, limit: int) -> list[FailedJob]:
@@ -748,14 +806,15 @@ class AmqpDriver(Driver):
         leases held here are dropped without settling (their deliveries are gone)."""
         for lease in list(self._leases):
             self.forget(lease)
-        self._open_channel()
-        names = [self._delay_name(ms) for ms in sorted(self._delays)]
-        names += [self.queue_name, self.failed_name, self.catalog_name]
-        for name in names:
+        async with self._own_channel() as channel:
+            for name in [self._delay_name(ms) for ms in sorted(self._delays)]:
+                await self._call(f"deleting {name}", channel.queue_delete(name))
+        for name in (self.queue_name, self.failed_name, self.catalog_name):
             queue = self._queues.pop(name, None)
             if queue is not None:
                 await self._call(f"deleting {name}", queue.delete(if_unused=False, if_empty=False))
         self._delays.clear()
+        self._declared_delays.clear()
         main = await self._call(
             "declaring the queue", self._declare(self.queue_name, {"x-max-priority": _MAX_PRIORITY})
         )
