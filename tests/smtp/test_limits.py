@@ -175,3 +175,36 @@ def test_bad_size_parameter_is_a_syntax_error(server: RunningServer, bad: str) -
     with smtplib.SMTP(server.host, server.port) as client:
         client.ehlo("c")
         assert client.docmd(f"MAIL FROM:<a@example.com> SIZE={bad}")[0] == 501
+
+
+def test_loopback_clients_are_not_limited_per_address_by_default(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    server = start_server(smtp={"max_connections_per_ip": 2})
+    clients = [socket.create_connection((server.host, server.port), timeout=5) for _ in range(4)]
+    try:
+        for client in clients:
+            assert read_reply(client).startswith(b"220 "), "loopback must be exempt by default"
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_connections_from_one_address_over_the_limit_get_421_and_close(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    server = start_server(smtp={"max_connections_per_ip": 2, "limit_loopback": True})
+    first = smtplib.SMTP(server.host, server.port)
+    second = smtplib.SMTP(server.host, server.port)
+    with socket.create_connection((server.host, server.port), timeout=5) as third:
+        reply = read_reply(third)
+        assert reply == (
+            b"421 4.7.0 localhost Too many connections from your address, try again later\r\n"
+        )
+        assert third.recv(100) == b"", "a refused connection must be closed"
+    first.quit()
+    wait_until(lambda: server.connection_count() == 1, "the first connection to go")
+    with smtplib.SMTP(server.host, server.port) as fourth:
+        fourth.sendmail("a@example.com", ["b@example.com"], MESSAGE)
+    second.quit()
+    assert len(server.delivery.wait_for(1)) == 1

@@ -3,7 +3,9 @@
 aiosmtpd restarts its idle timer only on commands, closes idle connections without a reply,
 keeps that timer running while a handler works, hard-codes some reply texts, leaves the
 transaction open after a raising hook ("503 nested MAIL"), and answers a cancelled AUTH
-twice. Each fix lives here because it touches aiosmtpd internals; that is why
+twice. It also collects DATA line by line, one bytearray per line: DATA is read here in
+chunks instead (`smtp/data_reader.py`), within a memory budget the server shares among its
+connections. Each fix lives here because it touches aiosmtpd internals; that is why
 pyproject.toml pins `aiosmtpd>=1.4.6,<1.5`.
 """
 
@@ -27,18 +29,25 @@ from mailrunner.events import Authentication
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
 from mailrunner.smtp.addresses import plain_path
+from mailrunner.smtp.data_reader import DataOutcome, DataScanner, InflightBudget, read_data
 
 log = structlog.get_logger("mailrunner.smtp")
 
 Command = Callable[[str | None], Awaitable[None]]
 _MESSAGE_COMMANDS = frozenset({"MAIL", "RCPT", "DATA"})
 """A refusal of one of these refuses (part of) a message; it counts in the metrics."""
+_DATA_REFUSALS = {
+    DataOutcome.TOO_LONG: replies.R500_LINE_TOO_LONG,
+    DataOutcome.TOO_MUCH: replies.R552_TOO_BIG,
+    DataOutcome.NO_ROOM: replies.R452_NO_STORAGE,
+}
 
 
 class ConnectionRegistry(Protocol):
     """Admits and forgets connections; owned by the server."""
 
-    def admit(self, connection: MailrunnerSMTP) -> bool: ...
+    def admit(self, connection: MailrunnerSMTP) -> str | None:
+        """None to admit the connection, else the reply to close it with."""
 
     def forget(self, connection: MailrunnerSMTP) -> None: ...
 
@@ -89,6 +98,7 @@ class MailrunnerSMTP(SMTP):
         settings: ProtocolSettings,
         registry: ConnectionRegistry,
         metrics: Metrics,
+        budget: InflightBudget,
     ) -> None:
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         super().__init__(
@@ -107,6 +117,7 @@ class MailrunnerSMTP(SMTP):
         self.settings = settings
         self._registry = registry
         self._metrics = metrics
+        self._budget = budget
         self._command = ""
         self._owes_reply = False
         self._in_command = False
@@ -153,7 +164,13 @@ class MailrunnerSMTP(SMTP):
         return run
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
-        """While a hook runs the server owes the client a reply, so the read timer waits."""
+        """While a hook runs the server owes the client a reply, so the read timer waits.
+
+        aiosmtpd calls the MAIL hook once it has checked the syntax and SIZE against
+        `data_size_limit`; a SIZE beyond what the in-flight budget has left is refused there.
+        """
+        if command == "MAIL" and not self._room_for(args[1]):
+            return replies.R452_NO_STORAGE
         self._owes_reply = True
         try:
             return await super()._call_handler_hook(command, *args)
@@ -177,8 +194,9 @@ class MailrunnerSMTP(SMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        if not self._registry.admit(self):
-            self.close_with(replies.R421_TOO_MANY_CONNECTIONS)
+        refusal = self._registry.admit(self)
+        if refusal is not None:
+            self.close_with(refusal)
             return
         log.debug("connection opened", uuid=self.mail_session.connection_id)
         await super()._handle_client()
@@ -249,6 +267,63 @@ class MailrunnerSMTP(SMTP):
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return address, parameters
+
+    # --- DATA ------------------------------------------------------------------------------
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the chunked reader: the same checks and replies, the same
+        envelope for the DATA hook and the same reset after it (decode_data is off, so
+        `content` is `original_content`). The budget is released once the hook has handed the
+        message on, or when the message is refused."""
+        if await self._data_refused(arg):
+            return
+        await self.push(replies.R354_DATA)
+        scanner = DataScanner(self.data_size_limit, self._budget)
+        try:
+            outcome = await self._read_data(scanner)
+            if outcome is DataOutcome.COMPLETE:
+                status = await self._hand_on(scanner.content())
+            else:
+                status = _DATA_REFUSALS[outcome]
+        finally:
+            scanner.release()
+        self.envelope = self._create_envelope()  # aiosmtpd's _set_post_data_state (untyped)
+        await self.push(status)
+
+    async def _data_refused(self, arg: str) -> bool:
+        """Answer a DATA that may not start (aiosmtpd's checks, in its order)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return True
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(replies.R503_NEED_RCPT)
+            return True
+        if arg:
+            await self.push(replies.R501_DATA_SYNTAX)
+            return True
+        return False
+
+    async def _read_data(self, scanner: DataScanner) -> DataOutcome:
+        try:
+            return await read_data(self._reader, scanner)
+        except asyncio.CancelledError:
+            log.debug("connection lost during DATA", uuid=self.mail_session.connection_id)
+            self._writer.close()
+            raise
+
+    async def _hand_on(self, content: bytes) -> str:
+        assert self.envelope is not None
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        return "250 OK" if status is MISSING else str(status)
+
+    def _room_for(self, mail_options: list[str]) -> bool:
+        """Whether a MAIL's SIZE (aiosmtpd has checked its syntax) fits in the budget left."""
+        size = (self._getparams(mail_options) or {}).get("SIZE")
+        if not isinstance(size, str) or not size.isdecimal():
+            return True
+        return int(size) <= self._budget.available
 
     # --- replies ---------------------------------------------------------------------------
 

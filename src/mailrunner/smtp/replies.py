@@ -27,6 +27,15 @@ R501_AUTH_BASE64 = "501 5.5.2 Cannot decode base64"
 R501_AUTH_SPLIT = "501 5.5.2 Cannot split AUTH PLAIN value"
 R502_AUTH_OFF = "502 5.5.1 AUTH not available"
 R552_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+R500_LINE_TOO_LONG = "500 5.5.2 Line too long: at most 1000 bytes per line (RFC 5321 4.5.3.1.6)"
+R452_NO_STORAGE = "452 4.3.1 Insufficient system storage"
+R421_TOO_MANY_FROM_ADDRESS = (
+    "421 4.7.0 {hostname} Too many connections from your address, try again later"
+)
+# DATA's own texts as aiosmtpd words them (mailrunner reads DATA itself, clients see no change)
+R354_DATA = "354 End data with <CR><LF>.<CR><LF>"
+R501_DATA_SYNTAX = "501 Syntax: DATA"
+R503_NEED_RCPT = "503 Error: need RCPT command"
 
 
 def queued(event_id: str) -> str:
@@ -36,9 +45,7 @@ def queued(event_id: str) -> str:
 REWRITES: dict[str, str] = {
     "552 Error: message size exceeds fixed maximum message size": R552_TOO_BIG,
     "552 Error: Too much mail data": R552_TOO_BIG,
-    "500 Line too long (see RFC5321 4.5.3.1.6)": (
-        "500 5.5.2 Line too long: at most 1000 bytes per line (RFC 5321 4.5.3.1.6)"
-    ),
+    "500 Line too long (see RFC5321 4.5.3.1.6)": R500_LINE_TOO_LONG,
     "221 Bye": R221_BYE,
 }
 

@@ -1,8 +1,11 @@
-"""The SMTP listener: accepts connections on our loop, caps them, and drains them on stop."""
+"""The SMTP listener: accepts connections on our loop, caps them (in all and per address),
+owns the DATA memory budget they share, and drains them on stop."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import ipaddress
 import ssl
 import time
 from dataclasses import replace
@@ -13,6 +16,7 @@ from mailrunner.config import SmtpConfig, TlsConfig, split_host_port
 from mailrunner.errors import ConfigError
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
+from mailrunner.smtp.data_reader import InflightBudget
 from mailrunner.smtp.handler import SmtpHandler
 from mailrunner.smtp.protocol import MailrunnerSMTP, ProtocolSettings
 
@@ -49,8 +53,11 @@ class SmtpServer:
             tls_context=tls_context(config.tls),
             require_tls=config.tls.required,
         )
+        self._budget = InflightBudget(config.max_inflight_bytes)
         self._connections: set[MailrunnerSMTP] = set()
         self._opened: dict[MailrunnerSMTP, float] = {}
+        self._addresses: dict[MailrunnerSMTP, str] = {}
+        self._per_address: collections.Counter[str] = collections.Counter()
         self._server: asyncio.Server | None = None
         self._drained = asyncio.Event()
 
@@ -83,16 +90,45 @@ class SmtpServer:
         host, port = self._server.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
-    def admit(self, connection: MailrunnerSMTP) -> bool:
+    def admit(self, connection: MailrunnerSMTP) -> str | None:
         if len(self._connections) >= self._config.max_connections:
             log.warning("connection refused: too many connections", limit=len(self._connections))
-            return False
+            return replies.R421_TOO_MANY_CONNECTIONS
+        address = self._limited_address(connection)
+        if address is not None:
+            if self._per_address[address] >= self._config.max_connections_per_ip:
+                log.warning(
+                    "connection refused: too many connections from one address",
+                    remote_host=address,
+                    limit=self._config.max_connections_per_ip,
+                )
+                return replies.R421_TOO_MANY_FROM_ADDRESS
+            self._per_address[address] += 1
+            self._addresses[connection] = address
         self._connections.add(connection)
         self._opened[connection] = time.monotonic()
         self._drained.clear()
-        return True
+        return None
+
+    def _limited_address(self, connection: MailrunnerSMTP) -> str | None:
+        """The IP address `max_connections_per_ip` counts this connection under, or None when
+        it is exempt: loopback (a local test suite opens many) unless `limit_loopback`."""
+        try:
+            address = ipaddress.ip_address(connection.mail_session.remote_host)
+        except ValueError:  # no peer address (the socket was gone before accept finished)
+            return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.is_loopback and not self._config.limit_loopback:
+            return None
+        return str(address)
 
     def forget(self, connection: MailrunnerSMTP) -> None:
+        address = self._addresses.pop(connection, None)
+        if address is not None:
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
         opened = self._opened.pop(connection, None)
         if connection in self._connections:
             self._connections.discard(connection)
@@ -109,7 +145,7 @@ class SmtpServer:
             self._drained.set()
 
     def _new_connection(self) -> MailrunnerSMTP:
-        return MailrunnerSMTP(self._handler, self._settings, self, self._metrics)
+        return MailrunnerSMTP(self._handler, self._settings, self, self._metrics, self._budget)
 
     async def start(self) -> None:
         host, port = split_host_port(self._config.addr)
