@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import smtplib
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -148,3 +149,25 @@ def test_ten_concurrent_10_mb_messages_stay_under_500_mb(
     peak = memory_kb(server.process.pid, "VmHWM") * 1024
     assert len(server.wait_events(10)) == 10
     assert peak - idle <= 500 * 1024 * 1024, f"peak {(peak - idle) / 2**20:.0f} MiB above idle"
+
+
+def test_a_10_mb_message_waiting_for_its_final_dot_is_held_about_once(
+    serve: Callable[..., ServeProcess],
+) -> None:
+    """DATA is read in chunks into one buffer: until the final dot the server holds the
+    message about once (aiosmtpd's bytearray per line held about twice this message). The
+    read timeout then closes the session, proof that every byte was read before the peak."""
+    server = serve(smtp={"read_timeout": 1.5}, logs={"level": "warning"})
+    raw = ten_megabyte_message(2)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=120) as client:
+        replies = client.makefile("rb")
+        assert replies.readline().startswith(b"220 ")
+        idle = reset_peak(server.process.pid)
+        client.sendall(b"HELO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n")
+        client.sendall(b"DATA\r\n")
+        assert [replies.readline()[:3] for _ in range(4)] == [b"250", b"250", b"250", b"354"]
+        client.sendall(raw)
+        assert replies.readline().startswith(b"421 4.4.2"), "expected the read timeout"
+        replies.close()
+    held = memory_kb(server.process.pid, "VmHWM") * 1024 - idle
+    assert held <= 1.5 * len(raw), f"an unfinished message raised the peak {held / len(raw):.2f}x"
