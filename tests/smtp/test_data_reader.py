@@ -211,3 +211,22 @@ def test_the_budget_is_shared_by_all_sessions(start_server: Callable[..., Runnin
         assert holder.reply().startswith(b"250 2.0.0 OK: queued as ")
     (event,) = server.delivery.wait_for(1)
     assert event["message"]["subject"] == "filler"
+
+
+@pytest.mark.parametrize(
+    ("size_limit", "tail", "reply"),
+    [
+        pytest.param(MIB + MIB // 4, b"", b"552 5.3.4 ", id="too-big"),
+        pytest.param(0, b"l" * 2000 + b"\r\n", b"500 5.5.2 ", id="line-too-long"),
+    ],
+)
+def test_a_message_that_would_fail_anyway_gets_its_permanent_reply_not_452(
+    start_server: Callable[..., RunningServer], size_limit: int, tail: bytes, reply: bytes
+) -> None:
+    """Over the budget first, then too big or with a long line: a 452 would only make the
+    client retry a message that can never pass."""
+    server = start_server(smtp={"max_inflight_bytes": MIB, "max_message_size": size_limit})
+    with session(server) as client:
+        client.start_data()
+        client.send(filler(MIB + MIB // 2) + tail + b".\r\n")
+        assert client.reply().startswith(reply)
