@@ -9,6 +9,7 @@ aiosmtpd in the same run, and what mailrunner adds on top is bounded.
 
 from __future__ import annotations
 
+import json
 import os
 import smtplib
 import socket
@@ -171,3 +172,41 @@ def test_a_10_mb_message_waiting_for_its_final_dot_is_held_about_once(
         replies.close()
     held = memory_kb(server.process.pid, "VmHWM") * 1024 - idle
     assert held <= 1.5 * len(raw), f"an unfinished message raised the peak {held / len(raw):.2f}x"
+
+
+def million_empty_parts() -> bytes:
+    head = b"Subject: parts\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+    raw = head + b"--b\r\n\r\n" * 1_400_000 + b"--b--\r\n"
+    assert 9_500_000 < len(raw) < 10_485_760
+    return raw
+
+
+def fresh_peak(serve: Callable[..., ServeProcess], mode: str, raw: bytes) -> int:
+    """What one message adds to the peak of a server that has seen nothing before it (a
+    second message would reuse what the first one freed)."""
+    server = start(serve, mode)
+    try:
+        idle = reset_peak(server.process.pid)
+        send(server, raw)
+        return memory_kb(server.process.pid, "VmHWM") * 1024 - idle
+    finally:
+        assert server.terminate() == 0
+
+
+@pytest.mark.parametrize("mode", ["tempfile", "memory"])
+def test_a_million_empty_parts_peak_no_higher_than_one_attachment_of_the_same_size(
+    serve: Callable[..., ServeProcess], mode: str
+) -> None:
+    """Parsing stops at smtp.parse.max_parts: the parts beyond it are never built (before,
+    this message cost over 600 MB and became a 105 MB job)."""
+    attachment = fresh_peak(serve, mode, ten_megabyte_message(3))
+    parts = fresh_peak(serve, mode, million_empty_parts())
+    one, many = start(serve, mode).wait_events(2)
+    assert len(one["attachments"]) == 1
+    assert len(many["attachments"]) == 999
+    job = len(json.dumps(many))
+    assert job < 1024 * 1024, f"the event of a million empty parts is {job / 2**20:.1f} MiB"
+    assert parts <= 1.2 * attachment, (
+        f"{mode}: a million empty parts raised the peak {parts / 2**20:.0f} MiB,"
+        f" one attachment of the same size {attachment / 2**20:.0f} MiB"
+    )

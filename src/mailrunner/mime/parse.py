@@ -11,16 +11,17 @@ from __future__ import annotations
 import binascii
 import codecs
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
 from email.header import decode_header
 from email.message import Message
-from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import collapse_rfc2231_value, getaddresses
 
 from mailrunner.events import Address
+from mailrunner.mime.part import PARSER_POLICY
+from mailrunner.mime.prescan import plan_feed
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _LINE_END = re.compile(r"\r\n?")
@@ -90,47 +91,63 @@ class _Leaf:
 
     def __post_init__(self) -> None:
         self.content_type = self.part.get_content_type()
-        disposition = self.part.get("Content-Disposition") or ""
-        self.disposition = disposition.split(";")[0].strip().lower()
+        # str(): compat32 hands a header holding 8-bit bytes over as a `Header` object
+        disposition = str(self.part.get("Content-Disposition", ""))
+        self.disposition = disposition.partition(";")[0].strip().lower()
         self.attached = self.disposition == "attachment" or self._has_filename(disposition)
 
     def _has_filename(self, disposition: str) -> bool:
-        """get_filename() is costly; only ask it when a header could carry a name."""
-        content_type = (self.part.get("Content-Type") or "").lower()
+        """Whether a filename parameter is there, without decoding it (that is
+        `_filename_of`'s work, done once and only for attachments)."""
+        content_type = str(self.part.get("Content-Type", "")).lower()
         if not disposition and "name" not in content_type:
             return False
-        return self.part.get_filename() is not None
+        return (
+            self.part.get_param("filename", None, "content-disposition") is not None
+            or self.part.get_param("name", None, "content-type") is not None
+        )
 
 
 def parse(raw: bytes, options: ParseOptions = ParseOptions()) -> ParsedMessage:
     """Parse `raw`; never raises, so a message the parser dislikes is still delivered."""
     result = ParsedMessage()
-    try:
-        message = parse_in_chunks(raw)
-    except RecursionError:
-        result.parse_errors.append(
-            "MIME nesting too deep for the parser: only the top-level headers were read"
-        )
-        message = BytesHeaderParser(policy=compat32).parsebytes(raw)
-        _fill_headers(message, result)
-        return result
+    plan = plan_feed(
+        raw,
+        max_parts=options.max_parts,
+        max_depth=options.max_depth,
+        max_header_bytes=options.max_header_bytes,
+    )
+    message = parse_in_chunks(raw, spans=plan.spans)
     _fill_headers(message, result)
     try:
         _fill_parts(message, options, result)
     except (RecursionError, LookupError, ValueError, TypeError, AssertionError) as error:
         result.parse_errors.append(f"MIME structure could not be read: {error!r}")
+    result.parse_errors.extend(plan.cuts)
     result.parse_errors = list(dict.fromkeys(result.parse_errors))
     return result
 
 
-def parse_in_chunks(raw: bytes, chunk: int = _FEED_CHUNK) -> Message:
+def parse_in_chunks(
+    raw: bytes, chunk: int = _FEED_CHUNK, spans: Sequence[tuple[int, int]] | None = None
+) -> Message:
     """The standard parser, fed piece by piece: `message_from_bytes` decodes the whole
     message to one string and splits all of it into lines before parsing, which peaks near
-    eight times the message size; fed in chunks it stays under three."""
-    parser = BytesFeedParser(policy=compat32)
+    eight times the message size; fed in chunks it stays under three.
+
+    `spans` (all of `raw` by default) are the byte ranges to feed, as the pre-scan chose
+    them. Each starts and ends at a line start; when one ends in a CR and the next begins
+    with an LF, the LF that completes the CR is fed between them, so the two stay separate
+    lines instead of merging into one CRLF."""
+    parser = BytesFeedParser(policy=PARSER_POLICY)
     view = memoryview(raw)
-    for start in range(0, len(raw), chunk):
-        parser.feed(bytes(view[start : start + chunk]))
+    previous_end = 0
+    for start, end in spans if spans is not None else [(0, len(raw))]:
+        if raw[previous_end - 1 : previous_end] == b"\r" and raw[start : start + 1] == b"\n":
+            parser.feed(b"\n")
+        for piece in range(start, end, chunk):
+            parser.feed(bytes(view[piece : min(piece + chunk, end)]))
+        previous_end = end
     return parser.close()
 
 
@@ -259,27 +276,41 @@ def _fill_parts(message: Message, options: ParseOptions, result: ParsedMessage) 
 
 
 def _walk_leaves(message: Message, max_depth: int, errors: list[str]) -> Iterator[_Leaf]:
-    """Yield leaves in document order without recursion, stopping at `max_depth`."""
+    """Yield leaves in document order without recursion, down to `max_depth`.
+
+    A multipart is a container whatever became of its parts: one whose parts could not be
+    read (no boundary, a boundary that never appears, only a preamble) yields nothing, and
+    `parse_errors` says so, instead of turning into an attachment of its raw text."""
     stack: list[tuple[Message, int, bool]] = [(message, 0, False)]
     number = 0
     while stack:
         part, depth, in_alternative = stack.pop()
         number += 1
-        errors.extend(f"part {number}: {type(d).__name__}" for d in part.defects)
-        if part.is_multipart() and part.get_content_maintype() == "multipart":
-            if depth >= max_depth:
-                errors.append(f"part {number}: MIME depth over {max_depth}, not walked further")
-                continue
+        if part.get_content_maintype() != "multipart":
+            errors.extend(f"part {number}: {type(d).__name__}" for d in part.defects)
+            yield _Leaf(part, in_alternative, number)
+        elif depth >= max_depth:
+            continue  # the pre-scan fed none of its parts, and its cut says so
+        else:
+            errors.extend(f"part {number}: {type(d).__name__}" for d in part.defects)
             alternative = in_alternative or part.get_content_subtype() == "alternative"
-            children = part.get_payload()
-            if isinstance(children, list):
-                stack.extend(
-                    (child, depth + 1, alternative)
-                    for child in reversed(children)
-                    if isinstance(child, Message)
-                )
-            continue
-        yield _Leaf(part, in_alternative, number)
+            children = _parts_of(part, number, errors)
+            stack.extend((child, depth + 1, alternative) for child in reversed(children))
+
+
+def _parts_of(container: Message, number: int, errors: list[str]) -> list[Message]:
+    children = container.get_payload()
+    parts = (
+        [child for child in children if isinstance(child, Message)]
+        if isinstance(children, list)
+        else []
+    )
+    if not parts:
+        errors.append(
+            f"part {number}: {container.get_content_type()} without readable parts,"
+            " delivered as neither body nor attachment"
+        )
+    return parts
 
 
 def _pick_body(leaves: list[_Leaf], content_type: str) -> _Leaf | None:
