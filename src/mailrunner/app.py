@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -16,12 +15,13 @@ import structlog
 
 from mailrunner.api.client import ApiClient
 from mailrunner.api.http import ApiServer
+from mailrunner.api.trust import DeclarePolicy
 from mailrunner.config import Config, PoolConfig
 from mailrunner.errors import ConfigError
+from mailrunner.files import create_directories
 from mailrunner.jobs.consumer import Consumers
-from mailrunner.jobs.model import Job
 from mailrunner.jobs.service import JobsService
-from mailrunner.metrics import Metrics, UnwithdrawnPublishes
+from mailrunner.metrics import DroppedLate, Metrics, UnwithdrawnPublishes
 from mailrunner.mime.attachments import (
     AttachmentStorage,
     CleanupTask,
@@ -30,11 +30,11 @@ from mailrunner.mime.attachments import (
 )
 from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import ParseOptions
+from mailrunner.mime.parse_threads import ParseThreads
 from mailrunner.pool.pool import WorkerPool
 from mailrunner.smtp.delivery import Delivery, JobsDelivery, PoolDelivery
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.server import SmtpServer
-from mailrunner.worker.jobs import EMAIL_JOB
 
 log = structlog.get_logger("mailrunner.app")
 
@@ -54,13 +54,14 @@ class App:
     def __init__(self, config: Config, source: str, delivery: Delivery | None = None) -> None:
         self.config = config
         self.source = source
-        self._parse_executor = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="parse")
+        self._parse_executor = ParseThreads(PARSE_THREADS)
         self._cleanup: CleanupTask | None = None
         self.metrics = Metrics()
         self.remote_jobs: ApiClient | None = None
         self.smtp_pool: WorkerPool | None = None
         self.jobs = JobsService(config, self.metrics)
         self.metrics.registry.register(UnwithdrawnPublishes(self.jobs.unwithdrawn_publishes))
+        self.metrics.registry.register(DroppedLate(self.jobs.dropped_late))
         self.jobs_pool: WorkerPool | None = None
         self.consumers: Consumers | None = None
         if config.jobs.consume:
@@ -83,6 +84,7 @@ class App:
             metrics=self.metrics,
             consumed=list(config.jobs.consume),
             max_request=_request_limit(config.smtp.max_message_size),
+            declare_policy=DeclarePolicy(config),
         )
 
     def _default_delivery(self, storage: AttachmentStorage) -> Delivery:
@@ -109,7 +111,9 @@ class App:
             return MemoryStorage()
         smtp = self.config.smtp
         pipeline = smtp.jobs.pipeline if smtp.use_jobs else None
-        storage = TempfileStorage(self.config.attachments_dir, pipeline)
+        storage = TempfileStorage(
+            self.config.attachments_dir, pipeline, file_mode=storage_config.file_mode
+        )
         if smtp.use_jobs:
             self.jobs.on_job_removed = partial(_remove_email_attachments, storage)
             self.jobs.on_pipeline_purged = partial(_remove_pipeline_attachments, storage)
@@ -138,6 +142,8 @@ class App:
 
     async def start(self) -> None:
         log.info("configuration loaded", source=self.source)
+        # before any driver or storage makes it under the umask: jobs hold mail and credentials
+        await asyncio.to_thread(create_directories, self.config.data_dir)
         if self._cleanup is not None:
             self._cleanup.start()
         try:
@@ -214,7 +220,7 @@ class App:
         await self.jobs.stop()
         if self._cleanup is not None:
             await self._cleanup.stop()
-        self._parse_executor.shutdown(wait=True)
+        await self._parse_executor.stop(self.config.smtp.shutdown_timeout)
 
     async def serve_until_signalled(self, pidfile: Path | None = None) -> None:
         """Run until SIGINT or SIGTERM, then stop gracefully."""
@@ -234,10 +240,13 @@ class App:
                 await asyncio.to_thread(pidfile.unlink, missing_ok=True)
 
 
-async def _remove_email_attachments(storage: TempfileStorage, job: Job) -> None:
-    """With Jobs, attachment files live until their email's job is acked or purged."""
-    if job.name == EMAIL_JOB:
-        await asyncio.to_thread(storage.remove, job.id)
+async def _remove_email_attachments(storage: TempfileStorage, job_id: str) -> None:
+    """With Jobs, attachment files live until their email's job is acked or purged.
+
+    Called for every removed job whoever pushed it; the id alone decides, through the
+    storage's marker rule, so a job named `smtp.email` with a hostile id deletes nothing.
+    """
+    await asyncio.to_thread(storage.remove, job_id)
 
 
 async def _remove_pipeline_attachments(storage: TempfileStorage, pipeline: str) -> None:
@@ -246,12 +255,17 @@ async def _remove_pipeline_attachments(storage: TempfileStorage, pipeline: str) 
         log.info("attachments removed", pipeline=pipeline, folders=removed)
 
 
+UNSIZED_REQUEST_LIMIT = 64 * 1024 * 1024
+"""The API's request limit when SIZE is unlimited (`max_message_size: 0`): aiohttp holds a
+whole body in memory, so a request must not be able to ask for gigabytes."""
+
+
 def _request_limit(max_message_size: int) -> int:
     """API requests carry whole events, so the limit follows SIZE: room for an ingress
     that sets include_raw (which this node cannot know), base64 and the job's other fields.
     Only a body JSON-escaping inflates beyond twice its size (control characters become
     six-byte escapes) can still exceed it: the ingress then answers 451 and logs the 413."""
     if max_message_size == 0:
-        return 2**31
+        return UNSIZED_REQUEST_LIMIT
     event = max_message_size * (EVENT_GROWTH + RAW_GROWTH)
     return max(1024 * 1024, int(event * _BASE64_GROWTH) + 64 * 1024)
