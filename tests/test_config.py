@@ -277,3 +277,8 @@ def test_log_lines_never_show_url_credentials() -> None:
     assert "s3cr3t" not in line
     assert ":pw@" not in line
     assert "nats://***@127.0.0.1:4222" in line
+
+
+def test_a_job_delay_beyond_30_days_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"smtp\.jobs\.delay: must be <= 2592000"):
+        config_from_mapping({**MINIMAL, "smtp": {"jobs": {"delay": "721h"}}})

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from mailrunner.errors import ConfigError
+from mailrunner.jobs.model import MAX_DELAY
 
 CONFIG_ENV = "MAILRUNNER_CONFIG"
 LOCAL_CONFIG = Path("mailrunner.yaml")
@@ -174,7 +175,7 @@ class RpcTarget(_Model):
 class SmtpJobsConfig(_Model):
     pipeline: str = "smtp-emails"
     priority: int = Field(default=10, ge=0)
-    delay: Duration = 0.0
+    delay: Duration = Field(default=0.0, le=MAX_DELAY)
     auto_ack: bool = False
     push_timeout: Duration = Field(default=5.0, ge=0.5, le=3600)
     rpc: RpcTarget | None = None

@@ -11,7 +11,7 @@ from pydantic import TypeAdapter
 
 from mailrunner.config import PipelineConfig, config_from_mapping
 from mailrunner.errors import InvalidJob, InvalidPipeline, PipelineConflict, PipelineNotFound
-from mailrunner.jobs.model import Job, JobOptions
+from mailrunner.jobs.model import MAX_DELAY, Job, JobOptions
 from mailrunner.jobs.service import JobsService
 
 ADAPTER: TypeAdapter[PipelineConfig] = TypeAdapter(PipelineConfig)
@@ -99,8 +99,10 @@ def test_unknown_pipeline_and_bad_jobs_are_refused_with_clear_errors(tmp_path: P
             await service.push(job(""))
         with pytest.raises(InvalidJob, match="priority must be >= 0"):
             await service.push(job(priority=-1))
-        with pytest.raises(InvalidJob, match="delay must be >= 0"):
+        with pytest.raises(InvalidJob, match="delay must be from 0 to 2592000 seconds"):
             await service.push(job(delay=-1))
+        with pytest.raises(InvalidJob, match="delay must be from 0 to 2592000 seconds"):
+            await service.push(job(delay=MAX_DELAY + 1))
         with pytest.raises(PipelineNotFound):
             await service.stat("nope")
 

@@ -14,11 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from mailrunner.jobs.model import FailedJob, Job, JobOptions
+from mailrunner.jobs.model import MAX_DELAY, FailedJob, Job, JobOptions
 
-MAX_DELAY = 30 * 24 * 3600
-"""A job may wait at most 30 days: a longer delay is a mistake in seconds versus
-milliseconds, or a way to park jobs (and their attachment folders) for ever."""
 MAX_LIST_LIMIT = 1000
 """`peek` and `failed` return at most this many jobs per call: each may be an email's whole
 event, so one request cannot ask the server to load its whole store into memory."""

@@ -12,8 +12,9 @@ from typing import Any
 import click
 
 from mailrunner.api.client import ApiClient, pipeline_path
-from mailrunner.api.schemas import MAX_DELAY, MAX_LIST_LIMIT
+from mailrunner.api.schemas import MAX_LIST_LIMIT
 from mailrunner.cli.common import api_options, call_api, show
+from mailrunner.jobs.model import MAX_DELAY
 from mailrunner.worker import EMAIL_JOB, Email, EventError
 
 PEEK_COLUMNS = ("id", "job", "summary")

@@ -7,6 +7,10 @@ from typing import Any
 
 Headers = dict[str, list[str]]
 
+MAX_DELAY = 30 * 24 * 3600
+"""A job may wait at most 30 days: a longer delay is a mistake in seconds versus
+milliseconds, or a way to park jobs (and their attachment folders) for ever."""
+
 
 @dataclass(frozen=True, slots=True)
 class JobOptions:

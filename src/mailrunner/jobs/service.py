@@ -26,7 +26,7 @@ from mailrunner.errors import (
 )
 from mailrunner.jobs.driver import Driver
 from mailrunner.jobs.drivers import build_driver
-from mailrunner.jobs.model import FailedJob, Job, PipelineStat, PushResult
+from mailrunner.jobs.model import MAX_DELAY, FailedJob, Job, PipelineStat, PushResult
 from mailrunner.metrics import Metrics
 
 log = structlog.get_logger("mailrunner.jobs")
@@ -111,8 +111,8 @@ class JobsService:
             problems.append("job name must not be empty")
         if job.options.priority < 0:
             problems.append("priority must be >= 0")
-        if job.options.delay < 0:
-            problems.append("delay must be >= 0")
+        if not 0 <= job.options.delay <= MAX_DELAY:
+            problems.append(f"delay must be from 0 to {MAX_DELAY} seconds (30 days)")
         limit = pipeline.driver.capabilities.max_payload
         if limit is not None and len(job.payload) > limit:
             problems.append(f"payload of {len(job.payload)} bytes is over the driver's {limit}")
