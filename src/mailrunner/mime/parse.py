@@ -9,32 +9,28 @@ Nothing here raises: whatever goes wrong is recorded in `parse_errors` and the r
 from __future__ import annotations
 
 import binascii
-import codecs
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
-from email.header import decode_header
 from email.message import Message
 from email.policy import compat32
-from email.utils import collapse_rfc2231_value, getaddresses
+from email.utils import collapse_rfc2231_value
 
 from mailrunner.events import Address
+from mailrunner.mime.addresses import split_addresses
+from mailrunner.mime.headers import decode_bytes, decode_encoded_words, decode_octets, unfold
 from mailrunner.mime.part import PARSER_POLICY
 from mailrunner.mime.prescan import plan_feed
 
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
 _LINE_END = re.compile(r"\r\n?")
 _FEED_CHUNK = 64 * 1024
 _CLEAN_BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]*(?:=[\r\n]*){0,2}")
-_FALLBACK_CHARSET = "utf-8"
 _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to"})
 _NOT_SIMPLE = re.compile(r'["()\\;:\[\]]')
 _ATOM_ADDRESS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-_SIMPLE_ADDRESS = re.compile(
-    rf"\s*(?:([A-Za-z0-9!#$%&'*+/=?^_`{{|}}~. \t-]*?)\s*<({_ATOM_ADDRESS}@{_ATOM_ADDRESS})>"
-    rf"|({_ATOM_ADDRESS}@{_ATOM_ADDRESS}))\s*"
-)
+_SIMPLE_ADDRESS = re.compile(rf"{_ATOM_ADDRESS}@{_ATOM_ADDRESS}")
+_SIMPLE_DISPLAY_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~. \t-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,38 +174,22 @@ def _first(headers: dict[str, list[str]], folded: dict[str, str], lower: str) ->
 
 
 def _raw_header_text(value: object, errors: list[str], name: str) -> str:
-    """Undo compat32's surrogate escapes: raw 8-bit header bytes are UTF-8 in practice."""
+    """Unfold and undo compat32's surrogate escapes: raw 8-bit header bytes are UTF-8 in
+    practice."""
     text = str(value)
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raw = text.encode("ascii", "surrogateescape")
-            text = _decode_bytes(raw, "utf-8", errors, f"header {name}")
-    if "\n" in text or "\r" in text:
-        return _FOLD.sub("", text).replace("\r", "").replace("\n", "")
-    return text
+            raw = text.encode("utf-8", "surrogateescape")
+            text = decode_bytes(raw, "utf-8", errors, f"header {name}")
+    return unfold(text)
 
 
 def decode_header_value(value: object, errors: list[str], name: str) -> str:
     """Unfold and decode RFC 2047 encoded words; undecodable bytes become U+FFFD."""
     text = _raw_header_text(value, errors, name)
-    if "=?" not in text:
-        return text
-    try:
-        chunks = decode_header(text)
-    except (ValueError, LookupError) as error:
-        errors.append(f"header {name}: bad encoded word: {error}")
-        return text
-    pieces: list[str] = []
-    for chunk, charset in chunks:
-        if isinstance(chunk, str):
-            pieces.append(chunk)
-        elif charset is None:
-            pieces.append(chunk.decode("raw-unicode-escape"))
-        else:
-            pieces.append(_decode_bytes(chunk, charset, errors, f"header {name}"))
-    return "".join(pieces)
+    return decode_encoded_words(text, errors, f"header {name}") if "=?" in text else text
 
 
 def _addresses(values: list[str] | None, name: str, errors: list[str]) -> list[Address]:
@@ -217,7 +197,7 @@ def _addresses(values: list[str] | None, name: str, errors: list[str]) -> list[A
         return []
     texts = [_raw_header_text(value, errors, name) for value in values]
     found: list[Address] = []
-    for display, email in simple_addresses(texts) or getaddresses(texts):
+    for display, email in simple_addresses(texts) or split_addresses(texts, errors, name):
         if not email:
             continue
         found.append(Address(email=email, name=decode_header_value(display, errors, name)))
@@ -228,38 +208,32 @@ def simple_addresses(texts: list[str]) -> list[tuple[str, str]] | None:
     """`getaddresses` for the plain forms nearly all mail uses, at a fraction of its cost.
 
     Handles `a@b`, `Name <a@b>` and lists of them; anything with quotes, comments,
-    escapes, groups or routes returns None, and the caller asks `getaddresses`.
+    escapes, groups or routes returns None, and the caller asks `split_addresses`.
     """
     found: list[tuple[str, str]] = []
     for text in texts:
         if _NOT_SIMPLE.search(text):
             return None
         for item in text.split(","):
-            if not item.strip():
-                continue
-            match = _SIMPLE_ADDRESS.fullmatch(item)
-            if match is None:
+            pair = _simple_address(item.strip(" \t"))
+            if pair is None:
                 return None
-            display, angled, bare = match.groups()
-            found.append((" ".join(display.split()) if display else "", angled or bare))
+            if pair[1]:
+                found.append(pair)
     return found
 
 
-def _decode_bytes(data: bytes, charset: str, errors: list[str], where: str) -> str:
-    """Decode by the declared charset; fall back to UTF-8 when Python does not know it."""
-    name = charset.strip().strip('"').lower() or "us-ascii"
-    try:
-        codecs.lookup(name)
-    except LookupError:
-        errors.append(f"{where}: unknown charset {charset!r}, decoded as UTF-8")
-        name = _FALLBACK_CHARSET
-    if name in ("us-ascii", "ascii"):
-        name = _FALLBACK_CHARSET
-    try:
-        return data.decode(name)
-    except UnicodeDecodeError:
-        errors.append(f"{where}: bytes not valid in charset {name!r}, replaced with U+FFFD")
-        return data.decode(name, errors="replace")
+def _simple_address(item: str) -> tuple[str, str] | None:
+    """`Name <a@b>` or `a@b` (("", "") for nothing), by patterns that never backtrack: a
+    pattern with a lazy name before optional spaces took cubic time on a folded header."""
+    if not item:
+        return "", ""
+    if item.endswith(">"):
+        display, _, address = item[:-1].partition("<")
+        if _SIMPLE_DISPLAY_NAME.fullmatch(display) and _SIMPLE_ADDRESS.fullmatch(address):
+            return " ".join(display.split()), address
+        return None
+    return ("", item) if _SIMPLE_ADDRESS.fullmatch(item) else None
 
 
 def _fill_parts(message: Message, options: ParseOptions, result: ParsedMessage) -> None:
@@ -371,8 +345,8 @@ def _as_crlf_bytes(message: Message) -> bytes:
 
 def _text_of(leaf: _Leaf, errors: list[str]) -> str:
     data = _payload_bytes(leaf, errors)
-    charset = leaf.part.get_content_charset() or "us-ascii"
-    text = _decode_bytes(data, charset, errors, f"part {leaf.number} ({leaf.content_type})")
+    charset = leaf.part.get_content_charset("us-ascii")  # a charset="" is recorded
+    text = decode_bytes(data, charset, errors, f"part {leaf.number} ({leaf.content_type})")
     return _LINE_END.sub("\n", text)
 
 
@@ -399,12 +373,7 @@ def _filename_of(part: Message, errors: list[str]) -> str | None:
         raw = part.get_param("name", None, "content-type")
     if raw is None:
         return None
-    if isinstance(raw, tuple):
+    if isinstance(raw, tuple):  # RFC 2231: charset, language, text
         charset, _, encoded = raw
-        try:
-            data = encoded.encode("latin-1")
-        except UnicodeEncodeError:
-            return collapse_rfc2231_value(raw)
-        return _decode_bytes(data, charset or "utf-8", errors, "filename")
-    value = collapse_rfc2231_value(raw)
-    return decode_header_value(value, errors, "filename")
+        return decode_octets(encoded, charset or "utf-8", errors, "filename")
+    return decode_header_value(collapse_rfc2231_value(raw), errors, "filename")
