@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,3 +94,30 @@ def test_a_parse_that_ends_within_the_grace_is_awaited_and_queued_ones_are_dropp
             threads.submit(time.sleep, 0)
 
     asyncio.run(main())
+
+
+def test_an_idle_thread_holds_neither_the_message_nor_its_parse() -> None:
+    """A thread waiting for its next parse must not keep the last message alive: with a
+    10 MB message that doubled what the server held while it built the event."""
+
+    class Held:
+        """Stands for a message and its parse (bytes cannot be weakly referenced)."""
+
+    def work(message: Held) -> Held:
+        return Held()
+
+    messages = [Held()]
+    sent = weakref.ref(messages[0])
+    results: list[Held] = []
+
+    async def scenario() -> None:
+        threads = ParseThreads(1)
+        loop = asyncio.get_running_loop()
+        results.append(await loop.run_in_executor(threads, work, messages.pop()))
+        await threads.stop(GRACE)
+
+    asyncio.run(scenario())
+    returned = weakref.ref(results.pop())
+    gc.collect()
+    assert sent() is None, "the parse thread still holds the message"
+    assert returned() is None, "the parse thread still holds the parse result"

@@ -97,15 +97,22 @@ class ParseThreads(Executor):
 
     def _serve(self) -> None:
         while (work := self._work.get()) is not None:
-            parse, fn, args, kwargs = work
+            self._run(*work)
+            # the message and its parse must not outlive their session while this thread
+            # waits for the next one: a 10 MB message would stay held twice
+            del work
+
+    def _run(
+        self, parse: _Parse[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+    ) -> None:
+        with self._lock:
+            if not parse.set_running_or_notify_cancel():
+                return
+            self._running.add(parse)
+        try:
+            parse.set_result(fn(*args, **kwargs))
+        except BaseException as error:  # the caller gets what the parse raised
+            parse.set_exception(error)
+        finally:
             with self._lock:
-                if not parse.set_running_or_notify_cancel():
-                    continue
-                self._running.add(parse)
-            try:
-                parse.set_result(fn(*args, **kwargs))
-            except BaseException as error:  # the caller gets what the parse raised
-                parse.set_exception(error)
-            finally:
-                with self._lock:
-                    self._running.discard(parse)
+                self._running.discard(parse)
