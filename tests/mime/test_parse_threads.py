@@ -108,16 +108,21 @@ def test_an_idle_thread_holds_neither_the_message_nor_its_parse() -> None:
 
     messages = [Held()]
     sent = weakref.ref(messages[0])
-    results: list[Held] = []
 
-    async def scenario() -> None:
+    async def scenario() -> tuple[bool, bool]:
         threads = ParseThreads(1)
         loop = asyncio.get_running_loop()
-        results.append(await loop.run_in_executor(threads, work, messages.pop()))
+        returned = weakref.ref(await loop.run_in_executor(threads, work, messages.pop()))
+        deadline = time.monotonic() + 2.0  # the thread returns to its queue right after
+        while time.monotonic() < deadline:
+            gc.collect()
+            held = (sent() is not None, returned() is not None)
+            if not any(held):
+                break
+            await asyncio.sleep(0.01)
         await threads.stop(GRACE)
+        return held
 
-    asyncio.run(scenario())
-    returned = weakref.ref(results.pop())
-    gc.collect()
-    assert sent() is None, "the parse thread still holds the message"
-    assert returned() is None, "the parse thread still holds the parse result"
+    message_held, parse_held = asyncio.run(scenario())
+    assert not message_held, "the idle parse thread still holds the message"
+    assert not parse_held, "the idle parse thread still holds the parse result"
