@@ -21,7 +21,7 @@ from mailrunner.mime.attachments import MemoryStorage
 from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import ParseOptions, parse, parse_in_chunks
 from mailrunner.mime.part import MimePart, split_parameters
-from mailrunner.mime.prescan import plan_feed
+from mailrunner.mime.prescan import plan_feed, within_every_limit
 
 UNLIMITED = {"max_parts": 10**9, "max_depth": 10**6, "max_header_bytes": 10**9}
 TOKENS = [
@@ -111,6 +111,62 @@ def test_the_parser_builds_no_part_beyond_the_limits(
         size = sum(len(name) + 1 + len(str(value)) for name, value in part.raw_items())
         assert size <= max_header_bytes, f"{size} header bytes fed for one part"
     assert plan.cuts or plan.spans == (((0, len(raw)),) if raw else ())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(messages(), token_soup),
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=1, max_value=12),
+    st.integers(min_value=1, max_value=600),
+)
+def test_a_message_the_quick_bounds_pass_is_one_the_prescan_would_not_cut(
+    raw: bytes, max_parts: int, max_depth: int, max_header_bytes: int
+) -> None:
+    limits = {"max_parts": max_parts, "max_depth": max_depth, "max_header_bytes": max_header_bytes}
+    if within_every_limit(raw, **limits):
+        plan = plan_feed(raw, **limits)
+        assert plan.cuts == (), f"the quick bounds let through a message the walk cuts: {raw!r}"
+
+
+def embedded_chain(levels: int) -> bytes:
+    return b"Content-Type: message/rfc822\r\n\r\n" * levels + b"Subject: inner\r\n\r\nbody\r\n"
+
+
+def empty_parts(count: int) -> bytes:
+    return b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b"--b\r\n\r\n" * count
+
+
+def digest_of_digests(levels: int) -> bytes:
+    """Digests whose parts are messages by default: two levels per Content-Type field."""
+    raw = b"Subject: leaf\r\n\r\nbody\r\n"
+    for level in range(levels):
+        boundary = b"d%d" % level
+        raw = (
+            b"Content-Type: multipart/digest; boundary=" + boundary + b"\r\n\r\n"
+            b"--" + boundary + b"\r\n\r\n" + raw + b"--" + boundary + b"--\r\n"
+        )
+    return raw
+
+
+@pytest.mark.parametrize("build", [embedded_chain, empty_parts, digest_of_digests])
+def test_the_quick_bounds_never_pass_a_message_at_the_edge_of_a_limit(
+    build: Callable[[int], bytes],
+) -> None:
+    """Around every limit: whenever the walk would cut, the quick bounds send it there."""
+    passed = 0
+    for size in range(1, 25):
+        raw = build(size)
+        for limit in range(1, 30):
+            for limits in (
+                {"max_parts": limit, "max_depth": 500, "max_header_bytes": 2**20},
+                {"max_parts": 10**6, "max_depth": limit, "max_header_bytes": 2**20},
+                {"max_parts": 10**6, "max_depth": 500, "max_header_bytes": limit * 8},
+            ):
+                if within_every_limit(raw, **limits):
+                    passed += 1
+                    assert plan_feed(raw, **limits).cuts == (), (size, limits)
+    assert passed, "the quick bounds never let a message skip the walk"
 
 
 def depth_of(message: Message) -> int:

@@ -21,7 +21,7 @@ from mailrunner.events import Address
 from mailrunner.mime.addresses import split_addresses
 from mailrunner.mime.headers import decode_bytes, decode_encoded_words, decode_octets, unfold
 from mailrunner.mime.part import PARSER_POLICY
-from mailrunner.mime.prescan import plan_feed
+from mailrunner.mime.prescan import plan_feed, within_every_limit
 
 _LINE_END = re.compile(r"\r\n?")
 _FEED_CHUNK = 64 * 1024
@@ -107,19 +107,20 @@ class _Leaf:
 def parse(raw: bytes, options: ParseOptions = ParseOptions()) -> ParsedMessage:
     """Parse `raw`; never raises, so a message the parser dislikes is still delivered."""
     result = ParsedMessage()
-    plan = plan_feed(
-        raw,
-        max_parts=options.max_parts,
-        max_depth=options.max_depth,
-        max_header_bytes=options.max_header_bytes,
-    )
-    message = parse_in_chunks(raw, spans=plan.spans)
+    limits = {
+        "max_parts": options.max_parts,
+        "max_depth": options.max_depth,
+        "max_header_bytes": options.max_header_bytes,
+    }
+    plan = None if within_every_limit(raw, **limits) else plan_feed(raw, **limits)
+    message = parse_in_chunks(raw, spans=None if plan is None else plan.spans)
     _fill_headers(message, result)
     try:
         _fill_parts(message, options, result)
     except (RecursionError, LookupError, ValueError, TypeError, AssertionError) as error:
         result.parse_errors.append(f"MIME structure could not be read: {error!r}")
-    result.parse_errors.extend(plan.cuts)
+    if plan is not None:
+        result.parse_errors.extend(plan.cuts)
     result.parse_errors = list(dict.fromkeys(result.parse_errors))
     return result
 
