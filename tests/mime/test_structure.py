@@ -348,3 +348,27 @@ def test_parameters_cost_time_linear_in_their_size() -> None:
     small, large = message(64 * 1024), message(512 * 1024)
     ratio = best_cpu(lambda: parse(large)) / best_cpu(lambda: parse(small))
     assert ratio <= 12, f"512 KB of parameters took {ratio:.1f}x the time of 64 KB"
+
+
+@pytest.mark.parametrize("charset", ["undefined", "punycode", "zlib", "x-unknown"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/pdf", "message/rfc822"])
+def test_an_8bit_body_in_an_unusable_charset_loses_nothing_else(
+    charset: str, content_type: str
+) -> None:
+    """Reading such a body undecoded makes `email` decode its 8-bit bytes by the charset,
+    which raised and cost the message its whole structure."""
+    raw = (
+        b"Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        b"--b\r\nContent-Type: "
+        + content_type.encode()
+        + b"; charset="
+        + charset.encode()
+        + b"\r\n"
+        b"Content-Disposition: attachment\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b"YWJj\xff\r\n--b--\r\n"
+    )
+    parsed = parse(raw)
+    assert parsed.body == "hello"
+    assert [a.content_type for a in parsed.attachments] == [content_type]
+    assert not [e for e in parsed.parse_errors if "could not be read" in e], parsed.parse_errors

@@ -321,7 +321,7 @@ def clean_base64(part: Message) -> bytes | None:
     """
     if str(part.get("Content-Transfer-Encoding", "")).lower() != "base64":  # as email reads it
         return None
-    payload = part.get_payload()
+    payload = _undecoded_payload(part)
     if not isinstance(payload, str) or _CLEAN_BASE64.fullmatch(payload) is None:
         return None
     if (len(payload) - payload.count("\n") - payload.count("\r")) % 4:
@@ -329,8 +329,21 @@ def clean_base64(part: Message) -> bytes | None:
     return binascii.a2b_base64(payload)
 
 
+def _undecoded_payload(part: Message) -> object:
+    """`get_payload()`, or None where it raises: for a body holding 8-bit bytes it decodes
+    them by the part's charset, and a charset like `undefined` raises UnicodeError there
+    (`get_payload(decode=True)` never decodes by charset, so callers fall back to it)."""
+    try:
+        return part.get_payload()
+    except (UnicodeError, LookupError, ValueError, TypeError):
+        return None
+
+
 def _embedded_message_bytes(part: Message) -> bytes:
-    inner = part.get_payload()
+    inner = _undecoded_payload(part)
+    if inner is None:
+        raw = part.get_payload(decode=True)
+        return raw if isinstance(raw, bytes) else b""
     if isinstance(inner, list):
         if not inner:
             return b""
