@@ -144,7 +144,11 @@ class AttachmentStorageConfig(_Model):
 
 class ParseConfig(_Model):
     """Limits that keep a hostile message from costing more than a normal one; a message past
-    one is cut there, the cut is named in `parse_errors`, and the message is still delivered."""
+    one is cut there, the cut is named in `parse_errors`, and the message is still delivered.
+
+    `max_parts` counts every part below the message, containers and embedded messages too
+    (an empty container costs what a leaf does); `max_header_bytes` is per header block.
+    """
 
     max_depth: int = Field(default=50, ge=1, le=500)
     max_parts: int = Field(default=1000, ge=1)
