@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import structlog
 
 from conftest import run_cli
 from mailrunner.config import (
     EMBEDDED_DEFAULT,
     ConfigError,
-    LogsConfig,
     config_from_mapping,
     load,
     mask_url,
@@ -20,7 +19,6 @@ from mailrunner.config import (
     masked_dump,
     parse_duration,
 )
-from mailrunner.logs import configure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -264,16 +262,29 @@ def test_any_url_userinfo_is_masked(url: str, shown: str) -> None:
     assert mask_urls_in(f"cannot reach {url}: refused") == f"cannot reach {shown}: refused"
 
 
+_LOG_A_BROKER_FAILURE = """
+import sys
+import structlog
+from mailrunner.config import LogsConfig
+from mailrunner.logs import configure
+configure(LogsConfig(format="json"), sys.stdout)
+structlog.get_logger("test").warning(
+    "broker down", addr="nats://s3cr3t@127.0.0.1:4222", error="amqp://u:pw@h/ refused"
+)
+"""
+
+
 def test_log_lines_never_show_url_credentials() -> None:
-    stream = io.StringIO()
-    configure(LogsConfig(format="json"), stream)
-    try:
-        structlog.get_logger("test").warning(
-            "broker down", addr="nats://s3cr3t@127.0.0.1:4222", error="amqp://u:pw@h/ refused"
-        )
-    finally:
-        configure(LogsConfig())
-    line = stream.getvalue()
+    """In a child process: logging is process-wide, and this suite's servers log too."""
+    child = subprocess.run(
+        [sys.executable, "-c", _LOG_A_BROKER_FAILURE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    line = child.stdout
+    assert "broker down" in line
     assert "s3cr3t" not in line
     assert ":pw@" not in line
     assert "nats://***@127.0.0.1:4222" in line
