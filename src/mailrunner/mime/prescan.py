@@ -56,7 +56,7 @@ class FeedPlan:
     parts: int
 
 
-_ANY_CONTENT_TYPE = re.compile(rb"content-type:", re.IGNORECASE)
+_ANY_DELIVERY_STATUS = re.compile(_DELIVERY_STATUS.encode("ascii"), re.IGNORECASE)
 
 
 def within_every_limit(
@@ -69,11 +69,13 @@ def within_every_limit(
     (`--` after a line end, or at the very start) or is the message inside a `message/*`
     part, which is one per delimiter in a digest and otherwise needs a Content-Type field.
     A container needs a Content-Type field of its own, except the parts of a digest, whose
-    digest has one: so no path nests deeper than twice the Content-Type fields.
+    digest has one: so no path nests deeper than twice the Content-Type fields. The one
+    exception, `message/delivery-status`, whose blank lines each start a part, always takes
+    the walk.
     """
-    if len(raw) > max_header_bytes:
+    if len(raw) > max_header_bytes or _ANY_DELIVERY_STATUS.search(raw):
         return False
-    fields = len(_ANY_CONTENT_TYPE.findall(raw))
+    fields = len(_CONTENT_TYPE.findall(raw))
     delimiters = raw.count(b"\n--") + raw.count(b"\r--") + 1
     return 2 * delimiters + fields < max_parts and 2 * fields + 2 < max_depth
 
