@@ -293,3 +293,9 @@ def test_log_lines_never_show_url_credentials() -> None:
 def test_a_job_delay_beyond_30_days_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"smtp\.jobs\.delay: must be <= 2592000"):
         config_from_mapping({**MINIMAL, "smtp": {"jobs": {"delay": "721h"}}})
+
+
+def test_an_empty_api_token_is_refused_not_taken_for_a_token() -> None:
+    """`token: ${TOKEN:-}` with TOKEN unset must not turn the Host/Origin guard off."""
+    with pytest.raises(ConfigError, match=r"rpc\.token"):
+        config_from_mapping({**MINIMAL, "rpc": {"token": ""}})

@@ -388,7 +388,7 @@ class RpcConfig(_Model):
     by another web page (`Origin`), so a page in the user's browser cannot drive it."""
 
     listen: HostPort = "127.0.0.1:6001"
-    token: str | None = None
+    token: str | None = Field(default=None, min_length=1)
     allowed_hosts: list[str] = []
     allow_any_declare: bool = False
 

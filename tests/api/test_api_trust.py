@@ -54,6 +54,8 @@ def test_only_requests_addressed_to_this_api_or_an_allowed_host_are_served(
         f"localhost:{port + 1}",
         f"127.0.0.1.evil.example:{port}",
         f"localhost.:{port}",
+        f"[::1]evil.example:{port}",
+        "[::1]evil.example",
         "proxy.test",
         "proxy.test:9090",
         "",

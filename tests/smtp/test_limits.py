@@ -6,10 +6,17 @@ import smtplib
 import socket
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from conftest import RunningServer, wait_until
+from mailrunner.config import SmtpConfig
+from mailrunner.metrics import Metrics
+from mailrunner.smtp.handler import SmtpHandler
+from mailrunner.smtp.protocol import MailrunnerSMTP
+from mailrunner.smtp.server import SmtpServer
 
 MESSAGE = b"Subject: limit\r\n\r\nbody\r\n"
 
@@ -208,3 +215,25 @@ def test_connections_from_one_address_over_the_limit_get_421_and_close(
         fourth.sendmail("a@example.com", ["b@example.com"], MESSAGE)
     second.quit()
     assert len(server.delivery.wait_for(1)) == 1
+
+
+def test_an_ipv6_client_is_counted_by_its_64_not_by_each_address() -> None:
+    """A host holds a whole /64: counted per address, one client could open every
+    connection the server has from fresh addresses."""
+    config = SmtpConfig(max_connections_per_ip=1)
+    server = SmtpServer(config, cast(SmtpHandler, None), Metrics())
+
+    class Peer:
+        """Only what admission reads of a connection: where it came from."""
+
+        def __init__(self, host: str) -> None:
+            self.mail_session = SimpleNamespace(remote_host=host)
+
+    def peer(host: str) -> MailrunnerSMTP:
+        return cast(MailrunnerSMTP, Peer(host))
+
+    assert server.admit(peer("2001:db8:1:2::1")) is None
+    assert server.admit(peer("2001:db8:1:2:ffff::9")) is not None, "same /64 admitted twice"
+    assert server.admit(peer("2001:db8:1:3::1")) is None, "another /64 is another client"
+    assert server.admit(peer("192.0.2.1")) is None
+    assert server.admit(peer("::ffff:192.0.2.1")) is not None, "IPv4-mapped is that IPv4"

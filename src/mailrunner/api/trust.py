@@ -52,7 +52,9 @@ def _split_authority(authority: str) -> tuple[str, str | None]:
     authority = authority.strip().lower()
     if authority.startswith("["):
         name, _, rest = authority.partition("]")
-        return name + "]", rest[1:] if rest.startswith(":") else None
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return authority, None  # `[::1]evil.example` names no address of ours
+        return name + "]", rest[1:] or None
     name, sep, port = authority.rpartition(":")
     return (name, port) if sep else (authority, None)
 

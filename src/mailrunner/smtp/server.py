@@ -22,6 +22,9 @@ from mailrunner.smtp.protocol import MailrunnerSMTP, ProtocolSettings
 
 log = structlog.get_logger("mailrunner.smtp")
 
+_IPV6_CLIENT_PREFIX = 64
+"""An IPv6 client is one /64 for `max_connections_per_ip` (RFC 6177: the least a site gets)."""
+
 
 def tls_context(config: TlsConfig) -> ssl.SSLContext | None:
     """The server side of STARTTLS, or None when no certificate is configured."""
@@ -111,8 +114,11 @@ class SmtpServer:
         return None
 
     def _limited_address(self, connection: MailrunnerSMTP) -> str | None:
-        """The IP address `max_connections_per_ip` counts this connection under, or None when
-        it is exempt: loopback (a local test suite opens many) unless `limit_loopback`."""
+        """The address `max_connections_per_ip` counts this connection under, or None when
+        it is exempt: loopback (a local test suite opens many) unless `limit_loopback`.
+
+        An IPv6 client is counted by its /64: every host gets at least one, so counting
+        single addresses would give one client billions of fresh ones."""
         try:
             address = ipaddress.ip_address(connection.mail_session.remote_host)
         except ValueError:  # no peer address (the socket was gone before accept finished)
@@ -121,6 +127,8 @@ class SmtpServer:
             address = address.ipv4_mapped
         if address.is_loopback and not self._config.limit_loopback:
             return None
+        if isinstance(address, ipaddress.IPv6Address) and not address.is_loopback:
+            return str(ipaddress.IPv6Network((address, _IPV6_CLIENT_PREFIX), strict=False))
         return str(address)
 
     def forget(self, connection: MailrunnerSMTP) -> None:
