@@ -145,14 +145,16 @@ def test_concurrent_messages_beyond_the_in_flight_budget_get_452_and_the_server_
     assert [event["message"]["subject"] for event in events] == ["held", "retried"]
 
 
-def test_mail_declaring_a_size_beyond_the_in_flight_budget_gets_452_at_mail(
+def test_mail_declaring_a_size_beyond_the_in_flight_budget_is_refused_at_mail(
     serve: Callable[..., ServeProcess],
 ) -> None:
+    """Beyond the whole budget it can never fit: refused for good (552), not 452 for ever;
+    beyond what other sessions leave, 452 (tests/smtp/test_data_reader.py)."""
     server = serve(smtp={"max_inflight_bytes": 2 * MIB}, logs={"level": "warning"})
     with client(server) as sender:
         sender.send(f"EHLO big.example\r\nMAIL FROM:<a@example.com> SIZE={3 * MIB}\r\n".encode())
         assert sender.reply().startswith(b"250-")
-        assert sender.reply() == NO_STORAGE
+        assert sender.reply() == b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
         sender.send(f"MAIL FROM:<a@example.com> SIZE={MIB}\r\n".encode())
         assert sender.reply()[:3] == b"250"
 

@@ -18,6 +18,7 @@ from conftest import RunningServer
 SOCKET_TIMEOUT = 10.0
 MIB = 1024 * 1024
 NO_STORAGE = b"452 4.3.1 Insufficient system storage\r\n"
+TOO_BIG = b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
 GO_AHEAD = b"354 End data with <CR><LF>.<CR><LF>\r\n"
 ENVELOPE = b"EHLO client.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
 
@@ -155,14 +156,15 @@ def test_a_client_silent_inside_data_gets_421_after_the_read_timeout(
     assert server.delivery.events == []
 
 
-def test_a_message_beyond_the_in_flight_budget_gets_452_and_the_budget_comes_back(
+def test_a_message_beyond_the_whole_budget_gets_552_and_the_budget_comes_back(
     start_server: Callable[..., RunningServer],
 ) -> None:
+    """No retry could ever fit it: a 452 would have the client try again for days."""
     server = start_server(smtp={"max_inflight_bytes": MIB, "max_message_size": 0})
     with session(server) as client:
         client.start_data()
         client.send(filler(MIB + 4096) + b".\r\n")
-        assert client.reply() == NO_STORAGE
+        assert client.reply() == TOO_BIG
         client.send(b"RCPT TO:<b@example.com>\r\n")
         assert client.code() == b"503", "the refused transaction must be reset"
     # both the refusal and the hand-off give the budget back: these fit one after the other
@@ -171,14 +173,14 @@ def test_a_message_beyond_the_in_flight_budget_gets_452_and_the_budget_comes_bac
     assert len(server.delivery.wait_for(3)) == 3
 
 
-def test_mail_declaring_a_size_beyond_the_budget_left_gets_452_at_mail(
+def test_mail_declaring_a_size_beyond_the_whole_budget_gets_552_at_mail(
     start_server: Callable[..., RunningServer],
 ) -> None:
     server = start_server(smtp={"max_inflight_bytes": 2 * MIB, "max_message_size": 0})
     with smtplib.SMTP(server.host, server.port, timeout=SOCKET_TIMEOUT) as client:
         client.ehlo("c")
         reply = client.docmd(f"MAIL FROM:<a@example.com> SIZE={2 * MIB + 1}")
-        assert reply == (452, b"4.3.1 Insufficient system storage")
+        assert reply == (552, b"5.3.4 Message size exceeds fixed maximum message size")
         assert client.docmd(f"MAIL FROM:<a@example.com> SIZE={2 * MIB}")[0] == 250
         assert client.docmd("RCPT TO:<b@example.com>")[0] == 250
 
@@ -213,20 +215,43 @@ def test_the_budget_is_shared_by_all_sessions(start_server: Callable[..., Runnin
     assert event["message"]["subject"] == "filler"
 
 
+def hold_most_of_the_budget(server: RunningServer, holder: Session, other: Session) -> None:
+    """`holder` sends 1.5 MiB of DATA and keeps it open; returns once it counts against the
+    2 MiB budget (a SIZE of half a MiB is refused to `other`)."""
+    holder.start_data()
+    holder.send(filler(MIB + MIB // 2 + 4096))
+    other.send(ENVELOPE)
+    assert [other.code() for _ in range(3)] == [b"250"] * 3
+    other.send(b"RSET\r\n")
+    assert other.code() == b"250"
+    deadline = time.monotonic() + SOCKET_TIMEOUT
+    while True:
+        other.send(f"MAIL FROM:<a@example.com> SIZE={MIB // 2}\r\nRSET\r\n".encode())
+        code = other.code()
+        assert other.code() == b"250"
+        if code == b"452":
+            return
+        assert time.monotonic() < deadline, "the held DATA never counted against the budget"
+
+
 @pytest.mark.parametrize(
     ("size_limit", "tail", "reply"),
     [
-        pytest.param(MIB + MIB // 4, b"", b"552 5.3.4 ", id="too-big"),
+        pytest.param(
+            MIB + 3 * MIB // 4, (b"t" * 78 + b"\r\n") * (MIB // 80), b"552 5.3.4 ", id="too-big"
+        ),
         pytest.param(0, b"l" * 2000 + b"\r\n", b"500 5.5.2 ", id="line-too-long"),
     ],
 )
 def test_a_message_that_would_fail_anyway_gets_its_permanent_reply_not_452(
     start_server: Callable[..., RunningServer], size_limit: int, tail: bytes, reply: bytes
 ) -> None:
-    """Over the budget first, then too big or with a long line: a 452 would only make the
-    client retry a message that can never pass."""
-    server = start_server(smtp={"max_inflight_bytes": MIB, "max_message_size": size_limit})
-    with session(server) as client:
-        client.start_data()
-        client.send(filler(MIB + MIB // 2) + tail + b".\r\n")
+    """Over the budget left first, then too big or with a long line: a 452 would only make
+    the client retry a message that can never pass."""
+    server = start_server(smtp={"max_inflight_bytes": 2 * MIB, "max_message_size": size_limit})
+    with session(server) as holder, session(server) as client:
+        hold_most_of_the_budget(server, holder, client)
+        client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+        assert [client.code() for _ in range(3)] == [b"250", b"250", b"354"]
+        client.send(filler(MIB) + tail + filler(MIB // 4) + b".\r\n")
         assert client.reply().startswith(reply)

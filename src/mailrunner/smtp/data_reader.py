@@ -113,7 +113,8 @@ class DataScanner:
 
     def __init__(self, size_limit: int | None, budget: InflightBudget) -> None:
         self.outcome = DataOutcome.COMPLETE
-        self._size_limit = size_limit or 0
+        # a message the whole budget cannot hold would get 452 at every retry: too big it is
+        self._size_limit = min(size_limit or budget.capacity, budget.capacity)
         self._budget = budget
         self._carry = _CRLF
         self._counted = 0

@@ -169,8 +169,8 @@ class MailrunnerSMTP(SMTP):
         aiosmtpd calls the MAIL hook once it has checked the syntax and SIZE against
         `data_size_limit`; a SIZE beyond what the in-flight budget has left is refused there.
         """
-        if command == "MAIL" and not self._room_for(args[1]):
-            return replies.R452_NO_STORAGE
+        if command == "MAIL" and (refusal := self._no_room_for(args[1])) is not None:
+            return refusal
         self._owes_reply = True
         try:
             return await super()._call_handler_hook(command, *args)
@@ -318,12 +318,15 @@ class MailrunnerSMTP(SMTP):
         status = await self._call_handler_hook("DATA")
         return "250 OK" if status is MISSING else str(status)
 
-    def _room_for(self, mail_options: list[str]) -> bool:
-        """Whether a MAIL's SIZE (aiosmtpd has checked its syntax) fits in the budget left."""
+    def _no_room_for(self, mail_options: list[str]) -> str | None:
+        """The refusal of a MAIL whose SIZE (aiosmtpd has checked its syntax) does not fit
+        in the budget left (452, try later), or could never fit in the whole budget (552)."""
         size = (self._getparams(mail_options) or {}).get("SIZE")
         if not isinstance(size, str) or not size.isdecimal():
-            return True
-        return int(size) <= self._budget.available
+            return None
+        if int(size) > self._budget.capacity:
+            return replies.R552_TOO_BIG
+        return replies.R452_NO_STORAGE if int(size) > self._budget.available else None
 
     # --- replies ---------------------------------------------------------------------------
 
