@@ -39,7 +39,8 @@ MAX_WORKERS_FACTOR = 4
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+"""The names of this machine an API without a token may listen on and answer to."""
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -437,7 +438,7 @@ class Config(_Model):
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> Config:
         host, _ = split_host_port(self.rpc.listen)
-        if host not in _LOOPBACK and not self.rpc.token:
+        if host not in LOOPBACK_HOSTS and not self.rpc.token:
             raise ValueError(
                 f"rpc.token: required when rpc.listen ({self.rpc.listen}) is not a loopback"
                 " address; the API can push jobs and stop workers"
