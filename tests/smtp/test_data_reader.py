@@ -185,37 +185,7 @@ def test_mail_declaring_a_size_beyond_the_whole_budget_gets_552_at_mail(
         assert client.docmd("RCPT TO:<b@example.com>")[0] == 250
 
 
-def test_the_budget_is_shared_by_all_sessions(start_server: Callable[..., RunningServer]) -> None:
-    """One session holding most of it leaves the rest for the others, and only that."""
-    server = start_server(smtp={"max_inflight_bytes": 2 * MIB, "max_message_size": 0})
-    held = filler(MIB + MIB // 2 + 4096)
-    with session(server) as holder, session(server) as other:
-        holder.start_data()
-        holder.send(held)
-        other.send(ENVELOPE)
-        assert [other.code() for _ in range(3)] == [b"250"] * 3
-        other.send(b"RSET\r\n")
-        assert other.code() == b"250"
-        # the holder's bytes are in memory once a SIZE above what they leave is refused
-        deadline = time.monotonic() + SOCKET_TIMEOUT
-        while True:
-            other.send(f"MAIL FROM:<a@example.com> SIZE={MIB // 2}\r\nRSET\r\n".encode())
-            code = other.code()
-            assert other.code() == b"250"
-            if code == b"452":
-                break
-            assert time.monotonic() < deadline, "the held DATA never counted against the budget"
-        other.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
-        assert [other.code() for _ in range(3)] == [b"250", b"250", b"354"]
-        other.send(filler(MIB) + b".\r\n")
-        assert other.reply() == NO_STORAGE
-        holder.send(b".\r\n")
-        assert holder.reply().startswith(b"250 2.0.0 OK: queued as ")
-    (event,) = server.delivery.wait_for(1)
-    assert event["message"]["subject"] == "filler"
-
-
-def hold_most_of_the_budget(server: RunningServer, holder: Session, other: Session) -> None:
+def hold_most_of_the_budget(holder: Session, other: Session) -> None:
     """`holder` sends 1.5 MiB of DATA and keeps it open; returns once it counts against the
     2 MiB budget (a SIZE of half a MiB is refused to `other`)."""
     holder.start_data()
@@ -234,6 +204,22 @@ def hold_most_of_the_budget(server: RunningServer, holder: Session, other: Sessi
         assert time.monotonic() < deadline, "the held DATA never counted against the budget"
 
 
+def test_the_budget_is_shared_by_all_sessions(start_server: Callable[..., RunningServer]) -> None:
+    """One session holding most of it leaves the rest for the others, and only that: a SIZE
+    above what it leaves is refused at MAIL, a message above it at the final dot."""
+    server = start_server(smtp={"max_inflight_bytes": 2 * MIB, "max_message_size": 0})
+    with session(server) as holder, session(server) as other:
+        hold_most_of_the_budget(holder, other)
+        other.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+        assert [other.code() for _ in range(3)] == [b"250", b"250", b"354"]
+        other.send(filler(MIB) + b".\r\n")
+        assert other.reply() == NO_STORAGE
+        holder.send(b".\r\n")
+        assert holder.reply().startswith(b"250 2.0.0 OK: queued as ")
+    (event,) = server.delivery.wait_for(1)
+    assert event["message"]["subject"] == "filler"
+
+
 @pytest.mark.parametrize(
     ("size_limit", "tail", "reply"),
     [
@@ -250,7 +236,7 @@ def test_a_message_that_would_fail_anyway_gets_its_permanent_reply_not_452(
     the client retry a message that can never pass."""
     server = start_server(smtp={"max_inflight_bytes": 2 * MIB, "max_message_size": size_limit})
     with session(server) as holder, session(server) as client:
-        hold_most_of_the_budget(server, holder, client)
+        hold_most_of_the_budget(holder, client)
         client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
         assert [client.code() for _ in range(3)] == [b"250", b"250", b"354"]
         client.send(filler(MIB) + tail + filler(MIB // 4) + b".\r\n")
