@@ -22,7 +22,8 @@ client::
     │                          (in pool/frame.py, which worker processes import)
     ├── DriverError            a Jobs driver could not store, lease or acknowledge
     │   ├── DriverUnavailable
-    │   └── PushTimeout
+    │   └── PushTimeout        not stored by its deadline, nor later
+    │       └── PushOutcomeUnknown  (also an OutcomeUnknown) sent, unconfirmed: may be stored
     ├── JobsError              a Jobs RPC call was refused
     │   ├── PipelineNotFound
     │   ├── PipelineConflict
@@ -31,9 +32,13 @@ client::
     └── ApiError               a management API call failed (status and message kept)
         ├── NotFound           no such pool, connection or route
         ├── ApiUnavailable     the server could not be reached
+        │   └── RequestOutcomeUnknown  (also an OutcomeUnknown) a change was sent, no answer
         ├── Forbidden          the API does not trust the request (Host, Origin) or refuses
         │                      what it asks for (a Declare beyond the configuration)
         └── UnsupportedMediaType  a change not sent as application/json
+
+    OutcomeUnknown             the other side may have done it (see the class): never alone,
+                               always with one of the classes above
 """
 
 from __future__ import annotations
@@ -107,7 +112,8 @@ class DriverUnavailable(DriverError):
 
 
 class PushTimeout(DriverError):
-    """A push was not confirmed before its deadline; the job will not be stored later."""
+    """A push was not confirmed before its deadline; the job will not be stored later
+    (except a `PushOutcomeUnknown`)."""
 
 
 class JobsError(MailrunnerError):
@@ -166,3 +172,21 @@ class UnsupportedMediaType(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, 415)
+
+
+class OutcomeUnknown(MailrunnerError):
+    """A change went out and no verdict came back: it may have been done, now or later.
+
+    Mixed into the errors that mean it, so a caller that must not undo its side of a change
+    that may have happened (the SMTP side keeps an email's attachment files for a job that may
+    be stored) asks one question, whatever the path: the in-process service or the API."""
+
+
+class PushOutcomeUnknown(PushTimeout, OutcomeUnknown):
+    """A push gave up on its confirmation after its message had gone to the broker, where it
+    cannot be withdrawn: the job may be stored (the amqp driver's unwithdrawn publish)."""
+
+
+class RequestOutcomeUnknown(ApiUnavailable, OutcomeUnknown):
+    """A change was sent to the API and no answer came (the call's own timeout, or the
+    connection lost after sending): the server may have done it, or may still do it."""

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import RunningServer, free_port, wait_until
+from mailrunner.jobs.drivers import sqlite as sqlite_driver
 
 JOB_WORKER = Path(__file__).parents[1] / "jobs" / "job_worker.py"
 TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
@@ -155,3 +158,69 @@ def test_a_message_near_size_with_raw_included_is_stored_through_the_jobs_node(
     assert event["message"]["subject"] == "quotes"
     assert len(event["message"]["body"]) == len(quotes) // 1000 * 999
     assert jobs_node.app.config.smtp.max_message_size == size
+
+
+WITH_ATTACHMENT = (
+    b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+    b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Disposition: attachment; filename=data.bin\r\n\r\nDATA\r\n--b--\r\n"
+)
+
+
+def test_a_push_whose_commit_outlasts_the_ingress_answers_451_and_keeps_the_stored_jobs_files(
+    start_server: Callable[..., RunningServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs node's sqlite transaction has begun when the ingress stops waiting for the
+    node's answer: the node then stores the job once its COMMIT is done. The ingress cannot
+    know, so it answers 451 (the client sends the message again) and keeps the files the
+    stored job points at. The slow COMMIT is a trigger that sleeps in the node's transaction,
+    as a stalled disk would hold it."""
+    stall = 3.0
+    push_timeout = 0.5
+    connect = sqlite_driver._connect
+
+    def connect_with_stall(path: Path) -> sqlite3.Connection:
+        connection = connect(path)
+        connection.create_function("stall_commit", 0, lambda: time.sleep(stall))
+        return connection
+
+    monkeypatch.setattr(sqlite_driver, "_connect", connect_with_stall)
+    api_port = free_port()
+    database = tmp_path / "jobs.db"
+    start_server(
+        record=False,
+        rpc={"listen": f"127.0.0.1:{api_port}"},
+        jobs={
+            "pipelines": {"smtp-emails": {"driver": "sqlite", "config": {"path": str(database)}}}
+        },
+    )
+    with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as connection:
+        connection.execute(
+            "CREATE TRIGGER stalled AFTER INSERT ON jobs BEGIN SELECT stall_commit(); END"
+        )
+    ingress = start_server(
+        record=False,
+        smtp={
+            "attachment_storage": {"mode": "tempfile"},
+            "jobs": {"rpc": f"http://127.0.0.1:{api_port}", "push_timeout": push_timeout},
+        },
+    )
+    with smtplib.SMTP(ingress.host, ingress.port, timeout=30) as client:
+        client.ehlo("ingress.client")
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        started = time.monotonic()
+        reply = client.data(WITH_ATTACHMENT)
+        elapsed = time.monotonic() - started
+    assert reply == TEMP_FAILURE, f"{reply} after {elapsed:.2f}s"
+    assert elapsed < stall, f"451 came after {elapsed:.2f}s, once the COMMIT was done"
+
+    def payloads() -> list[dict[str, Any]]:
+        with contextlib.closing(sqlite3.connect(database)) as reader:
+            rows = reader.execute("SELECT payload FROM jobs").fetchall()
+        return [json.loads(payload) for (payload,) in rows]
+
+    wait_until(lambda: len(payloads()) == 1, "the jobs node to commit the job")
+    (event,) = payloads()
+    files = [Path(attachment["path"]) for attachment in event["attachments"]]
+    assert [file.read_bytes() for file in files] == [b"DATA"], "the stored job lost its files"

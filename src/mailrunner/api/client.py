@@ -34,7 +34,9 @@ from mailrunner.errors import (
     NotFound,
     PipelineConflict,
     PipelineNotFound,
+    PushOutcomeUnknown,
     PushTimeout,
+    RequestOutcomeUnknown,
     UnsupportedMediaType,
 )
 from mailrunner.jobs.model import FailedJob, Job, PushResult
@@ -46,6 +48,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "InvalidJob": InvalidJob,
     "InvalidPipeline": InvalidPipeline,
     "PushTimeout": PushTimeout,
+    "PushOutcomeUnknown": PushOutcomeUnknown,
     "Forbidden": Forbidden,
     "UnsupportedMediaType": UnsupportedMediaType,
 }
@@ -55,7 +58,10 @@ _REPLY_GRACE = 0.75
 before push_timeout, counted from the request's arrival, and a broker driver may take 0.5 s
 past that for the broker's verdict; so as long as the request's headers reach the node
 within 0.5 s, the ingress never answers 451 for a job the node then stores, and the SMTP
-side's own bound (push_timeout + 1 s) still holds."""
+side's own bound (push_timeout + 1 s) still holds. A node whose sqlite COMMIT began before
+its deadline answers only once the COMMIT is done (up to its busy timeout later), which may be
+after this grace: the push then raises RequestOutcomeUnknown, and the SMTP side answers 451
+and keeps the email's attachment files for the job the node may still store."""
 
 
 class ApiClient:
@@ -103,9 +109,7 @@ class ApiClient:
                     raise _error(response.status, data)
                 return data
         except (aiohttp.ClientConnectionError, TimeoutError) as error:
-            raise ApiUnavailable(
-                f"cannot reach {self.base_url}: {error or type(error).__name__}"
-            ) from None
+            raise _unreachable(self.base_url, method, path, error) from None
 
     # --- Jobs RPC: the JobsService methods, over HTTP ----------------------------------------
 
@@ -189,6 +193,19 @@ def _json_body(body: Any) -> aiohttp.BytesIOPayload | None:
     except orjson.JSONEncodeError as error:
         raise InvalidJob(f"the request holds text that is not valid Unicode: {error}") from None
     return aiohttp.BytesIOPayload(io.BytesIO(encoded), content_type="application/json")
+
+
+def _unreachable(base_url: str, method: str, path: str, error: Exception) -> ApiUnavailable:
+    """No answer: the server did nothing if the request never left (no connection, or none
+    in time); a change that may have been sent may have been done, or may be done yet."""
+    reason = str(error) or type(error).__name__
+    never_sent = isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    if never_sent or method.upper() in _READING_METHODS:
+        return ApiUnavailable(f"cannot reach {base_url}: {reason}")
+    return RequestOutcomeUnknown(
+        f"no answer from {base_url} to {method.upper()} {path}, which it may have carried out"
+        f" or may still: {reason}"
+    )
 
 
 def _error(status: int, data: Any) -> Exception:

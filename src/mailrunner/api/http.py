@@ -403,6 +403,11 @@ class ApiServer:
     # --- jobs --------------------------------------------------------------------------------
 
     async def push(self, request: web.Request) -> web.Response:
+        """Answers once the driver has the outcome. A sqlite push whose transaction began before
+        its deadline waits for the COMMIT, up to the busy timeout past it: the handler sets no
+        bound of its own and runs on when the caller hangs up, so the job is stored even if the
+        caller gave up first (its ApiClient raises RequestOutcomeUnknown, and an SMTP ingress
+        answers 451 and keeps the email's attachment files)."""
         arrived = time.monotonic()
         body: PushRequest = await _body(request, PushRequest)
         push_timeout = _time_left(body.push_timeout, arrived)

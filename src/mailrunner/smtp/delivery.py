@@ -14,7 +14,7 @@ from typing import ClassVar, Protocol
 import structlog
 
 from mailrunner.config import SmtpJobsConfig
-from mailrunner.errors import BadAnswer, DeliveryTimeout
+from mailrunner.errors import BadAnswer, DeliveryTimeout, OutcomeUnknown
 from mailrunner.events import EmailEvent
 from mailrunner.jobs.driver import VerdictListener, verdict_listener
 from mailrunner.jobs.model import Job, JobOptions
@@ -107,16 +107,12 @@ class JobsDelivery:
                 with verdict_listener(_extender(bound)):
                     await self._rpc.push(email_job(event, self._settings), push_timeout=timeout)
         except TimeoutError:
-            log.warning(
-                "push outcome unknown: attachments kept",
-                uuid=event.uuid,
-                id=event.id,
-                pipeline=self._settings.pipeline,
-            )
-            raise DeliveryTimeout(
-                f"push to {self._settings.pipeline} gave no outcome within {timeout}s"
-                f" + {_PUSH_GRACE}s"
-            ) from None
+            reason = f"no outcome within {timeout}s + {_PUSH_GRACE}s"
+            self._outcome_unknown(event, reason)
+            raise DeliveryTimeout(f"push to {self._settings.pipeline} gave {reason}") from None
+        except OutcomeUnknown as error:
+            self._outcome_unknown(event, f"{type(error).__name__}: {error}")
+            raise
         except Exception:
             await self._forget_attachments(event)
             raise
@@ -125,12 +121,24 @@ class JobsDelivery:
         )
         return Outcome.ACCEPTED
 
+    def _outcome_unknown(self, event: EmailEvent, reason: str) -> None:
+        """The push may have stored the job, or may yet (the bound ran out without an answer,
+        a broker holds an unconfirmed publish, a remote node's COMMIT outlasted the request):
+        the client still gets 451 and sends the message again (at least once, never lost), and
+        the files stay for the job that may exist (the folder, marked with the pipeline, goes
+        with `destroy --purge` if the job never shows up)."""
+        log.warning(
+            "push outcome unknown: attachments kept",
+            uuid=event.uuid,
+            id=event.id,
+            pipeline=self._settings.pipeline,
+            reason=reason,
+        )
+
     async def _forget_attachments(self, event: EmailEvent) -> None:
         """A refused message leaves no files behind: the client will send it again.
 
-        Only when the push said it failed: after the bound ran out without an answer the job
-        may still be stored, and a stored job must not lose its files (the folder, marked with
-        the pipeline, goes with `destroy --purge` if the job never shows up)."""
+        Only when the push said it stored nothing (see `_outcome_unknown` otherwise)."""
         if self._attachments is not None and event.attachments:
             await asyncio.to_thread(self._attachments.remove, event.id)
 

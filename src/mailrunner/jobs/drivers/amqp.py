@@ -77,7 +77,8 @@ and raises PushTimeout. Otherwise its messages are sent and their confirms await
 confirm in that grace returns success, although the broker may have stored the job a little
 after the deadline. A publish not yet written when the grace ends is withdrawn (never sent),
 but a publish already sent CANNOT be withdrawn: when its confirm is missing at the end of the
-grace the push raises PushTimeout and the job may still be stored (under a resource alarm
+grace the push raises PushOutcomeUnknown (a PushTimeout that may be stored: the SMTP side
+keeps the email's attachment files) and the job may still be stored (under a resource alarm
 RabbitMQ blocks publishers and confirms late). Each such case is logged as
 "amqp push may be stored after its deadline" with a running count
 (`AmqpDriver.unwithdrawn_publishes`, exported as the metric
@@ -114,7 +115,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 
 from mailrunner.config import AmqpPipeline, mask_url
-from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
+from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown, PushTimeout
 from mailrunner.jobs.driver import Driver, Lease
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
 
@@ -284,7 +285,7 @@ class AmqpDriver(Driver):
         self.catalog_name = f"{self.queue_name}.delays"
         self.unwithdrawn_publishes = 0
         """Publishes sent before a push's deadline whose confirm was missing after it: they
-        cannot be withdrawn and may be stored although the push raised PushTimeout."""
+        cannot be withdrawn and may be stored although the push raised PushOutcomeUnknown."""
         self._addr = config.addr
         self._timeout = config.timeout
         self._connection: AbstractRobustConnection | None = None
@@ -495,7 +496,7 @@ class AmqpDriver(Driver):
                 unconfirmed=unconfirmed,
                 total=self.unwithdrawn_publishes,
             )
-            raise PushTimeout(
+            raise PushOutcomeUnknown(
                 f"pipeline {self.name}: rabbitmq at {self.addr} did not confirm the push within "
                 f"{_CONFIRM_GRACE}s of its deadline; what was sent may still be stored"
             )
