@@ -7,7 +7,6 @@ the DATA held by all sessions together, nor the connections from one address.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,58 +15,18 @@ from pathlib import Path
 import pytest
 
 from conftest import ServeProcess
+from raw_smtp import RawSmtp, raw_smtp
 
-SOCKET_TIMEOUT = 10.0
 MIB = 1024 * 1024
 SHORT_LINES = b"a\r\n" * 3_000_000
 """9 MB of the shortest lines a client can send: under the default 10 MiB message size."""
 NO_STORAGE = b"452 4.3.1 Insufficient system storage\r\n"
-ENVELOPE = b"EHLO attacker.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
-
-
-class Client:
-    """A raw SMTP client reading whole replies."""
-
-    def __init__(self, server: ServeProcess) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT)
-        self.buffer = b""
-        self.greeting = self.reply()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> bytes:
-        """One reply: lines up to the first whose fourth octet is a space (b"" on close)."""
-        start = 0
-        while True:
-            end = self.buffer.find(b"\r\n", start)
-            if end == -1:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    rest, self.buffer = self.buffer, b""
-                    return rest
-                self.buffer += chunk
-                continue
-            line, start = self.buffer[start:end], end + 2
-            if len(line) < 4 or line[3:4] == b" ":
-                reply, self.buffer = self.buffer[:start], self.buffer[start:]
-                return reply
-
-    def codes(self, count: int) -> list[bytes]:
-        return [self.reply()[:3] for _ in range(count)]
-
-    def start_data(self) -> None:
-        self.send(ENVELOPE + b"DATA\r\n")
-        assert self.codes(4) == [b"250", b"250", b"250", b"354"]
 
 
 @contextmanager
-def client(server: ServeProcess) -> Iterator[Client]:
-    connection = Client(server)
-    try:
+def client(server: ServeProcess) -> Iterator[RawSmtp]:
+    with raw_smtp(server.port) as connection:
         yield connection
-    finally:
-        connection.sock.close()
 
 
 def memory_bytes(pid: int, key: str) -> int:
@@ -112,7 +71,7 @@ def filler(subject: str, size: int) -> bytes:
     return f"Subject: {subject}\r\n\r\n".encode() + (b"f" * 78 + b"\r\n") * (size // 80)
 
 
-def send_data(connection: Client, message: bytes) -> bytes:
+def send_data(connection: RawSmtp, message: bytes) -> bytes:
     connection.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
     assert connection.codes(3) == [b"250", b"250", b"354"]
     connection.send(message + b".\r\n")
@@ -165,7 +124,7 @@ def test_connections_beyond_the_per_address_limit_get_421_and_are_closed(
     server = serve(
         smtp={"max_connections_per_ip": 3, "limit_loopback": True}, logs={"level": "warning"}
     )
-    admitted = [Client(server) for _ in range(3)]
+    admitted = [RawSmtp(server.port) for _ in range(3)]
     try:
         assert all(connection.greeting.startswith(b"220 ") for connection in admitted)
         with client(server) as fourth:

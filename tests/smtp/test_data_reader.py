@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import smtplib
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,63 +13,18 @@ from typing import Any
 import pytest
 
 from conftest import RunningServer
+from raw_smtp import ENVELOPE, SOCKET_TIMEOUT, RawSmtp, raw_smtp
 
-SOCKET_TIMEOUT = 10.0
 MIB = 1024 * 1024
 NO_STORAGE = b"452 4.3.1 Insufficient system storage\r\n"
 TOO_BIG = b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
 GO_AHEAD = b"354 End data with <CR><LF>.<CR><LF>\r\n"
-ENVELOPE = b"EHLO client.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
-
-
-class Session:
-    """A raw SMTP client reading whole replies, so each test states the exact bytes."""
-
-    def __init__(self, server: RunningServer) -> None:
-        self.sock = socket.create_connection((server.host, server.port), timeout=SOCKET_TIMEOUT)
-        self.buffer = b""
-        self.reply()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> bytes:
-        """One reply: lines up to the first whose fourth octet is a space."""
-        start = 0
-        while True:
-            end = self.buffer.find(b"\r\n", start)
-            if end == -1:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    pytest.fail(f"connection closed mid-reply; got {self.buffer!r}")
-                self.buffer += chunk
-                continue
-            line, start = self.buffer[start:end], end + 2
-            if len(line) < 4 or line[3:4] == b" ":
-                reply, self.buffer = self.buffer[:start], self.buffer[start:]
-                return reply
-
-    def code(self) -> bytes:
-        return self.reply()[:3]
-
-    def start_data(self) -> None:
-        self.send(ENVELOPE + b"DATA\r\n")
-        assert [self.code() for _ in range(4)] == [b"250", b"250", b"250", b"354"]
-
-    def closed(self) -> bool:
-        """True once the server has closed the connection (all it sent is in `buffer`)."""
-        while chunk := self.sock.recv(65536):
-            self.buffer += chunk
-        return True
 
 
 @contextmanager
-def session(server: RunningServer) -> Iterator[Session]:
-    client = Session(server)
-    try:
+def session(server: RunningServer) -> Iterator[RawSmtp]:
+    with raw_smtp(server.port, server.host) as client:
         yield client
-    finally:
-        client.sock.close()
 
 
 def raw_of(event: dict[str, Any]) -> bytes:
@@ -185,7 +139,7 @@ def test_mail_declaring_a_size_beyond_the_whole_budget_gets_552_at_mail(
         assert client.docmd("RCPT TO:<b@example.com>")[0] == 250
 
 
-def hold_most_of_the_budget(holder: Session, other: Session) -> None:
+def hold_most_of_the_budget(holder: RawSmtp, other: RawSmtp) -> None:
     """`holder` sends 1.5 MiB of DATA and keeps it open; returns once it counts against the
     2 MiB budget (a SIZE of half a MiB is refused to `other`)."""
     holder.start_data()
