@@ -18,11 +18,11 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 
 from conftest import ServeProcess, free_port
+from process_memory import memory_bytes, reset_peak
 
 ATTACHMENT_BYTES = 7_300_000
 """Base64 and headers make this a message of just under 10 MB (the default SIZE is 10 MiB)."""
@@ -44,22 +44,6 @@ def ten_megabyte_message(number: int) -> bytes:
     raw = message.as_bytes().replace(b"\n", b"\r\n")
     assert 9_500_000 < len(raw) < 10_485_760
     return raw
-
-
-def memory_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
-
-
-def reset_peak(pid: int) -> int:
-    """Start the peak over from now; returns the idle resident size in bytes."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError as error:
-        pytest.skip(f"cannot reset the peak RSS of {pid} ({error}); needs Linux and the same user")
-    return memory_kb(pid, "VmRSS") * 1024
 
 
 def send(server: ServeProcess, raw: bytes) -> None:
@@ -104,7 +88,7 @@ def aiosmtpd_peak() -> float:
         idle = reset_peak(process.pid)
         with smtplib.SMTP("127.0.0.1", port, timeout=120) as client:
             assert client.sendmail("big@example.com", ["sink@example.com"], raw) == {}
-        return (memory_kb(process.pid, "VmHWM") * 1024 - idle) / len(raw)
+        return (memory_bytes(process.pid, "VmHWM") - idle) / len(raw)
     finally:
         process.terminate()
         process.wait(10)
@@ -128,7 +112,7 @@ def test_one_10_mb_message_peaks_little_above_what_aiosmtpd_needs_alone(
     raw = ten_megabyte_message(1)
     idle = reset_peak(server.process.pid)
     send(server, raw)
-    peak = memory_kb(server.process.pid, "VmHWM") * 1024
+    peak = memory_bytes(server.process.pid, "VmHWM")
     (event,) = server.wait_events(1)
     assert event["envelope"]["size"] == len(raw)
     assert event["attachments"][0]["size"] == ATTACHMENT_BYTES
@@ -147,7 +131,7 @@ def test_ten_concurrent_10_mb_messages_stay_under_500_mb(
     idle = reset_peak(server.process.pid)
     with ThreadPoolExecutor(len(messages)) as clients:
         list(clients.map(lambda raw: send(server, raw), messages))
-    peak = memory_kb(server.process.pid, "VmHWM") * 1024
+    peak = memory_bytes(server.process.pid, "VmHWM")
     assert len(server.wait_events(10)) == 10
     assert peak - idle <= 500 * 1024 * 1024, f"peak {(peak - idle) / 2**20:.0f} MiB above idle"
 
@@ -170,7 +154,7 @@ def test_a_10_mb_message_waiting_for_its_final_dot_is_held_about_once(
         client.sendall(raw)
         assert replies.readline().startswith(b"421 4.4.2"), "expected the read timeout"
         replies.close()
-    held = memory_kb(server.process.pid, "VmHWM") * 1024 - idle
+    held = memory_bytes(server.process.pid, "VmHWM") - idle
     assert held <= 1.5 * len(raw), f"an unfinished message raised the peak {held / len(raw):.2f}x"
 
 
@@ -188,7 +172,7 @@ def fresh_peak(serve: Callable[..., ServeProcess], mode: str, raw: bytes) -> int
     try:
         idle = reset_peak(server.process.pid)
         send(server, raw)
-        return memory_kb(server.process.pid, "VmHWM") * 1024 - idle
+        return memory_bytes(server.process.pid, "VmHWM") - idle
     finally:
         assert server.terminate() == 0
 

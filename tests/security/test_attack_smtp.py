@@ -10,11 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-
-import pytest
 
 from conftest import ServeProcess
+from process_memory import memory_bytes, reset_peak
 from raw_smtp import RawSmtp, raw_smtp
 
 MIB = 1024 * 1024
@@ -27,22 +25,6 @@ NO_STORAGE = b"452 4.3.1 Insufficient system storage\r\n"
 def client(server: ServeProcess) -> Iterator[RawSmtp]:
     with raw_smtp(server.port) as connection:
         yield connection
-
-
-def memory_bytes(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
-
-
-def reset_peak(pid: int) -> int:
-    """Start the peak resident size over from now; returns the idle resident size."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError as error:
-        pytest.skip(f"cannot reset the peak RSS of {pid} ({error}); needs Linux and the same user")
-    return memory_bytes(pid, "VmRSS")
 
 
 def test_nine_megabytes_of_short_lines_without_the_final_dot_hold_little_memory(
