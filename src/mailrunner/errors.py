@@ -184,7 +184,8 @@ class OutcomeUnknown(MailrunnerError):
 
 class PushOutcomeUnknown(PushTimeout, OutcomeUnknown):
     """A push gave up on its confirmation after its message had gone to the broker, where it
-    cannot be withdrawn: the job may be stored (the amqp driver's unwithdrawn publish)."""
+    cannot be withdrawn: the job may be stored (the amqp driver's unwithdrawn publish, a
+    redis verdict later than its grace)."""
 
 
 class RequestOutcomeUnknown(ApiUnavailable, OutcomeUnknown):

@@ -46,9 +46,10 @@ then waits for that verdict, up to 0.5 s past the deadline, because with `append
 the reply comes only after the fsync: a push that returns may return that much after its
 deadline (the SMTP side allows a second for it), one refused as late or without a verdict by
 then raises PushTimeout. So a job is never stored once its deadline has passed on Redis's
-clock, and a push that raised PushTimeout stored nothing, except when the verdict took longer
-than the grace (a stalled disk or network): then the job may be stored although the caller
-was told otherwise, and the SMTP client's retry makes a duplicate, never a loss. A push
+clock, and a push that raised PushTimeout stored nothing. When the verdict takes longer than
+the grace (a stalled disk or network) the push raises PushOutcomeUnknown: the job may be
+stored, so the SMTP side keeps its attachment files, and the client's retry makes a
+duplicate, never a loss. A push
 cancelled by its caller after it was sent may still be stored: Redis cannot withdraw it.
 
 Connections: redis-py reconnects on the next command after a broken connection; the driver
@@ -79,7 +80,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mailrunner.config import RedisPipeline, mask_url
-from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
+from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown, PushTimeout
 from mailrunner.jobs.driver import Driver, Lease
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
 
@@ -589,9 +590,9 @@ class RedisDriver(Driver):
                 args = [await self._server_deadline(deadline), *_push_args(jobs)]
                 stored = await self._run(scripts.push, args, "storing jobs")
         except TimeoutError:
-            raise PushTimeout(
+            raise PushOutcomeUnknown(
                 f"pipeline {self.name}: redis at {self.addr} did not answer the push "
-                f"within {_VERDICT_GRACE}s of its deadline"
+                f"within {_VERDICT_GRACE}s of its deadline; it may be stored"
             ) from None
         if stored < 0:
             raise PushTimeout(
