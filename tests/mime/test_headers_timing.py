@@ -43,3 +43,29 @@ def test_parse_time_grows_linearly_with_a_hostile_header(kind: str) -> None:
     assert large <= LINEAR_WITH_HEADROOM * medium, f"superlinear: {timings}"
     assert medium <= LINEAR_WITH_HEADROOM * max(small, 1e-4), f"superlinear: {timings}"
     assert large < 5.0, f"far too slow: {timings}"
+
+
+PUNYCODE_ATTACKS = {
+    "base64 body holding 8-bit bytes": lambda size: (
+        b"Content-Type: application/octet-stream; charset=punycode\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n\xff-" + b"9" * size + b"\r\n"
+    ),
+    "rfc 2231 charset": lambda size: (
+        b"Content-Type: text/plain; charset*=punycode''-" + b"9" * size + b"\r\n\r\nbody\r\n"
+    ),
+    "rfc 2231 boundary": lambda size: (
+        b"Content-Type: multipart/mixed; boundary*=punycode''-" + b"9" * size + b"\r\n\r\n"
+        b"--b\r\n\r\nbody\r\n--b--\r\n"
+    ),
+}
+"""Where `email` would decode sender text by the sender's charset: `punycode` decodes in
+quadratic time (512 KiB took over a minute)."""
+
+
+@pytest.mark.parametrize("place", PUNYCODE_ATTACKS)
+def test_parse_time_grows_linearly_with_text_in_charset_punycode(place: str) -> None:
+    build = PUNYCODE_ATTACKS[place]
+    medium, large = (parse_seconds(b"Subject: s\r\n" + build(size)) for size in SIZES[1:])
+    timings = f"{place}: 64 KiB {medium:.4f}s, 512 KiB {large:.4f}s"
+    assert large <= LINEAR_WITH_HEADROOM * max(medium, 1e-4), f"superlinear: {timings}"
+    assert large < 5.0, f"far too slow: {timings}"

@@ -385,3 +385,51 @@ def test_an_8bit_body_in_an_unusable_charset_loses_nothing_else(
     assert parsed.body == "hello"
     assert [a.content_type for a in parsed.attachments] == [content_type]
     assert not [e for e in parsed.parse_errors if "could not be read" in e], parsed.parse_errors
+
+
+def test_an_8bit_text_body_in_charset_punycode_decodes_as_utf8_and_says_so() -> None:
+    raw = (
+        b"Content-Type: text/plain; charset=punycode\r\nContent-Transfer-Encoding: base64\r\n"
+        b"\r\n\xffY2Fmw6k=\r\n"  # base64 of UTF-8 `café`, after a byte base64 skips
+    )
+    parsed = parse(raw)
+    assert parsed.body == "café"
+    unusable = "part 1 (text/plain): charset 'punycode' is unknown or not a text charset"
+    assert any(error.startswith(unusable) for error in parsed.parse_errors), parsed.parse_errors
+
+
+@pytest.mark.parametrize("charset", ["punycode", "idna", "undefined", "utf-8\x00"])
+def test_an_rfc2231_boundary_in_a_codec_that_is_no_charset_is_read_as_utf8(charset: str) -> None:
+    """`email` would decode it by that codec: `punycode` in quadratic time."""
+    quoted = "".join(f"%{ord(c):02X}" for c in charset)
+    raw = (
+        f"Content-Type: multipart/mixed; boundary*={quoted}''b\r\n\r\n".encode()
+        + b"--b\r\nContent-Type: text/plain\r\n\r\nthe body\r\n--b--\r\n"
+    )
+    parsed = parse(raw)
+    assert parsed.body == "the body"
+    assert "part 1: InvalidHeaderDefect" in parsed.parse_errors
+
+
+def test_an_rfc2231_charset_in_punycode_is_read_as_utf8() -> None:
+    raw = b"Content-Type: text/plain; charset*=punycode''iso-8859-1\r\n\r\ncaf\xe9\r\n"
+    parsed = parse(raw)
+    assert parsed.body == "café\n"
+    assert "part 1: InvalidHeaderDefect" in parsed.parse_errors
+
+
+def test_a_parameter_numbered_past_what_int_reads_costs_only_the_rfc2231_parameters() -> None:
+    """`decode_params` calls `int()` on the number, which refuses over 4,300 digits: the
+    ValueError lost the body and every attachment."""
+    numbered = b"; x*" + b"9" * 5000 + b"=a; name*0=y.txt"
+    raw = mixed(
+        [
+            b"Content-Type: text/plain; charset=iso-8859-1" + numbered + b"\r\n\r\ncaf\xe9",
+            attachment(1),
+        ]
+    )
+    parsed = parse(raw)
+    assert parsed.body == "café"
+    assert [a.filename for a in parsed.attachments] == ["f1.bin"]
+    assert "part 2: InvalidHeaderDefect" in parsed.parse_errors
+    assert not [e for e in parsed.parse_errors if "could not be read" in e], parsed.parse_errors

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from conftest import ServeProcess
 from hostile_headers import hostile_header
+from mailrunner.config import ParseConfig
 
 HEALTH_WITHIN = 1.0
 SMTP_TIMEOUT = 30.0
@@ -149,3 +150,39 @@ def test_subjects_in_charsets_that_are_no_charset_are_stored_decoded_as_utf8(
     assert broken["parse_errors"] == [
         "header Subject: an encoded word is not valid base64, kept as written"
     ]
+
+
+def punycode_charset_message(size: int) -> bytes:
+    """A text body whose RFC 2231 charset value, about `size` bytes in continuations of
+    under 1,000-byte lines, is in charset `punycode`: `email` joins the continuations and
+    decoded the whole value by it, in quadratic time."""
+    continuations = "".join(
+        f";\r\n charset*{number}*=" + ("punycode''-" if number == 0 else "") + "9" * 900
+        for number in range(size // 900)
+    )
+    return (
+        b"From: sender@example.com\r\nSubject: punycode\r\n"
+        + f"Content-Type: text/plain{continuations}\r\n\r\n".encode()
+        + b"the body\r\n"
+    )
+
+
+def test_the_api_answers_while_a_charset_in_charset_punycode_is_parsed(
+    serve: Callable[..., ServeProcess],
+) -> None:
+    """Under `offload_bytes` the parse runs on the event loop: /health waited 5 s."""
+    server = serve(logs={"level": "warning"})
+    message = punycode_charset_message(ParseConfig().offload_bytes * 9 // 10)
+    assert len(message) < ParseConfig().offload_bytes
+    sender = HostileSender(server.port, message)
+    sender.start()
+    assert sender.data_sent.wait(SMTP_TIMEOUT), "the message could not be sent"
+    answers = [health_seconds(server.api_port)]
+    while sender.is_alive() and sum(answers) < SMTP_TIMEOUT:
+        answers.append(health_seconds(server.api_port))
+    sender.join(SMTP_TIMEOUT)
+    assert sender.reply.startswith(b"250 "), sender.reply
+    assert max(answers) < HEALTH_WITHIN
+    (event,) = server.wait_events(1)
+    assert event["message"]["body"] == "the body\n"
+    assert "part 1: InvalidHeaderDefect" in event["parse_errors"]

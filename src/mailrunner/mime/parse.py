@@ -330,13 +330,14 @@ def clean_base64(part: Message) -> bytes | None:
 
 
 def _undecoded_payload(part: Message) -> object:
-    """`get_payload()`, or None where it raises: for a body holding 8-bit bytes it decodes
-    them by the part's charset, and a charset like `undefined` raises UnicodeError there
-    (`get_payload(decode=True)` never decodes by charset, so callers fall back to it)."""
-    try:
-        return part.get_payload()
-    except (UnicodeError, LookupError, ValueError, TypeError):
-        return None
+    """The payload as the parser stored it, 8-bit bytes as surrogate escapes (None if it
+    has none): `get_payload()` for a body of ASCII and for a container.
+
+    For a body holding 8-bit bytes `get_payload()` decodes them by the part's charset
+    parameter, the sender's unscreened choice: `undefined` raises there and `punycode` takes
+    time quadratic in the body, on the event loop below `offload_bytes`. compat32 has no
+    public way to skip that step; its own `BytesGenerator` reads this attribute too."""
+    return vars(part).get("_payload")
 
 
 def _embedded_message_bytes(part: Message) -> bytes:
@@ -358,8 +359,10 @@ def _as_crlf_bytes(message: Message) -> bytes:
 
 
 def _text_of(leaf: _Leaf, errors: list[str]) -> str:
-    data = _payload_bytes(leaf, errors)
     charset = leaf.part.get_content_charset("us-ascii")  # a charset="" is recorded
+    # reading Content-Type's parameters, first done here, may have found them unreadable
+    errors.extend(f"part {leaf.number}: {type(d).__name__}" for d in leaf.part.defects)
+    data = _payload_bytes(leaf, errors)
     text = decode_bytes(data, charset, errors, f"part {leaf.number} ({leaf.content_type})")
     return _LINE_END.sub("\n", text)
 

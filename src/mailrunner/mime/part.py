@@ -5,23 +5,35 @@ linear time and without raising.
 splits the whole header again on every call and copies the rest of it at every `;`, so a
 megabyte of parameters costs seconds each time it is asked, and the parser itself asks for
 every multipart's boundary. RFC 2231 parameters it cannot order (`boundary*` beside
-`boundary*0`) or decode (charset `idna`) raise out of the parser and would lose the whole
-message. Here a header's parameters are split once, in one pass, and kept while the header
-is unchanged; what cannot be read is absent, and a defect of the part says so.
+`boundary*0`), number (`x*` and 5,000 digits: `int` refuses them) or decode (charset `idna`)
+raise out of the parser and would lose the whole message, and a `boundary` or `charset` in
+charset `punycode` takes time quadratic in its length to decode. Here a header's parameters
+are split once, in one pass, and kept while the header is unchanged; what cannot be read is
+absent, a charset `email` must not decode with is replaced by UTF-8, and a defect of the
+part says so.
 """
 
 from __future__ import annotations
 
+import codecs
 from email import errors, utils
 from email.message import Message
 from email.policy import Policy, compat32
 from typing import TypeAlias, TypeVar, overload
+
+from mailrunner.mime.headers import decode_bytes
 
 Param: TypeAlias = str | tuple[str | None, str | None, str]
 """A parameter value as `Message.get_param` returns it: text, or RFC 2231's
 (charset, language, text)."""
 
 _T = TypeVar("_T")
+_DECODED_BY_EMAIL = frozenset({"boundary", "charset"})
+"""Parameters whose RFC 2231 value `email` decodes by its charset itself (`get_boundary`,
+`get_content_charset`). `filename` and `name` are decoded by `headers.decode_octets`, which
+screens the charset and names it in `parse_errors`."""
+_READ_AS = "utf-8"
+"""The charset an RFC 2231 value in a charset `email` must not decode with is read in."""
 
 
 class MimePart(Message):
@@ -87,13 +99,41 @@ class MimePart(Message):
             name, equals, value = item.partition("=")
             pairs.append((name.strip(), value.strip()) if equals else (item.strip(), ""))
         try:
-            return list(utils.decode_params(pairs))
-        except TypeError:  # `name*` beside `name*0`: continuations that cannot be ordered
+            decoded = utils.decode_params(pairs)
+        # TypeError: `name*` beside `name*0`, continuations that cannot be ordered;
+        # ValueError: a continuation number of more digits than `int` reads
+        except (TypeError, ValueError):
             self.defects.append(
                 errors.InvalidHeaderDefect(f"{header}: unreadable RFC 2231 parameters ignored")
             )
             plain = [pairs[0], *(pair for pair in pairs[1:] if "*" not in pair[0])]
             return list(utils.decode_params(plain))
+        return [(name, self._screened(name, value, header)) for name, value in decoded]
+
+    def _screened(self, name: str, value: Param, header: str) -> Param:
+        """`value`, or for an RFC 2231 value `email` would decode by a codec that is no
+        character set (`punycode` is quadratic, `idna` raises), the same value in UTF-8."""
+        charset = value[0] if isinstance(value, tuple) else None
+        if not charset or name.lower() not in _DECODED_BY_EMAIL or not _email_decodes_by(charset):
+            return value
+        problems: list[str] = []
+        decode_bytes(b"", charset, problems, f"{header} parameter {name}")
+        if not problems:
+            return value
+        self.defects.extend(errors.InvalidHeaderDefect(problem) for problem in problems)
+        return _READ_AS, value[1], value[2]
+
+
+def _email_decodes_by(charset: str) -> bool:
+    """Whether `email` decodes an RFC 2231 value by `charset`: an unknown one (LookupError)
+    it reads around, keeping the value undecoded."""
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        return False
+    except ValueError:
+        return True  # a NUL or a lone surrogate in the name: decoding by it raises
+    return True
 
 
 def split_parameters(text: str) -> list[str]:
