@@ -17,9 +17,6 @@ client::
     │   ├── PoolStopped
     │   └── PoolLimit          the change would leave the pool without a worker, or grow it
     │                          beyond max_workers
-    ├── RelayError             bytes from a worker are not a valid frame (the worker is replaced)
-    │   └── FrameError         BadChecksum, BadVersion, FrameTooLarge, TruncatedFrame
-    │                          (in pool/frame.py, which worker processes import)
     ├── DriverError            a Jobs driver could not store, lease or acknowledge
     │   ├── DriverUnavailable
     │   └── PushTimeout        not stored by its deadline, nor later
@@ -39,6 +36,10 @@ client::
 
     OutcomeUnknown             the other side may have done it (see the class): never alone,
                                always with one of the classes above
+
+Bytes on the relay that break the wire protocol raise `mailrunner.wire.errors.WireError`
+instead: the wire is shared with worker processes, which must not import this tree. The pool
+turns them into `WorkerCrashed` and replaces the worker.
 """
 
 from __future__ import annotations
@@ -97,10 +98,6 @@ class PoolStopped(PoolError):
 class PoolLimit(PoolError):
     """The pool refuses a change that would leave it unable to serve (no worker left) or
     grow it past its cap (`max_workers`)."""
-
-
-class RelayError(MailrunnerError):
-    """A worker sent bytes that are not a valid frame."""
 
 
 class DriverError(MailrunnerError):

@@ -12,8 +12,7 @@ from typing import Any
 
 import orjson
 
-EVENT_NAME = "EMAIL_RECEIVED"
-EVENT_VERSION = 1
+from mailrunner.wire.protocol import EVENT_NAME, EVENT_VERSION
 
 
 @dataclass(frozen=True, slots=True)

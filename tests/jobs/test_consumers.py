@@ -16,11 +16,12 @@ import pytest
 
 from conftest import RunningServer, wait_until
 from mailrunner.config import MemoryPipeline
-from mailrunner.jobs.consumer import Answer, PipelineConsumer, parse_answer
+from mailrunner.jobs.consumer import PipelineConsumer
 from mailrunner.jobs.driver import Lease
 from mailrunner.jobs.drivers.memory import MemoryDriver
 from mailrunner.jobs.model import Job, JobOptions
 from mailrunner.jobs.service import Pipeline
+from mailrunner.wire.jobs import Answer, decode_answer
 
 WORKER = Path(__file__).with_name("job_worker.py")
 DRIVERS = ["memory", "sqlite"]
@@ -264,7 +265,7 @@ def test_destroy_removes_the_pipeline_and_stops_consuming(
     ],
 )
 def test_worker_answers_are_read_as_roadrunner_defines_them(body: bytes, answer: Answer) -> None:
-    assert parse_answer(body) == answer
+    assert decode_answer(body) == answer
 
 
 @pytest.mark.parametrize(
@@ -288,7 +289,7 @@ def test_worker_answers_are_read_as_roadrunner_defines_them(body: bytes, answer:
     ],
 )
 def test_an_empty_malformed_or_unknown_answer_is_a_failure_not_an_ack(body: bytes) -> None:
-    answer = parse_answer(body)
+    answer = decode_answer(body)
     assert answer.ack is False
     assert answer.requeue is True
     assert answer.message

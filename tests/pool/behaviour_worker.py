@@ -16,7 +16,7 @@ import sys
 import time
 import zlib
 
-from mailrunner.pool.frame import Flag, Frame, write_frame
+from mailrunner.wire.frame import Flag, Frame, write_frame
 from mailrunner.worker import Email, Worker
 
 LOG = os.environ.get("BEHAVIOUR_LOG", "")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailrunner.pool.frame import (
+from mailrunner.wire.frame import (
     HEADER_SIZE,
     MAX_OPTIONS,
     BadChecksum,

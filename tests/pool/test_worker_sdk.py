@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import pytest
 
-from mailrunner.pool.frame import (
+from mailrunner.wire.frame import (
     Flag,
     Frame,
     control_frame,

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -21,89 +18,15 @@ import structlog
 from mailrunner.config import PipelineConfig
 from mailrunner.errors import DriverError, NoFreeWorker, PoolError
 from mailrunner.jobs.driver import Lease
-from mailrunner.jobs.model import Headers
 from mailrunner.jobs.service import JobsService, Pipeline
 from mailrunner.pool.pool import WorkerPool
 from mailrunner.tasks import cancel_and_wait
+from mailrunner.wire.jobs import Answer, JobContext, decode_answer, encode_context
 
 log = structlog.get_logger("mailrunner.jobs")
 
 RESERVE_WAIT = 1.0
 DRIVER_RETRY_DELAY = 1.0
-
-ACK_TYPES = frozenset({0, 2})
-ERROR_TYPE, NACK_TYPE, REQUEUE_TYPE = 1, 3, 4
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A worker's verdict on one job."""
-
-    ack: bool
-    requeue: bool = True
-    delay: float = 0.0
-    message: str = ""
-    headers: Headers | None = None
-
-
-def parse_answer(body: bytes) -> Answer:
-    """Read `{"type": T, "data": {...}}`; anything unreadable is a failure, never an ack."""
-    try:
-        kind, data = _decode(body)
-        if kind in ACK_TYPES:
-            return Answer(ack=True)
-        message = str(data.get("message", ""))
-        delay = _delay(data.get("delay_seconds"))
-        if kind in (ERROR_TYPE, NACK_TYPE):
-            requeue = _requeue(data.get("requeue", True))
-            return Answer(ack=False, requeue=requeue, delay=delay, message=message)
-        if kind == REQUEUE_TYPE:
-            headers = _headers(data.get("headers"))
-            return Answer(ack=False, delay=delay, message=message or "requeued", headers=headers)
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
-        return Answer(ack=False, message=f"unreadable worker answer {body[:80]!r}: {error}")
-    return Answer(ack=False, message=f"unknown worker answer type {kind!r}")
-
-
-def _requeue(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"requeue must be true or false, not {value!r}")
-    return value
-
-
-def _delay(value: object) -> float:
-    """Seconds before a requeued job is due again: a finite number, zero or more."""
-    if value is None:
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TypeError(f"delay_seconds must be a number, not {value!r}")
-    delay = float(value)
-    if not math.isfinite(delay) or delay < 0:
-        raise ValueError(f"delay_seconds must be a finite number >= 0, not {value!r}")
-    return delay
-
-
-def _headers(value: object) -> Headers | None:
-    """Requeue headers replace the job's: an object of string lists, or nothing."""
-    if value is None or value == {}:
-        return None
-    if not isinstance(value, dict) or not all(
-        isinstance(name, str)
-        and isinstance(values, list)
-        and all(isinstance(item, str) for item in values)
-        for name, values in value.items()
-    ):
-        raise TypeError(f"headers must map names to lists of strings, not {value!r}")
-    return value
-
-
-def _decode(body: bytes) -> tuple[int, dict[str, Any]]:
-    answer = json.loads(body)
-    kind = answer["type"]
-    data = answer.get("data") or {}
-    if not isinstance(data, dict) or not isinstance(kind, int) or isinstance(kind, bool):
-        raise TypeError(f"unexpected shapes: type={kind!r} data={data!r}")
-    return kind, data
 
 
 class PipelineConsumer:
@@ -222,19 +145,19 @@ class PipelineConsumer:
         except PoolError as error:
             await self._settle(lease, Answer(ack=False, message=str(error)))
             return
-        await self._settle(lease, parse_answer(body))
+        await self._settle(lease, decode_answer(body))
 
     def _context(self, lease: Lease) -> bytes:
         job = lease.job
-        context = {
-            "id": job.id,
-            "job": job.name,
-            "pipeline": self.pipeline.name,
-            "driver": self._settings.driver,
-            "headers": job.headers,
-            "attempts": lease.attempt,
-        }
-        return json.dumps(context).encode()
+        context = JobContext(
+            id=job.id,
+            job=job.name,
+            pipeline=self.pipeline.name,
+            driver=self._settings.driver,
+            headers=job.headers,
+            attempts=lease.attempt,
+        )
+        return encode_context(context)
 
     async def _settle(self, lease: Lease, answer: Answer) -> None:
         job = lease.job

@@ -30,11 +30,12 @@ from mailrunner.errors import (
     PoolError,
     PoolLimit,
     PoolStopped,
-    RelayError,
     WorkerCrashed,
     WorkerFailed,
 )
-from mailrunner.pool.frame import (
+from mailrunner.pool.relay import ProcessRelay
+from mailrunner.wire.errors import WireError
+from mailrunner.wire.frame import (
     Flag,
     Frame,
     FrameError,
@@ -43,13 +44,12 @@ from mailrunner.pool.frame import (
     payload_frame,
     split_payload,
 )
-from mailrunner.pool.relay import ProcessRelay
+from mailrunner.wire.protocol import MODE_ENV
 
 log = structlog.get_logger("mailrunner.pool")
 
 ANSWER_LIMIT = 16 * 1024 * 1024
 """Largest answer frame accepted from a worker; answers are small, so more means garbage."""
-MODE_ENV = "MAILRUNNER_MODE"
 _RESPAWN_BACKOFF_MAX = 30.0
 
 
@@ -238,7 +238,7 @@ class WorkerPool:
         try:
             async with asyncio.timeout(self.config.allocate_timeout):
                 await worker.handshake()
-        except (RelayError, WorkerCrashed, TimeoutError) as error:
+        except (WireError, WorkerCrashed, TimeoutError) as error:
             self._workers.discard(worker)
             self._reap(worker)
             raise PoolError(
@@ -305,7 +305,7 @@ class WorkerPool:
             raise ExecTimeout(
                 f"{self.name} worker {worker.pid} did not answer within {self.config.exec_timeout}s"
             ) from None
-        except (RelayError, WorkerCrashed) as error:
+        except (WireError, WorkerCrashed) as error:
             log.warning("worker broke, replacing", pool=self.name, pid=worker.pid, error=str(error))
             self._replace(worker)
             raise WorkerCrashed(f"{self.name} worker {worker.pid}: {error}") from error

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from mailrunner.errors import WorkerCrashed
-from mailrunner.pool.frame import (
+from mailrunner.wire.frame import (
     HEADER_SIZE,
     Frame,
     TruncatedFrame,

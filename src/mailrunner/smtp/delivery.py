@@ -20,7 +20,8 @@ from mailrunner.jobs.driver import VerdictListener, verdict_listener
 from mailrunner.jobs.model import Job, JobOptions
 from mailrunner.mime.attachments import TempfileStorage
 from mailrunner.pool.pool import WorkerPool
-from mailrunner.worker.jobs import EMAIL_JOB
+from mailrunner.wire.protocol import EMAIL_JOB
+from mailrunner.wire.smtp import CLOSE, CONTINUE, decode_decision
 
 log = structlog.get_logger("mailrunner.smtp")
 
@@ -47,9 +48,9 @@ class Delivery(Protocol):
 class PoolDelivery:
     """The legacy path: the session waits while a worker process handles the event."""
 
-    ANSWERS: ClassVar[dict[bytes, Outcome]] = {
-        b"CONTINUE": Outcome.ACCEPTED,
-        b"CLOSE": Outcome.ACCEPTED_CLOSE,
+    ANSWERS: ClassVar[dict[str, Outcome]] = {
+        CONTINUE: Outcome.ACCEPTED,
+        CLOSE: Outcome.ACCEPTED_CLOSE,
     }
 
     def __init__(self, pool: WorkerPool) -> None:
@@ -58,13 +59,13 @@ class PoolDelivery:
 
     async def deliver(self, event: EmailEvent) -> Outcome:
         context, body = await self._pool.exec(event.to_json())
-        outcome = self.ANSWERS.get(context)
-        if outcome is None or body:
+        decision = decode_decision(context, body)
+        if decision is None:
             raise BadAnswer(
                 f"worker answered {context[:40]!r} with a {len(body)}-byte body,"
                 " expected CONTINUE or CLOSE and an empty body"
             )
-        return outcome
+        return self.ANSWERS[decision]
 
 
 class JobsRpc(Protocol):

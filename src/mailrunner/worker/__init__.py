@@ -37,11 +37,13 @@ structlog, aiohttp, ...): a test checks `sys.modules` after importing it.
 
 from __future__ import annotations
 
+from mailrunner.wire.protocol import EMAIL_JOB, MODE_ENV
+from mailrunner.wire.smtp import CLOSE, CONTINUE
 from mailrunner.worker.errors import EventError, ProtocolError, TaskAlreadyAnswered, WorkerError
 from mailrunner.worker.event import Address, Attachment, Authentication, Email, Envelope, Message
-from mailrunner.worker.jobs import EMAIL_JOB, Consumer, Task, emails
-from mailrunner.worker.relay import MODE_ENV, Payload, Worker, current_mode
-from mailrunner.worker.smtp import CLOSE, CONTINUE, EmailHandler, handle_emails
+from mailrunner.worker.jobs import Consumer, Task, emails
+from mailrunner.worker.relay import Payload, Worker, current_mode
+from mailrunner.worker.smtp import EmailHandler, handle_emails
 
 __all__ = [
     "CLOSE",

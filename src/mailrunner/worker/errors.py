@@ -5,7 +5,8 @@
      ├── TaskAlreadyAnswered   a second ack / nack / requeue for one task
      └── EventError            (also a ValueError) the EMAIL_RECEIVED JSON has the wrong shape
 
-Frame-level corruption raises `mailrunner.pool.frame.FrameError` unchanged.
+Frame-level corruption raises `mailrunner.wire.frame.FrameError` unchanged; a job context the
+SDK cannot read (`mailrunner.wire.errors.BadContext`) becomes a `ProtocolError`.
 """
 
 from __future__ import annotations

@@ -19,12 +19,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from mailrunner.wire.protocol import EVENT_NAME, EVENT_VERSION
 from mailrunner.worker.errors import EventError
 
 __all__ = ["Address", "Attachment", "Authentication", "Email", "Envelope", "Message"]
-
-EVENT_NAME = "EMAIL_RECEIVED"
-EVENT_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)

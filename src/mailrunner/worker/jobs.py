@@ -8,26 +8,22 @@ is the event id).
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Final
 
+from mailrunner.wire.errors import BadContext
+from mailrunner.wire.jobs import (
+    Headers,
+    decode_context,
+    encode_ack,
+    encode_nack,
+    encode_requeue,
+)
+from mailrunner.wire.protocol import EMAIL_JOB, JOBS_MODE
 from mailrunner.worker.errors import EventError, ProtocolError, TaskAlreadyAnswered
 from mailrunner.worker.event import Email
 from mailrunner.worker.relay import Payload, Worker, require_mode, warn
 
 __all__ = ["EMAIL_JOB", "Consumer", "Task", "emails"]
-
-EMAIL_JOB: Final = "smtp.email"
-"""The job name the SMTP server gives every accepted message."""
-
-_ACK: Final = 2
-_NACK: Final = 3
-_REQUEUE: Final = 4
-_ANSWER_NAMES: Final = {_ACK: "ack", _NACK: "nack", _REQUEUE: "requeue"}
-
-Headers = dict[str, list[str]]
 
 
 class Task:
@@ -71,15 +67,18 @@ class Task:
     @classmethod
     def from_payload(cls, relay: Worker, payload: Payload) -> Task:
         """Build the task the server sent: JSON metadata in the context, job payload as body."""
-        meta = _read_meta(payload.context)
+        try:
+            context = decode_context(payload.context)
+        except BadContext as exc:
+            raise ProtocolError(str(exc)) from exc
         return cls(
             relay,
-            id=_meta_text(meta, "id"),
-            name=_meta_text(meta, "job"),
-            pipeline=_meta_text(meta, "pipeline"),
-            driver=_meta_text(meta, "driver"),
-            headers=_meta_headers(meta),
-            attempts=_meta_int(meta, "attempts"),
+            id=context.id,
+            name=context.job,
+            pipeline=context.pipeline,
+            driver=context.driver,
+            headers=context.headers,
+            attempts=context.attempts,
             payload=payload.body,
         )
 
@@ -96,7 +95,7 @@ class Task:
 
     def ack(self) -> None:
         """The job is done: the driver deletes it."""
-        self._send(_ACK, {})
+        self._send("ack", encode_ack())
 
     def nack(self, error: str, requeue: bool = True, delay: float = 0) -> None:
         """The job failed with `error`.
@@ -104,7 +103,7 @@ class Task:
         With `requeue`, it is retried after `delay` seconds until the pipeline's `retries` are
         used up; without, it goes straight to the pipeline's failed list.
         """
-        self._send(_NACK, {"message": error, "requeue": requeue, "delay_seconds": _seconds(delay)})
+        self._send("nack", encode_nack(error, requeue=requeue, delay=delay))
 
     def requeue(self, delay: float = 0, headers: Mapping[str, Sequence[str]] | None = None) -> None:
         """Put the job back to run again after `delay` seconds; this counts as an attempt.
@@ -112,10 +111,7 @@ class Task:
         `headers`, when given, replace the job's headers (e.g. to carry progress to the next
         attempt); otherwise the job keeps `self.headers`.
         """
-        new_headers = _copy_headers(self.headers if headers is None else headers)
-        self._send(
-            _REQUEUE, {"message": "", "delay_seconds": _seconds(delay), "headers": new_headers}
-        )
+        self._send("requeue", encode_requeue(delay, self.headers if headers is None else headers))
 
     def email(self) -> Email:
         """Return the email an `smtp.email` job carries; ValueError for any other job."""
@@ -125,15 +121,14 @@ class Task:
             )
         return Email.from_json(self.payload)
 
-    def _send(self, kind: int, data: dict[str, object]) -> None:
+    def _send(self, answer: str, body: bytes) -> None:
         if self._answer is not None:
             raise TaskAlreadyAnswered(
                 f"task {self.id} was already answered with {self._answer}(); "
                 f"a task takes exactly one ack(), nack() or requeue(), "
-                f"so this {_ANSWER_NAMES[kind]}() was not sent"
+                f"so this {answer}() was not sent"
             )
-        self._answer = _ANSWER_NAMES[kind]
-        body = json.dumps({"type": kind, "data": data}, separators=(",", ":")).encode()
+        self._answer = answer
         self._relay.respond(b"", body)
 
 
@@ -144,7 +139,7 @@ class Consumer:
     """
 
     def __init__(self, worker: Worker | None = None) -> None:
-        require_mode("jobs", "Consumer")
+        require_mode(JOBS_MODE, "Consumer")
         self._relay = worker if worker is not None else Worker.from_stdio()
         self._current: Task | None = None
 
@@ -206,59 +201,3 @@ def _email_or_reject(task: Task) -> Email | None:
     warn(f"task {task.id}: {reason}; nacking without requeue")
     task.nack(reason, requeue=False)
     return None
-
-
-# --- wire helpers ---------------------------------------------------------------------------
-
-
-def _seconds(delay: float) -> int | float:
-    """Delays go out as whole numbers when they are whole, as RoadRunner's integer field."""
-    if isinstance(delay, bool) or not math.isfinite(delay) or delay < 0:
-        raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
-    return int(delay) if float(delay).is_integer() else float(delay)
-
-
-def _copy_headers(headers: Mapping[str, Sequence[str]]) -> Headers:
-    copied: Headers = {}
-    for name, values in headers.items():
-        if isinstance(values, str):
-            raise TypeError(f"header {name!r}: values must be a list of strings, not one string")
-        copied[name] = [str(value) for value in values]
-    return copied
-
-
-def _read_meta(context: bytes) -> dict[str, object]:
-    try:
-        meta: object = json.loads(context)
-    except ValueError as exc:
-        raise ProtocolError(f"job context is not JSON: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise ProtocolError(f"job context must be a JSON object, got {type(meta).__name__}")
-    return meta
-
-
-def _meta_text(meta: dict[str, object], key: str) -> str:
-    value = meta.get(key)
-    if not isinstance(value, str):
-        raise ProtocolError(f"job context: {key!r} must be a string, got {value!r}")
-    return value
-
-
-def _meta_int(meta: dict[str, object], key: str) -> int:
-    value = meta.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(f"job context: {key!r} must be an integer, got {value!r}")
-    return value
-
-
-def _meta_headers(meta: dict[str, object]) -> Headers:
-    """Headers are `{name: [values]}`; null or absent means none."""
-    value = meta.get("headers")
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(values, list) and all(isinstance(item, str) for item in values)
-        for values in value.values()
-    ):
-        raise ProtocolError(f"job context: 'headers' must map names to lists of strings: {value!r}")
-    return {str(name): list(values) for name, values in value.items()}

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import IO, ClassVar, Final
 
-from mailrunner.pool.frame import (
+from mailrunner.wire.frame import (
     MAX_PAYLOAD,
     Flag,
     Frame,
@@ -30,12 +30,10 @@ from mailrunner.pool.frame import (
     split_payload,
     write_frame,
 )
+from mailrunner.wire.protocol import MODE_ENV
 from mailrunner.worker.errors import ProtocolError
 
 __all__ = ["MODE_ENV", "Payload", "Worker", "current_mode", "require_mode", "warn"]
-
-MODE_ENV: Final = "MAILRUNNER_MODE"
-"""Set by the server's pool: "smtp" for the legacy worker pool, "jobs" for the jobs pool."""
 
 _STDOUT_FD: Final = 1
 _STDERR_FD: Final = 2

@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from typing import Final
 
+from mailrunner.wire.protocol import SMTP_MODE
+from mailrunner.wire.smtp import CLOSE, CONTINUE, DECISIONS, encode_decision
 from mailrunner.worker.event import Email
 from mailrunner.worker.relay import Worker, require_mode, warn
 
 __all__ = ["CLOSE", "CONTINUE", "EmailHandler", "handle_emails"]
-
-CONTINUE: Final = "CONTINUE"
-"""Keep the SMTP connection open: the client gets 250 and may send more mail."""
-CLOSE: Final = "CLOSE"
-"""The client gets 250, then 221, and the connection closes."""
-
-_DECISIONS: Final = frozenset({CONTINUE, CLOSE})
 
 EmailHandler = Callable[[Email], str | None]
 """Returns CONTINUE, CLOSE, or None (= CONTINUE)."""
@@ -34,7 +28,7 @@ def handle_emails(handler: EmailHandler, *, worker: Worker | None = None) -> Non
     and answered with an ERROR frame, so that client gets 451 4.3.0 and may retry, while this
     worker keeps serving the next message.
     """
-    require_mode("smtp", "handle_emails()")
+    require_mode(SMTP_MODE, "handle_emails()")
     relay = worker if worker is not None else Worker.from_stdio()
     while (payload := relay.wait_payload()) is not None:
         _serve_one(relay, handler, payload.context)
@@ -48,13 +42,13 @@ def _serve_one(relay: Worker, handler: EmailHandler, context: bytes) -> None:
         traceback.print_exc()
         relay.error(f"{type(exc).__name__}: {exc}")
         return
-    relay.respond(decision.encode("ascii"))
+    relay.respond(encode_decision(decision))
 
 
 def _decide(handler: EmailHandler, event: Email) -> str:
     decision = handler(event)
     if decision is None:
         return CONTINUE
-    if decision not in _DECISIONS:
+    if decision not in DECISIONS:
         raise ValueError(f"email handler returned {decision!r}; expected CONTINUE, CLOSE or None")
     return decision

@@ -1,9 +1,9 @@
 """Goridge v3 frames: the wire format between the server's worker pools and worker processes.
 
-The same codec runs on both ends of the relay: the pool (asyncio, `relay.py`) and the worker
-SDK (`mailrunner.worker`, blocking stdio). Worker processes import this module at start-up, so
-it uses the standard library only, and its errors live here rather than in `errors.py` (the
-pool wraps them into its own tree at the edge).
+The same codec runs on both ends of the relay: the pool (asyncio, `pool/relay.py`) and the
+worker SDK (`mailrunner.worker`, blocking stdio). Worker processes import this module at
+start-up, so it uses the standard library only, and its errors are `WireError`s rather than
+part of `errors.py` (the pool turns them into `WorkerCrashed` at its edge).
 
 Layout of one frame (all integers little-endian)::
 
@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO
 
+from mailrunner.wire.errors import WireError
+
 __all__ = [
     "HEADER_SIZE",
     "MAX_OPTIONS",
@@ -58,8 +60,6 @@ __all__ = [
     "write_frame",
 ]
 
-from mailrunner.errors import RelayError
-
 VERSION = 1
 HEADER_SIZE = 12
 MAX_OPTIONS = 10
@@ -74,7 +74,7 @@ _CRC = struct.Struct("<I")
 _RESERVED = b"\x00\x00"
 
 
-class FrameError(RelayError):
+class FrameError(WireError):
     """A frame cannot be encoded or decoded; the relay that saw it is no longer trustworthy."""
 
 

@@ -1,0 +1,14 @@
+"""The worker wire protocol, the one place both ends of the relay read it from.
+
+The server (pools, the jobs consumer, SMTP delivery) and the worker SDK (`mailrunner.worker`)
+import this package and nothing of each other, so it uses the standard library only::
+
+    frame.py      goridge v3 frames: header, CRC, options, CONTROL frames, blocking I/O
+    protocol.py   names both ends spell the same: MAILRUNNER_MODE and its values, the
+                  event name and version, the `smtp.email` job name
+    smtp.py       SMTP pool payloads: event out, CONTINUE / CLOSE back
+    jobs.py       jobs pool payloads: job context out, ack / nack / requeue answer back
+    errors.py     WireError, which each side turns into its own errors at its edge
+
+A new frame kind (e.g. SMTP hooks) gets a module of its own beside smtp.py and jobs.py.
+"""
