@@ -42,6 +42,7 @@ from brokers import RedisServer
 from conftest import REQUIRE_TOOLS, free_port, require_broker
 from mailrunner.config import RedisDriverConfig
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
+from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver
 from mailrunner.jobs.model import Job, JobOptions
 
@@ -256,7 +257,7 @@ def test_push_to_a_frozen_redis_times_out_and_is_not_stored_when_it_wakes(
             elapsed = time.monotonic() - started
         finally:
             durable_redis.send_signal(signal.SIGCONT)
-        gives_up = 0.3 + redis_driver._VERDICT_GRACE  # Redis's verdict may follow an fsync
+        gives_up = 0.3 + VERDICT_GRACE  # Redis's verdict may follow an fsync
         assert gives_up - EARLY <= elapsed <= gives_up + LATE, (
             f"PushTimeout came {elapsed:.2f}s after a push with a 0.3 s deadline; "
             f"expected it after {gives_up:.2f}s"

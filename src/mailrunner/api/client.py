@@ -39,8 +39,8 @@ from mailrunner.errors import (
     RequestOutcomeUnknown,
     UnsupportedMediaType,
 )
+from mailrunner.jobs.deadline import DEFAULT_PUSH_TIMEOUT, REPLY_GRACE
 from mailrunner.jobs.model import FailedJob, Job, PushResult
-from mailrunner.jobs.service import DEFAULT_PUSH_TIMEOUT
 
 _ERRORS: dict[str, type[Exception]] = {
     "PipelineNotFound": PipelineNotFound,
@@ -53,15 +53,6 @@ _ERRORS: dict[str, type[Exception]] = {
     "UnsupportedMediaType": UnsupportedMediaType,
 }
 _READING_METHODS = frozenset({"GET", "HEAD"})
-_REPLY_GRACE = 0.75
-"""How long past its push_timeout the node's answer is awaited. The node gives up 0.25 s
-before push_timeout, counted from the request's arrival, and a broker driver may take 0.5 s
-past that for the broker's verdict; so as long as the request's headers reach the node
-within 0.5 s, the ingress never answers 451 for a job the node then stores, and the SMTP
-side's own bound (push_timeout + 1 s) still holds. A node whose sqlite COMMIT began before
-its deadline answers only once the COMMIT is done (up to its busy timeout later), which may be
-after this grace: the push then raises RequestOutcomeUnknown, and the SMTP side answers 451
-and keeps the email's attachment files for the job the node may still store."""
 
 
 class ApiClient:
@@ -117,7 +108,7 @@ class ApiClient:
         """Store one job; the SMTP side's push when `smtp.jobs.rpc` is set."""
         wire = JobWire.from_job(job, as_base64=True).model_dump(mode="json", exclude_none=True)
         body = {"job": wire, "push_timeout": push_timeout}
-        await self.call("POST", "/jobs/push", body, request_timeout=push_timeout + _REPLY_GRACE)
+        await self.call("POST", "/jobs/push", body, request_timeout=push_timeout + REPLY_GRACE)
 
     async def push_batch(
         self, jobs: Sequence[Job], *, push_timeout: float = DEFAULT_PUSH_TIMEOUT
@@ -125,7 +116,7 @@ class ApiClient:
         wires = [JobWire.from_job(job).model_dump(mode="json", exclude_none=True) for job in jobs]
         body = {"jobs": wires, "push_timeout": push_timeout}
         data = await self.call(
-            "POST", "/jobs/push_batch", body, request_timeout=push_timeout + _REPLY_GRACE
+            "POST", "/jobs/push_batch", body, request_timeout=push_timeout + REPLY_GRACE
         )
         return [PushResult(r.id, r.error) for r in PushBatchResponse.model_validate(data).results]
 

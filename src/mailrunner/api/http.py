@@ -60,7 +60,7 @@ from mailrunner.errors import (
     PoolLimit,
     PushTimeout,
 )
-from mailrunner.jobs.service import DEFAULT_PUSH_TIMEOUT as PUSH_TIMEOUT
+from mailrunner.jobs.deadline import CALLER_MARGIN, DEFAULT_PUSH_TIMEOUT
 from mailrunner.jobs.service import JobsService
 from mailrunner.metrics import Metrics
 from mailrunner.pool.pool import WorkerInfo, WorkerPool
@@ -129,18 +129,16 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
         raise InvalidJob(f"bad request: {problems}") from None
 
 
-_CALLER_MARGIN = 0.25
-"""Seconds allowed for a push request's headers to reach this node (see ApiClient.push)."""
 _PARSE_ON_THREAD = 256 * 1024
 
 
 def _time_left(push_timeout: float | None, arrived: float) -> float:
     """The caller's push_timeout counts from when it sent the request; the node counts from
-    the request's arrival, takes off what reading it cost and a margin for its way here, and
-    so gives up before the caller does: a caller that answered 451 finds nothing stored."""
+    the request's arrival, takes off what reading it cost and CALLER_MARGIN for its way here,
+    and so gives up before the caller does: a caller that answered 451 finds nothing stored."""
     if push_timeout is None:
-        return PUSH_TIMEOUT
-    left = push_timeout - _CALLER_MARGIN - (time.monotonic() - arrived)
+        return DEFAULT_PUSH_TIMEOUT
+    left = push_timeout - CALLER_MARGIN - (time.monotonic() - arrived)
     if left <= 0:
         raise PushTimeout(f"push_timeout ({push_timeout}s) ran out while the request was read")
     return left

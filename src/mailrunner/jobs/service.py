@@ -24,14 +24,13 @@ from mailrunner.errors import (
     PipelineConflict,
     PipelineNotFound,
 )
+from mailrunner.jobs.deadline import DEFAULT_PUSH_TIMEOUT
 from mailrunner.jobs.driver import Driver
 from mailrunner.jobs.drivers import build_driver
 from mailrunner.jobs.model import MAX_DELAY, FailedJob, Job, PipelineStat, PushResult
 from mailrunner.metrics import Metrics
 
 log = structlog.get_logger("mailrunner.jobs")
-
-DEFAULT_PUSH_TIMEOUT = 5.0
 
 
 @dataclass(eq=False)

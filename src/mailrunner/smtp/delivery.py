@@ -16,6 +16,7 @@ import structlog
 from mailrunner.config import SmtpJobsConfig
 from mailrunner.errors import BadAnswer, DeliveryTimeout, OutcomeUnknown
 from mailrunner.events import EmailEvent
+from mailrunner.jobs.deadline import PUSH_GRACE
 from mailrunner.jobs.driver import VerdictListener, verdict_listener
 from mailrunner.jobs.model import Job, JobOptions
 from mailrunner.mime.attachments import TempfileStorage
@@ -24,11 +25,6 @@ from mailrunner.wire.protocol import EMAIL_JOB
 from mailrunner.wire.smtp import CLOSE, CONTINUE, decode_decision
 
 log = structlog.get_logger("mailrunner.smtp")
-
-_PUSH_GRACE = 1.0
-"""Drivers answer by their deadline, or by the instant they name when storing that cannot be
-withdrawn is under way (a sqlite COMMIT); this bounds a driver that does not, so 451 still
-comes."""
 
 
 class Outcome(enum.Enum):
@@ -104,11 +100,11 @@ class JobsDelivery:
     async def deliver(self, event: EmailEvent) -> Outcome:
         timeout = self._settings.push_timeout
         try:
-            async with asyncio.timeout(timeout + _PUSH_GRACE) as bound:
+            async with asyncio.timeout(timeout + PUSH_GRACE) as bound:
                 with verdict_listener(_extender(bound)):
                     await self._rpc.push(email_job(event, self._settings), push_timeout=timeout)
         except TimeoutError:
-            reason = f"no outcome within {timeout}s + {_PUSH_GRACE}s"
+            reason = f"no outcome within {timeout}s + {PUSH_GRACE}s"
             self._outcome_unknown(event, reason)
             raise DeliveryTimeout(f"push to {self._settings.pipeline} gave {reason}") from None
         except OutcomeUnknown as error:
@@ -145,12 +141,14 @@ class JobsDelivery:
 
 
 def _extender(bound: asyncio.Timeout) -> VerdictListener:
-    """A listener that pushes `bound` back to `_PUSH_GRACE` after the instant a driver names
-    for its outcome (never earlier than it already is, and not once it has fired)."""
+    """A listener that pushes `bound` back to `PUSH_GRACE` after the instant a driver names
+    for its outcome (never earlier than it already is, and not once it has fired): drivers
+    answer by their deadline, or by that instant when storing that cannot be withdrawn is
+    under way (a sqlite COMMIT); the bound catches one that does not, so 451 still comes."""
     loop = asyncio.get_running_loop()
 
     def extend(instant: float) -> None:
-        when = loop.time() + (instant - time.monotonic()) + _PUSH_GRACE
+        when = loop.time() + (instant - time.monotonic()) + PUSH_GRACE
         current = bound.when()
         if current is not None and when > current and not bound.expired():
             bound.reschedule(when)

@@ -71,16 +71,16 @@ stat: queued and failed are the queues' ready counts, delayed the sum over the d
 reserved the leases this driver instance holds (leases held by other nodes are not visible
 through AMQP; their jobs are counted nowhere until settled).
 
-Pushes and deadlines ("No late delivery"): a push whose deadline has passed sends nothing
-and raises PushTimeout. Otherwise its messages are sent and their confirms awaited up to
-0.5 s past the deadline (as the Redis driver does; the SMTP side allows a second for it): a
-confirm in that grace returns success, although the broker may have stored the job a little
-after the deadline. A publish not yet written when the grace ends is withdrawn (never sent),
-but a publish already sent CANNOT be withdrawn: when its confirm is missing at the end of the
-grace the push raises PushOutcomeUnknown (a PushTimeout that may be stored: the SMTP side
-keeps the email's attachment files) and the job may still be stored (under a resource alarm
-RabbitMQ blocks publishers and confirms late). Each such case is logged as
-"amqp push may be stored after its deadline" with a running count
+Pushes and deadlines ("No late delivery"): a push whose deadline has passed sends nothing and
+raises PushTimeout. Otherwise its messages are sent and their confirms awaited up to
+`VERDICT_GRACE` past the deadline (as the Redis driver does; the SMTP side allows `PUSH_GRACE`
+for it, see `jobs/deadline.py`): a confirm in that grace returns success, although the broker
+may have stored the job a little after the deadline. A publish not yet written when the grace
+ends is withdrawn (never sent), but a publish already sent CANNOT be withdrawn: when its
+confirm is missing at the end of the grace the push raises PushOutcomeUnknown (a PushTimeout
+that may be stored: the SMTP side keeps the email's attachment files) and the job may still be
+stored (under a resource alarm RabbitMQ blocks publishers and confirms late). Each such case is
+logged as "amqp push may be stored after its deadline" with a running count
 (`AmqpDriver.unwithdrawn_publishes`, exported as the metric
 `mailrunner_jobs_unwithdrawn_publishes_total`); the SMTP client's retry then makes a duplicate.
 
@@ -116,6 +116,7 @@ from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 
 from mailrunner.config import AmqpPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown, PushTimeout
+from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, Lease
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
 
@@ -131,8 +132,6 @@ _MAX_PAYLOAD = 128 * 1024 * 1024
 _IDLE_POLL = 0.05
 """How often a waiting reserve asks again: basic.get cannot wait, and pushes from other
 nodes cannot wake it."""
-_CONFIRM_GRACE = 0.5
-"""Seconds past a push's deadline to wait for confirms of messages sent before it."""
 _RECONNECT_INTERVAL = 1.0
 """Seconds between attempts to reconnect after the broker went away."""
 _MAX_DELAY_MS = 2**32 - 1
@@ -481,7 +480,7 @@ class AmqpDriver(Driver):
         # Tasks in job order: aiormq writes publishes in the order they take its channel lock.
         tasks = [asyncio.create_task(self._publish_job(job)) for job in jobs]
         _, pending = await asyncio.wait(
-            tasks, timeout=max(0.0, deadline - time.monotonic()) + _CONFIRM_GRACE
+            tasks, timeout=max(0.0, deadline - time.monotonic()) + VERDICT_GRACE
         )
         for task in pending:
             task.cancel()  # an unsent publish is withdrawn; a sent one cannot be
@@ -498,7 +497,7 @@ class AmqpDriver(Driver):
             )
             raise PushOutcomeUnknown(
                 f"pipeline {self.name}: rabbitmq at {self.addr} did not confirm the push within "
-                f"{_CONFIRM_GRACE}s of its deadline; what was sent may still be stored"
+                f"{VERDICT_GRACE}s of its deadline; what was sent may still be stored"
             )
         self._changed.set()
         for result in results:

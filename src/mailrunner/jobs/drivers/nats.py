@@ -64,21 +64,21 @@ the rest of the consumer's `num_ack_pending`; failed = the failed stream's messa
 Exact for one process; with several nodes, or after a restart, a job waiting on the server for
 redelivery (an expired lease, a nak delay) counts as reserved until it is delivered again.
 
-No late delivery: the client is connected with `pending_size=0`, so nats-py refuses to buffer
-a publish while disconnected or reconnecting (the push fails at once with DriverUnavailable
+No late delivery: the client is connected with `pending_size=0`, so nats-py refuses to buffer a
+publish while disconnected or reconnecting (the push fails at once with DriverUnavailable
 instead of being sent after the server returns). Before each message the deadline and the
-connection are checked, and the PubAck is awaited up to the deadline plus 0.5 s; a job whose
-PubAck comes after the deadline is deleted again (by its sequence) before PushTimeout is
-raised. Each message also carries the pusher's wall-clock deadline (`Mailrunner-Deadline`),
-and reserve terminates, unseen, a message the server stored more than `config.max_clock_skew`
-(default 2 s) after it, so even a publish whose PubAck never came is not delivered when it
-landed late. Every such job is logged ("job dropped: stored after its push deadline", with
-its id and pipeline) and counted in `dropped_late` (the metric
-`mailrunner_jobs_dropped_late_total{pipeline}`): a pusher whose clock lags the server's by
-more than the skew shows up there instead of losing mail silently. The skew is the
-tolerance for clocks that disagree: a push whose PubAck never came although the server stored
-it within its deadline plus the skew may be delivered although push raised: a duplicate
-after the SMTP client's retry, never a loss.
+connection are checked, and the PubAck is awaited up to the deadline plus `VERDICT_GRACE`
+(`jobs/deadline.py`), to learn what to delete; a job whose PubAck comes after the deadline is
+deleted again (by its sequence) before PushTimeout is raised. Each message also carries the
+pusher's wall-clock deadline (`Mailrunner-Deadline`), and reserve terminates, unseen, a message
+the server stored more than `config.max_clock_skew` (default 2 s) after it, so even a publish
+whose PubAck never came is not delivered when it landed late. Every such job is logged ("job
+dropped: stored after its push deadline", with its id and pipeline) and counted in
+`dropped_late` (the metric `mailrunner_jobs_dropped_late_total{pipeline}`): a pusher whose
+clock lags the server's by more than the skew shows up there instead of losing mail silently.
+The skew is the tolerance for clocks that disagree: a push whose PubAck never came although the
+server stored it within its deadline plus the skew may be delivered although push raised: a
+duplicate after the SMTP client's retry, never a loss.
 
 Connections: nats-py reconnects by itself (allow_reconnect, unlimited attempts); the durable
 consumer and the pull inbox survive a server restart, so the same driver works again once the
@@ -119,6 +119,7 @@ from nats.js.api import (
 
 from mailrunner.config import NatsPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
+from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, Lease
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
 
@@ -128,8 +129,6 @@ CONSUMER = "mailrunner"
 """The durable consumer every node of a pipeline shares."""
 _HEADER_ROOM = 8 * 1024
 """Bytes of the server's max_payload kept for a job's metadata headers."""
-_VERDICT_GRACE = 0.5
-"""Seconds past a push's deadline to wait for a PubAck, to learn what to delete."""
 _CALL_TIMEOUT = 5
 """Seconds bounding every JetStream API call, acknowledgement and flush."""
 _PULL_MARGIN = 0.25
@@ -404,7 +403,7 @@ class NatsDriver(Driver):
             if isinstance(error, (nats.errors.TimeoutError, TimeoutError)):
                 raise PushTimeout(
                     f"pipeline {self.name}: nats at {self.addr} did not confirm the push "
-                    f"within {_VERDICT_GRACE}s of its deadline"
+                    f"within {VERDICT_GRACE}s of its deadline"
                 ) from None
             raise self._failure(error, "storing jobs") from error
 
@@ -423,7 +422,7 @@ class NatsDriver(Driver):
             ack = await js.publish(
                 self.subject,
                 job.payload,
-                timeout=remaining + _VERDICT_GRACE,
+                timeout=remaining + VERDICT_GRACE,
                 headers=_encode(job, 0, extra),
             )
             if not ack.duplicate:

@@ -38,19 +38,19 @@ delayed jobs and expired leases move back to the queue whenever a script reserve
 and `stat` counts them as queued without moving them.
 
 Pushes and deadlines: Redis decides, atomically, whether a push was in time. The caller's
-`time.monotonic()` deadline is translated onto Redis's clock (measured on open and every
-minute after; half the measuring round trip is taken off as its error) and handed to the
-push script, which stores nothing when Redis's time has passed it: checked before storing and
-again after, undoing its writes, unseen by anyone, when the second check fails. The driver
-then waits for that verdict, up to 0.5 s past the deadline, because with `appendfsync always`
-the reply comes only after the fsync: a push that returns may return that much after its
-deadline (the SMTP side allows a second for it), one refused as late or without a verdict by
-then raises PushTimeout. So a job is never stored once its deadline has passed on Redis's
-clock, and a push that raised PushTimeout stored nothing. When the verdict takes longer than
-the grace (a stalled disk or network) the push raises PushOutcomeUnknown: the job may be
-stored, so the SMTP side keeps its attachment files, and the client's retry makes a
-duplicate, never a loss. A push
-cancelled by its caller after it was sent may still be stored: Redis cannot withdraw it.
+`time.monotonic()` deadline is translated onto Redis's clock (measured on open and every minute
+after; half the measuring round trip is taken off as its error) and handed to the push script,
+which stores nothing when Redis's time has passed it: checked before storing and again after,
+undoing its writes, unseen by anyone, when the second check fails. The driver then waits for
+that verdict, up to `VERDICT_GRACE` past the deadline, because with `appendfsync always` the
+reply comes only after the fsync: a push that returns may return that much after its deadline
+(the SMTP side allows `PUSH_GRACE` for it, see `jobs/deadline.py`), one refused as late or
+without a verdict by then raises PushTimeout. So a job is never stored once its deadline has
+passed on Redis's clock, and a push that raised PushTimeout stored nothing. When the verdict
+takes longer than the grace (a stalled disk or network) the push raises PushOutcomeUnknown: the
+job may be stored, so the SMTP side keeps its attachment files, and the client's retry makes a
+duplicate, never a loss. A push cancelled by its caller after it was sent may still be stored:
+Redis cannot withdraw it.
 
 Connections: redis-py reconnects on the next command after a broken connection; the driver
 turns off redis-py's retries and bounds connecting and every command by `config.timeout`, so
@@ -81,6 +81,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mailrunner.config import RedisPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown, PushTimeout
+from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, Lease
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
 
@@ -88,9 +89,6 @@ log = structlog.get_logger("mailrunner.jobs")
 
 _IDLE_POLL = 0.05
 """How often a waiting reserve asks Redis again: pushes from other nodes cannot wake it."""
-_VERDICT_GRACE = 0.5
-"""Seconds past a push's deadline to wait for Redis's answer: the script decided in time,
-but with appendfsync always its reply follows the fsync, which a busy disk makes slow."""
 _CLOCK_RESYNC = 60.0
 """Seconds between measurements of Redis's clock against ours."""
 _DEFAULT_MAX_BULK = 512 * 1024 * 1024
@@ -586,13 +584,13 @@ class RedisDriver(Driver):
             raise PushTimeout(f"pipeline {self.name}: push deadline passed before storing")
         scripts = self._open_scripts()
         try:
-            async with asyncio.timeout(remaining + _VERDICT_GRACE):
+            async with asyncio.timeout(remaining + VERDICT_GRACE):
                 args = [await self._server_deadline(deadline), *_push_args(jobs)]
                 stored = await self._run(scripts.push, args, "storing jobs")
         except TimeoutError:
             raise PushOutcomeUnknown(
                 f"pipeline {self.name}: redis at {self.addr} did not answer the push "
-                f"within {_VERDICT_GRACE}s of its deadline; it may be stored"
+                f"within {VERDICT_GRACE}s of its deadline; it may be stored"
             ) from None
         if stored < 0:
             raise PushTimeout(

@@ -6,8 +6,8 @@ written goes into the next one, and each push returns after the commit that hold
 A push whose deadline passes before its transaction gets the write lock is dropped, never
 written later: that is what lets the SMTP side answer 451 honestly. Once its transaction has
 begun, a push's outcome is the COMMIT's, whenever that comes: the push waits for it past its
-deadline (telling its caller's verdict listener to wait up to `COMMIT_WAIT` more), so a
-push never fails for a job that the COMMIT then stores.
+deadline (telling its caller's verdict listener to wait up to `COMMIT_WAIT` more, see
+`jobs/deadline.py`), so a push never fails for a job that the COMMIT then stores.
 
 Files: a database file the driver creates is 0600 (SQLite gives its -wal and -shm files the
 same mode), a folder it creates 0700; what already exists keeps its mode.
@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 from mailrunner.config import SqlitePipeline
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.files import create_directories, write_new_file
+from mailrunner.jobs.deadline import COMMIT_WAIT
 from mailrunner.jobs.driver import Driver, Lease, VerdictListener, current_verdict_listener
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
 
@@ -80,14 +81,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_pipeline ON jobs (pipeline, failed_at, priori
 _JOB_COLUMNS = "id, name, payload, headers, priority, auto_ack"
 _ROWS_PER_INSERT = 100
 """Rows per INSERT statement: 900 parameters, under the 999 SQLite allowed before 3.32."""
-BUSY_TIMEOUT = 5.0
+BUSY_TIMEOUT = COMMIT_WAIT
 """Seconds a statement waits for another connection's lock (a push: at most until its
-deadline)."""
+deadline); a push's caller is asked to wait up to COMMIT_WAIT for its COMMIT."""
 BUSY_TIMEOUT_MS = round(BUSY_TIMEOUT * 1000)
-COMMIT_WAIT = BUSY_TIMEOUT
-"""Seconds from the start of its transaction a push's caller is asked to wait for the
-COMMIT: what any other statement may wait for a lock. A WAL commit takes no lock of its own,
-so only a stalled disk makes it slower."""
 _IDLE_POLL = 0.25
 """How often an idle reserve looks for jobs pushed by other processes into the same file."""
 
