@@ -24,6 +24,7 @@ from mailrunner.mime.parse import (
     parse_in_chunks,
     simple_addresses,
 )
+from perturbed import FastPathCount, perturbed
 
 
 def build(raw: bytes) -> dict[str, object]:
@@ -119,9 +120,8 @@ def test_nesting_deeper_than_the_stdlib_recursion_limit_is_cut_and_recorded() ->
     assert any("depth" in error.lower() or "deep" in error.lower() for error in errors), errors
 
 
-address_text = st.text(
-    alphabet=st.sampled_from(list("abcXYZ019.-_+=?@<>, \t\"'()!#~")), min_size=1, max_size=40
-)
+ADDRESS_CHARS = "abcXYZ019.-_+=?@<>, \t\"'()!#~"
+address_text = st.text(alphabet=st.sampled_from(list(ADDRESS_CHARS)), min_size=1, max_size=40)
 
 
 @settings(max_examples=500, deadline=None)
@@ -132,6 +132,60 @@ def test_the_fast_address_path_agrees_with_getaddresses_whenever_it_answers(
     fast = simple_addresses(texts)
     if fast is not None:
         assert fast == [pair for pair in getaddresses(texts) if pair != ("", "")]
+
+
+ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+atoms = st.text(alphabet=ATEXT, min_size=1, max_size=5)
+dot_atoms = st.lists(atoms, min_size=1, max_size=3).map(".".join)
+plain_addresses = st.tuples(dot_atoms, dot_atoms).map("@".join)
+spaces = st.sampled_from([" ", "  ", "\t", " \t "])
+display_names = st.builds(str.join, spaces, st.lists(atoms, min_size=1, max_size=3))
+address_items = (
+    plain_addresses
+    | st.builds("{}{}<{}>".format, display_names, spaces | st.just(""), plain_addresses)
+    | st.just("")
+)
+"""`a@b`, `Name <a@b>` (names spaced any way) and the empty item of `a@b,,c@d`."""
+ADDRESS_DELIMITERS = "<@.>, "
+ADDRESS_FRAGMENTS = ['"q"', "(c)", "g:", ";", "\\", "[1]", "<r@s>", "=?utf-8?q?x?="]
+"""What turns a plain address list into one only `getaddresses` reads right: quotes, comments,
+groups, escapes, domain literals, a second angle address and encoded words."""
+SIMPLE_SHARE = 0.4
+"""At least this share of edited plain lists must still take the fast path (about 60% do)."""
+
+
+@st.composite
+def plain_address_header(draw: st.DrawFn) -> str:
+    """A header value listing `a@b` and `Name <a@b>` items."""
+    items = draw(st.lists(address_items, min_size=1, max_size=3))
+    return draw(st.sampled_from([",", ", ", " , ", ",\t"])).join(items)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(plain_address_header(), min_size=1, max_size=3))
+def test_plain_address_lists_always_take_the_fast_path(texts: list[str]) -> None:
+    expected = [pair for pair in getaddresses(texts) if pair != ("", "")]
+    assert simple_addresses(texts) == expected, f"fast path refused or misread {texts!r}"
+
+
+def test_edited_address_lists_are_read_like_getaddresses_mostly_on_the_fast_path() -> None:
+    count = FastPathCount()
+
+    edited_header = perturbed(
+        plain_address_header(), ADDRESS_CHARS, ADDRESS_FRAGMENTS, ADDRESS_DELIMITERS
+    )
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(edited_header, min_size=1, max_size=2))
+    def check(texts: list[str]) -> None:
+        fast = simple_addresses(texts)
+        count.record(fast is not None)
+        if fast is not None:
+            expected = [pair for pair in getaddresses(texts) if pair != ("", "")]
+            assert fast == expected, f"fast path disagrees with getaddresses on {texts!r}"
+
+    check()
+    count.require_share(SIMPLE_SHARE)
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
