@@ -42,10 +42,22 @@ from mailrunner.config import AmqpDriverConfig
 from mailrunner.errors import DriverError, DriverUnavailable
 from mailrunner.jobs.driver import Driver
 from mailrunner.jobs.drivers.amqp import AmqpDriver, broker_priority, delay_ms
+from mailrunner.jobs.model import Capabilities
 
 pytestmark = pytest.mark.amqp
 
 BROKER = ("127.0.0.1", 5672)
+AMQP_CAPABILITIES = Capabilities(
+    durable=True,
+    idempotent_push=False,
+    atomic_batch=False,
+    priority=True,
+    delay=True,
+    peek=False,
+    max_payload=128 * 1024 * 1024,
+)
+"""RabbitMQ's default max_message_size is the payload limit (AMQP cannot ask for the real
+one)."""
 
 
 def settings_for(queue: str, **config: Any) -> dict[str, Any]:
@@ -72,6 +84,7 @@ class TestAmqpDriver(DriverContract):
             caps = driver.capabilities
             assert (caps.durable, caps.priority, caps.delay) == (True, True, True)
             assert (caps.peek, caps.idempotent_push, caps.atomic_batch) == (False, False, False)
+            assert caps == AMQP_CAPABILITIES, f"a capability is missing or extra: {caps}"
 
         harness.run(scenario)
 

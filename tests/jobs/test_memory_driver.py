@@ -20,12 +20,25 @@ from contract import (
 
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver
+from mailrunner.jobs.model import Capabilities
+
+MEMORY_CAPABILITIES = Capabilities(
+    durable=False, idempotent_push=True, atomic_batch=True, priority=True, delay=True, peek=True
+)
 
 
 class TestMemoryDriver(DriverContract):
     @pytest.fixture
     def pipeline_settings(self, tmp_path: Path) -> dict[str, Any]:
         return {"driver": "memory"}
+
+    def test_declares_exactly_its_capabilities(self, harness: Harness) -> None:
+        """A capability left undeclared would turn its contract tests into skips."""
+
+        async def scenario(driver: Driver) -> None:
+            assert driver.capabilities == MEMORY_CAPABILITIES, driver.capabilities
+
+        harness.run(scenario)
 
 
 def test_max_queued_defaults_to_100000() -> None:

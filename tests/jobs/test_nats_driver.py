@@ -37,11 +37,23 @@ from conftest import REQUIRE_TOOLS, delete_streams, require_broker
 from mailrunner.config import NatsDriverConfig
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver
+from mailrunner.jobs.model import Capabilities
 from nats_pusher import publish_as_lagging_pusher
 
 pytestmark = pytest.mark.nats
 
 MACHINE_NATS = ("127.0.0.1", 4222)
+NATS_CAPABILITIES = Capabilities(
+    durable=True,
+    idempotent_push=False,
+    atomic_batch=False,
+    priority=False,
+    delay=False,
+    peek=False,
+    max_payload=1024 * 1024 - 8 * 1024,
+)
+"""A JetStream stream is on disk; a nats-server's default max_payload (1 MiB) less the 8 KiB
+the driver keeps for a job's headers."""
 
 
 def settings_for(port: int, stream: str, **extra: Any) -> dict[str, Any]:
@@ -85,6 +97,14 @@ class TestNatsDriver(DriverContract):
         stream = f"contract-{uuid.uuid4().hex}"
         yield settings_for(MACHINE_NATS[1], stream)
         delete_streams(MACHINE_NATS[1], stream)
+
+    def test_declares_exactly_its_capabilities(self, harness: Harness) -> None:
+        """A capability left undeclared would turn its contract tests into skips."""
+
+        async def scenario(driver: Driver) -> None:
+            assert driver.capabilities == NATS_CAPABILITIES, driver.capabilities
+
+        harness.run(scenario)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ from mailrunner.config import RedisDriverConfig
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver
-from mailrunner.jobs.model import Job, JobOptions
+from mailrunner.jobs.model import Capabilities, Job, JobOptions
 
 pytestmark = pytest.mark.redis
 
@@ -97,6 +97,21 @@ def durable_redis(start_redis: Callable[..., RedisServer]) -> RedisServer:
     return start_redis(**DURABLE)
 
 
+def redis_capabilities(port: int, *, durable: bool) -> Capabilities:
+    """All a Redis stream honours; its payload limit is the server's proto-max-bulk-len."""
+    with redis.Redis(port=port) as client:
+        limit = int(client.config_get("proto-max-bulk-len")["proto-max-bulk-len"])
+    return Capabilities(
+        durable=durable,
+        idempotent_push=True,
+        atomic_batch=True,
+        priority=True,
+        delay=True,
+        peek=True,
+        max_payload=limit,
+    )
+
+
 @pytest.fixture
 def durable_harness(durable_redis: RedisServer, tmp_path: Path) -> Harness:
     stream = f"durable-{uuid.uuid4().hex}"
@@ -113,6 +128,15 @@ class TestRedisDriver(DriverContract):
         yield settings_for(MACHINE_REDIS[1], stream)
         delete_stream_keys(MACHINE_REDIS[1], stream)
 
+    def test_declares_exactly_its_capabilities(self, harness: Harness) -> None:
+        """A capability left undeclared would turn its contract tests into skips."""
+        expected = redis_capabilities(MACHINE_REDIS[1], durable=False)
+
+        async def scenario(driver: Driver) -> None:
+            assert driver.capabilities == expected, driver.capabilities
+
+        harness.run(scenario)
+
 
 class TestRedisDriverOnADurableServer(DriverContract):
     """The contract again, on appendonly yes + appendfsync always: the durable tests run."""
@@ -121,11 +145,15 @@ class TestRedisDriverOnADurableServer(DriverContract):
     def pipeline_settings(self, durable_redis: RedisServer) -> dict[str, Any]:
         return settings_for(durable_redis.port, f"contract-{uuid.uuid4().hex}")
 
-    def test_the_driver_declares_itself_durable(self, harness: Harness) -> None:
+    def test_the_driver_declares_itself_durable(
+        self, harness: Harness, durable_redis: RedisServer
+    ) -> None:
         async def scenario(driver: Driver) -> None:
             assert driver.capabilities.durable, (
                 "appendonly yes with appendfsync always must make the driver durable"
             )
+            expected = redis_capabilities(durable_redis.port, durable=True)
+            assert driver.capabilities == expected, driver.capabilities
 
         harness.run(scenario)
 

@@ -32,9 +32,12 @@ from contract import (
 
 from mailrunner.errors import PushTimeout
 from mailrunner.jobs.driver import Driver
-from mailrunner.jobs.model import Job
+from mailrunner.jobs.model import Capabilities, Job
 
 CHILD_DEADLINE = 30.0
+SQLITE_CAPABILITIES = Capabilities(
+    durable=True, idempotent_push=True, atomic_batch=True, priority=True, delay=True, peek=True
+)
 
 # Run by a child process that is then killed with SIGKILL: nothing is closed or flushed.
 KILLED_CHILD = """
@@ -103,6 +106,14 @@ class TestSqliteDriver(DriverContract):
     @pytest.fixture
     def pipeline_settings(self, tmp_path: Path) -> dict[str, Any]:
         return {"driver": "sqlite", "config": {"path": str(tmp_path / "jobs.db")}}
+
+    def test_declares_exactly_its_capabilities(self, harness: Harness) -> None:
+        """A capability left undeclared would turn its contract tests into skips."""
+
+        async def scenario(driver: Driver) -> None:
+            assert driver.capabilities == SQLITE_CAPABILITIES, driver.capabilities
+
+        harness.run(scenario)
 
     def test_jobs_survive_reopen_in_the_default_file_under_data_dir(self, tmp_path: Path) -> None:
         harness = Harness.from_settings({"driver": "sqlite"}, tmp_path)
