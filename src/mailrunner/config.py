@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from mailrunner.errors import ConfigError
-from mailrunner.jobs.deadline import DEFAULT_PUSH_TIMEOUT
+from mailrunner.jobs.deadline import DEFAULT_PUSH_TIMEOUT, MAX_PUSH_TIMEOUT, MIN_PUSH_TIMEOUT
 from mailrunner.jobs.model import MAX_DELAY
 
 CONFIG_ENV = "MAILRUNNER_CONFIG"
@@ -183,7 +183,9 @@ class SmtpJobsConfig(_Model):
     priority: int = Field(default=10, ge=0)
     delay: Duration = Field(default=0.0, le=MAX_DELAY)
     auto_ack: bool = False
-    push_timeout: Duration = Field(default=DEFAULT_PUSH_TIMEOUT, ge=0.5, le=3600)
+    push_timeout: Duration = Field(
+        default=DEFAULT_PUSH_TIMEOUT, ge=MIN_PUSH_TIMEOUT, le=MAX_PUSH_TIMEOUT
+    )
     rpc: RpcTarget | None = None
 
 

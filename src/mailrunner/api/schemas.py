@@ -14,6 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from mailrunner.jobs.deadline import (
+    CALLER_MARGIN,
+    DEFAULT_PUSH_TIMEOUT,
+    MAX_PUSH_TIMEOUT,
+    MIN_PUSH_TIMEOUT,
+)
 from mailrunner.jobs.model import MAX_DELAY, FailedJob, Job, JobOptions
 
 MAX_LIST_LIMIT = 1000
@@ -96,11 +102,11 @@ class JobWire(Wire):
 
 _PUSH_TIMEOUT = Field(
     default=None,
-    ge=0.5,
-    le=3600,
-    description="Seconds the caller waits from sending the request (default 5). The node"
-    " gives up storing 0.25 s before that, counted from the request's arrival, and then"
-    " stores nothing.",
+    ge=MIN_PUSH_TIMEOUT,
+    le=MAX_PUSH_TIMEOUT,
+    description=f"Seconds the caller waits from sending the request (default"
+    f" {DEFAULT_PUSH_TIMEOUT:g}). The node gives up storing {CALLER_MARGIN:g} s before that,"
+    " counted from the request's arrival, and then stores nothing.",
 )
 
 

@@ -50,6 +50,13 @@ PUSH_GRACE = REPLY_GRACE + GRACE
 SMTP side waits before answering 451 on its own: a driver's verdict (VERDICT_GRACE) and the
 ApiClient's answer or giving up (REPLY_GRACE) both come first."""
 
+MIN_PUSH_TIMEOUT = 2 * GRACE
+"""The shortest push_timeout a caller may ask for: a remote node still has time to store
+after taking CALLER_MARGIN off it."""
+
+MAX_PUSH_TIMEOUT = 3600.0
+"""The longest push_timeout: an SMTP client does not wait an hour for its reply anyway."""
+
 DEFAULT_PUSH_TIMEOUT = 5.0
 """Seconds a push may take when its caller names none (`SmtpJobsConfig.push_timeout`, the
 API's `push_timeout`, `JobsService.push`)."""
