@@ -35,6 +35,7 @@ from mailrunner.pool.pool import WorkerPool
 from mailrunner.smtp.delivery import Delivery, JobsDelivery, PoolDelivery
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.server import SmtpServer
+from mailrunner.wire.protocol import JOBS_MODE, SMTP_MODE
 
 log = structlog.get_logger("mailrunner.app")
 
@@ -66,7 +67,7 @@ class App:
         self.consumers: Consumers | None = None
         if config.jobs.consume:
             self.jobs_pool = WorkerPool(
-                "jobs",
+                JOBS_MODE,
                 config.jobs.pool,
                 self._command(config.jobs.pool),
                 config.server.env,
@@ -96,7 +97,7 @@ class App:
                 return JobsDelivery(self.remote_jobs, smtp.jobs, tempfiles)
             return JobsDelivery(self.jobs, smtp.jobs, tempfiles)
         command = self._command(smtp.pool)
-        self.smtp_pool = WorkerPool("smtp", smtp.pool, command, self.config.server.env)
+        self.smtp_pool = WorkerPool(SMTP_MODE, smtp.pool, command, self.config.server.env)
         return PoolDelivery(self.smtp_pool)
 
     def _command(self, pool: PoolConfig) -> str | list[str]:
