@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+from required import unavailable
 
 
 def memory_bytes(pid: int, key: str) -> int:
@@ -21,5 +21,5 @@ def reset_peak(pid: int) -> int:
     try:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
     except OSError as error:
-        pytest.skip(f"cannot reset the peak RSS of {pid} ({error}); needs Linux and the same user")
+        unavailable(f"cannot reset the peak RSS of {pid} ({error}); needs Linux and the same user")
     return memory_bytes(pid, "VmRSS")

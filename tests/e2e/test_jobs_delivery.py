@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import smtplib
 import sqlite3
 import subprocess
@@ -25,6 +26,7 @@ from conftest import (
     validate_event,
     wait_until,
 )
+from required import unavailable
 
 TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
 HERE = Path(__file__).parent
@@ -178,11 +180,13 @@ def test_read_only_database_gives_451(
     server = jobs_server("sqlite")
     assert send(server, message("first", "<first@x>"))[0] == 250
     files = [server.config.data_dir / "jobs.db", server.config.data_dir / "jobs.db-wal"]
+    if shutil.which("chattr") is None:
+        unavailable("chattr is not installed (apt-get install e2fsprogs)")
     made_immutable = subprocess.run(
         ["chattr", "+i", *map(str, files)], capture_output=True, check=False
     )
     if made_immutable.returncode != 0:
-        pytest.skip(
+        unavailable(
             f"cannot make the database read-only here: {made_immutable.stderr.decode().strip()}"
         )
     try:
