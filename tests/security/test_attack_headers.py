@@ -85,6 +85,20 @@ def health_seconds(api_port: int) -> float:
     return time.monotonic() - started
 
 
+def assert_health_answers_while_sent(server: ServeProcess, message: bytes) -> None:
+    """Send `message` from a thread and ask /health again and again until its reply came:
+    250, and every /health answered within HEALTH_WITHIN."""
+    sender = HostileSender(server.port, message)
+    sender.start()
+    assert sender.data_sent.wait(SMTP_TIMEOUT), "the message could not be sent"
+    answers = [health_seconds(server.api_port)]
+    while sender.is_alive() and sum(answers) < SMTP_TIMEOUT:
+        answers.append(health_seconds(server.api_port))
+    sender.join(SMTP_TIMEOUT)
+    assert sender.reply.startswith(b"250 "), sender.reply
+    assert max(answers) < HEALTH_WITHIN
+
+
 def test_the_api_answers_while_a_huge_hostile_header_is_parsed_and_the_message_gets_250(
     serve: Callable[..., ServeProcess],
 ) -> None:
@@ -96,15 +110,7 @@ def test_the_api_answers_while_a_huge_hostile_header_is_parsed_and_the_message_g
         + hostile_header("encoded word openers", 64 * KIB)
         + b"\r\nbody\r\n"
     )
-    sender = HostileSender(server.port, message)
-    sender.start()
-    assert sender.data_sent.wait(SMTP_TIMEOUT), "the message could not be sent"
-    answers = [health_seconds(server.api_port)]
-    while sender.is_alive() and sum(answers) < SMTP_TIMEOUT:
-        answers.append(health_seconds(server.api_port))
-    sender.join(SMTP_TIMEOUT)
-    assert sender.reply.startswith(b"250 "), sender.reply
-    assert max(answers) < HEALTH_WITHIN
+    assert_health_answers_while_sent(server, message)
     (event,) = server.wait_events(1)
     addresses = [address["email"] for address in event["message"]["to"]]
     assert addresses[0] == "someone@example.com"
@@ -174,15 +180,7 @@ def test_the_api_answers_while_a_charset_in_charset_punycode_is_parsed(
     server = serve(logs={"level": "warning"})
     message = punycode_charset_message(ParseConfig().offload_bytes * 9 // 10)
     assert len(message) < ParseConfig().offload_bytes
-    sender = HostileSender(server.port, message)
-    sender.start()
-    assert sender.data_sent.wait(SMTP_TIMEOUT), "the message could not be sent"
-    answers = [health_seconds(server.api_port)]
-    while sender.is_alive() and sum(answers) < SMTP_TIMEOUT:
-        answers.append(health_seconds(server.api_port))
-    sender.join(SMTP_TIMEOUT)
-    assert sender.reply.startswith(b"250 "), sender.reply
-    assert max(answers) < HEALTH_WITHIN
+    assert_health_answers_while_sent(server, message)
     (event,) = server.wait_events(1)
     assert event["message"]["body"] == "the body\n"
     assert "part 1: InvalidHeaderDefect" in event["parse_errors"]
