@@ -337,7 +337,7 @@ def test_stop_ends_the_consumer_even_when_its_driver_swallows_the_cancel(tmp_pat
     async def scenario() -> int:
         settings = MemoryPipeline(driver="memory")
         driver = CancelSwallowingDriver("q", settings, tmp_path)
-        pipeline = Pipeline("q", settings, driver, declared_at_runtime=False)
+        pipeline = Pipeline("q", settings, driver)
         pipeline.resumed.set()
         consumer = PipelineConsumer(pipeline, None, 1.0, None)  # type: ignore[arg-type]
         consumer.start()

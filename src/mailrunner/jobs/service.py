@@ -40,7 +40,6 @@ class Pipeline:
     name: str
     settings: PipelineConfig
     driver: Driver
-    declared_at_runtime: bool
     resumed: asyncio.Event = field(default_factory=asyncio.Event)
     consuming: bool = False
 
@@ -76,17 +75,17 @@ class JobsService:
     async def start(self) -> None:
         """Open the pipelines of the configuration; a driver that cannot open stops start-up."""
         for name, settings in self._configured.items():
-            await self._attach(name, settings, runtime=False)
+            await self._attach(name, settings)
 
     async def stop(self) -> None:
         for pipeline in list(self._pipelines.values()):
             await pipeline.driver.close()
         self._pipelines.clear()
 
-    async def _attach(self, name: str, settings: PipelineConfig, *, runtime: bool) -> Pipeline:
+    async def _attach(self, name: str, settings: PipelineConfig) -> Pipeline:
         driver = build_driver(name, settings, self._data_dir)
         await driver.open()
-        pipeline = Pipeline(name, settings, driver, runtime)
+        pipeline = Pipeline(name, settings, driver)
         pipeline.resumed.set()
         self._pipelines[name] = pipeline
         log.info("pipeline ready", pipeline=name, driver=settings.driver)
@@ -197,7 +196,7 @@ class JobsService:
             pipeline = existing
         else:
             self._check_runtime_path(name, settings)
-            pipeline = await self._attach(name, settings, runtime=True)
+            pipeline = await self._attach(name, settings)
             new = True
         if consume and not pipeline.consuming and self.consumers is not None:
             self.consumers.consume(pipeline)

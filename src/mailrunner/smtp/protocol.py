@@ -253,11 +253,6 @@ class MailrunnerSMTP(SMTP):
         self._writer.write(text.encode("ascii") + b"\r\n")
         self.transport.close()
 
-    @property
-    def busy(self) -> bool:
-        """True while a command (DATA included) is being read or answered."""
-        return self._in_command
-
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The common `<local@domain>` is read by a regex (see `smtp/addresses.py`)."""
         plain = plain_path(arg)

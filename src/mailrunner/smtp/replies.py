@@ -11,8 +11,6 @@ import re
 _UNPRINTABLE = re.compile(r"[^\t\x20-\x7e]")
 
 R221_BYE = "221 2.0.0 Bye"
-R235_AUTH_OK = "235 2.7.0 Authentication successful"
-R250_OK = "250 2.0.0 OK"
 R250_SENDER_OK = "250 2.1.0 Sender OK"
 R250_RECIPIENT_OK = "250 2.1.5 Recipient OK"
 R421_TIMEOUT = "421 4.4.2 {hostname} Error: timeout exceeded, closing connection"
