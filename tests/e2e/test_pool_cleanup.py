@@ -1,0 +1,73 @@
+"""The worker-pool path's age cleanup, through a running server.
+
+With `smtp.use_jobs: false` no job says when an email's attachment folder is done with, so
+the server deletes its own folders once they are older than `cleanup_after`; a folder
+younger than that is still in use by a worker and must stay.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import RunningServer, wait_until
+
+POOL_WORKER = Path(__file__).parent.parent / "pool" / "behaviour_worker.py"
+CLEANUP_AFTER = 10.0
+"""Seconds; the sweep runs every CLEANUP_AFTER / 2, so the fresh folder is checked by a sweep
+while it is at most about half that old, and an old folder goes within WAIT_SECONDS."""
+
+WITH_ATTACHMENT = (
+    b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+    b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Disposition: attachment; filename=data.bin\r\n\r\nDATA\r\n--b--\r\n"
+)
+
+
+def send(server: RunningServer) -> str:
+    """Send an email with one attachment; returns the event id the 250 reply names."""
+    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+        client.ehlo("client.example")
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        code, reply = client.data(WITH_ATTACHMENT)
+    assert code == 250, reply
+    return reply.decode().rsplit(" ", 1)[-1]
+
+
+def attachment(folder: Path) -> bytes:
+    """The one attachment file in an event's folder (named `NNN-data.bin`)."""
+    (path,) = folder.glob("*-data.bin")
+    return path.read_bytes()
+
+
+def test_age_cleanup_removes_an_old_folder_of_this_server_and_keeps_a_fresh_one(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    attachments = tmp_path / "attachments"
+    server = start_server(
+        record=False,
+        server={"command": [sys.executable, str(POOL_WORKER)]},
+        smtp={
+            "use_jobs": False,
+            "pool": {"num_workers": 1},
+            "attachment_storage": {
+                "mode": "tempfile",
+                "temp_dir": str(attachments),
+                "cleanup_after": CLEANUP_AFTER,
+            },
+        },
+    )
+    old = attachments / send(server)
+    fresh = attachments / send(server)
+    assert attachment(old) == b"DATA"
+    assert attachment(fresh) == b"DATA"
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    wait_until(lambda: not old.exists(), "age cleanup to delete the server's old folder")
+    assert fresh.is_dir(), "age cleanup deleted a folder younger than cleanup_after"
+    assert attachment(fresh) == b"DATA"
