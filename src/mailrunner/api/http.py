@@ -70,7 +70,6 @@ log = structlog.get_logger("mailrunner.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PIPELINE_SETTINGS: TypeAdapter[PipelineConfig] = TypeAdapter(PipelineConfig)
-CLOSED_BY_ADMIN = "421 4.7.0 {hostname} Connection closed by the administrator"
 _STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (PipelineNotFound, 404),
     (PipelineConflict, 409),
@@ -153,6 +152,13 @@ def _limit(request: web.Request, default: int) -> int:
     return int(text)
 
 
+def _route_path(request: web.Request) -> str:
+    """The route's path as the table writes it (`{name}` unfilled); the request's own path
+    when no route matched."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
+
+
 class ApiServer:
     """Serves the API for one mailrunner process; owns its aiohttp runner."""
 
@@ -179,6 +185,7 @@ class ApiServer:
         self._max_request = max_request
         self._runner: web.AppRunner | None = None
         self.routes = self._route_table()
+        self._public_paths = frozenset(route.path for route in self.routes if route.public)
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -225,7 +232,7 @@ class ApiServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         token = self._config.token
-        if token is None or request.path in ("/health", "/openapi.json"):
+        if token is None or _route_path(request) in self._public_paths:
             return await handler(request)
         sent = request.headers.get("Authorization", "")
         expected = f"Bearer {token}".encode()
@@ -503,30 +510,17 @@ class ApiServer:
         return _json(OkResponse())
 
     async def connections(self, request: web.Request) -> web.Response:
-        listed = []
-        for connection in self._smtp.connections:
-            session = connection.mail_session
-            envelope = connection.envelope
-            listed.append(
-                ConnectionWire(
-                    uuid=session.connection_id,
-                    remote_addr=session.remote_addr,
-                    helo=session.host_name,
-                    mail_from=getattr(envelope, "mail_from", None),
-                    recipients=list(getattr(envelope, "rcpt_tos", [])),
-                    auth_user=session.auth.username if session.auth else None,
-                    messages=session.messages,
-                )
-            )
+        listed = [
+            ConnectionWire.model_validate(info, from_attributes=True)
+            for info in self._smtp.connections
+        ]
         return _json(ConnectionsResponse(connections=listed))
 
     async def close_connection(self, request: web.Request) -> web.Response:
         await _body(request, EmptyRequest)
         connection_id = request.match_info["uuid"]
-        connection = self._smtp.connection(connection_id)
-        if connection is None:
+        if not self._smtp.close_connection(connection_id):
             raise NotFound(f"no open SMTP connection {connection_id!r}")
-        connection.request_close(CLOSED_BY_ADMIN)
         return _json(OkResponse())
 
     # --- health, metrics, openapi ------------------------------------------------------------

@@ -17,6 +17,7 @@ R421_TIMEOUT = "421 4.4.2 {hostname} Error: timeout exceeded, closing connection
 R421_SESSION_TOO_LONG = "421 4.4.2 {hostname} Error: session too long, closing connection"
 R421_TOO_MANY_CONNECTIONS = "421 4.7.0 {hostname} Too many connections, try again later"
 R421_SHUTTING_DOWN = "421 4.3.2 {hostname} Service shutting down, try again later"
+R421_CLOSED_BY_ADMIN = "421 4.7.0 {hostname} Connection closed by the administrator"
 R451_TEMP = "451 4.3.0 Temporary failure, try again later"
 R452_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 R501_BAD_HELO = "501 5.5.4 Invalid domain name: control characters are not allowed"

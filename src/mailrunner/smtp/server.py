@@ -8,7 +8,7 @@ import collections
 import ipaddress
 import ssl
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -40,6 +40,33 @@ def tls_context(config: TlsConfig) -> ssl.SSLContext | None:
     return context
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """What the management API shows about one open SMTP connection."""
+
+    uuid: str
+    remote_addr: str
+    helo: str | None
+    mail_from: str | None
+    recipients: tuple[str, ...]
+    auth_user: str | None
+    messages: int
+
+
+def _info(connection: MailrunnerSMTP) -> ConnectionInfo:
+    session = connection.mail_session
+    envelope = connection.envelope
+    return ConnectionInfo(
+        uuid=session.connection_id,
+        remote_addr=session.remote_addr,
+        helo=session.host_name,
+        mail_from=envelope.mail_from if envelope is not None else None,
+        recipients=tuple(envelope.rcpt_tos) if envelope is not None else (),
+        auth_user=session.auth.username if session.auth else None,
+        messages=session.messages,
+    )
+
+
 class SmtpServer:
     """Owns the listening socket and the set of live connections."""
 
@@ -65,8 +92,9 @@ class SmtpServer:
         self._drained = asyncio.Event()
 
     @property
-    def connections(self) -> frozenset[MailrunnerSMTP]:
-        return frozenset(self._connections)
+    def connections(self) -> list[ConnectionInfo]:
+        """The open connections, oldest first."""
+        return [_info(connection) for connection in self._opened]
 
     @property
     def max_message_size(self) -> int:
@@ -80,11 +108,14 @@ class SmtpServer:
     def listening(self) -> bool:
         return self._server is not None and self._server.is_serving()
 
-    def connection(self, connection_id: str) -> MailrunnerSMTP | None:
+    def close_connection(self, connection_id: str) -> bool:
+        """Close one connection with 421 once its command in progress has answered; False
+        when no open connection has that id."""
         for connection in self._connections:
             if connection.mail_session.connection_id == connection_id:
-                return connection
-        return None
+                connection.request_close(replies.R421_CLOSED_BY_ADMIN)
+                return True
+        return False
 
     @property
     def address(self) -> tuple[str, int]:
