@@ -67,6 +67,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,248 +95,11 @@ _CLOCK_RESYNC = 60.0
 _DEFAULT_MAX_BULK = 512 * 1024 * 1024
 """Redis's default `proto-max-bulk-len`, used when the server will not tell."""
 
-# Every script gets KEYS = queue, delayed, leased, failed, seq and ARGV[1] = the job key
-# prefix; job hashes are named from it (they share the hash tag, so a cluster agrees).
-_PRELUDE = """
-local queue, delayed, leased, failed, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local job_prefix = ARGV[1]
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function promote(zset, now)
-  local due = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
-  for _, id in ipairs(due) do
-    local rank = redis.call('HGET', job_prefix .. id, 'rank')
-    if rank then redis.call('ZADD', queue, rank, id) end
-  end
-  if #due > 0 then redis.call('ZREMRANGEBYSCORE', zset, '-inf', now) end
-end
-
-local function unqueue(id)
-  redis.call('ZREM', queue, id)
-  redis.call('ZREM', delayed, id)
-  redis.call('ZREM', leased, id)
-end
-
-local function fields(key, ...)
-  return redis.call('HMGET', key, 'name', 'payload', 'headers', 'priority', 'auto_ack', ...)
-end
-"""
-
-# ARGV: prefix, deadline (Redis unix ms), then per job: id, name, payload, headers,
-# priority, auto_ack, delay (ms). Returns how many were new, or -1 when refused as late.
-_PUSH = """
-local deadline = tonumber(ARGV[2])
-local now = now_ms()
-if now > deadline then return -1 end
-local stored = {}
-for i = 3, #ARGV, 7 do
-  local id = ARGV[i]
-  local key = job_prefix .. id
-  if redis.call('EXISTS', key) == 0 then
-    local priority = math.min(tonumber(ARGV[i + 4]), 8191)
-    local rank = string.format('%.0f', priority * 1099511627776 + redis.call('INCR', seq))
-    redis.call('HSET', key, 'name', ARGV[i + 1], 'payload', ARGV[i + 2],
-      'headers', ARGV[i + 3], 'priority', ARGV[i + 4], 'auto_ack', ARGV[i + 5],
-      'attempts', 0, 'rank', rank, 'created', now)
-    local delay = tonumber(ARGV[i + 6])
-    if delay > 0 then
-      redis.call('ZADD', delayed, now + delay, id)
-    else
-      redis.call('ZADD', queue, rank, id)
-    end
-    stored[#stored + 1] = id
-  end
-end
-if now_ms() > deadline then
-  for _, id in ipairs(stored) do
-    redis.call('DEL', job_prefix .. id)
-    redis.call('ZREM', queue, id)
-    redis.call('ZREM', delayed, id)
-  end
-  return -1
-end
-return #stored
-"""
-
-# ARGV: prefix, limit, visibility (ms), token base.
-# Returns {leases, ms until the next job is due or -1}; a lease is
-# {id, name, payload, headers, priority, auto_ack, attempt, token}.
-_RESERVE = """
-local limit, visibility, token_base = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local now = now_ms()
-promote(delayed, now)
-promote(leased, now)
-local leases = {}
-local popped = redis.call('ZPOPMIN', queue, limit)
-for i = 1, #popped, 2 do
-  local id = popped[i]
-  local key = job_prefix .. id
-  if redis.call('EXISTS', key) == 1 then
-    local token = token_base .. '.' .. i
-    local attempt = redis.call('HINCRBY', key, 'attempts', 1)
-    redis.call('HSET', key, 'token', token)
-    redis.call('ZADD', leased, now + visibility, id)
-    local f = fields(key)
-    leases[#leases + 1] = {id, f[1], f[2], f[3], f[4], f[5], attempt, token}
-  end
-end
-local next_due = -1
-if redis.call('ZCARD', queue) > 0 then
-  next_due = 0
-else
-  for _, zset in ipairs({delayed, leased}) do
-    local first = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
-    if first[2] then
-      local wait = tonumber(first[2]) - now
-      if next_due < 0 or wait < next_due then next_due = wait end
-    end
-  end
-end
-return {leases, next_due}
-"""
-
-# Lease scripts: ARGV = prefix, id, token, ...; a token that is not the job's current lease
-# (acked, nacked, released, or leased again after expiry) makes them a no-op returning 0.
-_LEASE_CHECK = """
-local id = ARGV[2]
-local key = job_prefix .. id
-if redis.call('HGET', key, 'token') ~= ARGV[3] then return 0 end
-"""
-
-_ACK = """
-unqueue(id)
-redis.call('DEL', key)
-return 1
-"""
-
-# ARGV[4] = visibility (ms).
-_EXTEND = """
-unqueue(id)
-redis.call('ZADD', leased, now_ms() + tonumber(ARGV[4]), id)
-return 1
-"""
-
-_RELEASE = """
-unqueue(id)
-redis.call('HINCRBY', key, 'attempts', -1)
-redis.call('HDEL', key, 'token')
-redis.call('ZADD', queue, redis.call('HGET', key, 'rank'), id)
-return 1
-"""
-
-# ARGV[4] = '1' to requeue, ARGV[5] = delay (ms), ARGV[6] = error, ARGV[7] = new headers.
-_NACK = """
-unqueue(id)
-redis.call('HDEL', key, 'token')
-redis.call('HSET', key, 'error', ARGV[6])
-if ARGV[7] then redis.call('HSET', key, 'headers', ARGV[7]) end
-local now = now_ms()
-if ARGV[4] ~= '1' then
-  redis.call('HSET', key, 'failed_at', now)
-  redis.call('ZADD', failed, redis.call('INCR', seq), id)
-elseif tonumber(ARGV[5]) > 0 then
-  redis.call('ZADD', delayed, now + tonumber(ARGV[5]), id)
-else
-  redis.call('ZADD', queue, redis.call('HGET', key, 'rank'), id)
-end
-return 1
-"""
-
-_STAT = """
-local now = now_ms()
-local due_delayed = redis.call('ZCOUNT', delayed, '-inf', now)
-local expired = redis.call('ZCOUNT', leased, '-inf', now)
-return {
-  redis.call('ZCARD', queue) + due_delayed + expired,
-  redis.call('ZCARD', delayed) - due_delayed,
-  redis.call('ZCARD', leased) - expired,
-  redis.call('ZCARD', failed),
-}
-"""
-
-# ARGV[2] = limit. Returns {id, name, payload, headers, priority, auto_ack} per job.
-_PEEK = """
-local limit = tonumber(ARGV[2])
-local now = now_ms()
-promote(delayed, now)
-promote(leased, now)
-local ids = redis.call('ZRANGE', queue, 0, limit - 1)
-if #ids < limit then
-  for _, id in ipairs(redis.call('ZRANGE', delayed, 0, limit - #ids - 1)) do
-    ids[#ids + 1] = id
-  end
-end
-local jobs = {}
-for _, id in ipairs(ids) do
-  local f = fields(job_prefix .. id)
-  jobs[#jobs + 1] = {id, f[1], f[2], f[3], f[4], f[5]}
-end
-return jobs
-"""
-
-# ARGV[2] = limit. Returns {id, name, payload, headers, priority, auto_ack, error, attempts,
-# failed_at} per job, oldest failure first.
-_FAILED = """
-local jobs = {}
-for _, id in ipairs(redis.call('ZRANGE', failed, 0, tonumber(ARGV[2]) - 1)) do
-  local f = fields(job_prefix .. id, 'error', 'attempts', 'failed_at')
-  jobs[#jobs + 1] = {id, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]}
-end
-return jobs
-"""
-
-# ARGV[2] = 'all' or 'ids', then the ids; `chosen` = the failed ones among them, each once.
-_FAILED_SELECTION = """
-local chosen = {}
-if ARGV[2] == 'all' then
-  chosen = redis.call('ZRANGE', failed, 0, -1)
-else
-  local seen = {}
-  for i = 3, #ARGV do
-    local id = ARGV[i]
-    if not seen[id] and redis.call('ZSCORE', failed, id) then
-      chosen[#chosen + 1] = id
-      seen[id] = true
-    end
-  end
-end
-"""
-
-# Returns how many failed jobs were made due again.
-
-_RETRY_FAILED = """
-for _, id in ipairs(chosen) do
-  local key = job_prefix .. id
-  redis.call('ZREM', failed, id)
-  redis.call('HSET', key, 'attempts', 0)
-  redis.call('HDEL', key, 'failed_at')
-  redis.call('ZADD', queue, redis.call('HGET', key, 'rank'), id)
-end
-return #chosen
-"""
-
-# Returns the ids of the jobs deleted.
-_PURGE_FAILED = """
-for _, id in ipairs(chosen) do
-  redis.call('ZREM', failed, id)
-  redis.call('DEL', job_prefix .. id)
-end
-return chosen
-"""
-
-_DESTROY = """
-for _, zset in ipairs({queue, delayed, leased, failed}) do
-  for _, id in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
-    redis.call('DEL', job_prefix .. id)
-  end
-end
-redis.call('DEL', queue, delayed, leased, failed, seq)
-return 1
-"""
+def _lua(name: str) -> str:
+    """One script's source, from `redis_<name>.lua` beside this module: there an editor
+    reads it as Lua, and each script's arguments and answer are the comment at its top."""
+    return (resources.files(__package__) / f"redis_{name}.lua").read_text(encoding="utf-8")
 
 
 class _Scripts:
@@ -343,21 +107,23 @@ class _Scripts:
     and again after a server restart forgot them)."""
 
     def __init__(self, client: Redis) -> None:
-        def register(*parts: str) -> AsyncScript:
-            return client.register_script(_PRELUDE + "".join(parts))
+        prelude = _lua("prelude")
 
-        self.push = register(_PUSH)
-        self.reserve = register(_RESERVE)
-        self.ack = register(_LEASE_CHECK, _ACK)
-        self.extend = register(_LEASE_CHECK, _EXTEND)
-        self.release = register(_LEASE_CHECK, _RELEASE)
-        self.nack = register(_LEASE_CHECK, _NACK)
-        self.stat = register(_STAT)
-        self.peek = register(_PEEK)
-        self.failed = register(_FAILED)
-        self.retry_failed = register(_FAILED_SELECTION, _RETRY_FAILED)
-        self.purge_failed = register(_FAILED_SELECTION, _PURGE_FAILED)
-        self.destroy = register(_DESTROY)
+        def register(*names: str) -> AsyncScript:
+            return client.register_script(prelude + "".join(_lua(name) for name in names))
+
+        self.push = register("push")
+        self.reserve = register("reserve")
+        self.ack = register("lease_check", "ack")
+        self.extend = register("lease_check", "extend")
+        self.release = register("lease_check", "release")
+        self.nack = register("lease_check", "nack")
+        self.stat = register("stat")
+        self.peek = register("peek")
+        self.failed = register("failed")
+        self.retry_failed = register("failed_selection", "retry_failed")
+        self.purge_failed = register("failed_selection", "purge_failed")
+        self.destroy = register("destroy")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,3 @@
+unqueue(id)
+redis.call('DEL', key)
+return 1
