@@ -25,6 +25,7 @@ from pydantic import TypeAdapter
 
 from mailrunner.config import PipelineConfig
 from mailrunner.errors import DriverError, PushTimeout
+from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, Lease
 from mailrunner.jobs.drivers import build_driver
 from mailrunner.jobs.model import Headers, Job, JobOptions, QueueStat
@@ -36,6 +37,10 @@ LATE = 0.35
 """How much later than promised a wait may end (scheduling, a driver's polling)."""
 EARLY = 0.05
 """How much earlier than due a job may appear (clock granularity)."""
+STORED_LATE_BY = VERDICT_GRACE + LATE
+"""Seconds past a push's deadline by which a store it raised for would have landed: a broker
+driver waits VERDICT_GRACE for the broker's verdict, and LATE covers scheduling. A "nothing
+was stored" check waits this long, so it outlasts every store a driver may still make."""
 SCENARIO_DEADLINE = 30.0
 DRAIN_DEADLINE = 10.0
 MIB = 1024 * 1024
@@ -714,7 +719,9 @@ class DriverContract:
         async def scenario(driver: Driver) -> None:
             with pytest.raises(PushTimeout):
                 await driver.push(make_jobs("late-1", "late-2"), deadline=time.monotonic() - 1)
-            await assert_nothing_due(driver, "a job pushed past its deadline was stored", 0.3)
+            await assert_nothing_due(
+                driver, "a job pushed past its deadline was stored", STORED_LATE_BY
+            )
             await assert_stat(driver, EMPTY, "a job pushed past its deadline was stored")
             if driver.capabilities.peek:
                 assert await driver.peek(10) == [], "a job pushed past its deadline is peekable"
@@ -733,12 +740,13 @@ class DriverContract:
             counted_before = driver.unwithdrawn_publishes
             for attempt, allowance in enumerate((0.0, 0.0005, 0.001, 0.002, 0.005, 0.02, 0.1)):
                 batch = [make_job(f"b{attempt}-{n:02}", bytes(65536)) for n in range(20)]
+                deadline = time.monotonic() + allowance
                 try:
-                    await driver.push(batch, deadline=time.monotonic() + allowance)
+                    await driver.push(batch, deadline=deadline)
                 except PushTimeout:
                     continue
                 stored.extend(ids(batch))
-            await asyncio.sleep(0.3)  # a late commit, if any, would land now
+            await sleep_until(deadline + STORED_LATE_BY)  # a late commit, if any, landed by now
             # A driver that cannot withdraw a sent publish counts each one it raised for: only
             # those may be stored without a successful push (amqp confirming late under load).
             uncertain = driver.unwithdrawn_publishes - counted_before

@@ -25,6 +25,7 @@ import redis
 from contract import (
     EARLY,
     LATE,
+    STORED_LATE_BY,
     DriverContract,
     Harness,
     assert_nothing_due,
@@ -34,6 +35,7 @@ from contract import (
     push,
     queue_stat,
     reserve_one,
+    sleep_until,
 )
 from pydantic import ValidationError
 
@@ -291,7 +293,8 @@ def test_push_to_a_frozen_redis_times_out_and_is_not_stored_when_it_wakes(
             f"expected it after {gives_up:.2f}s"
         )
         await push(driver, make_job("next"))
-        await asyncio.sleep(0.2)  # the late push, had it been kept, would have run by now
+        # the late push, had Redis kept it once awake, would have run by now
+        await sleep_until(time.monotonic() + STORED_LATE_BY)
         peeked = [job.id for job in await driver.peek(10)]
         assert peeked == ["before", "next"], f"a push that raised PushTimeout was stored: {peeked}"
 
