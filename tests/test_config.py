@@ -10,6 +10,7 @@ import pytest
 
 from conftest import run_cli
 from mailrunner.config import (
+    DRIVER_NAMES,
     EMBEDDED_DEFAULT,
     ConfigError,
     config_from_mapping,
@@ -89,10 +90,18 @@ def test_every_problem_is_reported_with_its_key_path() -> None:
     assert "smtp.colour: unknown key" in problems
     assert any(p.startswith("smtp.read_timeout: must be a duration") for p in problems)
     assert "jobs.pipelines.a.config.pth: unknown key" in problems
-    assert any(p.startswith("jobs.pipelines.b: driver must be one of") for p in problems)
+    assert f"jobs.pipelines.b: driver must be one of {', '.join(DRIVER_NAMES)}" in problems
     assert any(p.startswith("jobs.consume: names pipelines not declared") for p in problems)
     assert any(p.startswith("logs.level:") for p in problems)
     assert "file.yaml" in str(caught.value)
+
+
+def test_driver_names_are_read_from_the_pipeline_models() -> None:
+    """The one list the API schema, the CLI and config errors offer; the models are its home."""
+    assert DRIVER_NAMES == ("memory", "sqlite", "redis", "amqp", "nats")
+    for name in DRIVER_NAMES:
+        config = config_from_mapping({"jobs": {"pipelines": {"smtp-emails": {"driver": name}}}})
+        assert config.jobs.pipelines["smtp-emails"].driver == name
 
 
 def test_environment_expansion(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -365,7 +365,13 @@ PipelineConfig = Annotated[
     MemoryPipeline | SqlitePipeline | RedisPipeline | AmqpPipeline | NatsPipeline,
     Field(discriminator="driver"),
 ]
-DRIVER_NAMES = ("memory", "sqlite", "redis", "amqp", "nats")
+DRIVER_NAMES: tuple[str, ...] = tuple(
+    name
+    for model in get_args(get_args(PipelineConfig)[0])
+    for name in get_args(model.model_fields["driver"].annotation)
+)
+"""Every driver a pipeline may name, in the union's order: a driver model added to
+`PipelineConfig` is listed wherever drivers are (API schema, CLI choices, config errors)."""
 
 
 class JobsConfig(_Model):

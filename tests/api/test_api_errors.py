@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from api_support import Api, wire_job
 
 from conftest import RunningServer
+from mailrunner.config import DRIVER_NAMES
 
 TOKEN = "s3cret-token"
 
@@ -75,6 +76,16 @@ def test_malformed_requests_answer_422_and_store_nothing(
         assert set(reply.body) == {"error", "type"}, what
     assert api.stat("smtp-emails")["queued"] == 0
     assert api.ok("GET", "/jobs/pipelines") == {"pipelines": ["smtp-emails"]}
+
+
+def test_an_unknown_driver_is_refused_with_the_drivers_there_are(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    server = start_server(record=False)
+    reply = Api(server.api_url).post("/jobs/pipelines", {"name": "x", "driver": "kafka"})
+    assert reply.status == 422, reply.body
+    missing = [name for name in DRIVER_NAMES if repr(name) not in reply.body["error"]]
+    assert not missing, f"the error does not offer {missing}: {reply.body['error']}"
 
 
 def test_a_limit_outside_1_to_1000_answers_422(

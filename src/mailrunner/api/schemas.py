@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from mailrunner.config import DRIVER_NAMES
 from mailrunner.jobs.deadline import (
     CALLER_MARGIN,
     DEFAULT_PUSH_TIMEOUT,
@@ -141,7 +142,8 @@ class DeclareRequest(Wire):
     """The same settings as a `jobs.pipelines.NAME` block of the YAML file."""
 
     name: str = Field(min_length=1, max_length=200)
-    driver: Literal["memory", "sqlite", "redis", "amqp", "nats"]
+    driver: str = Field(json_schema_extra={"enum": list(DRIVER_NAMES)})
+    """Checked when the settings are read as a `PipelineConfig`, the drivers' one list."""
     priority: int = Field(default=10, ge=0)
     prefetch: int = Field(default=10, ge=1)
     retries: int = Field(default=5, ge=1)

@@ -14,6 +14,7 @@ import click
 from mailrunner.api.client import ApiClient, pipeline_path
 from mailrunner.api.schemas import MAX_LIST_LIMIT
 from mailrunner.cli.common import api_options, call_api, show
+from mailrunner.config import DRIVER_NAMES
 from mailrunner.jobs.model import MAX_DELAY
 from mailrunner.worker import EMAIL_JOB, Email, EventError
 
@@ -119,9 +120,7 @@ def resume(pipeline: str, **options: Any) -> None:
 
 @jobs.command()
 @click.argument("name")
-@click.option(
-    "--driver", required=True, type=click.Choice(["memory", "sqlite", "redis", "amqp", "nats"])
-)
+@click.option("--driver", required=True, type=click.Choice(DRIVER_NAMES))
 @click.option("--config", "driver_config", multiple=True, help="Driver setting key=value.")
 @click.option("--priority", type=int, default=10, show_default=True)
 @click.option("--prefetch", type=int, default=10, show_default=True)
