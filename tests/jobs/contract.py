@@ -834,9 +834,30 @@ class DriverContract:
         harness.run(scenario)
 
     def test_close_is_idempotent(self, harness: Harness) -> None:
+        """A second close raises nothing and undoes nothing: a durable driver's next open
+        finds what a single close leaves, the stored job and the unacked lease (once expired)."""
+        timeout = harness.visibility_timeout
+
         async def scenario(driver: Driver) -> None:
+            leased, queued = make_jobs("leased", "queued")
+            await push(driver, leased)
+            held = await reserve_one(driver, 1.0, "a pushed job must be reservable")
+            assert held.job.id == "leased"
+            await push(driver, queued)
             await driver.close()
             await driver.close()
+            if not driver.capabilities.durable:
+                return
+            async with harness.opened() as reopened:
+                served: dict[str, tuple[Job, int]] = {}
+                for _ in range(2):  # acked as served: the other may wait out a lease
+                    lease = await reserve_one(reopened, timeout + 1.5, "a job two closes kept")
+                    served[lease.job.id] = (lease.job, lease.attempt)
+                    await lease.ack()
+                assert served == {"leased": (leased, 2), "queued": (queued, 1)}, (
+                    f"after two closes and a reopen: {served}"
+                )
+                await assert_nothing_due(reopened, "two closes made a job appear twice")
 
         harness.run(scenario)
 
