@@ -99,6 +99,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -115,10 +116,16 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 
 from mailrunner.config import AmqpPipeline, mask_url
-from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown, PushTimeout
+from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, Lease
-from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
+from mailrunner.jobs.drivers._common import (
+    broker_capabilities,
+    selection,
+    selects_nothing,
+    time_left,
+)
+from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
 
@@ -153,18 +160,6 @@ _ERROR = "mailrunner-error"
 _FAILED_AT = "mailrunner-failed-at"
 
 _T = TypeVar("_T")
-
-
-def _capabilities() -> Capabilities:
-    return Capabilities(
-        durable=True,
-        idempotent_push=False,
-        atomic_batch=False,
-        priority=True,
-        delay=True,
-        peek=False,
-        max_payload=_MAX_PAYLOAD,
-    )
 
 
 def broker_priority(priority: int) -> int:
@@ -264,7 +259,7 @@ class AmqpLease(Lease):
 
 
 def _replace_headers(job: Job, headers: Headers) -> Job:
-    return Job(id=job.id, name=job.name, payload=job.payload, options=job.options, headers=headers)
+    return replace(job, headers=headers)
 
 
 class AmqpDriver(Driver):
@@ -276,7 +271,7 @@ class AmqpDriver(Driver):
         self.name = name
         self.visibility_timeout = settings.visibility_timeout
         self.addr = mask_url(config.addr)
-        self.capabilities = _capabilities()
+        self.capabilities = broker_capabilities(priority=True, delay=True, max_payload=_MAX_PAYLOAD)
         self.queue_name = config.queue or f"mailrunner.{name}"
         self.exchange_name = config.exchange or self.queue_name
         self.routing_key = config.routing_key or self.queue_name
@@ -462,8 +457,7 @@ class AmqpDriver(Driver):
     # --- push ----------------------------------------------------------------------------
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
-        if time.monotonic() >= deadline:
-            raise PushTimeout(f"pipeline {self.name}: push deadline passed before publishing")
+        time_left(self.name, deadline, "publishing")
         self._open_channel()
         if not jobs:
             return
@@ -475,8 +469,7 @@ class AmqpDriver(Driver):
             )
         for ms in sorted(delays):
             await self._declare_delay(ms)
-        if time.monotonic() >= deadline:
-            raise PushTimeout(f"pipeline {self.name}: push deadline passed before publishing")
+        time_left(self.name, deadline, "publishing")
         # Tasks in job order: aiormq writes publishes in the order they take its channel lock.
         tasks = [asyncio.create_task(self._publish_job(job)) for job in jobs]
         _, pending = await asyncio.wait(
@@ -763,9 +756,9 @@ class AmqpDriver(Driver):
         return entries
 
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        if ids is not None and not ids:
+        if selects_nothing(ids):
             return 0
-        wanted = None if ids is None else set(ids)
+        wanted = selection(ids)
         count = 0
 
         async def retry(message: AbstractIncomingMessage) -> None:
@@ -777,7 +770,7 @@ class AmqpDriver(Driver):
 
         def pick(message: AbstractIncomingMessage) -> Awaitable[None] | None:
             job, _ = self._job(message)
-            return retry(message) if wanted is None or job.id in wanted else None
+            return retry(message) if wanted(job.id) else None
 
         await self._browse(self.failed_name, None, pick)
         if count:
@@ -785,9 +778,9 @@ class AmqpDriver(Driver):
         return count
 
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        if ids is not None and not ids:
+        if selects_nothing(ids):
             return []
-        wanted = None if ids is None else set(ids)
+        wanted = selection(ids)
         removed: dict[str, None] = {}  # ordered and each once: a failed list may repeat an id
 
         async def drop(message: AbstractIncomingMessage, job_id: str) -> None:
@@ -796,7 +789,7 @@ class AmqpDriver(Driver):
 
         def pick(message: AbstractIncomingMessage) -> Awaitable[None] | None:
             job, _ = self._job(message)
-            return drop(message, job.id) if wanted is None or job.id in wanted else None
+            return drop(message, job.id) if wanted(job.id) else None
 
         await self._browse(self.failed_name, None, pick)
         return list(removed)

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mailrunner.config import MemoryPipeline
-from mailrunner.errors import DriverError, PushTimeout
+from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver, Lease
-from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, QueueStat
+from mailrunner.jobs.drivers._common import store_capabilities, time_left
+from mailrunner.jobs.model import FailedJob, Headers, Job, QueueStat
 
 _ORDER = itertools.count()
 
@@ -93,9 +94,7 @@ class MemoryLease(Lease):
 class MemoryDriver(Driver):
     """Jobs in a dict; a reserve scans for the best due job (fine for in-process volumes)."""
 
-    capabilities = Capabilities(
-        durable=False, idempotent_push=True, atomic_batch=True, priority=True, delay=True, peek=True
-    )
+    capabilities = store_capabilities(durable=False)
 
     def __init__(self, name: str, settings: MemoryPipeline, data_dir: Path) -> None:
         self.name = name
@@ -117,9 +116,8 @@ class MemoryDriver(Driver):
             self._changed.notify_all()
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
+        time_left(self.name, deadline)
         now = time.monotonic()
-        if now >= deadline:
-            raise PushTimeout(f"pipeline {self.name}: push deadline passed before storing")
         new: dict[str, Job] = {}
         for job in jobs:
             if job.id not in self.entries:

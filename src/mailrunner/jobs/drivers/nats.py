@@ -96,7 +96,7 @@ import json
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,7 +121,13 @@ from mailrunner.config import NatsPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, Lease
-from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
+from mailrunner.jobs.drivers._common import (
+    broker_capabilities,
+    selection,
+    selects_nothing,
+    time_left,
+)
+from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
 
@@ -151,18 +157,6 @@ def _cancelled_by_caller() -> bool:
     #469); those must become errors of the call, not stop the caller's task."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def _capabilities(max_payload: int | None) -> Capabilities:
-    return Capabilities(
-        durable=True,
-        idempotent_push=False,
-        atomic_batch=False,
-        priority=False,
-        delay=False,
-        peek=False,
-        max_payload=max_payload,
-    )
 
 
 def _token(name: str) -> str:
@@ -256,7 +250,7 @@ class NatsDriver(Driver):
         self.visibility_timeout = float(settings.visibility_timeout)
         self.addr = mask_url(settings.config.addr)
         self._max_clock_skew = float(settings.config.max_clock_skew)
-        self.capabilities = _capabilities(None)
+        self.capabilities = broker_capabilities(max_payload=None)
         """`max_payload` is filled in by `open()` from the server's INFO."""
         self._settings = settings.config
         self.stream = settings.config.stream or _token(name)
@@ -307,7 +301,7 @@ class NatsDriver(Driver):
                 f"pipeline {self.name}: cannot declare stream {self.stream} on {self.addr}: "
                 + str(error)
             ) from error
-        self.capabilities = _capabilities(max(0, nc.max_payload - _HEADER_ROOM))
+        self.capabilities = broker_capabilities(max_payload=max(0, nc.max_payload - _HEADER_ROOM))
         self._nc, self._js = nc, js
 
     async def _declare(self, js: JetStreamContext) -> None:
@@ -386,8 +380,7 @@ class NatsDriver(Driver):
     # --- push ----------------------------------------------------------------------------
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
-        if time.monotonic() >= deadline:
-            raise PushTimeout(f"pipeline {self.name}: push deadline passed before storing")
+        time_left(self.name, deadline)
         _nc, js = self._client()
         stored: list[int] = []
         try:
@@ -667,7 +660,7 @@ class NatsDriver(Driver):
         nc, js = self._client()
         job = lease.job
         if headers is not None:
-            job = Job(job.id, job.name, job.payload, job.options, headers)
+            job = replace(job, headers=headers)
         if not requeue:
             why = {_ERROR: json.dumps(error, ensure_ascii=True), _FAILED_AT: repr(time.time())}
             await self._publish(js, self.failed_subject, job, lease.attempt, why)
@@ -772,13 +765,13 @@ class NatsDriver(Driver):
         return [entry for _seq, entry in (await self._failed_messages())[:limit]]
 
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        if ids is not None and not ids:
+        if selects_nothing(ids):
             return 0
         _nc, js = self._client()
-        chosen = set(ids) if ids is not None else None
+        chosen = selection(ids)
         count = 0
         for seq, entry in await self._failed_messages():
-            if chosen is not None and entry.job.id not in chosen:
+            if not chosen(entry.job.id):
                 continue
             await self._publish(js, self.subject, entry.job, 0, None)
             await self._delete_failed(js, seq)
@@ -786,13 +779,13 @@ class NatsDriver(Driver):
         return count
 
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        if ids is not None and not ids:
+        if selects_nothing(ids):
             return []
         _nc, js = self._client()
-        chosen = set(ids) if ids is not None else None
+        chosen = selection(ids)
         removed: dict[str, None] = {}  # ordered and each once: a failed list may repeat an id
         for seq, entry in await self._failed_messages():
-            if chosen is None or entry.job.id in chosen:
+            if chosen(entry.job.id):
                 await self._delete_failed(js, seq)
                 removed[entry.job.id] = None
         return list(removed)

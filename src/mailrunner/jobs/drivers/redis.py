@@ -84,7 +84,8 @@ from mailrunner.config import RedisPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, Lease
-from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
+from mailrunner.jobs.drivers._common import selects_nothing, store_capabilities, time_left
+from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
 
@@ -201,18 +202,6 @@ async def _max_payload(client: Redis) -> int:
     return int(value) if value and value.isdigit() else _DEFAULT_MAX_BULK
 
 
-def _capabilities(*, durable: bool, max_payload: int | None) -> Capabilities:
-    return Capabilities(
-        durable=durable,
-        idempotent_push=True,
-        atomic_batch=True,
-        priority=True,
-        delay=True,
-        peek=True,
-        max_payload=max_payload,
-    )
-
-
 def _text(value: bytes) -> str:
     return value.decode("utf-8")
 
@@ -257,7 +246,7 @@ class RedisDriver(Driver):
         self.name = name
         self.visibility_timeout = settings.visibility_timeout
         self.addr = mask_url(settings.config.addr)
-        self.capabilities = _capabilities(durable=False, max_payload=None)
+        self.capabilities = store_capabilities(durable=False)
         """Provisional until `open()` has asked the server how it stores."""
         self._settings = settings.config
         self._keys = _Keys.of(settings.config.key_prefix, settings.config.stream or name)
@@ -301,7 +290,7 @@ class RedisDriver(Driver):
                 addr=self.addr,
                 reason=why_not,
             )
-        self.capabilities = _capabilities(durable=durable, max_payload=max_payload)
+        self.capabilities = store_capabilities(durable=durable, max_payload=max_payload)
         self._client, self._scripts, self._clock = client, _Scripts(client), clock
 
     async def close(self) -> None:
@@ -345,9 +334,7 @@ class RedisDriver(Driver):
         return self._clock.server_ms(deadline)
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise PushTimeout(f"pipeline {self.name}: push deadline passed before storing")
+        remaining = time_left(self.name, deadline)
         scripts = self._open_scripts()
         try:
             async with asyncio.timeout(remaining + VERDICT_GRACE):
@@ -435,7 +422,7 @@ class RedisDriver(Driver):
         ]
 
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        if ids is not None and not ids:
+        if selects_nothing(ids):
             return 0
         count = int(await self._change_failed(self._open_scripts().retry_failed, ids, "retrying"))
         if count:
@@ -443,7 +430,7 @@ class RedisDriver(Driver):
         return count
 
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        if ids is not None and not ids:
+        if selects_nothing(ids):
             return []
         removed = await self._change_failed(self._open_scripts().purge_failed, ids, "purging")
         return [_text(job_id) for job_id in removed]

@@ -54,7 +54,8 @@ from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.files import create_directories, write_new_file
 from mailrunner.jobs.deadline import COMMIT_WAIT
 from mailrunner.jobs.driver import Driver, Lease, VerdictListener, current_verdict_listener
-from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, JobOptions, QueueStat
+from mailrunner.jobs.drivers._common import selects_nothing, store_capabilities, time_left
+from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
 
 T = TypeVar("T")
 
@@ -155,9 +156,7 @@ class SqliteLease(Lease):
 class SqliteDriver(Driver):
     """One pipeline's rows in a SQLite file (`config.path`, default `<data_dir>/jobs.db`)."""
 
-    capabilities = Capabilities(
-        durable=True, idempotent_push=True, atomic_batch=True, priority=True, delay=True, peek=True
-    )
+    capabilities = store_capabilities(durable=True)
 
     def __init__(
         self, name: str, settings: SqlitePipeline, data_dir: Path, *, max_batch: int = 1000
@@ -228,8 +227,7 @@ class SqliteDriver(Driver):
     # --- push: group commit ------------------------------------------------------------------
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
-        if time.monotonic() >= deadline:
-            raise PushTimeout(f"pipeline {self.name}: push deadline passed before storing")
+        time_left(self.name, deadline)
         if self._committer is None:
             raise DriverUnavailable(f"pipeline {self.name}: the sqlite driver is not open")
         future = asyncio.get_running_loop().create_future()
@@ -411,14 +409,14 @@ class SqliteDriver(Driver):
         return removed
 
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        if ids is not None and not ids:
+        if selects_nothing(ids):
             return 0
         count = await self._run(self._retry_failed_sync, ids)
         self._changed.set()
         return count
 
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        if ids is not None and not ids:
+        if selects_nothing(ids):
             return []
         return await self._run(self._purge_failed_sync, ids)
 

@@ -1,0 +1,61 @@
+"""What every driver does the same way, written once: the deadline check before storing,
+the failed-list id selection, and the capabilities a store or a broker starts from.
+
+Kept apart from `jobs/driver.py` (the contract) because these are ways of meeting it, which a
+new driver may use or not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from mailrunner.errors import PushTimeout
+from mailrunner.jobs.model import Capabilities
+
+STORE = Capabilities(
+    durable=False, idempotent_push=True, atomic_batch=True, priority=True, delay=True, peek=True
+)
+"""A driver that owns its storage (memory, sqlite, redis): every feature; `durable` varies."""
+
+BROKER = Capabilities(
+    durable=True, idempotent_push=False, atomic_batch=False, priority=False, delay=False, peek=False
+)
+"""A driver on a message broker (amqp, nats): durable, but a publish cannot be checked
+against earlier ones, taken back as a batch, or looked at unleased; each adds what its broker
+can."""
+
+
+def store_capabilities(*, durable: bool, max_payload: int | None = None) -> Capabilities:
+    """A store's capabilities: whether it outlives the process, and its largest payload."""
+    return replace(STORE, durable=durable, max_payload=max_payload)
+
+
+def broker_capabilities(
+    *, priority: bool = False, delay: bool = False, max_payload: int | None
+) -> Capabilities:
+    """A broker's capabilities: the ordering features it offers, and its largest payload."""
+    return replace(BROKER, priority=priority, delay=delay, max_payload=max_payload)
+
+
+def time_left(pipeline: str, deadline: float, doing: str = "storing") -> float:
+    """Seconds until a push's `deadline`; PushTimeout when none are left, so a job whose
+    storing has not begun by its deadline is never stored (the SMTP side answered 451)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise PushTimeout(f"pipeline {pipeline}: push deadline passed before {doing}")
+    return remaining
+
+
+def selects_nothing(ids: Sequence[str] | None) -> bool:
+    """Whether a failed-list selection is empty (`[]`), unlike `None` (every failed job):
+    the driver answers at once instead of reading its failed list."""
+    return ids is not None and not ids
+
+
+def selection(ids: Sequence[str] | None) -> Callable[[str], bool]:
+    """Whether a failed job's id is chosen by `ids` (`None`: every one)."""
+    if ids is None:
+        return lambda _job_id: True
+    return frozenset(ids).__contains__
