@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import smtplib
@@ -146,18 +147,24 @@ def test_a_message_near_size_with_raw_included_is_stored_through_the_jobs_node(
         },
     )
     quotes = (b'"' * 998 + b"\r\n") * ((size - 1024) // 1000)
+    sent = b"Subject: quotes\r\n\r\n" + quotes
     with smtplib.SMTP(ingress.host, ingress.port, timeout=30) as client:
         client.ehlo("ingress.client")
         client.mail("a@example.com")
         client.rcpt("b@example.com")
-        code, reply = client.data(b"Subject: quotes\r\n\r\n" + quotes)
+        code, reply = client.data(sent)
     assert code == 250, reply
     with contextlib.closing(sqlite3.connect(database)) as reader:
         (payload,) = reader.execute("SELECT payload FROM jobs").fetchone()
     event = json.loads(payload)
     assert event["message"]["subject"] == "quotes"
     assert len(event["message"]["body"]) == len(quotes) // 1000 * 999
-    assert jobs_node.app.config.smtp.max_message_size == size
+    assert base64.b64decode(event["message"].get("raw", "")) == sent, (
+        "the ingress's include_raw did not arrive"
+    )
+    assert len(payload) > 2 * jobs_node.app.smtp.max_message_size, (
+        f"a {len(payload)}-byte job is no worst case for a jobs node taking {size}-byte mail"
+    )
 
 
 WITH_ATTACHMENT = (
