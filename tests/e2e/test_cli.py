@@ -84,7 +84,11 @@ def test_declare_list_destroy_and_the_failed_list(node: RunningServer, tmp_path:
     (failed,) = cli_json(node, "jobs", "failed", "list", "extra")["failed"]
     assert (failed["job"]["id"], failed["error"]) == (failing, "asked to fail for good")
     assert cli_json(node, "jobs", "failed", "retry", "extra", "--id", failing) == {"count": 1}
+    wait_until(lambda: executed(tmp_path) == [failing, failing], "the retried job to run again")
     wait_until(lambda: cli_json(node, "jobs", "stat", "extra")["failed"] == 1, "failed again")
+    (again,) = cli_json(node, "jobs", "failed", "list", "extra")["failed"]
+    assert (again["job"]["id"], again["error"]) == (failing, "asked to fail for good")
+    assert again["failed_at"] > failed["failed_at"], "the failed list kept the first failure"
     assert cli_json(node, "jobs", "failed", "purge", "extra") == {"count": 1}
     assert cli_json(node, "jobs", "destroy", "extra", "--purge") == {"ok": True}
     assert "extra" not in cli_json(node, "jobs", "list")["pipelines"]
