@@ -239,7 +239,10 @@ def test_destroy_removes_the_pipeline_and_stops_consuming(
     node = jobs_node(driver)
     node.push()
     node.wait_executed(1)
+    detached = node.service.pipeline("q")
+    assert detached.consuming, "the pipeline's consumer must be running before destroy"
     node.server.call(node.service.destroy("q", purge=True))
+    assert not detached.consuming, "destroy left the pipeline's consumer running"
     assert "q" not in node.service.list_pipelines()
     with pytest.raises(Exception, match="unknown pipeline 'q'"):
         node.push()
