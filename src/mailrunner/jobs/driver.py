@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Generic, TypeVar
 
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, QueueStat
 
@@ -79,6 +80,65 @@ class Lease(ABC):
         """Give the job back: due again after `delay` seconds, or, without `requeue`, moved
         to the failed list with `error` and its attempt count. `headers`, when given,
         replace the job's headers (RoadRunner's requeue)."""
+
+
+H = TypeVar("H")
+"""What a driver needs to find one delivery again: a token, a broker message, ..."""
+
+
+class LeaseKeeper(ABC, Generic[H]):
+    """The driver side of `DriverLease`: settles the leases it handed out. Each call gets the
+    lease (its job, attempt and handle) and follows `Lease`'s rules, stale leases included."""
+
+    @abstractmethod
+    async def extend(self, lease: DriverLease[H]) -> None:
+        """`Lease.extend`."""
+
+    @abstractmethod
+    async def ack(self, lease: DriverLease[H]) -> None:
+        """`Lease.ack`."""
+
+    @abstractmethod
+    async def release(self, lease: DriverLease[H]) -> None:
+        """`Lease.release`."""
+
+    @abstractmethod
+    async def nack(
+        self,
+        lease: DriverLease[H],
+        *,
+        requeue: bool,
+        delay: float,
+        error: str,
+        headers: Headers | None,
+    ) -> None:
+        """`Lease.nack`."""
+
+
+class DriverLease(Lease, Generic[H]):
+    """The one `Lease` the drivers hand out: the job, the attempt and the driver's `handle`
+    for this delivery, every call passed to the driver that made it, so the rules of a lease
+    live in one place per driver."""
+
+    def __init__(self, keeper: LeaseKeeper[H], job: Job, attempt: int, handle: H) -> None:
+        self.job = job
+        self.attempt = attempt
+        self.handle = handle
+        self._keeper = keeper
+
+    async def extend(self) -> None:
+        await self._keeper.extend(self)
+
+    async def ack(self) -> None:
+        await self._keeper.ack(self)
+
+    async def release(self) -> None:
+        await self._keeper.release(self)
+
+    async def nack(
+        self, *, requeue: bool, delay: float = 0.0, error: str = "", headers: Headers | None = None
+    ) -> None:
+        await self._keeper.nack(self, requeue=requeue, delay=delay, error=error, headers=headers)
 
 
 class Driver(ABC):

@@ -99,7 +99,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -118,7 +118,7 @@ from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 from mailrunner.config import AmqpPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown
 from mailrunner.jobs.deadline import VERDICT_GRACE
-from mailrunner.jobs.driver import Driver, Lease
+from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper
 from mailrunner.jobs.drivers._common import (
     broker_capabilities,
     selection,
@@ -216,53 +216,18 @@ def _message(
     )
 
 
-class AmqpLease(Lease):
-    """One unacked delivery. The first of ack, nack, release or expiry settles it; every
-    later call is a no-op, so a delivery tag is never settled twice (RabbitMQ would close the
-    channel for that)."""
+@dataclass(slots=True)
+class _Delivery:
+    """A lease's handle: one unacked delivery and its expiry timer. The first of ack, nack,
+    release or expiry settles it (`forget`); every later call is a no-op, so a delivery tag is
+    never settled twice (RabbitMQ would close the channel for that)."""
 
-    def __init__(
-        self, driver: AmqpDriver, job: Job, attempt: int, message: AbstractIncomingMessage
-    ) -> None:
-        self._driver = driver
-        self.message = message
-        self.job = job
-        self.attempt = attempt
-        self.expires_at = 0.0
-        self.timer: asyncio.TimerHandle | None = None
-
-    def take(self) -> bool:
-        """Claim the delivery for settling: True once, for whoever comes first."""
-        return self._driver.forget(self)
-
-    async def extend(self) -> None:
-        self._driver.arm(self)
-
-    async def ack(self) -> None:
-        if self.take():
-            await self._driver.settle(self.message, "ack")
-
-    async def release(self) -> None:
-        if self.take():
-            await self._driver.move(self, self.job, self.attempt - 1, 0.0, front=True)
-
-    async def nack(
-        self, *, requeue: bool, delay: float = 0.0, error: str = "", headers: Headers | None = None
-    ) -> None:
-        if not self.take():
-            return
-        job = self.job if headers is None else _replace_headers(self.job, headers)
-        if requeue:
-            await self._driver.move(self, job, self.attempt, delay, front=False)
-        else:
-            await self._driver.move_to_failed(self, job, error)
+    message: AbstractIncomingMessage
+    expires_at: float = 0.0
+    timer: asyncio.TimerHandle | None = None
 
 
-def _replace_headers(job: Job, headers: Headers) -> Job:
-    return replace(job, headers=headers)
-
-
-class AmqpDriver(Driver):
+class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
     """One pipeline's jobs in one RabbitMQ queue (`config.queue`), shared by every node that
     names the same queue."""
 
@@ -291,7 +256,7 @@ class AmqpDriver(Driver):
         """Every delay value in use on this queue (from the catalog, or declared here)."""
         self._declared_delays: set[int] = set()
         """Delay values whose queue this instance has declared since it opened."""
-        self._leases: set[AmqpLease] = set()
+        self._leases: set[DriverLease[_Delivery]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._closing = False
@@ -389,13 +354,13 @@ class AmqpDriver(Driver):
         self._closing = True
         leases = list(self._leases)
         for lease in leases:
-            if lease.timer is not None:
-                lease.timer.cancel()
+            if lease.handle.timer is not None:
+                lease.handle.timer.cancel()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_CLOSE_BUDGET):
                 for lease in leases:
-                    if lease.take():
-                        remaining = max(0.0, lease.expires_at - time.monotonic())
+                    if self.forget(lease):
+                        remaining = max(0.0, lease.handle.expires_at - time.monotonic())
                         await self._move_now(lease, lease.job, lease.attempt, remaining)
         self._connection, self._closing = None, False
         for task in list(self._tasks):
@@ -545,44 +510,74 @@ class AmqpDriver(Driver):
             leases.append(self._lease(message))
         return leases
 
-    def _lease(self, message: AbstractIncomingMessage) -> AmqpLease:
+    def _lease(self, message: AbstractIncomingMessage) -> DriverLease[_Delivery]:
         job, earlier = self._job(message)
         attempt = earlier + 1
         if message.redelivered:
             attempt += 1  # a crashed or disconnected consumer's delivery came back
-        lease = AmqpLease(self, job, attempt, message)
+        lease = DriverLease(self, job, attempt, _Delivery(message))
         self._leases.add(lease)
         self.arm(lease)
         return lease
 
-    def arm(self, lease: AmqpLease) -> None:
+    async def extend(self, lease: DriverLease[_Delivery]) -> None:
+        self.arm(lease)
+
+    async def ack(self, lease: DriverLease[_Delivery]) -> None:
+        if self.forget(lease):
+            await self.settle(lease.handle.message, "ack")
+
+    async def release(self, lease: DriverLease[_Delivery]) -> None:
+        if self.forget(lease):
+            await self.move(lease, lease.job, lease.attempt - 1, 0.0, front=True)
+
+    async def nack(
+        self,
+        lease: DriverLease[_Delivery],
+        *,
+        requeue: bool,
+        delay: float,
+        error: str,
+        headers: Headers | None,
+    ) -> None:
+        if not self.forget(lease):
+            return
+        job = lease.job if headers is None else replace(lease.job, headers=headers)
+        if requeue:
+            await self.move(lease, job, lease.attempt, delay, front=False)
+        else:
+            await self.move_to_failed(lease, job, error)
+
+    def arm(self, lease: DriverLease[_Delivery]) -> None:
         """(Re)start a held lease's expiry timer a full visibility timeout from now."""
         if lease not in self._leases:
             return
-        if lease.timer is not None:
-            lease.timer.cancel()
-        lease.expires_at = time.monotonic() + self.visibility_timeout
+        if lease.handle.timer is not None:
+            lease.handle.timer.cancel()
+        lease.handle.expires_at = time.monotonic() + self.visibility_timeout
         loop = asyncio.get_running_loop()
-        lease.timer = loop.call_at(loop.time() + self.visibility_timeout, self._expired, lease)
+        lease.handle.timer = loop.call_at(
+            loop.time() + self.visibility_timeout, self._expired, lease
+        )
 
-    def forget(self, lease: AmqpLease) -> bool:
+    def forget(self, lease: DriverLease[_Delivery]) -> bool:
         """Claim a held lease for settling; False when something settled it already."""
         if lease not in self._leases:
             return False
         self._leases.discard(lease)
-        if lease.timer is not None:
-            lease.timer.cancel()
+        if lease.handle.timer is not None:
+            lease.handle.timer.cancel()
         return True
 
-    def _expired(self, lease: AmqpLease) -> None:
+    def _expired(self, lease: DriverLease[_Delivery]) -> None:
         """The visibility timeout ran out: claim the lease at once (an extend() arriving
         after this instant is too late), then requeue the job with one attempt more."""
-        if lease.take():
+        if self.forget(lease):
             task = asyncio.get_running_loop().create_task(self._expire(lease))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _expire(self, lease: AmqpLease) -> None:
+    async def _expire(self, lease: DriverLease[_Delivery]) -> None:
         try:
             await self._move_now(lease, lease.job, lease.attempt, 0.0)
         except Exception as error:  # logged: a timer has no caller to raise to
@@ -616,7 +611,13 @@ class AmqpDriver(Driver):
             self._changed.set()
 
     async def _move_now(
-        self, lease: AmqpLease, job: Job, attempt: int, delay: float, *, front: bool = False
+        self,
+        lease: DriverLease[_Delivery],
+        job: Job,
+        attempt: int,
+        delay: float,
+        *,
+        front: bool = False,
     ) -> None:
         """Publish a copy with `attempt` earlier deliveries, due after `delay`, then ack the
         original; if the copy is not confirmed, the original goes back instead."""
@@ -632,9 +633,9 @@ class AmqpDriver(Driver):
                 await self._call("requeueing a job", self._publish(message, None, self.routing_key))
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.settle(lease.message, "requeue")
+                await self.settle(lease.handle.message, "requeue")
             raise
-        await self.settle(lease.message, "ack")
+        await self.settle(lease.handle.message, "ack")
         self._changed.set()
 
     def _settling_delay_ms(self, job: Job, delay: float) -> int:
@@ -654,20 +655,20 @@ class AmqpDriver(Driver):
         return _MAX_DELAY_MS
 
     async def move(
-        self, lease: AmqpLease, job: Job, attempt: int, delay: float, *, front: bool
+        self, lease: DriverLease[_Delivery], job: Job, attempt: int, delay: float, *, front: bool
     ) -> None:
         await self._move_now(lease, job, attempt, delay, front=front)
 
-    async def move_to_failed(self, lease: AmqpLease, job: Job, error: str) -> None:
+    async def move_to_failed(self, lease: DriverLease[_Delivery], job: Job, error: str) -> None:
         failure = {_ERROR: error, _FAILED_AT: round(time.time() * 1000)}
         message = _message(job, lease.attempt, extra=failure)
         try:
             await self._call("failing a job", self._publish(message, "", self.failed_name))
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.settle(lease.message, "requeue")
+                await self.settle(lease.handle.message, "requeue")
             raise
-        await self.settle(lease.message, "ack")
+        await self.settle(lease.handle.message, "ack")
 
     # --- inspection and the failed list --------------------------------------------------
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mailrunner.config import MemoryPipeline
 from mailrunner.errors import DriverError
-from mailrunner.jobs.driver import Driver, Lease
+from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper
 from mailrunner.jobs.drivers._common import store_capabilities, time_left
 from mailrunner.jobs.model import FailedJob, Headers, Job, QueueStat
 
@@ -46,52 +46,7 @@ class _Entry:
         return (self.job.options.priority, self.order)
 
 
-class MemoryLease(Lease):
-    def __init__(self, driver: MemoryDriver, entry: _Entry) -> None:
-        self._driver = driver
-        self._token = entry.token
-        self.job = entry.job
-        self.attempt = entry.attempts
-
-    def _current(self) -> _Entry | None:
-        entry = self._driver.entries.get(self.job.id)
-        return entry if entry is not None and entry.token == self._token else None
-
-    async def extend(self) -> None:
-        entry = self._current()
-        if entry is not None:
-            entry.due_at = time.monotonic() + self._driver.visibility_timeout
-
-    async def ack(self) -> None:
-        if self._current() is not None:
-            del self._driver.entries[self.job.id]
-
-    async def release(self) -> None:
-        entry = self._current()
-        if entry is not None:
-            entry.token = None
-            entry.attempts -= 1
-            entry.due_at = time.monotonic()
-            await self._driver.notify()
-
-    async def nack(
-        self, *, requeue: bool, delay: float = 0.0, error: str = "", headers: Headers | None = None
-    ) -> None:
-        entry = self._current()
-        if entry is None:
-            return
-        if headers is not None:
-            entry.job = replace(entry.job, headers=headers)
-        entry.token = None
-        if requeue:
-            entry.due_at = time.monotonic() + delay
-            await self._driver.notify()
-        else:
-            entry.failed = FailedJob(entry.job, error, entry.attempts, time.time())
-            self._driver.failed_count += 1
-
-
-class MemoryDriver(Driver):
+class MemoryDriver(Driver, LeaseKeeper[str]):
     """Jobs in a dict; a reserve scans for the best due job (fine for in-process volumes)."""
 
     capabilities = store_capabilities(durable=False)
@@ -132,6 +87,50 @@ class MemoryDriver(Driver):
             self.entries[job_id] = _Entry(job, now + job.options.delay)
         await self.notify()
 
+    def _current(self, lease: DriverLease[str]) -> _Entry | None:
+        """The lease's entry, if the lease is still its current one."""
+        entry = self.entries.get(lease.job.id)
+        return entry if entry is not None and entry.token == lease.handle else None
+
+    async def extend(self, lease: DriverLease[str]) -> None:
+        entry = self._current(lease)
+        if entry is not None:
+            entry.due_at = time.monotonic() + self.visibility_timeout
+
+    async def ack(self, lease: DriverLease[str]) -> None:
+        if self._current(lease) is not None:
+            del self.entries[lease.job.id]
+
+    async def release(self, lease: DriverLease[str]) -> None:
+        entry = self._current(lease)
+        if entry is not None:
+            entry.token = None
+            entry.attempts -= 1
+            entry.due_at = time.monotonic()
+            await self.notify()
+
+    async def nack(
+        self,
+        lease: DriverLease[str],
+        *,
+        requeue: bool,
+        delay: float,
+        error: str,
+        headers: Headers | None,
+    ) -> None:
+        entry = self._current(lease)
+        if entry is None:
+            return
+        if headers is not None:
+            entry.job = replace(entry.job, headers=headers)
+        entry.token = None
+        if requeue:
+            entry.due_at = time.monotonic() + delay
+            await self.notify()
+        else:
+            entry.failed = FailedJob(entry.job, error, entry.attempts, time.time())
+            self.failed_count += 1
+
     def _due(self, now: float) -> list[_Entry]:
         return sorted(
             (e for e in self.entries.values() if e.failed is None and e.due_at <= now),
@@ -145,7 +144,7 @@ class MemoryDriver(Driver):
             entry.attempts += 1
             entry.token = uuid.uuid4().hex
             entry.due_at = now + self.visibility_timeout
-            leases.append(MemoryLease(self, entry))
+            leases.append(DriverLease(self, entry.job, entry.attempts, entry.token))
         return leases
 
     def _next_due_in(self, now: float) -> float | None:

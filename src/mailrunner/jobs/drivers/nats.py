@@ -120,7 +120,7 @@ from nats.js.api import (
 from mailrunner.config import NatsPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
-from mailrunner.jobs.driver import Driver, Lease
+from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper
 from mailrunner.jobs.drivers._common import (
     broker_capabilities,
     selection,
@@ -212,37 +212,16 @@ class _Held:
     until: float
 
 
-class NatsLease(Lease):
-    """One delivery of one message; stale once expired or delivered again."""
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """A lease's handle: the pulled message, its stream sequence and its delivery number."""
 
-    def __init__(
-        self, driver: NatsDriver, msg: Msg, *, job: Job, attempt: int, seq: int, delivery: int
-    ) -> None:
-        self._driver = driver
-        self._msg = msg
-        self.job = job
-        self.attempt = attempt
-        self.seq = seq
-        self.delivery = delivery
-
-    async def extend(self) -> None:
-        await self._driver.extend(self, self._msg)
-
-    async def ack(self) -> None:
-        await self._driver.ack(self, self._msg)
-
-    async def release(self) -> None:
-        await self._driver.release(self, self._msg)
-
-    async def nack(
-        self, *, requeue: bool, delay: float = 0.0, error: str = "", headers: Headers | None = None
-    ) -> None:
-        await self._driver.nack(
-            self, self._msg, requeue=requeue, delay=delay, error=error, headers=headers
-        )
+    msg: Msg
+    seq: int
+    delivery: int
 
 
-class NatsDriver(Driver):
+class NatsDriver(Driver, LeaseKeeper[_Delivery]):
     """One pipeline's jobs in one JetStream stream (`config.stream`) on `config.addr`."""
 
     def __init__(self, name: str, settings: NatsPipeline, data_dir: Path) -> None:
@@ -523,7 +502,7 @@ class NatsDriver(Driver):
         )
         await self._quietly(msg.term())
 
-    def _lease(self, msg: Msg, pulled_at: float) -> NatsLease:
+    def _lease(self, msg: Msg, pulled_at: float) -> DriverLease[_Delivery]:
         """A lease for a pulled message, remembered as held by this process."""
         meta = msg.metadata
         seq, delivered, delivery = meta.sequence.stream, meta.num_delivered, meta.sequence.consumer
@@ -531,10 +510,10 @@ class NatsDriver(Driver):
         job = _decode(headers, msg.data, self.name)
         attempt = int(headers.get(_ATTEMPTS, "0")) + delivered - self._uncounted.get(seq, 0)
         self._held[seq] = _Held(delivery, "leased", pulled_at + self.visibility_timeout)
-        return NatsLease(self, msg, job=job, attempt=attempt, seq=seq, delivery=delivery)
+        return DriverLease(self, job, attempt, _Delivery(msg, seq, delivery))
 
     async def _take(self, msgs: list[Msg], pulled_at: float) -> list[Lease]:
-        leases: list[NatsLease] = []
+        leases: list[DriverLease[_Delivery]] = []
         for msg in msgs:
             headers = msg.headers or {}
             try:
@@ -550,16 +529,20 @@ class NatsDriver(Driver):
             not_before = float(headers.get(_NOT_BEFORE, "0"))
             if not_before > time.time():
                 remaining = not_before - time.time()
-                self._uncounted[lease.seq] = self._uncounted.get(lease.seq, 0) + 1
-                self._held[lease.seq] = _Held(
-                    lease.delivery, "delayed", time.monotonic() + remaining
+                self._uncounted[lease.handle.seq] = self._uncounted.get(lease.handle.seq, 0) + 1
+                self._held[lease.handle.seq] = _Held(
+                    lease.handle.delivery, "delayed", time.monotonic() + remaining
                 )
                 await self._quietly(msg.nak(delay=remaining))
                 continue
             leases.append(lease)
         # After a crash JetStream can deliver one message twice in a row (its consumer
         # state was behind): only the latest delivery is a lease.
-        return [lease for lease in leases if self._held[lease.seq].delivery == lease.delivery]
+        return [
+            lease
+            for lease in leases
+            if self._held[lease.handle.seq].delivery == lease.handle.delivery
+        ]
 
     async def _quietly(self, call: Any) -> None:
         try:
@@ -604,13 +587,13 @@ class NatsDriver(Driver):
 
     # --- leases --------------------------------------------------------------------------
 
-    def _valid(self, lease: NatsLease) -> bool:
-        held = self._held.get(lease.seq)
+    def _valid(self, lease: DriverLease[_Delivery]) -> bool:
+        held = self._held.get(lease.handle.seq)
         return (
             self._nc is not None
             and held is not None
             and held.state == "leased"
-            and held.delivery == lease.delivery
+            and held.delivery == lease.handle.delivery
             and time.monotonic() < held.until
         )
 
@@ -618,37 +601,39 @@ class NatsDriver(Driver):
         self._held.pop(seq, None)
         self._uncounted.pop(seq, None)
 
-    async def extend(self, lease: NatsLease, msg: Msg) -> None:
+    async def extend(self, lease: DriverLease[_Delivery]) -> None:
         if not self._valid(lease):
             return
+        msg = lease.handle.msg
         started = time.monotonic()
         nc, _js = self._client()
         await self._quietly(msg.in_progress())
         await self._quietly(nc.flush(_CALL_TIMEOUT))
-        held = self._held.get(lease.seq)
-        if held is not None and held.delivery == lease.delivery:
+        held = self._held.get(lease.handle.seq)
+        if held is not None and held.delivery == lease.handle.delivery:
             held.until = started + self.visibility_timeout
 
-    async def ack(self, lease: NatsLease, msg: Msg) -> None:
+    async def ack(self, lease: DriverLease[_Delivery]) -> None:
         if not self._valid(lease):
             return
+        msg = lease.handle.msg
         self._client()
         await self._quietly(msg.ack_sync(timeout=_CALL_TIMEOUT))
-        self._forget(lease.seq)
+        self._forget(lease.handle.seq)
 
-    async def release(self, lease: NatsLease, msg: Msg) -> None:
+    async def release(self, lease: DriverLease[_Delivery]) -> None:
         if not self._valid(lease):
             return
+        msg = lease.handle.msg
         nc, _js = self._client()
         await self._quietly(msg.nak())
         await self._quietly(nc.flush(_CALL_TIMEOUT))
-        self._uncounted[lease.seq] = self._uncounted.get(lease.seq, 0) + 1
-        self._held[lease.seq] = _Held(lease.delivery, "released", 0.0)
+        self._uncounted[lease.handle.seq] = self._uncounted.get(lease.handle.seq, 0) + 1
+        self._held[lease.handle.seq] = _Held(lease.handle.delivery, "released", 0.0)
 
     async def nack(
         self,
-        lease: NatsLease,
-        msg: Msg,
+        lease: DriverLease[_Delivery],
         *,
         requeue: bool,
         delay: float,
@@ -657,6 +642,7 @@ class NatsDriver(Driver):
     ) -> None:
         if not self._valid(lease):
             return
+        msg = lease.handle.msg
         nc, js = self._client()
         job = lease.job
         if headers is not None:
@@ -666,16 +652,18 @@ class NatsDriver(Driver):
             await self._publish(js, self.failed_subject, job, lease.attempt, why)
             await self._quietly(msg.term())
             await self._quietly(nc.flush(_CALL_TIMEOUT))
-            self._forget(lease.seq)
+            self._forget(lease.handle.seq)
         elif delay > 0 and headers is None:
             await self._quietly(msg.nak(delay=delay))
             await self._quietly(nc.flush(_CALL_TIMEOUT))
-            self._held[lease.seq] = _Held(lease.delivery, "delayed", time.monotonic() + delay)
+            self._held[lease.handle.seq] = _Held(
+                lease.handle.delivery, "delayed", time.monotonic() + delay
+            )
         else:
             extra = {_NOT_BEFORE: repr(time.time() + delay)} if delay > 0 else None
             await self._publish(js, self.subject, job, lease.attempt, extra)
             await self._quietly(msg.ack_sync(timeout=_CALL_TIMEOUT))
-            self._forget(lease.seq)
+            self._forget(lease.handle.seq)
 
     async def _publish(
         self,

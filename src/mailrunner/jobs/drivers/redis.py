@@ -83,7 +83,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mailrunner.config import RedisPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
-from mailrunner.jobs.driver import Driver, Lease
+from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper
 from mailrunner.jobs.drivers._common import selects_nothing, store_capabilities, time_left
 from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
 
@@ -210,35 +210,7 @@ LeaseAction = Literal["extend", "ack", "release", "nack"]
 """The lease scripts, by their attribute name on `_Scripts`."""
 
 
-class RedisLease(Lease):
-    """A lease identified by its token: a stale token makes every call a no-op."""
-
-    def __init__(self, driver: RedisDriver, job: Job, attempt: int, token: str) -> None:
-        self._driver = driver
-        self._token = token
-        self.job = job
-        self.attempt = attempt
-
-    async def extend(self) -> None:
-        visibility_ms = round(self._driver.visibility_timeout * 1000)
-        await self._driver.on_lease("extend", self.job.id, self._token, visibility_ms)
-
-    async def ack(self) -> None:
-        await self._driver.on_lease("ack", self.job.id, self._token)
-
-    async def release(self) -> None:
-        await self._driver.on_lease("release", self.job.id, self._token)
-
-    async def nack(
-        self, *, requeue: bool, delay: float = 0.0, error: str = "", headers: Headers | None = None
-    ) -> None:
-        args: list[str | int] = [int(requeue), round(delay * 1000), error]
-        if headers is not None:
-            args.append(json.dumps(headers))
-        await self._driver.on_lease("nack", self.job.id, self._token, *args)
-
-
-class RedisDriver(Driver):
+class RedisDriver(Driver, LeaseKeeper[str]):
     """One pipeline's jobs in one Redis database (`config.addr`), shared by every node that
     names the same `stream`."""
 
@@ -365,7 +337,7 @@ class RedisDriver(Driver):
             "reserving jobs",
         )
         leases: list[Lease] = [
-            RedisLease(self, self._job(row[:6]), int(row[6]), _text(row[7])) for row in rows
+            DriverLease(self, self._job(row[:6]), int(row[6]), _text(row[7])) for row in rows
         ]
         return leases, None if next_due_ms < 0 else next_due_ms / 1000
 
@@ -384,14 +356,41 @@ class RedisDriver(Driver):
                 async with asyncio.timeout(pause):
                     await self._changed.wait()
 
-    async def on_lease(
-        self, action: LeaseAction, job_id: str, token: str, *args: str | int
+    async def _on_lease(
+        self, action: LeaseAction, lease: DriverLease[str], *args: str | int
     ) -> None:
-        """Extend, ack, release or nack a lease, if it is still the job's current one."""
+        """Extend, ack, release or nack a lease, if its token is still the job's current one
+        (a stale token makes the script a no-op)."""
+        job_id = lease.job.id
         script: AsyncScript = getattr(self._open_scripts(), action)
-        changed = await self._run(script, [job_id, token, *args], f"{action} of job {job_id}")
+        changed = await self._run(
+            script, [job_id, lease.handle, *args], f"{action} of job {job_id}"
+        )
         if changed and action in ("release", "nack"):
             self._changed.set()
+
+    async def extend(self, lease: DriverLease[str]) -> None:
+        await self._on_lease("extend", lease, round(self.visibility_timeout * 1000))
+
+    async def ack(self, lease: DriverLease[str]) -> None:
+        await self._on_lease("ack", lease)
+
+    async def release(self, lease: DriverLease[str]) -> None:
+        await self._on_lease("release", lease)
+
+    async def nack(
+        self,
+        lease: DriverLease[str],
+        *,
+        requeue: bool,
+        delay: float,
+        error: str,
+        headers: Headers | None,
+    ) -> None:
+        args: list[str | int] = [int(requeue), round(delay * 1000), error]
+        if headers is not None:
+            args.append(json.dumps(headers))
+        await self._on_lease("nack", lease, *args)
 
     # --- inspection and the failed list --------------------------------------------------
 

@@ -53,7 +53,14 @@ from mailrunner.config import SqlitePipeline
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.files import create_directories, write_new_file
 from mailrunner.jobs.deadline import COMMIT_WAIT
-from mailrunner.jobs.driver import Driver, Lease, VerdictListener, current_verdict_listener
+from mailrunner.jobs.driver import (
+    Driver,
+    DriverLease,
+    Lease,
+    LeaseKeeper,
+    VerdictListener,
+    current_verdict_listener,
+)
 from mailrunner.jobs.drivers._common import selects_nothing, store_capabilities, time_left
 from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
 
@@ -103,57 +110,7 @@ class _PendingPush:
         return self.future.cancelled() or time.monotonic() >= self.deadline
 
 
-class SqliteLease(Lease):
-    def __init__(self, driver: SqliteDriver, job: Job, attempt: int, token: str) -> None:
-        self._driver = driver
-        self._token = token
-        self.job = job
-        self.attempt = attempt
-
-    async def extend(self) -> None:
-        await self._driver.update_lease(
-            self.job.id,
-            self._token,
-            "available_at = ?",
-            time.time() + self._driver.visibility_timeout,
-        )
-
-    async def ack(self) -> None:
-        await self._driver.delete_leased(self.job.id, self._token)
-
-    async def release(self) -> None:
-        await self._driver.update_lease(
-            self.job.id,
-            self._token,
-            "available_at = ?, lease = NULL, attempts = attempts - 1",
-            time.time(),
-        )
-
-    async def nack(
-        self, *, requeue: bool, delay: float = 0.0, error: str = "", headers: Headers | None = None
-    ) -> None:
-        new_headers = json.dumps(headers if headers is not None else self.job.headers)
-        if requeue:
-            await self._driver.update_lease(
-                self.job.id,
-                self._token,
-                "available_at = ?, lease = NULL, last_error = ?, headers = ?",
-                time.time() + delay,
-                error,
-                new_headers,
-            )
-        else:
-            await self._driver.update_lease(
-                self.job.id,
-                self._token,
-                "failed_at = ?, lease = NULL, last_error = ?, headers = ?",
-                time.time(),
-                error,
-                new_headers,
-            )
-
-
-class SqliteDriver(Driver):
+class SqliteDriver(Driver, LeaseKeeper[str]):
     """One pipeline's rows in a SQLite file (`config.path`, default `<data_dir>/jobs.db`)."""
 
     capabilities = store_capabilities(durable=True)
@@ -242,7 +199,7 @@ class SqliteDriver(Driver):
 
     # --- reserve and leases ------------------------------------------------------------------
 
-    def _reserve_sync(self, limit: int) -> list[SqliteLease]:
+    def _reserve_sync(self, limit: int) -> list[DriverLease[str]]:
         db = self._db()
         now = time.time()
         db.execute("PRAGMA busy_timeout = 1000")
@@ -261,7 +218,7 @@ class SqliteDriver(Driver):
                     " WHERE seq = ?",
                     (token, now + self.visibility_timeout, seq),
                 )
-                leases.append(SqliteLease(self, _job(self.name, job_columns), attempts + 1, token))
+                leases.append(DriverLease(self, _job(self.name, job_columns), attempts + 1, token))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -300,20 +257,47 @@ class SqliteDriver(Driver):
                 async with asyncio.timeout(pause):
                     await self._changed.wait()
 
-    async def update_lease(self, job_id: str, token: str, assignments: str, *values: Any) -> None:
+    async def _update_lease(self, lease: DriverLease[str], assignments: str, *values: Any) -> None:
         """Change a leased job, only if the lease is still the current one."""
         await self._run(
             self._execute_sync,
             f"UPDATE jobs SET {assignments} WHERE pipeline = ? AND id = ? AND lease = ?",
-            (*values, self.name, job_id, token),
+            (*values, self.name, lease.job.id, lease.handle),
         )
         self._changed.set()
 
-    async def delete_leased(self, job_id: str, token: str) -> None:
+    async def extend(self, lease: DriverLease[str]) -> None:
+        await self._update_lease(lease, "available_at = ?", time.time() + self.visibility_timeout)
+
+    async def ack(self, lease: DriverLease[str]) -> None:
         await self._run(
             self._execute_sync,
             "DELETE FROM jobs WHERE pipeline = ? AND id = ? AND lease = ?",
-            (self.name, job_id, token),
+            (self.name, lease.job.id, lease.handle),
+        )
+
+    async def release(self, lease: DriverLease[str]) -> None:
+        await self._update_lease(
+            lease, "available_at = ?, lease = NULL, attempts = attempts - 1", time.time()
+        )
+
+    async def nack(
+        self,
+        lease: DriverLease[str],
+        *,
+        requeue: bool,
+        delay: float,
+        error: str,
+        headers: Headers | None,
+    ) -> None:
+        """Due again after `delay` (`available_at`), or failed now (`failed_at`)."""
+        column = "available_at" if requeue else "failed_at"
+        await self._update_lease(
+            lease,
+            f"{column} = ?, lease = NULL, last_error = ?, headers = ?",
+            time.time() + (delay if requeue else 0.0),
+            error,
+            json.dumps(headers if headers is not None else lease.job.headers),
         )
 
     def _execute_sync(self, statement: str, values: Sequence[Any]) -> int:
