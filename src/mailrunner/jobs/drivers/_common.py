@@ -1,5 +1,6 @@
 """What every driver does the same way, written once: the deadline check before storing,
-the failed-list id selection, and the capabilities a store or a broker starts from.
+the wait of a reserve, the failed-list id selection, and the capabilities a store or a broker
+starts from.
 
 Kept apart from `jobs/driver.py` (the contract) because these are ways of meeting it, which a
 new driver may use or not.
@@ -7,12 +8,19 @@ new driver may use or not.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from mailrunner.errors import PushTimeout
+from mailrunner.jobs.driver import Lease
 from mailrunner.jobs.model import Capabilities
+
+Take = Callable[[], Awaitable[tuple[list[Lease], float | None]]]
+"""One attempt at leasing: the leases, and seconds until the next job is due (None: none is
+waiting, or the driver cannot tell)."""
 
 STORE = Capabilities(
     durable=False, idempotent_push=True, atomic_batch=True, priority=True, delay=True, peek=True
@@ -59,3 +67,24 @@ def selection(ids: Sequence[str] | None) -> Callable[[str], bool]:
     if ids is None:
         return lambda _job_id: True
     return frozenset(ids).__contains__
+
+
+async def reserve_until(
+    take: Take, changed: asyncio.Event, wait: float, poll: float
+) -> list[Lease]:
+    """`Driver.reserve`'s wait: call `take` until it leases something or `wait` seconds have
+    passed, sleeping in between until `changed` is set (a push or a give-back here), the next
+    job is due, or `poll` seconds pass (what other nodes push cannot set `changed`)."""
+    give_up = time.monotonic() + wait
+    while True:
+        changed.clear()
+        leases, next_due = await take()
+        remaining = give_up - time.monotonic()
+        if leases or remaining <= 0:
+            return leases
+        pause = min(remaining, poll)
+        if next_due is not None:
+            pause = min(pause, next_due + 0.001)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(pause):
+                await changed.wait()

@@ -121,6 +121,7 @@ from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper
 from mailrunner.jobs.drivers._common import (
     broker_capabilities,
+    reserve_until,
     selection,
     selects_nothing,
     time_left,
@@ -485,18 +486,11 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
     # --- reserve and leases --------------------------------------------------------------
 
     async def reserve(self, limit: int, wait: float) -> list[Lease]:
-        give_up = time.monotonic() + wait
-        while True:
-            self._changed.clear()
-            leases = await self._take(limit)
-            remaining = give_up - time.monotonic()
-            if leases or remaining <= 0:
-                return leases
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(remaining, _IDLE_POLL)):
-                    await self._changed.wait()
+        return await reserve_until(lambda: self._take(limit), self._changed, wait, _IDLE_POLL)
 
-    async def _take(self, limit: int) -> list[Lease]:
+    async def _take(self, limit: int) -> tuple[list[Lease], None]:
+        """Up to `limit` deliveries, got one at a time (RabbitMQ cannot tell when a delayed
+        job is due: the delay queues hold them)."""
         queue = self._queues.get(self.queue_name)
         self._open_channel()
         assert queue is not None
@@ -508,7 +502,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
             if message is None:
                 break
             leases.append(self._lease(message))
-        return leases
+        return leases, None
 
     def _lease(self, message: AbstractIncomingMessage) -> DriverLease[_Delivery]:
         job, earlier = self._job(message)

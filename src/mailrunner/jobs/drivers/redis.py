@@ -60,7 +60,6 @@ while Redis is down each call fails fast with DriverUnavailable and nothing is b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
@@ -84,7 +83,12 @@ from mailrunner.config import RedisPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper
-from mailrunner.jobs.drivers._common import selects_nothing, store_capabilities, time_left
+from mailrunner.jobs.drivers._common import (
+    reserve_until,
+    selects_nothing,
+    store_capabilities,
+    time_left,
+)
 from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
@@ -342,19 +346,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         return leases, None if next_due_ms < 0 else next_due_ms / 1000
 
     async def reserve(self, limit: int, wait: float) -> list[Lease]:
-        give_up = time.monotonic() + wait
-        while True:
-            self._changed.clear()
-            leases, next_due = await self._lease(limit)
-            remaining = give_up - time.monotonic()
-            if leases or remaining <= 0:
-                return leases
-            pause = min(remaining, _IDLE_POLL)
-            if next_due is not None:
-                pause = min(pause, next_due + 0.001)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
-                    await self._changed.wait()
+        return await reserve_until(lambda: self._lease(limit), self._changed, wait, _IDLE_POLL)
 
     async def _on_lease(
         self, action: LeaseAction, lease: DriverLease[str], *args: str | int

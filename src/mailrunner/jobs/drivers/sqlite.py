@@ -61,7 +61,12 @@ from mailrunner.jobs.driver import (
     VerdictListener,
     current_verdict_listener,
 )
-from mailrunner.jobs.drivers._common import selects_nothing, store_capabilities, time_left
+from mailrunner.jobs.drivers._common import (
+    reserve_until,
+    selects_nothing,
+    store_capabilities,
+    time_left,
+)
 from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
 
 T = TypeVar("T")
@@ -237,25 +242,21 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         return None if row[0] is None else float(row[0])
 
     async def reserve(self, limit: int, wait: float) -> list[Lease]:
-        give_up = time.monotonic() + wait
-        while True:
-            self._changed.clear()
-            try:
-                leases: list[Lease] = list(await self._run(self._reserve_sync, limit))
-            except DriverError as error:
-                if "locked" not in str(error):
-                    raise
-                leases = []
-            remaining = give_up - time.monotonic()
-            if leases or remaining <= 0:
-                return leases
-            pause = min(remaining, _IDLE_POLL)
-            next_due = await self._run(self._next_due_sync)
-            if next_due is not None:
-                pause = min(pause, max(0.0, next_due - time.time()) + 0.001)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
-                    await self._changed.wait()
+        return await reserve_until(lambda: self._take(limit), self._changed, wait, _IDLE_POLL)
+
+    async def _take(self, limit: int) -> tuple[list[Lease], float | None]:
+        """One reserve transaction; a locked database (another process writing) leases
+        nothing this time. When nothing was leased, also how long until a job is due."""
+        try:
+            leases: list[Lease] = list(await self._run(self._reserve_sync, limit))
+        except DriverError as error:
+            if "locked" not in str(error):
+                raise
+            leases = []
+        if leases:
+            return leases, None
+        next_due = await self._run(self._next_due_sync)
+        return leases, None if next_due is None else max(0.0, next_due - time.time())
 
     async def _update_lease(self, lease: DriverLease[str], assignments: str, *values: Any) -> None:
         """Change a leased job, only if the lease is still the current one."""
