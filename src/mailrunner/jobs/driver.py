@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, QueueStat
@@ -82,6 +83,16 @@ class Lease(ABC):
         replace the job's headers (RoadRunner's requeue)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """The arguments of one `Lease.nack`, passed whole from the lease to its driver."""
+
+    requeue: bool
+    delay: float
+    error: str
+    headers: Headers | None
+
+
 H = TypeVar("H")
 """What a driver needs to find one delivery again: a token, a broker message, ..."""
 
@@ -103,15 +114,7 @@ class LeaseKeeper(ABC, Generic[H]):
         """`Lease.release`."""
 
     @abstractmethod
-    async def nack(
-        self,
-        lease: DriverLease[H],
-        *,
-        requeue: bool,
-        delay: float,
-        error: str,
-        headers: Headers | None,
-    ) -> None:
+    async def nack(self, lease: DriverLease[H], nack: Nack) -> None:
         """`Lease.nack`."""
 
 
@@ -138,7 +141,7 @@ class DriverLease(Lease, Generic[H]):
     async def nack(
         self, *, requeue: bool, delay: float = 0.0, error: str = "", headers: Headers | None = None
     ) -> None:
-        await self._keeper.nack(self, requeue=requeue, delay=delay, error=error, headers=headers)
+        await self._keeper.nack(self, Nack(requeue, delay, error, headers))
 
 
 class Driver(ABC):

@@ -118,7 +118,7 @@ from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 from mailrunner.config import AmqpPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown
 from mailrunner.jobs.deadline import VERDICT_GRACE
-from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper
+from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers._common import (
     broker_capabilities,
     reserve_until,
@@ -525,22 +525,14 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         if self.forget(lease):
             await self.move(lease, lease.job, lease.attempt - 1, 0.0, front=True)
 
-    async def nack(
-        self,
-        lease: DriverLease[_Delivery],
-        *,
-        requeue: bool,
-        delay: float,
-        error: str,
-        headers: Headers | None,
-    ) -> None:
+    async def nack(self, lease: DriverLease[_Delivery], nack: Nack) -> None:
         if not self.forget(lease):
             return
-        job = lease.job if headers is None else replace(lease.job, headers=headers)
-        if requeue:
-            await self.move(lease, job, lease.attempt, delay, front=False)
+        job = lease.job if nack.headers is None else replace(lease.job, headers=nack.headers)
+        if nack.requeue:
+            await self.move(lease, job, lease.attempt, nack.delay, front=False)
         else:
-            await self.move_to_failed(lease, job, error)
+            await self.move_to_failed(lease, job, nack.error)
 
     def arm(self, lease: DriverLease[_Delivery]) -> None:
         """(Re)start a held lease's expiry timer a full visibility timeout from now."""

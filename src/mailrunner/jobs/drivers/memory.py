@@ -23,9 +23,9 @@ from pathlib import Path
 
 from mailrunner.config import MemoryPipeline
 from mailrunner.errors import DriverError
-from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper
+from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers._common import store_capabilities, time_left
-from mailrunner.jobs.model import FailedJob, Headers, Job, QueueStat
+from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
 _ORDER = itertools.count()
 
@@ -109,26 +109,18 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
             entry.due_at = time.monotonic()
             await self.notify()
 
-    async def nack(
-        self,
-        lease: DriverLease[str],
-        *,
-        requeue: bool,
-        delay: float,
-        error: str,
-        headers: Headers | None,
-    ) -> None:
+    async def nack(self, lease: DriverLease[str], nack: Nack) -> None:
         entry = self._current(lease)
         if entry is None:
             return
-        if headers is not None:
-            entry.job = replace(entry.job, headers=headers)
+        if nack.headers is not None:
+            entry.job = replace(entry.job, headers=nack.headers)
         entry.token = None
-        if requeue:
-            entry.due_at = time.monotonic() + delay
+        if nack.requeue:
+            entry.due_at = time.monotonic() + nack.delay
             await self.notify()
         else:
-            entry.failed = FailedJob(entry.job, error, entry.attempts, time.time())
+            entry.failed = FailedJob(entry.job, nack.error, entry.attempts, time.time())
             self.failed_count += 1
 
     def _due(self, now: float) -> list[_Entry]:

@@ -120,14 +120,14 @@ from nats.js.api import (
 from mailrunner.config import NatsPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
-from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper
+from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers._common import (
     broker_capabilities,
     selection,
     selects_nothing,
     time_left,
 )
-from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
+from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
 
@@ -631,36 +631,28 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         self._uncounted[lease.handle.seq] = self._uncounted.get(lease.handle.seq, 0) + 1
         self._held[lease.handle.seq] = _Held(lease.handle.delivery, "released", 0.0)
 
-    async def nack(
-        self,
-        lease: DriverLease[_Delivery],
-        *,
-        requeue: bool,
-        delay: float,
-        error: str,
-        headers: Headers | None,
-    ) -> None:
+    async def nack(self, lease: DriverLease[_Delivery], nack: Nack) -> None:
         if not self._valid(lease):
             return
         msg = lease.handle.msg
         nc, js = self._client()
         job = lease.job
-        if headers is not None:
-            job = replace(job, headers=headers)
-        if not requeue:
-            why = {_ERROR: json.dumps(error, ensure_ascii=True), _FAILED_AT: repr(time.time())}
+        if nack.headers is not None:
+            job = replace(job, headers=nack.headers)
+        if not nack.requeue:
+            why = {_ERROR: json.dumps(nack.error, ensure_ascii=True), _FAILED_AT: repr(time.time())}
             await self._publish(js, self.failed_subject, job, lease.attempt, why)
             await self._quietly(msg.term())
             await self._quietly(nc.flush(_CALL_TIMEOUT))
             self._forget(lease.handle.seq)
-        elif delay > 0 and headers is None:
-            await self._quietly(msg.nak(delay=delay))
+        elif nack.delay > 0 and nack.headers is None:
+            await self._quietly(msg.nak(delay=nack.delay))
             await self._quietly(nc.flush(_CALL_TIMEOUT))
             self._held[lease.handle.seq] = _Held(
-                lease.handle.delivery, "delayed", time.monotonic() + delay
+                lease.handle.delivery, "delayed", time.monotonic() + nack.delay
             )
         else:
-            extra = {_NOT_BEFORE: repr(time.time() + delay)} if delay > 0 else None
+            extra = {_NOT_BEFORE: repr(time.time() + nack.delay)} if nack.delay > 0 else None
             await self._publish(js, self.subject, job, lease.attempt, extra)
             await self._quietly(msg.ack_sync(timeout=_CALL_TIMEOUT))
             self._forget(lease.handle.seq)

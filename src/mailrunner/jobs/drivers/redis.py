@@ -82,14 +82,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mailrunner.config import RedisPipeline, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
-from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper
+from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers._common import (
     reserve_until,
     selects_nothing,
     store_capabilities,
     time_left,
 )
-from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
+from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
 
@@ -370,18 +370,10 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def release(self, lease: DriverLease[str]) -> None:
         await self._on_lease("release", lease)
 
-    async def nack(
-        self,
-        lease: DriverLease[str],
-        *,
-        requeue: bool,
-        delay: float,
-        error: str,
-        headers: Headers | None,
-    ) -> None:
-        args: list[str | int] = [int(requeue), round(delay * 1000), error]
-        if headers is not None:
-            args.append(json.dumps(headers))
+    async def nack(self, lease: DriverLease[str], nack: Nack) -> None:
+        args: list[str | int] = [int(nack.requeue), round(nack.delay * 1000), nack.error]
+        if nack.headers is not None:
+            args.append(json.dumps(nack.headers))
         await self._on_lease("nack", lease, *args)
 
     # --- inspection and the failed list --------------------------------------------------

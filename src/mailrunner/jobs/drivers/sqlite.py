@@ -58,6 +58,7 @@ from mailrunner.jobs.driver import (
     DriverLease,
     Lease,
     LeaseKeeper,
+    Nack,
     VerdictListener,
     current_verdict_listener,
 )
@@ -67,7 +68,7 @@ from mailrunner.jobs.drivers._common import (
     store_capabilities,
     time_left,
 )
-from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
+from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
 
 T = TypeVar("T")
 
@@ -282,23 +283,15 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
             lease, "available_at = ?, lease = NULL, attempts = attempts - 1", time.time()
         )
 
-    async def nack(
-        self,
-        lease: DriverLease[str],
-        *,
-        requeue: bool,
-        delay: float,
-        error: str,
-        headers: Headers | None,
-    ) -> None:
-        """Due again after `delay` (`available_at`), or failed now (`failed_at`)."""
-        column = "available_at" if requeue else "failed_at"
+    async def nack(self, lease: DriverLease[str], nack: Nack) -> None:
+        """Due again after `nack.delay` (`available_at`), or failed now (`failed_at`)."""
+        column = "available_at" if nack.requeue else "failed_at"
         await self._update_lease(
             lease,
             f"{column} = ?, lease = NULL, last_error = ?, headers = ?",
-            time.time() + (delay if requeue else 0.0),
-            error,
-            json.dumps(headers if headers is not None else lease.job.headers),
+            time.time() + (nack.delay if nack.requeue else 0.0),
+            nack.error,
+            json.dumps(nack.headers if nack.headers is not None else lease.job.headers),
         )
 
     def _execute_sync(self, statement: str, values: Sequence[Any]) -> int:
