@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from mailrunner.errors import PushTimeout
 from mailrunner.jobs.driver import Lease
-from mailrunner.jobs.model import Capabilities
+from mailrunner.jobs.model import Capabilities, Job
 
 Take = Callable[[], Awaitable[tuple[list[Lease], float | None]]]
 """One attempt at leasing: the leases, and seconds until the next job is due (None: none is
@@ -88,3 +89,16 @@ async def reserve_until(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(pause):
                 await changed.wait()
+
+
+def stored_fields(job: Job) -> tuple[str, str, bytes, str, int, int]:
+    """A job as a store keeps it (sqlite columns, redis hash fields): id, name, payload,
+    headers as JSON, priority, auto_ack as 0 or 1."""
+    return (
+        job.id,
+        job.name,
+        job.payload,
+        json.dumps(job.headers),
+        job.options.priority,
+        int(job.options.auto_ack),
+    )

@@ -87,6 +87,7 @@ from mailrunner.jobs.drivers._common import (
     reserve_until,
     selects_nothing,
     store_capabilities,
+    stored_fields,
     time_left,
 )
 from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
@@ -445,13 +446,5 @@ def _push_args(jobs: Sequence[Job]) -> list[str | int | bytes]:
     """The push script's per-job arguments, seven per job."""
     args: list[str | int | bytes] = []
     for job in jobs:
-        args += (
-            job.id,
-            job.name,
-            job.payload,
-            json.dumps(job.headers),
-            job.options.priority,
-            int(job.options.auto_ack),
-            round(job.options.delay * 1000),
-        )
+        args += (*stored_fields(job), round(job.options.delay * 1000))
     return args

@@ -66,6 +66,7 @@ from mailrunner.jobs.drivers._common import (
     reserve_until,
     selects_nothing,
     store_capabilities,
+    stored_fields,
     time_left,
 )
 from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
@@ -559,17 +560,7 @@ def _insert_rows(count: int) -> str:
 
 
 def _row(pipeline: str, job: Job, now: float) -> tuple[Any, ...]:
-    return (
-        pipeline,
-        job.id,
-        job.name,
-        job.payload,
-        json.dumps(job.headers),
-        job.options.priority,
-        int(job.options.auto_ack),
-        now + job.options.delay,
-        now,
-    )
+    return (pipeline, *stored_fields(job), now + job.options.delay, now)
 
 
 def _job(pipeline: str, columns: Sequence[Any]) -> Job:
