@@ -27,8 +27,8 @@ from conftest import (
     wait_until,
 )
 from required import unavailable
+from sample_mail import TEMP_FAILURE, WITH_ATTACHMENT
 
-TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
 HERE = Path(__file__).parent
 JOB_WORKER = HERE.parent / "jobs" / "job_worker.py"
 
@@ -38,13 +38,6 @@ def message(subject: str = "hello", message_id: str = "<m1@example.com>") -> byt
         f"From: A <a@example.com>\r\nTo: b@example.com\r\nSubject: {subject}\r\n"
         f"Message-ID: {message_id}\r\n\r\nbody\r\n"
     ).encode()
-
-
-WITH_ATTACHMENT = (
-    b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
-    b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
-    b"Content-Disposition: attachment; filename=data.bin\r\n\r\nDATA\r\n--b--\r\n"
-)
 
 
 def send(server: RunningServer, payload: bytes | None = None) -> tuple[int, bytes]:

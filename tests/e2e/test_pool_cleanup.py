@@ -15,17 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import RunningServer, wait_until
+from sample_mail import WITH_ATTACHMENT
 
 POOL_WORKER = Path(__file__).parent.parent / "pool" / "behaviour_worker.py"
 CLEANUP_AFTER = 10.0
 """Seconds; the sweep runs every CLEANUP_AFTER / 2, so the fresh folder is checked by a sweep
 while it is at most about half that old, and an old folder goes within WAIT_SECONDS."""
-
-WITH_ATTACHMENT = (
-    b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
-    b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
-    b"Content-Disposition: attachment; filename=data.bin\r\n\r\nDATA\r\n--b--\r\n"
-)
 
 
 def send(server: RunningServer) -> str:

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import RunningServer, free_port, wait_until
 from mailrunner.jobs.drivers import sqlite as sqlite_driver
+from sample_mail import TEMP_FAILURE, WITH_ATTACHMENT
 
 JOB_WORKER = Path(__file__).parents[1] / "jobs" / "job_worker.py"
-TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
 
 
 def send(server: RunningServer, subject: str) -> tuple[int, bytes]:
@@ -165,13 +165,6 @@ def test_a_message_near_size_with_raw_included_is_stored_through_the_jobs_node(
     assert len(payload) > 2 * jobs_node.app.smtp.max_message_size, (
         f"a {len(payload)}-byte job is no worst case for a jobs node taking {size}-byte mail"
     )
-
-
-WITH_ATTACHMENT = (
-    b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
-    b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
-    b"Content-Disposition: attachment; filename=data.bin\r\n\r\nDATA\r\n--b--\r\n"
-)
 
 
 def test_a_push_whose_commit_outlasts_the_ingress_answers_451_and_keeps_the_stored_jobs_files(

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import smtplib
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,15 +24,10 @@ from structlog.testing import capture_logs
 
 from brokers import AMQP_ADDR, delete_amqp_pipeline
 from conftest import RunningServer, free_port, require_broker, wait_until
+from sample_mail import TEMP_FAILURE, timed_send
 
 BROKER = ("127.0.0.1", 5672)
 PUSH_TIMEOUT = 0.5
-TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
-WITH_ATTACHMENT = (
-    b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
-    b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
-    b"Content-Disposition: attachment; filename=data.bin\r\n\r\nDATA\r\n--b--\r\n"
-)
 
 
 class MutingProxy:
@@ -122,17 +115,6 @@ def queued_payloads(queue: str) -> list[dict[str, Any]]:
     return asyncio.run(main())
 
 
-def send(server: RunningServer) -> tuple[tuple[int, bytes], float]:
-    """The reply to one message with an attachment, and how long it took."""
-    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
-        client.ehlo("client.example")
-        client.mail("a@example.com")
-        client.rcpt("b@example.com")
-        started = time.monotonic()
-        reply = client.data(WITH_ATTACHMENT)
-        return reply, time.monotonic() - started
-
-
 @pytest.mark.parametrize("path", ["in-process", "remote rpc"])
 def test_an_unconfirmed_amqp_publish_answers_451_and_keeps_the_files_of_the_queued_job(
     proxy: MutingProxy, queue_name: str, start_server: Callable[..., RunningServer], path: str
@@ -154,7 +136,7 @@ def test_an_unconfirmed_amqp_publish_answers_451_and_keeps_the_files_of_the_queu
         ingress = start_server(record=False, smtp=smtp, jobs=jobs)
     proxy.mute(True)
     with capture_logs() as logs:
-        reply, elapsed = send(ingress)
+        reply, elapsed = timed_send(ingress)
     proxy.mute(False)
     assert reply == TEMP_FAILURE, f"{reply} after {elapsed:.2f}s"
     assert elapsed <= PUSH_TIMEOUT + 1 + 0.5, f"451 came after {elapsed:.2f}s"
@@ -177,7 +159,7 @@ def test_a_push_to_a_jobs_node_that_is_not_there_answers_451_and_leaves_no_files
             "jobs": {"rpc": f"http://127.0.0.1:{free_port()}", "push_timeout": PUSH_TIMEOUT},
         },
     )
-    reply, _ = send(ingress)
+    reply, _ = timed_send(ingress)
     assert reply == TEMP_FAILURE
     leftovers = list(ingress.config.attachments_dir.iterdir())
     assert leftovers == [], f"a refused message left {leftovers}"

@@ -13,12 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import RunningServer
-
-WITH_ATTACHMENT = (
-    b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
-    b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
-    b"Content-Disposition: attachment; filename=data.bin\r\n\r\nDATA\r\n--b--\r\n"
-)
+from sample_mail import WITH_ATTACHMENT
 
 
 def send(server: RunningServer) -> tuple[int, bytes]:

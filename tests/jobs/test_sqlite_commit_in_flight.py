@@ -11,7 +11,6 @@ a COMMIT that really fails, then raises) inside the driver's own transaction.
 from __future__ import annotations
 
 import json
-import smtplib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -27,17 +26,12 @@ from conftest import RunningServer
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver, verdict_listener
 from mailrunner.jobs.drivers import sqlite as sqlite_driver
+from sample_mail import TEMP_FAILURE, timed_send
 
 STALL = 2.5
 """Seconds the injected stall holds a transaction: past push_timeout plus the SMTP side's
 one second of grace, which is when a 451 used to come."""
 PUSH_TIMEOUT = 0.5
-TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
-WITH_ATTACHMENT = (
-    b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
-    b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\n"
-    b"Content-Disposition: attachment; filename=data.bin\r\n\r\nDATA\r\n--b--\r\n"
-)
 
 
 @dataclass
@@ -131,22 +125,11 @@ def slow_sqlite_server(
     return start
 
 
-def send(server: RunningServer) -> tuple[tuple[int, bytes], float]:
-    """The reply to one message with an attachment, and how long it took."""
-    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
-        client.ehlo("client.example")
-        client.mail("a@example.com")
-        client.rcpt("b@example.com")
-        started = time.monotonic()
-        reply = client.data(WITH_ATTACHMENT)
-        return reply, time.monotonic() - started
-
-
 def test_smtp_waits_for_a_commit_in_flight_and_answers_250_with_the_files_kept(
     slow_sqlite_server: Callable[..., RunningServer],
 ) -> None:
     server = slow_sqlite_server()
-    (code, text), elapsed = send(server)
+    (code, text), elapsed = timed_send(server)
     stored = stored_ids(server.config.data_dir / "jobs.db")
     assert code == 250, (
         f"answered {code} {text!r} after {elapsed:.2f}s while the COMMIT was in flight;"
@@ -166,7 +149,7 @@ def test_smtp_waits_for_a_commit_that_fails_and_answers_451_leaving_no_job_and_n
 ) -> None:
     stall.then_fail = True
     server = slow_sqlite_server()
-    reply, elapsed = send(server)
+    reply, elapsed = timed_send(server)
     assert reply == TEMP_FAILURE
     assert elapsed >= STALL - EARLY, f"451 came after {elapsed:.2f}s, before the COMMIT failed"
     assert stored_ids(server.config.data_dir / "jobs.db") == []

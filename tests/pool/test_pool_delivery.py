@@ -16,9 +16,9 @@ import pytest
 
 from conftest import RunningServer, wait_until
 from mailrunner.pool.pool import WorkerInfo, WorkerProcess
+from sample_mail import TEMP_FAILURE
 
 WORKER = Path(__file__).with_name("behaviour_worker.py")
-TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
 
 
 @pytest.fixture

@@ -28,13 +28,13 @@ import pytest
 
 from conftest import ServeProcess, delete_streams, require_broker, wait_until
 from nats_pusher import publish_as_lagging_pusher
+from sample_mail import TEMP_FAILURE
 
 TESTS = Path(__file__).resolve().parents[1]
 JOB_WORKER = TESTS / "jobs" / "job_worker.py"
 NATS_PORT = 4222
 MAX_QUEUED = 20
 FLOOD = MAX_QUEUED + 10
-TEMP_FAILURE = (451, b"4.3.0 Temporary failure, try again later")
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
