@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from conftest import BUILDER, arrival
 from mailrunner.cli.remote import SUMMARY_LIMIT, job_summary
 from mailrunner.worker import EMAIL_JOB
+from support.events import BUILDER, arrival
 
 WITH_ATTACHMENT = (
     b"Subject: Quarterly report\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"

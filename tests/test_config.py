@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
 from mailrunner.config import (
     DRIVER_NAMES,
     EMBEDDED_DEFAULT,
@@ -20,6 +19,7 @@ from mailrunner.config import (
     masked_dump,
     parse_duration,
 )
+from support.processes import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from conftest import BUILDER, EVENT_VALIDATOR, arrival, decode_event
 from mailrunner.events import Authentication
+from support.events import BUILDER, EVENT_VALIDATOR, arrival, decode_event
 
 RAW = (
     b"From: A <a@example.com>\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"

@@ -1,7 +1,7 @@
 """Helpers for the management API tests: a small HTTP client, servers with a jobs pool, metrics.
 
 The client is urllib on purpose: the server runs on its own thread and loop (see
-tests/conftest.py), so a blocking client drives it over real TCP exactly as curl would.
+tests/support/server.py), so a blocking client drives it over real TCP exactly as curl would.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import RunningServer, wait_until
+from support.server import RunningServer
+from support.waiting import wait_until
 
 JOB_WORKER = Path(__file__).resolve().parents[1] / "jobs" / "job_worker.py"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))

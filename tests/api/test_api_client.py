@@ -11,10 +11,11 @@ from typing import TypeVar
 import pytest
 from api_support import start_jobs_node
 
-from conftest import RunningServer, wait_until
 from mailrunner.api.client import ApiClient
 from mailrunner.errors import PipelineNotFound
 from mailrunner.jobs.model import Job, JobOptions
+from support.server import RunningServer
+from support.waiting import wait_until
 
 T = TypeVar("T")
 

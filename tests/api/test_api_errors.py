@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 from api_support import Api, wire_job
 
-from conftest import RunningServer
 from mailrunner.config import DRIVER_NAMES
+from support.server import RunningServer
 
 TOKEN = "s3cret-token"
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from api_support import Api, start_jobs_node, wire_job
 
-from conftest import RunningServer, wait_until
+from support.server import RunningServer
+from support.waiting import wait_until
 
 SQLITE_CAPABILITIES = {
     "durable": True,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from api_support import Api, smtp_client, start_jobs_node
 
-from conftest import RunningServer, wait_until
+from support.server import RunningServer
+from support.waiting import wait_until
 
 ACCEPTED = {"result": "accepted", "reason": "250"}
 MESSAGES = [

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from api_support import Api, start_jobs_node
 
-from conftest import RunningServer
+from support.server import RunningServer
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 SCHEMATHESIS_SECONDS = 120

@@ -15,8 +15,9 @@ import pytest
 from api_support import Api, send_raw, start_jobs_node, wire_job
 from click.testing import CliRunner
 
-from conftest import RunningServer, require_broker
 from mailrunner.cli.main import main
+from support.requirements import require_broker
+from support.server import RunningServer
 
 TOKEN = "trust-token"
 JSON = {"Content-Type": "application/json"}

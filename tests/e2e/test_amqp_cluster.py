@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from brokers import amqp_answers, delete_amqp_pipeline
-from conftest import ServeProcess, require_broker, wait_until
+from support.brokers import amqp_answers, delete_amqp_pipeline
+from support.processes import ServeProcess
+from support.requirements import require_broker
+from support.waiting import wait_until
 
 JOB_WORKER = Path(__file__).parents[1] / "jobs" / "job_worker.py"
 EMAILS = 2000

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from brokers import (
+from support.brokers import (
     AMQP_ADDR,
     DURABLE_REDIS,
     NATS_SERVER,
@@ -35,10 +35,13 @@ from brokers import (
     RedisServer,
     amqp_answers,
     delete_amqp_pipeline,
+    delete_streams,
     listening,
     require_binary,
 )
-from conftest import RunningServer, delete_streams, require_broker, wait_until
+from support.requirements import require_broker
+from support.server import RunningServer
+from support.waiting import wait_until
 
 RABBITMQCTL = "rabbitmqctl"
 FIRST_ACCEPTS = 100

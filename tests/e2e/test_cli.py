@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningServer, run_cli, wait_until
+from support.processes import run_cli
+from support.server import RunningServer
+from support.waiting import wait_until
 
 JOB_WORKER = Path(__file__).parents[1] / "jobs" / "job_worker.py"
 ROOT = Path(__file__).parents[2]

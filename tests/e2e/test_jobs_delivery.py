@@ -18,16 +18,13 @@ from typing import Any
 
 import pytest
 
-from conftest import (
-    RunningServer,
-    delete_streams,
-    require_broker,
-    run_cli,
-    validate_event,
-    wait_until,
-)
-from required import unavailable
-from sample_mail import TEMP_FAILURE, WITH_ATTACHMENT
+from support.brokers import delete_streams
+from support.events import validate_event
+from support.processes import run_cli
+from support.requirements import require_broker, unavailable
+from support.sample_mail import TEMP_FAILURE, WITH_ATTACHMENT
+from support.server import RunningServer
+from support.waiting import wait_until
 
 HERE = Path(__file__).parent
 JOB_WORKER = HERE.parent / "jobs" / "job_worker.py"

@@ -21,8 +21,9 @@ from email.message import EmailMessage
 
 import pytest
 
-from conftest import ServeProcess, free_port
-from process_memory import memory_bytes, reset_peak
+from support.net import free_port
+from support.process_memory import memory_bytes, reset_peak
+from support.processes import ServeProcess
 
 ATTACHMENT_BYTES = 7_300_000
 """Base64 and headers make this a message of just under 10 MB (the default SIZE is 10 MiB)."""

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import RunningServer, wait_until
-from sample_mail import WITH_ATTACHMENT
+from support.sample_mail import WITH_ATTACHMENT
+from support.server import RunningServer
+from support.waiting import wait_until
 
 POOL_WORKER = Path(__file__).parent.parent / "pool" / "behaviour_worker.py"
 CLEANUP_AFTER = 10.0

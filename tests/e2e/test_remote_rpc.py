@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningServer, free_port, wait_until
 from mailrunner.jobs.drivers import sqlite as sqlite_driver
-from sample_mail import TEMP_FAILURE, WITH_ATTACHMENT
+from support.net import free_port
+from support.sample_mail import TEMP_FAILURE, WITH_ATTACHMENT
+from support.server import RunningServer
+from support.waiting import wait_until
 
 JOB_WORKER = Path(__file__).parents[1] / "jobs" / "job_worker.py"
 

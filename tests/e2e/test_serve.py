@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ServeProcess, run_cli, wait_until
+from support.processes import ServeProcess, run_cli
+from support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cr3t-Passw0rd"

@@ -36,13 +36,13 @@ from contract import (
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from brokers import AMQP_ADDR, delete_amqp_pipeline
-from conftest import require_broker
 from mailrunner.config import AmqpDriverConfig
 from mailrunner.errors import DriverError, DriverUnavailable
 from mailrunner.jobs.driver import Driver
 from mailrunner.jobs.drivers.amqp import AmqpDriver, broker_priority, delay_ms
 from mailrunner.jobs.model import Capabilities
+from support.brokers import AMQP_ADDR, delete_amqp_pipeline
+from support.requirements import require_broker
 
 pytestmark = pytest.mark.amqp
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningServer, wait_until
 from mailrunner.config import MemoryPipeline
 from mailrunner.jobs.consumer import PipelineConsumer
 from mailrunner.jobs.driver import Lease
@@ -22,6 +21,8 @@ from mailrunner.jobs.drivers.memory import MemoryDriver
 from mailrunner.jobs.model import Job, JobOptions
 from mailrunner.jobs.service import Pipeline
 from mailrunner.wire.jobs import Answer, decode_answer
+from support.server import RunningServer
+from support.waiting import wait_until
 
 WORKER = Path(__file__).with_name("job_worker.py")
 DRIVERS = ["memory", "sqlite"]

@@ -15,11 +15,11 @@ import pytest
 import yaml
 from pydantic import TypeAdapter
 
-from conftest import wait_until
 from mailrunner.config import PipelineConfig
 from mailrunner.errors import PushTimeout
 from mailrunner.jobs.drivers.sqlite import SqliteDriver
 from mailrunner.jobs.model import Job, JobOptions
+from support.waiting import wait_until
 
 HERE = Path(__file__).parent
 PUSHES = 5000

@@ -32,13 +32,13 @@ from contract import (
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from brokers import NATS_SERVER, NatsServer
-from conftest import REQUIRE_TOOLS, delete_streams, require_broker
 from mailrunner.config import NatsDriverConfig
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver
 from mailrunner.jobs.model import Capabilities
-from nats_pusher import publish_as_lagging_pusher
+from support.brokers import NATS_SERVER, NatsServer, delete_streams
+from support.nats_pusher import publish_as_lagging_pusher
+from support.requirements import REQUIRE_TOOLS, require_broker
 
 pytestmark = pytest.mark.nats
 

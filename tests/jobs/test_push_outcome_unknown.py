@@ -22,9 +22,12 @@ import aio_pika
 import pytest
 from structlog.testing import capture_logs
 
-from brokers import AMQP_ADDR, delete_amqp_pipeline
-from conftest import RunningServer, free_port, require_broker, wait_until
-from sample_mail import TEMP_FAILURE, timed_send
+from support.brokers import AMQP_ADDR, delete_amqp_pipeline
+from support.net import free_port
+from support.requirements import require_broker
+from support.sample_mail import TEMP_FAILURE, timed_send
+from support.server import RunningServer
+from support.waiting import wait_until
 
 BROKER = ("127.0.0.1", 5672)
 PUSH_TIMEOUT = 0.5

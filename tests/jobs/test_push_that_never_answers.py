@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningServer, free_port
 from mailrunner.errors import DriverError
 from mailrunner.jobs.deadline import PUSH_GRACE
 from mailrunner.jobs.drivers.memory import MemoryDriver
 from mailrunner.jobs.model import Job
-from raw_smtp import raw_smtp
+from support.net import free_port
+from support.raw_smtp import raw_smtp
+from support.server import RunningServer
 
 PUSH_TIMEOUT = 0.5
 SCHEDULING_SLACK = 0.5

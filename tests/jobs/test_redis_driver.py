@@ -40,13 +40,14 @@ from contract import (
 from pydantic import ValidationError
 
 import mailrunner.jobs.drivers.redis as redis_driver
-from brokers import RedisServer
-from conftest import REQUIRE_TOOLS, free_port, require_broker
 from mailrunner.config import RedisDriverConfig
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver
 from mailrunner.jobs.model import Capabilities, Job, JobOptions
+from support.brokers import RedisServer
+from support.net import free_port
+from support.requirements import REQUIRE_TOOLS, require_broker
 
 pytestmark = pytest.mark.redis
 

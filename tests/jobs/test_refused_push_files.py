@@ -12,8 +12,8 @@ import smtplib
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import RunningServer
-from sample_mail import WITH_ATTACHMENT
+from support.sample_mail import WITH_ATTACHMENT
+from support.server import RunningServer
 
 
 def send(server: RunningServer) -> tuple[int, bytes]:

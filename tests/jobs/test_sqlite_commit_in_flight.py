@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from contract import EARLY, LATE, Harness, make_job
 
-from conftest import RunningServer
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver, verdict_listener
 from mailrunner.jobs.drivers import sqlite as sqlite_driver
-from sample_mail import TEMP_FAILURE, timed_send
+from support.sample_mail import TEMP_FAILURE, timed_send
+from support.server import RunningServer
 
 STALL = 2.5
 """Seconds the injected stall holds a transaction: past push_timeout plus the SMTP side's

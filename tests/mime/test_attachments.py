@@ -23,7 +23,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from conftest import RunningServer, arrival, decode_event
 from mailrunner.files import PRIVATE_FILE
 from mailrunner.mime import attachments as attachments_module
 from mailrunner.mime.attachments import (
@@ -36,6 +35,8 @@ from mailrunner.mime.attachments import (
 )
 from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import Attachment, ParseOptions
+from support.events import arrival, decode_event
+from support.server import RunningServer
 
 CJK_NAME = "報告書" * 40 + ".pdf"
 """120 CJK characters: 360 bytes of UTF-8, over the 255-byte limit of a file name."""

@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mime_grammar import messages
 
-from conftest import RecordingDelivery
 from mailrunner.metrics import Metrics
 from mailrunner.mime.attachments import MemoryStorage
 from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import ParseOptions
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.protocol import MailSession
+from support.server import RecordingDelivery
 
 METRICS = Metrics()
 limits = st.builds(

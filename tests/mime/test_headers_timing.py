@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from hostile_headers import PATTERNS, hostile_message
 from mailrunner.mime.parse import parse
+from support.hostile_headers import PATTERNS, hostile_message
 
 KIB = 1024
 SIZES = (8 * KIB, 64 * KIB, 512 * KIB)

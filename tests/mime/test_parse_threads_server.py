@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from test_parse_threads import GRACE, StuckParse
 
-from conftest import RunningServer, wait_until
+from support.server import RunningServer
+from support.waiting import wait_until
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from email.utils import getaddresses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import BUILDER, arrival, decode_event
 from mailrunner.mime.parse import (
     ParseOptions,
     clean_base64,
@@ -24,7 +23,8 @@ from mailrunner.mime.parse import (
     parse_in_chunks,
     simple_addresses,
 )
-from perturbed import FastPathCount, perturbed
+from support.events import BUILDER, arrival, decode_event
+from support.perturbed import FastPathCount, perturbed
 
 
 def build(raw: bytes) -> dict[str, object]:

@@ -16,12 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mime_grammar import messages
 
-from conftest import arrival, decode_event
 from mailrunner.mime.attachments import MemoryStorage
 from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import ParseOptions, parse, parse_in_chunks
 from mailrunner.mime.part import MimePart, split_parameters
 from mailrunner.mime.prescan import plan_feed, within_every_limit
+from support.events import arrival, decode_event
 
 UNLIMITED = {"max_parts": 10**9, "max_depth": 10**6, "max_header_bytes": 10**9}
 TOKENS = [

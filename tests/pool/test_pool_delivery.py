@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningServer, wait_until
 from mailrunner.pool.pool import WorkerInfo, WorkerProcess
-from sample_mail import TEMP_FAILURE
+from support.sample_mail import TEMP_FAILURE
+from support.server import RunningServer
+from support.waiting import wait_until
 
 WORKER = Path(__file__).with_name("behaviour_worker.py")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ServeProcess
+from support.processes import ServeProcess
 
 WORKER = Path(__file__).resolve().parents[1] / "jobs" / "job_worker.py"
 JSON = {"Content-Type": "application/json"}

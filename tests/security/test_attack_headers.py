@@ -16,9 +16,9 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-from conftest import ServeProcess
-from hostile_headers import hostile_header
 from mailrunner.config import ParseConfig
+from support.hostile_headers import hostile_header
+from support.processes import ServeProcess
 
 HEALTH_WITHIN = 1.0
 SMTP_TIMEOUT = 30.0

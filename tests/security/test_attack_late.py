@@ -26,9 +26,12 @@ from typing import Any
 
 import pytest
 
-from conftest import ServeProcess, delete_streams, require_broker, wait_until
-from nats_pusher import publish_as_lagging_pusher
-from sample_mail import TEMP_FAILURE
+from support.brokers import delete_streams
+from support.nats_pusher import publish_as_lagging_pusher
+from support.processes import ServeProcess
+from support.requirements import require_broker
+from support.sample_mail import TEMP_FAILURE
+from support.waiting import wait_until
 
 TESTS = Path(__file__).resolve().parents[1]
 JOB_WORKER = TESTS / "jobs" / "job_worker.py"

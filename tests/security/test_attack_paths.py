@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
-from conftest import ServeProcess, wait_until
+from support.processes import ServeProcess
+from support.waiting import wait_until
 
 TESTS = Path(__file__).resolve().parents[1]
 JOB_WORKER = TESTS / "jobs" / "job_worker.py"

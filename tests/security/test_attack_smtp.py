@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from conftest import ServeProcess
-from process_memory import memory_bytes, reset_peak
-from raw_smtp import RawSmtp, raw_smtp
+from support.process_memory import memory_bytes, reset_peak
+from support.processes import ServeProcess
+from support.raw_smtp import RawSmtp, raw_smtp
 
 MIB = 1024 * 1024
 SHORT_LINES = b"a\r\n" * 3_000_000

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ServeProcess
+from support.processes import ServeProcess
 
 MIB = 1024 * 1024
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mailrunner.smtp.addresses import plain_path
 from mailrunner.smtp.protocol import MailrunnerSMTP
-from perturbed import FastPathCount, perturbed
+from support.perturbed import FastPathCount, perturbed
 
 ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
 AWKWARD = ' \t\x0b\u2003<>()@.,;:"[]\\é\x00=?'

@@ -6,7 +6,7 @@ import base64
 import smtplib
 from collections.abc import Callable
 
-from conftest import RunningServer
+from support.server import RunningServer
 
 MESSAGE = b"Subject: auth\r\n\r\nbody\r\n"
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningServer, wait_until
 from mailrunner import __version__
+from support.server import RunningServer
+from support.waiting import wait_until
 
 SOCKET_TIMEOUT = 5.0
 QUIET_SECONDS = 0.5

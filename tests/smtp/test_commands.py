@@ -8,7 +8,7 @@ import socket
 
 import aiosmtplib
 
-from conftest import RunningServer
+from support.server import RunningServer
 
 MESSAGE = b"From: A <a@example.com>\r\nTo: b@example.com\r\nSubject: hello\r\n\r\nbody\r\n"
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningServer
-from raw_smtp import ENVELOPE, SOCKET_TIMEOUT, RawSmtp, raw_smtp
+from support.raw_smtp import ENVELOPE, SOCKET_TIMEOUT, RawSmtp, raw_smtp
+from support.server import RunningServer
 
 MIB = 1024 * 1024
 NO_STORAGE = b"452 4.3.1 Insufficient system storage\r\n"

@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from conftest import RunningServer, wait_until
 from mailrunner.errors import DeliveryError
 from mailrunner.smtp.delivery import Outcome
+from support.server import RunningServer
+from support.waiting import wait_until
 
 MESSAGE = b"Subject: failing\r\n\r\nbody\r\n"
 

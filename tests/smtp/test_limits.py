@@ -11,12 +11,13 @@ from typing import cast
 
 import pytest
 
-from conftest import RunningServer, wait_until
 from mailrunner.config import SmtpConfig
 from mailrunner.metrics import Metrics
 from mailrunner.smtp.handler import SmtpHandler
 from mailrunner.smtp.protocol import MailrunnerSMTP
 from mailrunner.smtp.server import SmtpServer
+from support.server import RunningServer
+from support.waiting import wait_until
 
 MESSAGE = b"Subject: limit\r\n\r\nbody\r\n"
 

@@ -18,7 +18,10 @@ import aiosmtplib
 import pytest
 from aiosmtplib.protocol import SMTPProtocol
 
-from conftest import REQUIRE_TOOLS, WAIT_SECONDS, RunningServer, run_cli
+from support.processes import run_cli
+from support.requirements import REQUIRE_TOOLS
+from support.server import RunningServer
+from support.waiting import WAIT_SECONDS
 
 MESSAGE = b"Subject: over tls\r\nFrom: a@example.com\r\n\r\nsecret body\r\n"
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from conftest import BUILDER, arrival
 from mailrunner.jobs.consumer import PipelineConsumer
 from mailrunner.jobs.model import Job, JobOptions
 from mailrunner.pool.pool import worker_environment
@@ -23,6 +22,7 @@ from mailrunner.wire.jobs import Answer, decode_answer
 from mailrunner.wire.protocol import JOBS_MODE, MODE_ENV, SMTP_MODE
 from mailrunner.worker import CLOSE, CONTINUE, Email, Task, Worker, current_mode, handle_emails
 from mailrunner.worker.relay import Payload
+from support.events import BUILDER, arrival
 
 RAW = b"From: A <a@example.com>\r\nTo: b@example.com\r\nSubject: round trip\r\n\r\nbody\r\n"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from required import unavailable
+from support.requirements import unavailable
 
 
 def memory_bytes(pid: int, key: str) -> int:

@@ -13,10 +13,14 @@ import subprocess
 from pathlib import Path
 
 import aio_pika
+import nats
+import nats.js.errors
 import pytest
 import redis
 
-from conftest import REQUIRE_TOOLS, free_port, wait_until
+from support.net import free_port
+from support.requirements import REQUIRE_TOOLS
+from support.waiting import wait_until
 
 NATS_SERVER = "/usr/sbin/nats-server"
 SERVER_START_DEADLINE = 15.0
@@ -156,3 +160,19 @@ def delete_amqp_pipeline(queue: str, exchange: str | None = None) -> None:
     """Delete an amqp pipeline's queues (its delay queues found through the catalog queue,
     as the driver finds them) and its exchange, leaving the machine's RabbitMQ as it was."""
     asyncio.run(_delete_amqp_pipeline(queue, exchange or queue))
+
+
+def delete_streams(port: int, stream: str) -> None:
+    """Remove a NATS pipeline's streams (its jobs and its failed list) after a test."""
+
+    async def main() -> None:
+        connection = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=5)
+        try:
+            jetstream = connection.jetstream()
+            for name in (stream, f"{stream}_failed"):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await jetstream.delete_stream(name)
+        finally:
+            await connection.close()
+
+    asyncio.run(main())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import smtplib
 import time
 
-from conftest import RunningServer
+from support.server import RunningServer
 
 WITH_ATTACHMENT = (
     b"Subject: files\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
