@@ -333,36 +333,40 @@ class _PipelineBase(_Model):
     priority: int = Field(default=10, ge=0)
     prefetch: int = Field(default=10, ge=1)
     retries: int = Field(default=5, ge=1)
-    visibility_timeout: Duration = Field(default=300.0, gt=0)
+    visibility_timeout: Duration = Field(default=30.0, gt=0)
 
 
-class MemoryPipeline(_PipelineBase):
+class MemoryPipelineConfig(_PipelineBase):
     driver: Literal["memory"]
     config: MemoryDriverConfig = MemoryDriverConfig()
 
 
-class SqlitePipeline(_PipelineBase):
+class SqlitePipelineConfig(_PipelineBase):
     driver: Literal["sqlite"]
     config: SqliteDriverConfig = SqliteDriverConfig()
 
 
-class RedisPipeline(_PipelineBase):
+class RedisPipelineConfig(_PipelineBase):
     driver: Literal["redis"]
     config: RedisDriverConfig = RedisDriverConfig()
 
 
-class AmqpPipeline(_PipelineBase):
+class AmqpPipelineConfig(_PipelineBase):
     driver: Literal["amqp"]
     config: AmqpDriverConfig = AmqpDriverConfig()
 
 
-class NatsPipeline(_PipelineBase):
+class NatsPipelineConfig(_PipelineBase):
     driver: Literal["nats"]
     config: NatsDriverConfig = NatsDriverConfig()
 
 
 PipelineConfig = Annotated[
-    MemoryPipeline | SqlitePipeline | RedisPipeline | AmqpPipeline | NatsPipeline,
+    MemoryPipelineConfig
+    | SqlitePipelineConfig
+    | RedisPipelineConfig
+    | AmqpPipelineConfig
+    | NatsPipelineConfig,
     Field(discriminator="driver"),
 ]
 DRIVER_NAMES: tuple[str, ...] = tuple(

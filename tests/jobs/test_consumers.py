@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mailrunner.config import MemoryPipeline
+from mailrunner.config import MemoryPipelineConfig
 from mailrunner.jobs.consumer import PipelineConsumer
 from mailrunner.jobs.driver import Lease
 from mailrunner.jobs.drivers.memory import MemoryDriver
@@ -321,7 +321,7 @@ class CancelSwallowingDriver(MemoryDriver):
     """A reserve that turns the first cancel into an empty answer, as Python 3.11's wait_for
     does when what it waits for completes at the same moment."""
 
-    def __init__(self, name: str, settings: MemoryPipeline, data_dir: Path) -> None:
+    def __init__(self, name: str, settings: MemoryPipelineConfig, data_dir: Path) -> None:
         super().__init__(name, settings, data_dir)
         self.waiting = asyncio.Event()
         self.swallowed = 0
@@ -339,7 +339,7 @@ class CancelSwallowingDriver(MemoryDriver):
 
 def test_stop_ends_the_consumer_even_when_its_driver_swallows_the_cancel(tmp_path: Path) -> None:
     async def scenario() -> int:
-        settings = MemoryPipeline(driver="memory")
+        settings = MemoryPipelineConfig(driver="memory")
         driver = CancelSwallowingDriver("q", settings, tmp_path)
         pipeline = Pipeline("q", settings, driver)
         pipeline.resumed.set()

@@ -27,13 +27,13 @@ from aiohttp import hdrs, web
 
 from mailrunner.config import (
     LOOPBACK_HOSTS,
-    AmqpPipeline,
+    AmqpPipelineConfig,
     Config,
-    NatsPipeline,
+    NatsPipelineConfig,
     PipelineConfig,
-    RedisPipeline,
+    RedisPipelineConfig,
     RpcConfig,
-    SqlitePipeline,
+    SqlitePipelineConfig,
     mask_url,
     split_host_port,
 )
@@ -44,8 +44,8 @@ LOOPBACK_NAMES = frozenset(f"[{host}]" if ":" in host else host for host in LOOP
 """The loopback names as a `Host` header writes them (IPv6 in brackets)."""
 _READING_METHODS = frozenset({hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_OPTIONS})
 _WEB_SCHEMES = frozenset({"http", "https"})
-BrokerPipeline = RedisPipeline | AmqpPipeline | NatsPipeline
-_BROKER_PIPELINES = (RedisPipeline, AmqpPipeline, NatsPipeline)
+BrokerPipeline = RedisPipelineConfig | AmqpPipelineConfig | NatsPipelineConfig
+_BROKER_PIPELINES = (RedisPipelineConfig, AmqpPipelineConfig, NatsPipelineConfig)
 _LIFT = "rpc.allow_any_declare: true lifts this"
 
 
@@ -148,7 +148,7 @@ class DeclarePolicy:
         paths on disk: call it on a thread."""
         if self._allow_any:
             return
-        if isinstance(settings, SqlitePipeline) and settings.config.path is not None:
+        if isinstance(settings, SqlitePipelineConfig) and settings.config.path is not None:
             self._check_path(name, settings.config.path)
         elif isinstance(settings, _BROKER_PIPELINES):
             self._check_broker(name, settings)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import structlog
 
-from mailrunner.config import Config, PipelineConfig, SqlitePipeline
+from mailrunner.config import Config, PipelineConfig, SqlitePipelineConfig
 from mailrunner.errors import (
     DriverError,
     InvalidJob,
@@ -203,7 +203,7 @@ class JobsService:
         return new
 
     def _check_runtime_path(self, name: str, settings: PipelineConfig) -> None:
-        if not isinstance(settings, SqlitePipeline) or settings.config.path is None:
+        if not isinstance(settings, SqlitePipelineConfig) or settings.config.path is None:
             return
         data_dir = self._data_dir.resolve()
         path = Path(settings.config.path).resolve()

@@ -12,10 +12,13 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from mailrunner.errors import PushTimeout
+from mailrunner.files import write_new_file
 from mailrunner.jobs.driver import Lease
 from mailrunner.jobs.model import Capabilities, Job
 
@@ -102,3 +105,20 @@ def stored_fields(job: Job) -> tuple[str, str, bytes, str, int, int]:
         job.options.priority,
         int(job.options.auto_ack),
     )
+
+
+NODE_ID_FILE = "node-id"
+
+
+def node_id(data_dir: Path) -> str:
+    """This node's name on shared brokers, the same after a restart: the leases a killed
+    process held carry it, so the process that starts next on the same `data_dir` can take
+    them back at once instead of waiting out their visibility timeout.
+
+    Blocking file I/O (call it through `asyncio.to_thread`); two processes that share a
+    `data_dir` share a name, so they must not both run (a restart of one reclaims the other's
+    leases)."""
+    path = data_dir / NODE_ID_FILE
+    with contextlib.suppress(FileExistsError):
+        write_new_file(path, uuid.uuid4().hex.encode())
+    return path.read_text(encoding="ascii").strip()

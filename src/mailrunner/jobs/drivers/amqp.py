@@ -115,7 +115,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 
-from mailrunner.config import AmqpPipeline, mask_url
+from mailrunner.config import AmqpPipelineConfig, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
@@ -232,7 +232,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
     """One pipeline's jobs in one RabbitMQ queue (`config.queue`), shared by every node that
     names the same queue."""
 
-    def __init__(self, name: str, settings: AmqpPipeline, data_dir: Path) -> None:
+    def __init__(self, name: str, settings: AmqpPipelineConfig, data_dir: Path) -> None:
         config = settings.config
         self.name = name
         self.visibility_timeout = settings.visibility_timeout

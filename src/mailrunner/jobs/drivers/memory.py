@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from mailrunner.config import MemoryPipeline
+from mailrunner.config import MemoryPipelineConfig
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers._common import store_capabilities, time_left
@@ -51,7 +51,7 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
 
     capabilities = store_capabilities(durable=False)
 
-    def __init__(self, name: str, settings: MemoryPipeline, data_dir: Path) -> None:
+    def __init__(self, name: str, settings: MemoryPipelineConfig, data_dir: Path) -> None:
         self.name = name
         self.visibility_timeout = settings.visibility_timeout
         self.max_queued = settings.config.max_queued

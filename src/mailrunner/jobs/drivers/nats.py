@@ -117,7 +117,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from mailrunner.config import NatsPipeline, mask_url
+from mailrunner.config import NatsPipelineConfig, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
@@ -224,7 +224,7 @@ class _Delivery:
 class NatsDriver(Driver, LeaseKeeper[_Delivery]):
     """One pipeline's jobs in one JetStream stream (`config.stream`) on `config.addr`."""
 
-    def __init__(self, name: str, settings: NatsPipeline, data_dir: Path) -> None:
+    def __init__(self, name: str, settings: NatsPipelineConfig, data_dir: Path) -> None:
         self.name = name
         self.visibility_timeout = float(settings.visibility_timeout)
         self.addr = mask_url(settings.config.addr)

@@ -79,7 +79,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mailrunner.config import RedisPipeline, mask_url
+from mailrunner.config import RedisPipelineConfig, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
@@ -219,7 +219,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     """One pipeline's jobs in one Redis database (`config.addr`), shared by every node that
     names the same `stream`."""
 
-    def __init__(self, name: str, settings: RedisPipeline, data_dir: Path) -> None:
+    def __init__(self, name: str, settings: RedisPipelineConfig, data_dir: Path) -> None:
         self.name = name
         self.visibility_timeout = settings.visibility_timeout
         self.addr = mask_url(settings.config.addr)

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailrunner.config import SqlitePipeline
+from mailrunner.config import SqlitePipelineConfig
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.files import create_directories, write_new_file
 from mailrunner.jobs.deadline import COMMIT_WAIT
@@ -123,7 +123,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
     capabilities = store_capabilities(durable=True)
 
     def __init__(
-        self, name: str, settings: SqlitePipeline, data_dir: Path, *, max_batch: int = 1000
+        self, name: str, settings: SqlitePipelineConfig, data_dir: Path, *, max_batch: int = 1000
     ) -> None:
         self.name = name
         self.path = settings.config.path or data_dir / "jobs.db"
