@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.brokers import amqp_answers, delete_amqp_pipeline
+from support.brokers import AMQP_ADDR, amqp_answers, delete_amqp_pipeline
 from support.processes import ServeProcess
 from support.requirements import require_broker
 from support.waiting import wait_until
@@ -23,10 +23,11 @@ EMAILS = 2000
 @pytest.mark.amqp
 def test_two_ingress_and_two_consumer_nodes_consume_each_email_exactly_once(tmp_path: Path) -> None:
     require_broker("rabbitmq", "127.0.0.1", 5672)
-    wait_until(amqp_answers, "RabbitMQ to accept AMQP connections", 60)
+    wait_until(lambda: amqp_answers(AMQP_ADDR), "RabbitMQ to accept AMQP connections", 60)
     queue = f"mailrunner.cluster.{uuid.uuid4().hex[:10]}"
     log = tmp_path / "executed.log"
-    pipeline = {"smtp-emails": {"driver": "amqp", "prefetch": 20, "config": {"queue": queue}}}
+    config = {"addr": AMQP_ADDR, "queue": queue}
+    pipeline = {"smtp-emails": {"driver": "amqp", "prefetch": 20, "config": config}}
     nodes: list[ServeProcess] = []
     try:
         for index in range(2):

@@ -5,9 +5,10 @@ For each broker driver a background thread sends emails continuously over SMTP, 
 unique Message-ID, while the broker is stopped and started again under it. Every Message-ID
 that got 250 must be stored in the pipeline afterwards (duplicates are allowed, losses are
 not); while the broker is down the clients must see 451; once it is back, 250s must come
-again from the same mailrunner. Redis and NATS run as private servers of the test's own (on a
-free port and a tmp dir, killed with SIGKILL); RabbitMQ is the machine's broker, stopped and
-started with `rabbitmqctl stop_app` / `start_app` as the criterion says.
+again from the same mailrunner. Each broker is a private server of the test's own, on free
+ports and a tmp dir, never the machine's: redis-server and nats-server are killed with SIGKILL,
+the RabbitMQ node is shut down by SIGTERM (as `rabbitmqctl stop` would) and counts as back
+once it accepts AMQP connections again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import contextlib
 import json
 import shutil
 import smtplib
-import subprocess
 import threading
 import time
 import uuid
@@ -28,22 +28,19 @@ from typing import Any
 import pytest
 
 from support.brokers import (
-    AMQP_ADDR,
     DURABLE_REDIS,
     NATS_SERVER,
+    RABBITMQ_SERVER,
     NatsServer,
+    RabbitMQServer,
     RedisServer,
-    amqp_answers,
-    delete_amqp_pipeline,
     delete_streams,
     listening,
     require_binary,
 )
 from support.requirements import require_broker
 from support.server import RunningServer
-from support.waiting import wait_until
 
-RABBITMQCTL = "rabbitmqctl"
 FIRST_ACCEPTS = 100
 """250s to see before the broker goes away: the load is flowing."""
 REFUSALS_WHILE_DOWN = 5
@@ -306,53 +303,29 @@ def test_nats_restart_under_load_loses_no_acknowledged_email(
 # --- amqp ----------------------------------------------------------------------------------
 
 
-def rabbitmqctl(command: str, timeout: float) -> None:
-    result = subprocess.run(
-        [RABBITMQCTL, command],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"rabbitmqctl {command} exited with {result.returncode}: {result.stderr!r}")
+@pytest.fixture
+def own_rabbitmq(tmp_path: Path) -> Iterator[RabbitMQServer]:
+    require_binary(RABBITMQ_SERVER, "rabbitmq-server")
+    directory = tmp_path / "rabbitmq"
+    directory.mkdir()
+    server = RabbitMQServer(directory)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.mark.amqp
 def test_rabbitmq_restart_under_load_loses_no_acknowledged_email(
-    start_server: Callable[..., RunningServer],
+    start_server: Callable[..., RunningServer], own_rabbitmq: RabbitMQServer
 ) -> None:
-    require_binary(shutil.which(RABBITMQCTL), "rabbitmq-server")
-    require_broker("rabbitmq", "127.0.0.1", 5672)
-    queue = f"mailrunner.restart.{uuid.uuid4().hex[:12]}"
+    config = {"addr": own_rabbitmq.addr, "queue": f"mailrunner.restart.{uuid.uuid4().hex[:12]}"}
     server = start_server(
         record=False,
         smtp={"jobs": {"push_timeout": 2}},
-        jobs={
-            "pipelines": {
-                PIPELINE: {"driver": "amqp", "config": {"addr": AMQP_ADDR, "queue": queue}}
-            }
-        },
+        jobs={"pipelines": {PIPELINE: {"driver": "amqp", "config": config}}},
     )
-    stopped = False
-
-    def stop_broker() -> None:
-        nonlocal stopped
-        stopped = True
-        rabbitmqctl("stop_app", 60.0)
-
-    def start_broker() -> None:
-        nonlocal stopped
-        rabbitmqctl("start_app", 120.0)
-        stopped = False
-        wait_until(amqp_answers, "RabbitMQ to accept AMQP connections again", 60.0)
-
-    try:
-        sender = restart_under_load(server, stop_broker, start_broker)
-        stored = message_ids(reserve_all(server))
-        assert_nothing_acknowledged_was_lost(sender, stored)
-    finally:
-        if stopped:
-            rabbitmqctl("start_app", 120.0)
-        wait_until(amqp_answers, "RabbitMQ to accept AMQP connections again", 60.0)
-        delete_amqp_pipeline(queue)
+    sender = restart_under_load(server, own_rabbitmq.stop, own_rabbitmq.start)
+    stored = message_ids(reserve_all(server))
+    assert_nothing_acknowledged_was_lost(sender, stored)

@@ -1,6 +1,7 @@
-"""Broker processes of the tests' own: a redis-server or nats-server in a tmp dir on a free
-port, restartable on the same dir and port, killed by pid; and the helpers for the machine's
-RabbitMQ. Shared by the driver tests and the end-to-end tests."""
+"""Broker processes of the tests' own: a redis-server, nats-server or RabbitMQ node in a tmp
+dir on free ports, restartable on the same dir and ports, stopped by pid; and the helpers for
+the machine's RabbitMQ, which no test may stop. Shared by the driver tests and the end-to-end
+tests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import uuid
 from pathlib import Path
 
 import aio_pika
@@ -23,7 +25,14 @@ from support.requirements import REQUIRE_TOOLS
 from support.waiting import wait_until
 
 NATS_SERVER = "/usr/sbin/nats-server"
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+"""The script itself, not /usr/sbin's wrapper, which runs as the rabbitmq user, in the
+machine's broker's directory, logging into its files."""
 SERVER_START_DEADLINE = 15.0
+RABBITMQ_START_DEADLINE = 60.0
+"""A node boots in 8-10 s here, a restart on its own data included; 2 busy cores can double
+that."""
+RABBITMQ_STOP_DEADLINE = 60.0
 DURABLE_REDIS = {"appendonly": "yes", "appendfsync": "always"}
 AMQP_ADDR = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -122,11 +131,11 @@ class NatsServer:
         self.process = None
 
 
-def amqp_answers() -> bool:
-    """An open port is not enough: right after `start_app` RabbitMQ may still refuse."""
+def amqp_answers(addr: str) -> bool:
+    """An open port is not enough: while it boots RabbitMQ listens before it lets anyone in."""
 
     async def connect() -> None:
-        connection = await aio_pika.connect(AMQP_ADDR, timeout=2)
+        connection = await aio_pika.connect(addr, timeout=2)
         await connection.close()
 
     try:
@@ -134,6 +143,94 @@ def amqp_answers() -> bool:
     except (OSError, aio_pika.exceptions.AMQPError, TimeoutError):
         return False
     return True
+
+
+class RabbitMQServer:
+    """A RabbitMQ node of our own, never the machine's: its own node name, AMQP, distribution
+    and epmd ports, and its data, logs, config and Erlang cookie in a tmp dir, so that stopping
+    it touches no other broker. Restartable on the same dir and ports; `start` returns once the
+    node accepts AMQP connections."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.addr = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.epmd_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        config = directory / "rabbitmq.conf"
+        config.write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        plugins = directory / "enabled_plugins"
+        plugins.write_text("[].\n")
+        home = directory / "home"
+        home.mkdir()
+        # Each of the machine's /etc/rabbitmq files (its node name, port 5672, plugins) is
+        # replaced by one of ours, not merged with it: none of them is read.
+        self.env = {
+            **os.environ,
+            "HOME": str(home),
+            "RABBITMQ_NODENAME": f"mailrunner-test-{uuid.uuid4().hex[:12]}@localhost",
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_CONF_ENV_FILE": str(directory / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(config),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(directory / "log"),
+        }
+
+    def start(self) -> None:
+        with (self.directory / "rabbitmq-server.out").open("ab") as output:
+            self.process = subprocess.Popen(
+                [RABBITMQ_SERVER],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        process = self.process
+        wait_until(
+            lambda: (
+                process.poll() is not None or (listening(self.port) and amqp_answers(self.addr))
+            ),
+            f"the RabbitMQ node on port {self.port} to accept AMQP connections",
+            RABBITMQ_START_DEADLINE,
+        )
+        if process.poll() is not None:
+            output_tail = (self.directory / "rabbitmq-server.out").read_text(errors="replace")
+            pytest.fail(f"rabbitmq-server exited with {process.returncode}: {output_tail[-2000:]}")
+
+    def stop(self) -> None:
+        """SIGTERM: the script asks the node to shut down as `rabbitmqctl stop` would, and
+        returns when it has."""
+        assert self.process is not None, "the RabbitMQ node is not running"
+        self.process.terminate()
+        self.process.wait(RABBITMQ_STOP_DEADLINE)
+        self.process = None
+
+    def close(self) -> None:
+        """Leave nothing running: SIGKILL the node's process group if it still runs, then the
+        epmd it started on its own port."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+        wait_until(self._epmd_gone, f"the epmd on port {self.epmd_port} to stop", 10.0)
+
+    def _epmd_gone(self) -> bool:
+        """Ask our epmd to exit; it refuses while it still lists the node that just died."""
+        result = subprocess.run(
+            ["epmd", "-port", str(self.epmd_port), "-kill"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        return result.stdout.strip() == b"Killed" or not listening(self.epmd_port)
 
 
 async def _delete_amqp_pipeline(queue: str, exchange: str) -> None:
