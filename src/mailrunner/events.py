@@ -1,11 +1,14 @@
 """The EMAIL_RECEIVED event (version 1): what application code receives for every message.
 
 Plain slotted dataclasses rather than pydantic models: one event is built per accepted
-message on the hot path, and its shape is fixed by `schema/email_received.v1.json`.
+message on the hot path, and its shape is fixed by `schema/email_received.v1.json`. Classes
+and fields are named as the JSON and the worker SDK (`mailrunner.worker.event`) name them,
+`from` becoming `from_`; bytes stay bytes here and become base64 only in `to_dict`.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,15 +33,16 @@ class Address:
 class Envelope:
     """What the SMTP client said, as opposed to what the message headers claim."""
 
-    mail_from: str
-    rcpt_to: tuple[str, ...]
+    from_: str
+    """MAIL FROM address; "" for the null sender <>."""
+    to: tuple[str, ...]
     helo: str
     size: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "from": self.mail_from,
-            "to": list(self.rcpt_to),
+            "from": self.from_,
+            "to": list(self.to),
             "helo": self.helo,
             "size": self.size,
         }
@@ -62,15 +66,15 @@ class Authentication:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredAttachment:
-    """An attachment as the event carries it: inline base64 or a path to a stored file."""
+class Attachment:
+    """An attachment as the event carries it: its bytes inline (`content`) or a stored file."""
 
     filename: str | None
     content_type: str
     size: int
     content_id: str | None
     inline: bool
-    content_base64: str | None = field(default=None, repr=False)
+    content: bytes | None = field(default=None, repr=False)
     path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,18 +85,19 @@ class StoredAttachment:
             "content_id": self.content_id,
             "inline": self.inline,
         }
-        if self.content_base64 is not None:
-            data["content"] = self.content_base64
+        if self.content is not None:
+            data["content"] = base64.b64encode(self.content).decode("ascii")
         if self.path is not None:
             data["path"] = self.path
         return data
 
 
 @dataclass(frozen=True, slots=True)
-class MessageFacts:
+class Message:
     """What the message itself says (headers and bodies), after MIME decoding."""
 
-    message_id: str | None
+    id: str | None
+    """The Message-ID header, None when the message has none."""
     subject: str
     from_: tuple[Address, ...]
     to: tuple[Address, ...]
@@ -101,11 +106,12 @@ class MessageFacts:
     headers: dict[str, list[str]]
     body: str
     html_body: str
-    raw_base64: str | None = field(default=None, repr=False)
+    raw: bytes | None = field(default=None, repr=False)
+    """The exact bytes received; None unless the server runs with `smtp.include_raw`."""
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "id": self.message_id,
+            "id": self.id,
             "subject": self.subject,
             "from": [a.to_dict() for a in self.from_],
             "to": [a.to_dict() for a in self.to],
@@ -115,8 +121,8 @@ class MessageFacts:
             "body": self.body,
             "html_body": self.html_body,
         }
-        if self.raw_base64 is not None:
-            data["raw"] = self.raw_base64
+        if self.raw is not None:
+            data["raw"] = base64.b64encode(self.raw).decode("ascii")
         return data
 
 
@@ -130,8 +136,8 @@ class EmailEvent:
     received_at: datetime
     envelope: Envelope
     authentication: Authentication | None
-    message: MessageFacts
-    attachments: tuple[StoredAttachment, ...] = ()
+    message: Message
+    attachments: tuple[Attachment, ...] = ()
     parse_errors: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:

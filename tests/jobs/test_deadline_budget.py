@@ -22,7 +22,7 @@ from mailrunner.api.http import _time_left
 from mailrunner.api.schemas import PushRequest
 from mailrunner.config import SmtpJobsConfig
 from mailrunner.errors import DeliveryTimeout, PushTimeout
-from mailrunner.events import EmailEvent, Envelope, MessageFacts
+from mailrunner.events import EmailEvent, Envelope, Message
 from mailrunner.jobs.deadline import (
     CALLER_MARGIN,
     COMMIT_WAIT,
@@ -146,9 +146,9 @@ def test_the_smtp_side_hears_a_verdict_given_at_the_end_of_its_grace() -> None:
         uuid="u1",
         remote_addr="127.0.0.1",
         received_at=datetime.now(UTC),
-        envelope=Envelope(mail_from="a@b.c", rcpt_to=("d@e.f",), helo="h", size=0),
+        envelope=Envelope(from_="a@b.c", to=("d@e.f",), helo="h", size=0),
         authentication=None,
-        message=MessageFacts(None, "", (), (), (), (), {}, "", ""),
+        message=Message(None, "", (), (), (), (), {}, "", ""),
     )
     with pytest.raises(PushTimeout) as raised:
         asyncio.run(delivery.deliver(event))

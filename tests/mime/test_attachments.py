@@ -34,7 +34,7 @@ from mailrunner.mime.attachments import (
     safe_filename,
 )
 from mailrunner.mime.build import EventBuilder
-from mailrunner.mime.parse import Attachment, ParseOptions
+from mailrunner.mime.parse import ParsedPart, ParseOptions
 from support.events import arrival, decode_event
 from support.server import RunningServer
 
@@ -46,8 +46,8 @@ def storage(directory: Path, pipeline: str | None = None) -> TempfileStorage:
     return TempfileStorage(directory, pipeline, file_mode=PRIVATE_FILE)
 
 
-def files(*names: str) -> list[Attachment]:
-    return [Attachment(name, "text/plain", name.encode(), None, False) for name in names]
+def files(*names: str) -> list[ParsedPart]:
+    return [ParsedPart(name, "text/plain", name.encode(), None, False) for name in names]
 
 
 def new_id() -> str:
@@ -110,8 +110,8 @@ def test_any_filename_becomes_one_creatable_name_that_is_never_a_mark(
 def test_tempfile_storage_writes_each_attachment_under_the_event_folder(tmp_path: Path) -> None:
     event_id = new_id()
     attachments = [
-        Attachment("../a.txt", "text/plain", b"alpha", None, False),
-        Attachment("a.txt", "text/plain", b"beta", "cid@x", True),
+        ParsedPart("../a.txt", "text/plain", b"alpha", None, False),
+        ParsedPart("a.txt", "text/plain", b"beta", "cid@x", True),
     ]
     stored = asyncio.run(storage(tmp_path).store(event_id, attachments))
     assert [Path(s.path or "").read_bytes() for s in stored] == [b"alpha", b"beta"]

@@ -122,7 +122,7 @@ def test_the_sdk_reads_the_event_and_the_email_job_the_server_writes() -> None:
     assert (email.id, email.message.subject, email.envelope.to) == (
         event.id,
         "round trip",
-        event.envelope.rcpt_to,
+        event.envelope.to,
     )
 
 

@@ -9,7 +9,6 @@ generated, and one is deleted only when `ownership` finds this server's marker i
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import enum
 import os
@@ -24,7 +23,7 @@ from typing import Protocol
 
 import structlog
 
-from mailrunner.events import StoredAttachment
+from mailrunner.events import Attachment
 from mailrunner.files import (
     PRIVATE_DIRECTORY,
     create_directories,
@@ -32,7 +31,7 @@ from mailrunner.files import (
     fsync_directory,
     write_new_file,
 )
-from mailrunner.mime.parse import Attachment
+from mailrunner.mime.parse import ParsedPart
 from mailrunner.tasks import cancel_and_wait
 
 log = structlog.get_logger("mailrunner.attachments")
@@ -41,33 +40,38 @@ _UNSAFE = re.compile(r"[^\w.+@-]+")
 
 
 class AttachmentStorage(Protocol):
-    """Turns decoded attachments into what the event carries.
+    """Turns the parser's attachment parts into what the event carries.
 
     `store` is all or nothing: when it raises or is cancelled, nothing it wrote is left.
     """
 
     async def store(
-        self, event_id: str, attachments: Sequence[Attachment]
-    ) -> tuple[StoredAttachment, ...]: ...
+        self, event_id: str, attachments: Sequence[ParsedPart]
+    ) -> tuple[Attachment, ...]: ...
+
+
+def _carried(
+    part: ParsedPart, *, content: bytes | None = None, path: str | None = None
+) -> Attachment:
+    """The event's account of `part`, its bytes inline (`content`) or in the file at `path`."""
+    return Attachment(
+        filename=part.filename,
+        content_type=part.content_type,
+        size=part.size,
+        content_id=part.content_id,
+        inline=part.inline,
+        content=content,
+        path=path,
+    )
 
 
 class MemoryStorage:
-    """Attachments travel inside the event as base64."""
+    """Attachments travel inside the event (as base64 in its JSON)."""
 
     async def store(
-        self, event_id: str, attachments: Sequence[Attachment]
-    ) -> tuple[StoredAttachment, ...]:
-        return tuple(
-            StoredAttachment(
-                filename=a.filename,
-                content_type=a.content_type,
-                size=a.size,
-                content_id=a.content_id,
-                inline=a.inline,
-                content_base64=base64.b64encode(a.content).decode("ascii"),
-            )
-            for a in attachments
-        )
+        self, event_id: str, attachments: Sequence[ParsedPart]
+    ) -> tuple[Attachment, ...]:
+        return tuple(_carried(part, content=part.content) for part in attachments)
 
 
 NAME_MAX = 255
@@ -192,8 +196,8 @@ class TempfileStorage:
         self._folder_mode = folder_mode(file_mode)
 
     async def store(
-        self, event_id: str, attachments: Sequence[Attachment]
-    ) -> tuple[StoredAttachment, ...]:
+        self, event_id: str, attachments: Sequence[ParsedPart]
+    ) -> tuple[Attachment, ...]:
         """Write every file, or none: a failure removes the event's folder and is raised."""
         if not attachments:
             return ()
@@ -205,7 +209,7 @@ class TempfileStorage:
             raise
 
     async def _take_back(
-        self, writing: asyncio.Future[tuple[StoredAttachment, ...]], event_id: str
+        self, writing: asyncio.Future[tuple[Attachment, ...]], event_id: str
     ) -> None:
         """The session was cancelled mid-write (aiosmtpd does so when the client hangs up):
         no job will point at these files. The thread cannot be stopped, so wait for it."""
@@ -214,8 +218,8 @@ class TempfileStorage:
             await asyncio.to_thread(self.remove, event_id)
 
     def _write_all(
-        self, event_id: str, attachments: Sequence[Attachment]
-    ) -> tuple[StoredAttachment, ...]:
+        self, event_id: str, attachments: Sequence[ParsedPart]
+    ) -> tuple[Attachment, ...]:
         if not _is_event_id(event_id):
             raise ValueError(f"attachment folders are named by event ids (UUIDs), not {event_id!r}")
         create_directories(self.directory, self._folder_mode)
@@ -229,8 +233,8 @@ class TempfileStorage:
             raise
 
     def _fill(
-        self, folder: Path, event_id: str, attachments: Sequence[Attachment]
-    ) -> tuple[StoredAttachment, ...]:
+        self, folder: Path, event_id: str, attachments: Sequence[ParsedPart]
+    ) -> tuple[Attachment, ...]:
         write_new_file(folder / OWNER_MARK, event_id.encode("utf-8"))
         if self._pipeline is not None:
             write_new_file(folder / PIPELINE_MARK, self._pipeline.encode("utf-8"))
@@ -238,16 +242,7 @@ class TempfileStorage:
         for index, attachment in enumerate(attachments, start=1):
             path = folder / safe_filename(attachment.filename, index)
             write_new_file(path, attachment.content, self._file_mode)
-            stored.append(
-                StoredAttachment(
-                    filename=attachment.filename,
-                    content_type=attachment.content_type,
-                    size=attachment.size,
-                    content_id=attachment.content_id,
-                    inline=attachment.inline,
-                    path=str(path),
-                )
-            )
+            stored.append(_carried(attachment, path=str(path)))
         fsync_directory(folder)
         return tuple(stored)
 

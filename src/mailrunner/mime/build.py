@@ -8,14 +8,13 @@ event loop that serves every other session.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 
-from mailrunner.events import Authentication, EmailEvent, Envelope, MessageFacts
+from mailrunner.events import Authentication, EmailEvent, Envelope, Message
 from mailrunner.mime.attachments import AttachmentStorage
 from mailrunner.mime.parse import ParsedMessage, ParseOptions, parse
 
@@ -79,57 +78,50 @@ def with_trace(headers: dict[str, list[str]], trace: str) -> dict[str, list[str]
     return traced
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EventBuilder:
     """Parses DATA, stores attachments and returns the finished event."""
 
-    def __init__(
-        self,
-        *,
-        hostname: str,
-        options: ParseOptions,
-        storage: AttachmentStorage,
-        include_raw: bool,
-        offload_bytes: int,
-        executor: Executor | None = None,
-    ) -> None:
-        self._hostname = hostname
-        self._options = options
-        self._storage = storage
-        self._include_raw = include_raw
-        self._offload_bytes = offload_bytes
-        self._executor = executor
+    hostname: str
+    """Names this server in the `Received:` trace."""
+    options: ParseOptions
+    storage: AttachmentStorage
+    include_raw: bool
+    offload_bytes: int
+    """Messages larger than this are parsed on `executor` (None: the loop's default)."""
+    executor: Executor | None = None
 
     async def build(self, arrival: Arrival, raw: bytes) -> EmailEvent:
-        if len(raw) > self._offload_bytes:
+        if len(raw) > self.offload_bytes:
             loop = asyncio.get_running_loop()
-            parsed = await loop.run_in_executor(self._executor, parse, raw, self._options)
+            parsed = await loop.run_in_executor(self.executor, parse, raw, self.options)
         else:
-            parsed = parse(raw, self._options)
-        parsed.headers = with_trace(parsed.headers, trace_value(arrival, self._hostname))
-        facts = self._facts(parsed, raw)
+            parsed = parse(raw, self.options)
+        parsed.headers = with_trace(parsed.headers, trace_value(arrival, self.hostname))
+        message = self._message(parsed, raw)
         # storing is the last step that can fail, and it removes its own folder when it does:
         # a message refused with 451 leaves no files behind
-        attachments = await self._storage.store(arrival.event_id, parsed.attachments)
+        attachments = await self.storage.store(arrival.event_id, parsed.attachments)
         return EmailEvent(
             id=arrival.event_id,
             uuid=arrival.connection_id,
             remote_addr=arrival.remote_addr,
             received_at=arrival.received_at,
             envelope=Envelope(
-                mail_from=arrival.mail_from,
-                rcpt_to=arrival.rcpt_to,
+                from_=arrival.mail_from,
+                to=arrival.rcpt_to,
                 helo=arrival.helo,
                 size=len(raw),
             ),
             authentication=arrival.authentication,
-            message=facts,
+            message=message,
             attachments=attachments,
             parse_errors=arrival.errors + tuple(parsed.parse_errors),
         )
 
-    def _facts(self, parsed: ParsedMessage, raw: bytes) -> MessageFacts:
-        return MessageFacts(
-            message_id=parsed.message_id,
+    def _message(self, parsed: ParsedMessage, raw: bytes) -> Message:
+        return Message(
+            id=parsed.message_id,
             subject=parsed.subject,
             from_=tuple(parsed.from_),
             to=tuple(parsed.to),
@@ -138,5 +130,5 @@ class EventBuilder:
             headers=parsed.headers,
             body=parsed.body,
             html_body=parsed.html_body,
-            raw_base64=base64.b64encode(raw).decode("ascii") if self._include_raw else None,
+            raw=raw if self.include_raw else None,
         )

@@ -43,8 +43,9 @@ class ParseOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class Attachment:
-    """A leaf that is not one of the two bodies, with its content decoded."""
+class ParsedPart:
+    """A leaf that is not one of the two bodies (an attachment), with its content decoded;
+    `AttachmentStorage` turns it into the event's `Attachment`."""
 
     filename: str | None
     content_type: str
@@ -70,7 +71,7 @@ class ParsedMessage:
     headers: dict[str, list[str]] = field(default_factory=dict)
     body: str = ""
     html_body: str = ""
-    attachments: list[Attachment] = field(default_factory=list)
+    attachments: list[ParsedPart] = field(default_factory=list)
     parse_errors: list[str] = field(default_factory=list)
 
 
@@ -367,7 +368,7 @@ def _text_of(leaf: _Leaf, errors: list[str]) -> str:
     return _LINE_END.sub("\n", text)
 
 
-def _attachment_of(leaf: _Leaf, errors: list[str]) -> Attachment:
+def _attachment_of(leaf: _Leaf, errors: list[str]) -> ParsedPart:
     part = leaf.part
     content_id = part.get("Content-ID")
     cid = (
@@ -375,7 +376,7 @@ def _attachment_of(leaf: _Leaf, errors: list[str]) -> Attachment:
         if content_id
         else None
     )
-    return Attachment(
+    return ParsedPart(
         filename=_filename_of(part, errors),
         content_type=leaf.content_type,
         content=_payload_bytes(leaf, errors),

@@ -1,10 +1,11 @@
 """A read-only view of the EMAIL_RECEIVED event (version 1) for worker code.
 
-The server's own `mailrunner.events` uses pydantic, which a worker must not have to import; this
-module reads the same JSON with the standard library into frozen dataclasses. Field names
-follow the JSON, except `from`, which is a Python keyword and becomes `from_`. Unknown keys
-are ignored so that a newer server can add fields; a missing or mistyped field raises
-`EventError` naming its path (e.g. `message.from[0].email`).
+The server writes the event from its own classes (`mailrunner.events`, which a worker must not
+have to import: it needs orjson); this module reads the same JSON with the standard library
+into frozen dataclasses of the same names. Field names follow the JSON, except `from`, which
+is a Python keyword and becomes `from_`. Unknown keys are ignored so that a newer server can
+add fields; a missing or mistyped field raises `EventError` naming its path (e.g.
+`message.from[0].email`).
 
 Captured AUTH passwords, raw message bytes and attachment contents are left out of reprs: the
 first must never reach a log, the others can be megabytes.
