@@ -1,89 +1,70 @@
 """The NATS JetStream driver: a pipeline shared by many nodes through one stream.
 
-Layout on the server (`stream` defaults to the pipeline's name, `subject` to
-`mailrunner.jobs.<pipeline>`):
+Layout (`stream` defaults to the pipeline's name, `subject` to `mailrunner.jobs.<pipeline>`):
+`<stream>` (file storage, work-queue retention, on `<subject>`) holds the jobs,
+`<stream>_failed` (limits retention, on `<subject>.failed`) the failed list; every node pulls
+from the durable consumer "mailrunner" on `<stream>`: explicit ack, ack_wait = the pipeline's
+visibility_timeout, max_deliver unlimited (mailrunner's consumer, not JetStream, enforces
+`retries`). A job is one message: its payload, `Mailrunner-Job` (id, name, headers, priority
+and auto_ack as ASCII JSON: NATS headers cannot carry newlines), `Mailrunner-Attempts` (the
+deliveries it had before this message, see nack) and `Nats-Msg-Id` (its id).
 
-    <stream>         file storage, work-queue retention, subject <subject>: the jobs
-    <stream>_failed  file storage, limits retention, subject <subject>.failed: the failed list
-    consumer "mailrunner" on <stream>: durable pull, explicit ack, ack_wait = the pipeline's
-                     visibility_timeout, max_deliver unlimited (the consumer of mailrunner,
-                     not JetStream, enforces `retries`)
+Capabilities: durable, as `push` returns after the PubAck of a file-backed stream (JetStream
+syncs in the background: a power loss can lose the last seconds, a killed nats-server does
+not). idempotent_push is declared false: `Nats-Msg-Id` drops a re-push only within the
+stream's duplicate window (2 minutes). No atomic_batch: a batch is published one message at a
+time; what a failed one stored is deleted again, but a reader can see part of it. No priority:
+JetStream serves in stream order. delay is declared false: a delayed job carries
+`Mailrunner-Not-Before`, and a reserve that meets it early gives it back with
+`nak(delay=remaining)`, but `stat` counts it as queued. No peek: JetStream cannot list a
+consumer's messages in serving order without leasing. max_payload: the server's (from its
+INFO) minus 8 KiB for the job's metadata headers, which share that limit.
 
-A job is one message: the payload is the job's payload, the `Mailrunner-Job` header holds
-its id, name, headers, priority and auto_ack as ASCII JSON (NATS headers cannot carry
-newlines), `Mailrunner-Attempts` the deliveries it had before this message (see nack), and
-`Nats-Msg-Id` its id.
+Leases: a lease is one delivery. `extend` is `in_progress()`, which restarts the server's
+ack_wait. This process notes when each of its leases expires, measured from before the pull
+(never later than the server's expiry); a lease past that, or whose message it has seen
+delivered again, is stale and its ack, nack, extend and release do nothing: a duplicate run,
+never a loss, and another consumer's lease is never disturbed. Deliveries are told apart by
+their consumer sequence: after a killed server restarts, JetStream can deliver a message a
+second time as if new (its consumer state on disk was behind); only the latest one is a
+lease. Pulls run one at a time per driver, on this process's own inbox; a message that
+arrives after its pull gave up is given back at once with `nak()`, uncounted. The leases of a
+killed process are given back by the next one on its data_dir (see `_nats_leases`).
 
-What it honours (the capabilities it declares):
-
-- durable: yes. `push` returns after JetStream's PubAck, which a file-backed stream sends
-  once the message is stored (JetStream syncs its files in the background; a whole-machine
-  power loss can lose the last seconds, a killed nats-server does not).
-- idempotent_push: declared false. `Nats-Msg-Id` = job id makes JetStream drop a re-push of
-  an id within the stream's duplicate window (2 minutes), but not after it, so "the same id
-  is stored once" holds only inside that window.
-- atomic_batch: no. A batch is published one message at a time; when one fails, the ones
-  already stored are deleted again before push raises, but a reader can see part of it.
-- priority: no. JetStream serves in stream order; the job keeps its priority.
-- delay: declared false. A job pushed with a delay carries `Mailrunner-Not-Before` and a
-  reserve that meets it early gives it back with `nak(delay=remaining)`, so it is not served
-  early, but until then `stat` counts it as queued, not delayed.
-- peek: no. JetStream cannot list a consumer's messages in serving order without leasing.
-- max_payload: the server's `max_payload` (from its INFO on connect) minus 8 KiB kept for the
-  job's metadata headers, which share that limit with the payload.
-
-Leases: a lease is one delivery (stream sequence + delivery count). `extend` is
-`in_progress()` (+WPI), which restarts the server's ack_wait. This process remembers when each
-of its leases expires, measured from before the pull request (so never later than the
-server's own expiry); a lease past that instant, or whose message it has seen delivered again,
-is stale and its ack, nack, extend and release do nothing: the job will run again, a duplicate
-never a loss, and another consumer's lease is never disturbed. Leases are told apart by the
-delivery's consumer sequence: after a killed server restarts, JetStream can deliver a message
-a second time as if new (its consumer state on disk was behind); only the latest delivery is
-a lease. Pulls run one at a time per driver, each on this process's own inbox; a message that
-arrives after its pull gave up is given back at once with `nak()`, uncounted.
-
-Attempts: attempt = `Mailrunner-Attempts` + the message's `num_delivered`, minus the
-deliveries this process gave back uncounted (`release`, and skipping a not-yet-due message).
-Those uncounted deliveries are remembered in this process only: a release by another node, or
-before a restart, counts as an attempt.
+Attempts: `Mailrunner-Attempts` + the message's `num_delivered`, minus the deliveries this
+process gave back uncounted (`release`, skipping a job not yet due). Only this process knows
+those: a release by another node, or before a restart, counts as an attempt.
 
 nack: with requeue and no delay, or with new headers, the job is published again as a new
-message (`Mailrunner-Attempts` = the attempts so far, new headers if given) and the original
-acked after the copy's PubAck, so it is due at once and survives restarts as queued. With
-requeue and a delay but no new headers it is `nak(delay=...)`: the original waits on the
-server. With a delay and new headers, the copy carries `Mailrunner-Not-Before`. Without
-requeue a copy goes to `<stream>_failed` with the error, attempts and time in headers, and the
-original is terminated after that copy's PubAck. `release` is `nak()`: JetStream redelivers
-it before newer messages, so it keeps its place.
+message (the attempts so far, the new headers) and the original acked after the copy's
+PubAck, so it is due at once and survives restarts as queued. With a delay and no new headers
+it is `nak(delay=...)`, waiting on the server; with both, the copy carries
+`Mailrunner-Not-Before`. Without requeue a copy goes to the failed stream (error, attempts and
+time in headers) and the original is terminated after that copy's PubAck. `release` is
+`nak()`: JetStream redelivers it before newer messages, so it keeps its place.
 
-stat: queued = the consumer's `num_pending` (never delivered) plus messages this process knows
-are due again although still unacknowledged on the server (its expired leases, releases, and
-nak delays that are over); delayed = this process's nak delays that are not over; reserved =
-the rest of the consumer's `num_ack_pending`; failed = the failed stream's message count.
-Exact for one process; with several nodes, or after a restart, a job waiting on the server for
-redelivery (an expired lease, a nak delay) counts as reserved until it is delivered again.
+stat: queued = the consumer's `num_pending` plus the messages this process knows are due again
+though still unacknowledged on the server (expired leases, releases, nak delays that are
+over); delayed = its nak delays not over; reserved = the rest of `num_ack_pending`; failed =
+the failed stream's count. Exact for one process; with several, or after a restart, a job
+waiting on the server for redelivery counts as reserved until it is delivered again.
 
-No late delivery: the client is connected with `pending_size=0`, so nats-py refuses to buffer a
-publish while disconnected or reconnecting (the push fails at once with DriverUnavailable
-instead of being sent after the server returns). Before each message the deadline and the
-connection are checked, and the PubAck is awaited up to the deadline plus `VERDICT_GRACE`
-(`jobs/deadline.py`), to learn what to delete; a job whose PubAck comes after the deadline is
-deleted again (by its sequence) before PushTimeout is raised. Each message also carries the
-pusher's wall-clock deadline (`Mailrunner-Deadline`), and reserve terminates, unseen, a message
-the server stored more than `config.max_clock_skew` (default 2 s) after it, so even a publish
-whose PubAck never came is not delivered when it landed late. Every such job is logged ("job
-dropped: stored after its push deadline", with its id and pipeline) and counted in
-`dropped_late` (the metric `mailrunner_jobs_dropped_late_total{pipeline}`): a pusher whose
-clock lags the server's by more than the skew shows up there instead of losing mail silently.
-The skew is the tolerance for clocks that disagree: a push whose PubAck never came although the
-server stored it within its deadline plus the skew may be delivered although push raised: a
-duplicate after the SMTP client's retry, never a loss.
+No late delivery: the client connects with `pending_size=0`, so nats-py refuses to buffer a
+publish while disconnected (the push fails at once with DriverUnavailable instead of being
+sent after the server returns). Before each message the deadline and the connection are
+checked, and the PubAck is awaited up to the deadline plus `VERDICT_GRACE`
+(`jobs/deadline.py`); a job confirmed after the deadline is deleted again before PushTimeout
+is raised. Each message also carries the pusher's wall-clock deadline (`Mailrunner-Deadline`),
+and reserve terminates, unseen, a message the server stored more than `max_clock_skew` after
+it, so even a publish whose PubAck never came is not delivered when it landed late. Each drop
+is logged ("job dropped: stored after its push deadline") and counted in `dropped_late`: a
+pusher whose clock lags the server's by more than the skew shows there instead of losing mail
+silently. Within the skew, a push that raised may be delivered: a duplicate after the SMTP
+client's retry, never a loss.
 
-Connections: nats-py reconnects by itself (allow_reconnect, unlimited attempts); the durable
-consumer and the pull inbox survive a server restart, so the same driver works again once the
-server is back, without reopening. While it is down every call fails fast with
-DriverUnavailable.
+Connections: nats-py reconnects by itself; the durable consumer and the pull inbox survive a
+server restart, so the same driver works again once the server is back, without reopening.
+While it is down every call fails fast with DriverUnavailable.
 """
 
 from __future__ import annotations
@@ -95,7 +76,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -107,15 +88,7 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
+from nats.js import JetStreamContext, api
 
 from mailrunner.config import NatsPipelineConfig, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
@@ -127,6 +100,7 @@ from mailrunner.jobs.drivers._common import (
     selects_nothing,
     time_left,
 )
+from mailrunner.jobs.drivers._nats_leases import LeaseFile
 from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
@@ -141,14 +115,17 @@ _PULL_MARGIN = 0.25
 """Seconds a waiting pull listens past its expiry for the server's 408."""
 _DUPLICATE_WINDOW = 120.0
 
-_JOB = "Mailrunner-Job"
-_ATTEMPTS = "Mailrunner-Attempts"
-_DEADLINE = "Mailrunner-Deadline"
-_NOT_BEFORE = "Mailrunner-Not-Before"
-_ERROR = "Mailrunner-Error"
-_FAILED_AT = "Mailrunner-Failed-At"
-_MSG_ID = "Nats-Msg-Id"
-_STATUS = "Status"
+_JOB, _ATTEMPTS, _MSG_ID = "Mailrunner-Job", "Mailrunner-Attempts", "Nats-Msg-Id"
+_DEADLINE, _NOT_BEFORE = "Mailrunner-Deadline", "Mailrunner-Not-Before"
+_ERROR, _FAILED_AT = "Mailrunner-Error", "Mailrunner-Failed-At"
+_State = Literal["leased", "released", "delayed"]
+_UNREACHABLE = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    OSError,
+)
 
 
 def _cancelled_by_caller() -> bool:
@@ -172,44 +149,31 @@ def _msg_id(job_id: str) -> str:
 
 
 def _encode(job: Job, attempts: int, extra: dict[str, str] | None = None) -> dict[str, str]:
-    meta = {
-        "id": job.id,
-        "name": job.name,
-        "headers": job.headers,
-        "priority": job.options.priority,
-        "auto_ack": job.options.auto_ack,
-    }
-    headers = {_JOB: json.dumps(meta, ensure_ascii=True), _ATTEMPTS: str(attempts)}
-    if extra:
-        headers.update(extra)
-    return headers
+    options = job.options
+    meta: dict[str, Any] = {"id": job.id, "name": job.name, "headers": job.headers}
+    meta |= {"priority": options.priority, "auto_ack": options.auto_ack}
+    return {_JOB: json.dumps(meta, ensure_ascii=True), _ATTEMPTS: str(attempts), **(extra or {})}
 
 
-def _decode(msg_headers: dict[str, str] | None, payload: bytes, pipeline: str) -> Job:
-    meta = json.loads((msg_headers or {})[_JOB])
-    return Job(
-        id=meta["id"],
-        name=meta["name"],
-        payload=payload,
-        options=JobOptions(
-            pipeline=pipeline, priority=int(meta["priority"]), auto_ack=bool(meta["auto_ack"])
-        ),
-        headers=meta["headers"],
-    )
+def _decode(headers: dict[str, str] | None, payload: bytes, pipeline: str) -> Job:
+    meta = json.loads((headers or {})[_JOB])
+    options = JobOptions(pipeline, int(meta["priority"]), auto_ack=bool(meta["auto_ack"]))
+    return Job(meta["id"], meta["name"], payload, options, meta["headers"])
 
 
 @dataclass(slots=True)
 class _Held:
-    """What this process knows about one unacknowledged message (by stream sequence).
+    """What this process knows of one unacknowledged message (by stream sequence).
 
     `delivery` is the consumer sequence of its latest delivery seen here (unique per
-    delivery, unlike `num_delivered`, which a consumer restored after a crash can repeat).
-    `state` leased: valid until `until`; released: due now; delayed: due at `until`.
+    delivery, unlike `num_delivered`, which a consumer restored after a crash can repeat);
+    leased until `until`, released (due now) or delayed until `until`; `reply` acks it.
     """
 
     delivery: int
-    state: Literal["leased", "released", "delayed"]
+    state: _State
     until: float
+    reply: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +192,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         self.name = name
         self.visibility_timeout = float(settings.visibility_timeout)
         self.addr = mask_url(settings.config.addr)
-        self._max_clock_skew = float(settings.config.max_clock_skew)
-        self.capabilities = broker_capabilities(max_payload=None)
-        """`max_payload` is filled in by `open()` from the server's INFO."""
+        self.capabilities = broker_capabilities(max_payload=None)  # open() sets max_payload
         self._settings = settings.config
         self.stream = settings.config.stream or _token(name)
         self.subject = settings.config.subject or f"mailrunner.jobs.{_token(name)}"
@@ -245,6 +207,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         self._pull_lock = asyncio.Lock()
         self._held: dict[int, _Held] = {}
         self._uncounted: dict[int, int] = {}
+        self._leases = LeaseFile(data_dir / f"nats-leases.{self.stream}.json", self._noted)
 
     # --- connecting ----------------------------------------------------------------------
 
@@ -274,59 +237,65 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             await self._declare(js)
             self._inbox = nc.new_inbox()
             self._sub = await nc.subscribe(self._inbox + ".*", cb=self._on_pulled)
+            for reply in await self._leases.left_behind():
+                await nc.publish(reply, b"-NAK")
+            await nc.flush(_CALL_TIMEOUT)
         except (nats.errors.Error, OSError) as error:
             await nc.close()
             raise DriverUnavailable(
-                f"pipeline {self.name}: cannot declare stream {self.stream} on {self.addr}: "
+                f"pipeline {self.name}: cannot set up stream {self.stream} on {self.addr}: "
                 + str(error)
             ) from error
         self.capabilities = broker_capabilities(max_payload=max(0, nc.max_payload - _HEADER_ROOM))
         self._nc, self._js = nc, js
+        self._leases.start()
 
     async def _declare(self, js: JetStreamContext) -> None:
         """Create the streams and the durable consumer unless they exist already."""
         for name, subject, retention in (
-            (self.stream, self.subject, RetentionPolicy.WORK_QUEUE),
-            (self.failed_stream, self.failed_subject, RetentionPolicy.LIMITS),
+            (self.stream, self.subject, api.RetentionPolicy.WORK_QUEUE),
+            (self.failed_stream, self.failed_subject, api.RetentionPolicy.LIMITS),
         ):
-            try:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.stream_info(name)
-            except nats.js.errors.NotFoundError:
-                await js.add_stream(
-                    StreamConfig(
-                        name=name,
-                        subjects=[subject],
-                        retention=retention,
-                        storage=StorageType.FILE,
-                        duplicate_window=_DUPLICATE_WINDOW,
-                    )
-                )
-        config = ConsumerConfig(
+                continue
+            await js.add_stream(
+                name=name,
+                subjects=[subject],
+                retention=retention,
+                storage=api.StorageType.FILE,
+                duplicate_window=_DUPLICATE_WINDOW,
+            )
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.consumer_info(self.stream, CONSUMER)
+            return
+        await js.add_consumer(
+            self.stream,
             durable_name=CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
             ack_wait=self.visibility_timeout,
             max_deliver=-1,
             max_ack_pending=-1,
             filter_subject=self.subject,
         )
-        try:
-            await js.consumer_info(self.stream, CONSUMER)
-        except nats.js.errors.NotFoundError:
-            await js.add_consumer(self.stream, config)
 
     async def close(self) -> None:
-        nc, self._nc, self._js, self._sub = self._nc, None, None, None
+        nc, sub, self._nc, self._js, self._sub = self._nc, self._sub, None, None, None
+        await self._leases.stop()
         self._held.clear()
         self._uncounted.clear()
-        if nc is not None:
-            try:
-                await nc.close()
-            except asyncio.CancelledError:
-                if _cancelled_by_caller():
-                    raise
-            except Exception as error:
-                log.debug("nats client close failed", pipeline=self.name, error=repr(error))
+        if nc is None:
+            return
+        try:
+            if sub is not None:
+                await sub.unsubscribe()
+            await nc.close()
+        except asyncio.CancelledError:
+            if _cancelled_by_caller():
+                raise
+        except Exception as error:
+            log.debug("nats client close failed", pipeline=self.name, error=repr(error))
 
     def _client(self) -> tuple[Client, JetStreamContext]:
         if self._nc is None or self._js is None:
@@ -340,16 +309,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             return DriverUnavailable(
                 f"pipeline {self.name}: nats at {self.addr} did not answer while {doing}"
             )
-        if isinstance(
-            error,
-            (
-                nats.errors.ConnectionClosedError,
-                nats.errors.OutboundBufferLimitError,
-                nats.errors.NoRespondersError,
-                nats.js.errors.NoStreamResponseError,
-                OSError,
-            ),
-        ):
+        if isinstance(error, _UNREACHABLE):
             return DriverUnavailable(
                 f"pipeline {self.name}: nats at {self.addr} unreachable while {doing}: "
                 f"{type(error).__name__}"
@@ -365,7 +325,9 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         try:
             await self._publish_jobs(jobs, deadline, stored)
         except BaseException as error:
-            await self._unstore(js, stored)
+            for seq in stored:  # best effort: reserve also drops what was stored late
+                with contextlib.suppress(Exception):
+                    await js.delete_msg(self.stream, seq)
             if isinstance(error, asyncio.CancelledError) and not _cancelled_by_caller():
                 raise DriverUnavailable(
                     f"pipeline {self.name}: the nats client cancelled its own request"
@@ -381,22 +343,17 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
 
     async def _publish_jobs(self, jobs: Sequence[Job], deadline: float, stored: list[int]) -> None:
         """Publish one job at a time, each only while connected and before the deadline,
-        adding each new message's sequence to `stored` (for `_unstore`)."""
+        adding each new message's sequence to `stored` (deleted again if the push fails)."""
         wall_deadline = time.time() + (deadline - time.monotonic())
         for job in jobs:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PushTimeout(f"pipeline {self.name}: push deadline passed while storing")
+            remaining = time_left(self.name, deadline, f"storing job {job.id}")
             extra = {_MSG_ID: _msg_id(job.id), _DEADLINE: repr(wall_deadline)}
             if job.options.delay > 0:
                 extra[_NOT_BEFORE] = repr(time.time() + job.options.delay)
             _nc, js = self._client()  # disconnected: fail now, never buffer
-            ack = await js.publish(
-                self.subject,
-                job.payload,
-                timeout=remaining + VERDICT_GRACE,
-                headers=_encode(job, 0, extra),
-            )
+            headers = _encode(job, 0, extra)
+            timeout = remaining + VERDICT_GRACE
+            ack = await js.publish(self.subject, job.payload, timeout=timeout, headers=headers)
             if not ack.duplicate:
                 stored.append(ack.seq)
         if time.monotonic() > deadline:
@@ -404,13 +361,6 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                 f"pipeline {self.name}: nats at {self.addr} confirmed the push after its "
                 "deadline; the jobs were deleted again"
             )
-
-    async def _unstore(self, js: JetStreamContext, seqs: Sequence[int]) -> None:
-        """Delete messages a failed or late push stored (best effort: reserve also drops
-        a message stored after its deadline)."""
-        for seq in seqs:
-            with contextlib.suppress(Exception):
-                await js.delete_msg(self.stream, seq)
 
     # --- pulling -------------------------------------------------------------------------
 
@@ -425,13 +375,10 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         status = JetStreamContext.is_status_msg(msg)
         if current is not None and (status is None or msg.subject.endswith("." + current[0])):
             current[1].put_nowait(msg)
-            return
-        if status is not None or not msg.reply:
-            return
-        with contextlib.suppress(Exception):
-            seq = msg.metadata.sequence.stream
-            self._uncounted[seq] = self._uncounted.get(seq, 0) + 1
-            await msg.nak()
+        elif status is None and msg.reply:
+            with contextlib.suppress(Exception):
+                self._count_out(msg.metadata.sequence.stream)
+                await msg.nak()
 
     async def _pull(self, batch: int, expires: float | None) -> list[Msg]:
         """One pull request on this process's inbox: `no_wait` when `expires` is None."""
@@ -453,21 +400,15 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                 json.dumps(request).encode(),
                 reply=f"{self._inbox}.{token}",
             )
-            give_up = time.monotonic() + listen
-            while len(msgs) < batch:
-                remaining = give_up - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(listen):
+                    while len(msgs) < batch:
                         msg = await queue.get()
-                except TimeoutError:
-                    break
-                status = JetStreamContext.is_status_msg(msg)
-                if status is None:
-                    msgs.append(msg)
-                elif status != "100":
-                    break
+                        status = JetStreamContext.is_status_msg(msg)
+                        if status is None:
+                            msgs.append(msg)
+                        elif status != "100":
+                            break
         except Exception as error:
             raise self._failure(error, "reserving jobs") from error
         finally:
@@ -478,18 +419,17 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                     msgs.append(msg)
         return msgs
 
-    def _late_by(self, msg: Msg) -> float | None:
-        """Seconds by which the server stored `msg` after its push's deadline, beyond
-        `max_clock_skew`; None when it came in time (or carries no deadline)."""
+    async def _drop_if_late(self, msg: Msg) -> bool:
+        """Discard, unseen, a message the server stored more than `max_clock_skew` after its
+        push's deadline (the pusher raised, so the SMTP client got 451 and sends the mail
+        again): logged and counted, never silent."""
         deadline = (msg.headers or {}).get(_DEADLINE)
         if deadline is None:
-            return None
-        late_by = msg.metadata.timestamp.timestamp() - float(deadline) - self._max_clock_skew
-        return late_by if late_by > 0 else None
-
-    async def _drop_late(self, msg: Msg, late_by: float) -> None:
-        """Discard, unseen, a message stored after its push gave up (the pusher raised, so
-        the SMTP client got 451 and sends the mail again): logged and counted, never silent."""
+            return False
+        skew = float(self._settings.max_clock_skew)
+        late_by = msg.metadata.timestamp.timestamp() - float(deadline) - skew
+        if late_by <= 0:
+            return False
         job = _decode(msg.headers, msg.data, self.name)
         self.dropped_late += 1
         log.warning(
@@ -498,41 +438,39 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             id=job.id,
             job=job.name,
             late_by=round(late_by, 3),
-            max_clock_skew=self._max_clock_skew,
+            max_clock_skew=skew,
         )
         await self._quietly(msg.term())
+        return True
 
     def _lease(self, msg: Msg, pulled_at: float) -> DriverLease[_Delivery]:
-        """A lease for a pulled message, remembered as held by this process."""
+        """A lease for a pulled message, noted as held by this process."""
         meta = msg.metadata
-        seq, delivered, delivery = meta.sequence.stream, meta.num_delivered, meta.sequence.consumer
+        seq, delivery = meta.sequence.stream, meta.sequence.consumer
         headers = msg.headers or {}
         job = _decode(headers, msg.data, self.name)
-        attempt = int(headers.get(_ATTEMPTS, "0")) + delivered - self._uncounted.get(seq, 0)
-        self._held[seq] = _Held(delivery, "leased", pulled_at + self.visibility_timeout)
+        attempt = (
+            int(headers.get(_ATTEMPTS, "0")) + meta.num_delivered - self._uncounted.get(seq, 0)
+        )
+        self._hold(seq, delivery, "leased", pulled_at + self.visibility_timeout, msg.reply)
         return DriverLease(self, job, attempt, _Delivery(msg, seq, delivery))
 
     async def _take(self, msgs: list[Msg], pulled_at: float) -> list[Lease]:
         leases: list[DriverLease[_Delivery]] = []
         for msg in msgs:
-            headers = msg.headers or {}
             try:
-                late_by = self._late_by(msg)
-                if late_by is not None:
-                    await self._drop_late(msg, late_by)
+                if await self._drop_if_late(msg):
                     continue
                 lease = self._lease(msg, pulled_at)
             except (KeyError, ValueError, TypeError) as error:
                 log.error("dropping a malformed nats message", pipeline=self.name, error=str(error))
                 await self._quietly(msg.term())
                 continue
-            not_before = float(headers.get(_NOT_BEFORE, "0"))
-            if not_before > time.time():
-                remaining = not_before - time.time()
-                self._uncounted[lease.handle.seq] = self._uncounted.get(lease.handle.seq, 0) + 1
-                self._held[lease.handle.seq] = _Held(
-                    lease.handle.delivery, "delayed", time.monotonic() + remaining
-                )
+            remaining = float((msg.headers or {}).get(_NOT_BEFORE, "0")) - time.time()
+            if remaining > 0:
+                self._count_out(lease.handle.seq)
+                until = time.monotonic() + remaining
+                self._hold(lease.handle.seq, lease.handle.delivery, "delayed", until, msg.reply)
                 await self._quietly(msg.nak(delay=remaining))
                 continue
             leases.append(lease)
@@ -544,7 +482,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             if self._held[lease.handle.seq].delivery == lease.handle.delivery
         ]
 
-    async def _quietly(self, call: Any) -> None:
+    async def _quietly(self, call: Awaitable[Any]) -> None:
         try:
             await call
         except Exception as error:
@@ -572,20 +510,34 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                 if remaining <= 0.005:
                     return []
                 pulled_at = time.monotonic()
-                msgs = await self._pull(1, remaining)
-                leases = await self._take(msgs, pulled_at)
-                if leases:
-                    if limit > 1:
-                        pulled_at = time.monotonic()
-                        more = await self._pull(limit - 1, None)
-                        leases += await self._take(more, pulled_at)
+                leases = await self._take(await self._pull(1, remaining), pulled_at)
+                if leases and limit > 1:
+                    pulled_at = time.monotonic()
+                    leases += await self._take(await self._pull(limit - 1, None), pulled_at)
+                if leases or time.monotonic() >= give_up:
                     return leases
-                if time.monotonic() >= give_up:
-                    return []
         finally:
             self._pull_lock.release()
 
     # --- leases --------------------------------------------------------------------------
+
+    def _noted(self) -> dict[str, float]:
+        """The leases held now, for `_nats_leases`: reply subject -> wall-clock expiry."""
+        wall = time.time() - time.monotonic()
+        return {h.reply: wall + h.until for h in self._held.values() if h.state == "leased"}
+
+    def _hold(self, seq: int, delivery: int, state: _State, until: float, reply: str) -> None:
+        self._held[seq] = _Held(delivery, state, until, reply)
+        self._leases.changed()
+
+    def _forget(self, seq: int) -> None:
+        self._held.pop(seq, None)
+        self._uncounted.pop(seq, None)
+        self._leases.changed()
+
+    def _count_out(self, seq: int) -> None:
+        """The next delivery of `seq` is not an attempt: this one is given back uncounted."""
+        self._uncounted[seq] = self._uncounted.get(seq, 0) + 1
 
     def _valid(self, lease: DriverLease[_Delivery]) -> bool:
         held = self._held.get(lease.handle.seq)
@@ -597,82 +549,65 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             and time.monotonic() < held.until
         )
 
-    def _forget(self, seq: int) -> None:
-        self._held.pop(seq, None)
-        self._uncounted.pop(seq, None)
+    async def _answer(self, call: Callable[[], Awaitable[Any]]) -> None:
+        """Answer a delivery (nak, in_progress, term) and flush it: only while connected."""
+        nc, _js = self._client()
+        await self._quietly(call())
+        await self._quietly(nc.flush(_CALL_TIMEOUT))
 
     async def extend(self, lease: DriverLease[_Delivery]) -> None:
         if not self._valid(lease):
             return
-        msg = lease.handle.msg
         started = time.monotonic()
-        nc, _js = self._client()
-        await self._quietly(msg.in_progress())
-        await self._quietly(nc.flush(_CALL_TIMEOUT))
+        await self._answer(lease.handle.msg.in_progress)
         held = self._held.get(lease.handle.seq)
         if held is not None and held.delivery == lease.handle.delivery:
             held.until = started + self.visibility_timeout
+            self._leases.changed()
 
     async def ack(self, lease: DriverLease[_Delivery]) -> None:
-        if not self._valid(lease):
-            return
-        msg = lease.handle.msg
-        self._client()
-        await self._quietly(msg.ack_sync(timeout=_CALL_TIMEOUT))
-        self._forget(lease.handle.seq)
+        if self._valid(lease):
+            self._client()
+            await self._quietly(lease.handle.msg.ack_sync(timeout=_CALL_TIMEOUT))
+            self._forget(lease.handle.seq)
 
     async def release(self, lease: DriverLease[_Delivery]) -> None:
-        if not self._valid(lease):
-            return
-        msg = lease.handle.msg
-        nc, _js = self._client()
-        await self._quietly(msg.nak())
-        await self._quietly(nc.flush(_CALL_TIMEOUT))
-        self._uncounted[lease.handle.seq] = self._uncounted.get(lease.handle.seq, 0) + 1
-        self._held[lease.handle.seq] = _Held(lease.handle.delivery, "released", 0.0)
+        if self._valid(lease):
+            msg = lease.handle.msg
+            await self._answer(msg.nak)
+            self._count_out(lease.handle.seq)
+            self._hold(lease.handle.seq, lease.handle.delivery, "released", 0.0, msg.reply)
 
     async def nack(self, lease: DriverLease[_Delivery], nack: Nack) -> None:
         if not self._valid(lease):
             return
-        msg = lease.handle.msg
-        nc, js = self._client()
-        job = lease.job
-        if nack.headers is not None:
-            job = replace(job, headers=nack.headers)
+        msg, seq = lease.handle.msg, lease.handle.seq
+        job = lease.job if nack.headers is None else replace(lease.job, headers=nack.headers)
         if not nack.requeue:
             why = {_ERROR: json.dumps(nack.error, ensure_ascii=True), _FAILED_AT: repr(time.time())}
-            await self._publish(js, self.failed_subject, job, lease.attempt, why)
-            await self._quietly(msg.term())
-            await self._quietly(nc.flush(_CALL_TIMEOUT))
-            self._forget(lease.handle.seq)
+            await self._publish(self.failed_subject, job, lease.attempt, why)
+            await self._answer(msg.term)
+            self._forget(seq)
         elif nack.delay > 0 and nack.headers is None:
-            await self._quietly(msg.nak(delay=nack.delay))
-            await self._quietly(nc.flush(_CALL_TIMEOUT))
-            self._held[lease.handle.seq] = _Held(
-                lease.handle.delivery, "delayed", time.monotonic() + nack.delay
-            )
+            await self._answer(lambda: msg.nak(delay=nack.delay))
+            until = time.monotonic() + nack.delay
+            self._hold(seq, lease.handle.delivery, "delayed", until, msg.reply)
         else:
             extra = {_NOT_BEFORE: repr(time.time() + nack.delay)} if nack.delay > 0 else None
-            await self._publish(js, self.subject, job, lease.attempt, extra)
+            await self._publish(self.subject, job, lease.attempt, extra)
             await self._quietly(msg.ack_sync(timeout=_CALL_TIMEOUT))
-            self._forget(lease.handle.seq)
+            self._forget(seq)
 
     async def _publish(
-        self,
-        js: JetStreamContext,
-        subject: str,
-        job: Job,
-        attempts: int,
-        extra: dict[str, str] | None,
-    ) -> int:
+        self, subject: str, job: Job, attempts: int, extra: dict[str, str] | None
+    ) -> None:
         """Publish a copy of a job (requeue, failed list, retry) and wait for its PubAck."""
+        _nc, js = self._client()
+        headers = _encode(job, attempts, extra)
         try:
-            ack = await js.publish(
-                subject, job.payload, timeout=_CALL_TIMEOUT, headers=_encode(job, attempts, extra)
-            )
+            await js.publish(subject, job.payload, timeout=_CALL_TIMEOUT, headers=headers)
         except Exception as error:
             raise self._failure(error, f"storing a copy of job {job.id}") from error
-        return ack.seq
 
     # --- inspection and the failed list --------------------------------------------------
 
@@ -720,21 +655,14 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                 if raw.seq is None:
                     break
                 headers = raw.headers or {}
-                job = _decode(headers, raw.data or b"", self.name)
-                entries.append(
-                    (
-                        raw.seq,
-                        FailedJob(
-                            job=job,
-                            error=json.loads(headers.get(_ERROR, '""')),
-                            attempts=int(headers.get(_ATTEMPTS, "0")),
-                            failed_at=float(headers.get(_FAILED_AT, "0")),
-                        ),
-                    )
+                error = json.loads(headers.get(_ERROR, '""'))
+                attempts, failed_at = (
+                    int(headers.get(_ATTEMPTS, "0")),
+                    float(headers.get(_FAILED_AT, "0")),
                 )
+                job = _decode(headers, raw.data or b"", self.name)
+                entries.append((raw.seq, FailedJob(job, error, attempts, failed_at)))
                 seq = raw.seq + 1
-        except DriverError:
-            raise
         except Exception as error:
             raise self._failure(error, "listing failed jobs") from error
         return entries
@@ -745,32 +673,29 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         return [entry for _seq, entry in (await self._failed_messages())[:limit]]
 
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        if selects_nothing(ids):
-            return 0
-        _nc, js = self._client()
-        chosen = selection(ids)
-        count = 0
-        for seq, entry in await self._failed_messages():
-            if not chosen(entry.job.id):
-                continue
-            await self._publish(js, self.subject, entry.job, 0, None)
-            await self._delete_failed(js, seq)
-            count += 1
-        return count
+        chosen = [(seq, e.job) for seq, e in await self._chosen_failed(ids)]
+        for seq, job in chosen:
+            await self._publish(self.subject, job, 0, None)
+            await self._delete_failed(seq)
+        return len(chosen)
 
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        if selects_nothing(ids):
-            return []
-        _nc, js = self._client()
-        chosen = selection(ids)
         removed: dict[str, None] = {}  # ordered and each once: a failed list may repeat an id
-        for seq, entry in await self._failed_messages():
-            if chosen(entry.job.id):
-                await self._delete_failed(js, seq)
-                removed[entry.job.id] = None
+        for seq, entry in await self._chosen_failed(ids):
+            await self._delete_failed(seq)
+            removed[entry.job.id] = None
         return list(removed)
 
-    async def _delete_failed(self, js: JetStreamContext, seq: int) -> None:
+    async def _chosen_failed(self, ids: Sequence[str] | None) -> list[tuple[int, FailedJob]]:
+        if selects_nothing(ids):
+            return []
+        chosen = selection(ids)
+        return [
+            (seq, entry) for seq, entry in await self._failed_messages() if chosen(entry.job.id)
+        ]
+
+    async def _delete_failed(self, seq: int) -> None:
+        _nc, js = self._client()
         try:
             await js.delete_msg(self.failed_stream, seq)
         except nats.js.errors.NotFoundError:
@@ -791,3 +716,4 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             raise self._failure(error, "deleting the pipeline's jobs") from error
         self._held.clear()
         self._uncounted.clear()
+        self._leases.changed()
