@@ -1,6 +1,6 @@
 """What every driver does the same way, written once: the deadline check before storing,
-the wait of a reserve, the failed-list id selection, and the capabilities a store or a broker
-starts from.
+the wait of a reserve, the failed-list id selection, error wrapping, and the capabilities a
+store or a broker starts from.
 
 Kept apart from `jobs/driver.py` (the contract) because these are ways of meeting it, which a
 new driver may use or not.
@@ -13,11 +13,11 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from mailrunner.errors import PushTimeout
+from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.files import write_new_file
 from mailrunner.jobs.driver import Lease
 from mailrunner.jobs.model import Capabilities, Job
@@ -49,6 +49,34 @@ def broker_capabilities(
 ) -> Capabilities:
     """A broker's capabilities: the ordering features it offers, and its largest payload."""
     return replace(BROKER, priority=priority, delay=delay, max_payload=max_payload)
+
+
+Raised = type[BaseException] | tuple[type[BaseException], ...]
+"""The exception classes of a broker's client library that one `broker_errors` turns into ours."""
+
+
+def not_open(pipeline: str, driver: str) -> DriverUnavailable:
+    """What a call on a driver that is not open (or closed) raises."""
+    return DriverUnavailable(f"pipeline {pipeline}: the {driver} driver is not open")
+
+
+@contextlib.contextmanager
+def broker_errors(
+    where: str, doing: str, *, unreachable: Raised, failed: Raised = ()
+) -> Iterator[None]:
+    """A broker client's exceptions as ours, with their context: `unreachable` ones (the broker
+    could not be asked, or did not answer in time) as DriverUnavailable, `failed` ones (it
+    answered with an error) as DriverError, so callers above the driver tell them apart without
+    knowing the library. `where` names the pipeline and the broker ("pipeline q: redis at
+    host:6379"), `doing` the call. Our own errors pass unchanged."""
+    try:
+        yield
+    except DriverError:
+        raise
+    except unreachable as error:
+        raise DriverUnavailable(f"{where} unreachable while {doing}: {error!r}") from error
+    except failed as error:
+        raise DriverError(f"{where} failed while {doing}: {error!r}") from error
 
 
 def time_left(pipeline: str, deadline: float, doing: str = "storing") -> float:

@@ -13,8 +13,8 @@ refused for their sake (they grow only as fast as a consumer fails jobs).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -24,7 +24,7 @@ from pathlib import Path
 from mailrunner.config import MemoryPipelineConfig
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
-from mailrunner.jobs.drivers._common import store_capabilities, time_left
+from mailrunner.jobs.drivers._common import reserve_until, store_capabilities, time_left
 from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
 _ORDER = itertools.count()
@@ -58,17 +58,13 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
         self.entries: dict[str, _Entry] = {}
         self.failed_count = 0
         """Entries on the failed list, kept as they move so a push need not count them."""
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
 
     async def open(self) -> None:
         """Nothing to connect to."""
 
     async def close(self) -> None:
         """Nothing to disconnect; jobs stay in this object."""
-
-    async def notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
         time_left(self.name, deadline)
@@ -85,7 +81,7 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
             )
         for job_id, job in new.items():
             self.entries[job_id] = _Entry(job, now + job.options.delay)
-        await self.notify()
+        self._changed.set()
 
     def _current(self, lease: DriverLease[str]) -> _Entry | None:
         """The lease's entry, if the lease is still its current one."""
@@ -107,7 +103,7 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
             entry.token = None
             entry.attempts -= 1
             entry.due_at = time.monotonic()
-            await self.notify()
+            self._changed.set()
 
     async def nack(self, lease: DriverLease[str], nack: Nack) -> None:
         entry = self._current(lease)
@@ -118,7 +114,7 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
         entry.token = None
         if nack.requeue:
             entry.due_at = time.monotonic() + nack.delay
-            await self.notify()
+            self._changed.set()
         else:
             entry.failed = FailedJob(entry.job, nack.error, entry.attempts, time.time())
             self.failed_count += 1
@@ -129,7 +125,8 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
             key=_Entry.key,
         )
 
-    def _lease(self, limit: int) -> list[Lease]:
+    async def _lease(self, limit: int) -> tuple[list[Lease], float | None]:
+        """The leases, and seconds until the next job (or lease expiry) is due."""
         now = time.monotonic()
         leases: list[Lease] = []
         for entry in self._due(now)[:limit]:
@@ -137,27 +134,12 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
             entry.token = uuid.uuid4().hex
             entry.due_at = now + self.visibility_timeout
             leases.append(DriverLease(self, entry.job, entry.attempts, entry.token))
-        return leases
-
-    def _next_due_in(self, now: float) -> float | None:
         pending = [e.due_at - now for e in self.entries.values() if e.failed is None]
-        return max(0.0, min(pending)) if pending else None
+        return leases, max(0.0, min(pending)) if pending else None
 
     async def reserve(self, limit: int, wait: float) -> list[Lease]:
-        give_up = time.monotonic() + wait
-        while True:
-            leases = self._lease(limit)
-            now = time.monotonic()
-            if leases or now >= give_up:
-                return leases
-            pause = give_up - now
-            next_due = self._next_due_in(now)
-            if next_due is not None:
-                pause = min(pause, next_due + 0.001)
-            async with self._changed:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(pause):
-                        await self._changed.wait()
+        # No poll: every change comes through this object and sets `_changed`.
+        return await reserve_until(lambda: self._lease(limit), self._changed, wait, math.inf)
 
     async def stat(self) -> QueueStat:
         now = time.monotonic()
@@ -203,7 +185,7 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
             entry.attempts = 0
             entry.due_at = time.monotonic()
         self.failed_count -= len(entries)
-        await self.notify()
+        self._changed.set()
         return len(entries)
 
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:

@@ -52,6 +52,13 @@ job may be stored, so the SMTP side keeps its attachment files, and the client's
 duplicate, never a loss. A push cancelled by its caller after it was sent may still be stored:
 Redis cannot withdraw it.
 
+Restarts: a lease token begins with this node's name (`_common.node_id`, stable across
+restarts on one data_dir) and this process's, so `open()` gives back at once the jobs an
+earlier process of this node still held (killed, or stopped with leases unsettled), as their
+lease expiry would (the attempt stays counted), instead of leaving them unserved for
+`visibility_timeout`. Leases of this process (a driver closed and opened again) expire as the
+contract says.
+
 Connections: redis-py reconnects on the next command after a broken connection; the driver
 turns off redis-py's retries and bounds connecting and every command by `config.timeout`, so
 while Redis is down each call fails fast with DriverUnavailable and nothing is buffered.
@@ -65,6 +72,7 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -80,10 +88,14 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mailrunner.config import RedisPipelineConfig, mask_url
-from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown, PushTimeout
+from mailrunner.errors import DriverUnavailable, PushOutcomeUnknown, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers._common import (
+    Raised,
+    broker_errors,
+    node_id,
+    not_open,
     reserve_until,
     selects_nothing,
     store_capabilities,
@@ -100,6 +112,9 @@ _CLOCK_RESYNC = 60.0
 """Seconds between measurements of Redis's clock against ours."""
 _DEFAULT_MAX_BULK = 512 * 1024 * 1024
 """Redis's default `proto-max-bulk-len`, used when the server will not tell."""
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_PROCESS = uuid.uuid4().hex[:12]
+"""This process among the runs of one node, in its lease tokens."""
 
 
 def _lua(name: str) -> str:
@@ -130,6 +145,7 @@ class _Scripts:
         self.retry_failed = register("failed_selection", "retry_failed")
         self.purge_failed = register("failed_selection", "purge_failed")
         self.destroy = register("destroy")
+        self.reclaim = register("reclaim")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +242,9 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         self.capabilities = store_capabilities(durable=False)
         """Provisional until `open()` has asked the server how it stores."""
         self._settings = settings.config
+        self._data_dir = data_dir
+        self._node = ""
+        """This node's name (`node_id`), the start of its lease tokens; set by `open()`."""
         self._keys = _Keys.of(settings.config.key_prefix, settings.config.stream or name)
         self._client: Redis | None = None
         self._scripts: _Scripts | None = None
@@ -250,16 +269,27 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def open(self) -> None:
         if self._client is not None:
             return
+        self._node = self._node or await asyncio.to_thread(node_id, self._data_dir)
         client = self._connect()
+        scripts = _Scripts(client)
         try:
-            clock = await _measure_clock(client)
-            durable, why_not = await _durability(client)
-            max_payload = await _max_payload(client)
-        except (RedisError, OSError) as error:
+            with self._errors("connecting", unreachable=(RedisError, OSError)):
+                clock = await _measure_clock(client)
+                durable, why_not = await _durability(client)
+                max_payload = await _max_payload(client)
+                reclaimed = await scripts.reclaim(
+                    keys=self._keys.fixed,
+                    args=[self._keys.job_prefix, f"{self._node}/", f"{self._node}/{_PROCESS}:"],
+                )
+        except BaseException:
             await client.aclose()
-            raise DriverUnavailable(
-                f"pipeline {self.name}: cannot reach redis at {self.addr}: {error}"
-            ) from error
+            raise
+        if reclaimed:
+            log.info(
+                "redis leases of this node's last run given back",
+                pipeline=self.name,
+                jobs=reclaimed,
+            )
         if not durable:
             log.warning(
                 "redis pipeline is not durable",
@@ -268,31 +298,29 @@ class RedisDriver(Driver, LeaseKeeper[str]):
                 reason=why_not,
             )
         self.capabilities = store_capabilities(durable=durable, max_payload=max_payload)
-        self._client, self._scripts, self._clock = client, _Scripts(client), clock
+        self._client, self._scripts, self._clock = client, scripts, clock
 
     async def close(self) -> None:
         client, self._client, self._scripts = self._client, None, None
         if client is not None:
             await client.aclose()
 
+    def _errors(
+        self, doing: str, unreachable: Raised = _UNREACHABLE
+    ) -> AbstractContextManager[None]:
+        where = f"pipeline {self.name}: redis at {self.addr}"
+        return broker_errors(where, doing, unreachable=unreachable, failed=RedisError)
+
     async def _run(self, script: AsyncScript, args: Sequence[str | int | bytes], doing: str) -> Any:
         """Run one script on this pipeline's keys; Redis's failures become DriverErrors."""
         if self._client is None:
-            raise DriverUnavailable(f"pipeline {self.name}: the redis driver is not open")
-        try:
+            raise not_open(self.name, "redis")
+        with self._errors(doing):
             return await script(keys=self._keys.fixed, args=[self._keys.job_prefix, *args])
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-            raise DriverUnavailable(
-                f"pipeline {self.name}: redis at {self.addr} unreachable while {doing}: {error}"
-            ) from error
-        except RedisError as error:
-            raise DriverError(
-                f"pipeline {self.name}: redis at {self.addr} failed while {doing}: {error}"
-            ) from error
 
     def _open_scripts(self) -> _Scripts:
         if self._scripts is None:
-            raise DriverUnavailable(f"pipeline {self.name}: the redis driver is not open")
+            raise not_open(self.name, "redis")
         return self._scripts
 
     # --- push ----------------------------------------------------------------------------
@@ -300,14 +328,10 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def _server_deadline(self, deadline: float) -> int:
         """The caller's deadline on Redis's clock (unix ms), rounded towards earlier."""
         if self._client is None:
-            raise DriverUnavailable(f"pipeline {self.name}: the redis driver is not open")
+            raise not_open(self.name, "redis")
         if self._clock is None or self._clock.stale():
-            try:
+            with self._errors("measuring its clock", unreachable=(RedisError, OSError)):
                 self._clock = await _measure_clock(self._client)
-            except (RedisError, OSError) as error:
-                raise DriverUnavailable(
-                    f"pipeline {self.name}: redis at {self.addr} unreachable: {error}"
-                ) from error
         return self._clock.server_ms(deadline)
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
@@ -335,7 +359,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def _lease(self, limit: int) -> tuple[list[Lease], float | None]:
         """One reserve script: the leases, and seconds until the next job is due (or None)."""
         visibility_ms = max(1, round(self.visibility_timeout * 1000))
-        token_base = uuid.uuid4().hex
+        token_base = f"{self._node}/{_PROCESS}:{uuid.uuid4().hex}"
         rows, next_due_ms = await self._run(
             self._open_scripts().reserve,
             [max(0, limit), visibility_ms, token_base],
