@@ -55,13 +55,7 @@ def _carried(
 ) -> Attachment:
     """The event's account of `part`, its bytes inline (`content`) or in the file at `path`."""
     return Attachment(
-        filename=part.filename,
-        content_type=part.content_type,
-        size=part.size,
-        content_id=part.content_id,
-        inline=part.inline,
-        content=content,
-        path=path,
+        part.filename, part.content_type, part.size, part.content_id, part.inline, content, path
     )
 
 

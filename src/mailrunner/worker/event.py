@@ -240,21 +240,19 @@ def _error_text(entry: object) -> str:
     return entry if isinstance(entry, str) else json.dumps(entry, ensure_ascii=False)
 
 
+# Each reader passes the fields in their class's order; each JSON key is the field's name.
+
+
 def _read_envelope(fields: _Fields) -> Envelope:
     return Envelope(
-        from_=fields.text("from"),
-        to=fields.texts("to"),
-        helo=fields.text("helo"),
-        size=fields.number("size"),
+        fields.text("from"), fields.texts("to"), fields.text("helo"), fields.number("size")
     )
 
 
 def _read_auth(fields: _Fields) -> Authentication:
+    text = fields.optional_text
     return Authentication(
-        attempted=fields.flag("attempted"),
-        mechanism=fields.optional_text("mechanism"),
-        username=fields.optional_text("username"),
-        password=fields.optional_text("password"),
+        fields.flag("attempted"), text("mechanism"), text("username"), text("password")
     )
 
 
@@ -289,11 +287,11 @@ def _read_headers(fields: _Fields) -> Mapping[str, tuple[str, ...]]:
 
 def _read_attachment(fields: _Fields) -> Attachment:
     return Attachment(
-        filename=fields.optional_text("filename"),
-        content_type=fields.text("content_type"),
-        size=fields.number("size"),
-        content_id=fields.optional_text("content_id"),
-        inline=fields.flag("inline"),
-        content=fields.optional_base64("content"),
-        path=fields.optional_text("path"),
+        fields.optional_text("filename"),
+        fields.text("content_type"),
+        fields.number("size"),
+        fields.optional_text("content_id"),
+        fields.flag("inline"),
+        fields.optional_base64("content"),
+        fields.optional_text("path"),
     )

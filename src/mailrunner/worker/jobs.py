@@ -9,6 +9,7 @@ is the event id).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 
 from mailrunner.wire.errors import BadContext
 from mailrunner.wire.jobs import (
@@ -26,43 +27,21 @@ from mailrunner.worker.relay import Payload, Worker, require_mode, warn
 __all__ = ["EMAIL_JOB", "Consumer", "Task", "emails"]
 
 
+@dataclass(slots=True, eq=False)
 class Task:
     """One job leased to this worker, with the three ways to answer it."""
 
-    __slots__ = (
-        "_answer",
-        "_relay",
-        "attempts",
-        "driver",
-        "headers",
-        "id",
-        "name",
-        "payload",
-        "pipeline",
-    )
-
-    def __init__(
-        self,
-        relay: Worker,
-        *,
-        id: str,
-        name: str,
-        pipeline: str,
-        driver: str,
-        headers: Headers,
-        attempts: int,
-        payload: bytes,
-    ) -> None:
-        self._relay = relay
-        self._answer: str | None = None
-        self.id = id
-        self.name = name
-        self.pipeline = pipeline
-        self.driver = driver
-        self.headers = headers
-        # 1 on the first delivery; + 1 per nack with requeue, requeue or expired lease.
-        self.attempts = attempts
-        self.payload = payload
+    _relay: Worker
+    _: KW_ONLY
+    id: str
+    name: str
+    pipeline: str
+    driver: str
+    headers: Headers
+    attempts: int
+    """1 on the first delivery; + 1 per nack with requeue, requeue or expired lease."""
+    payload: bytes
+    _answer: str | None = field(default=None, init=False)
 
     @classmethod
     def from_payload(cls, relay: Worker, payload: Payload) -> Task:
