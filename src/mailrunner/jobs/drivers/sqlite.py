@@ -12,24 +12,12 @@ deadline (telling its caller's verdict listener to wait up to `COMMIT_WAIT` more
 Files: a database file the driver creates is 0600 (SQLite gives its -wal and -shm files the
 same mode), a folder it creates 0700; what already exists keeps its mode.
 
-Schema (table `jobs`, one row per job, shared by every pipeline in the file):
-
-    seq          INTEGER PRIMARY KEY   push order (FIFO among equal priorities)
-    pipeline     TEXT                  pipeline name; (pipeline, id) is UNIQUE
-    id, name     TEXT                  job id and name
-    payload      BLOB                  job payload
-    headers      TEXT                  JSON object of string lists
-    priority     INTEGER               lower first
-    auto_ack     INTEGER               0 or 1
-    available_at REAL                  unix time the job is due; while leased, the lease expiry
-    lease        TEXT                  token of the current lease; NULL when not leased
-    attempts     INTEGER               deliveries so far
-    failed_at    REAL                  NULL, or when the job entered the failed list
-    last_error   TEXT                  error of the last failed attempt
-    created_at   REAL                  unix time of the push
-
-A job is queued when `failed_at IS NULL AND available_at <= now`, reserved when `lease IS NOT
-NULL AND available_at > now`, delayed when `lease IS NULL AND available_at > now`.
+One table for every pipeline in the file, a row per job. `available_at` is when the job is
+due, and while it is leased (`lease` holds the lease's token) when the lease expires, so an
+expired lease is simply due again; `attempts` counts deliveries, `failed_at` is set while the
+job is in the failed list. A job is queued when `failed_at IS NULL AND available_at <= now`,
+reserved when `lease IS NOT NULL AND available_at > now`, delayed when `lease IS NULL AND
+available_at > now`.
 """
 
 from __future__ import annotations
@@ -43,7 +31,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,19 +125,29 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
 
     # --- the driver thread -------------------------------------------------------------------
 
+    def _not_open(self) -> DriverUnavailable:
+        return DriverUnavailable(f"pipeline {self.name}: the sqlite driver is not open")
+
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
-            raise DriverUnavailable(f"pipeline {self.name}: the sqlite driver is not open")
+            raise self._not_open()
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, function, *args)
         except sqlite3.Error as error:
             raise DriverError(f"pipeline {self.name} ({self.path}): {error}") from error
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
         if self._connection is None:
-            raise DriverUnavailable(f"pipeline {self.name}: the sqlite driver is not open")
+            raise self._not_open()
+        self._connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         return self._connection
+
+    def _rows(self, statement: str, values: Any) -> list[Any]:
+        return self._db().execute(statement, values).fetchall()
+
+    def _execute_sync(self, statement: str, values: Sequence[Any]) -> int:
+        return self._db().execute(statement, values).rowcount
 
     def _open_sync(self) -> None:
         create_directories(self.path.parent)
@@ -157,14 +155,13 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
             # SQLite would create it 0644 less the umask, and gives its -wal and -shm files
             # the database file's mode: jobs hold mail and captured credentials.
             write_new_file(self.path, b"")
-        connection = _connect(self.path)
-        connection.executescript(SCHEMA)
-        self._connection = connection
+        self._connection = _connect(self.path)
+        self._connection.executescript(SCHEMA)
 
     def _close_sync(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
 
     async def open(self) -> None:
         if self._executor is None:
@@ -193,11 +190,10 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
         time_left(self.name, deadline)
         if self._committer is None:
-            raise DriverUnavailable(f"pipeline {self.name}: the sqlite driver is not open")
+            raise self._not_open()
         future = asyncio.get_running_loop().create_future()
-        pending = _PendingPush(jobs, deadline, future, current_verdict_listener())
-        self._committer.submit(pending)
-        await pending.future
+        self._committer.submit(_PendingPush(jobs, deadline, future, current_verdict_listener()))
+        await future
 
     def stored(self, futures: list[asyncio.Future[None]]) -> None:
         """On the loop after a commit: its pushes return, and a waiting reserve wakes up."""
@@ -207,17 +203,13 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
     # --- reserve and leases ------------------------------------------------------------------
 
     def _reserve_sync(self, limit: int) -> list[DriverLease[str]]:
-        db = self._db()
-        now = time.time()
-        db.execute("PRAGMA busy_timeout = 1000")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        now, leases = time.time(), []
+        with _transaction(self._db(1000)) as db:
             rows = db.execute(
                 f"SELECT seq, attempts, {_JOB_COLUMNS} FROM jobs WHERE pipeline = ? AND"
                 " failed_at IS NULL AND available_at <= ? ORDER BY priority, seq LIMIT ?",
                 (self.name, now, limit),
             ).fetchall()
-            leases = []
             for seq, attempts, *job_columns in rows:
                 token = uuid.uuid4().hex
                 db.execute(
@@ -226,22 +218,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
                     (token, now + self.visibility_timeout, seq),
                 )
                 leases.append(DriverLease(self, _job(self.name, job_columns), attempts + 1, token))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return leases
-
-    def _next_due_sync(self) -> float | None:
-        row = (
-            self._db()
-            .execute(
-                "SELECT MIN(available_at) FROM jobs WHERE pipeline = ? AND failed_at IS NULL",
-                (self.name,),
-            )
-            .fetchone()
-        )
-        return None if row[0] is None else float(row[0])
 
     async def reserve(self, limit: int, wait: float) -> list[Lease]:
         return await reserve_until(lambda: self._take(limit), self._changed, wait, _IDLE_POLL)
@@ -257,7 +234,11 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
             leases = []
         if leases:
             return leases, None
-        next_due = await self._run(self._next_due_sync)
+        ((next_due,),) = await self._run(
+            self._rows,
+            "SELECT MIN(available_at) FROM jobs WHERE pipeline = ? AND failed_at IS NULL",
+            (self.name,),
+        )
         return leases, None if next_due is None else max(0.0, next_due - time.time())
 
     async def _update_lease(self, lease: DriverLease[str], assignments: str, *values: Any) -> None:
@@ -295,102 +276,65 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
             json.dumps(nack.headers if nack.headers is not None else lease.job.headers),
         )
 
-    def _execute_sync(self, statement: str, values: Sequence[Any]) -> int:
-        db = self._db()
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return db.execute(statement, values).rowcount
-
     # --- inspection and the failed list ------------------------------------------------------
 
-    def _stat_sync(self) -> QueueStat:
-        row = (
-            self._db()
-            .execute(
-                "SELECT"
-                " TOTAL(failed_at IS NULL AND available_at <= :now),"
-                " TOTAL(failed_at IS NULL AND lease IS NULL AND available_at > :now),"
-                " TOTAL(failed_at IS NULL AND lease IS NOT NULL AND available_at > :now),"
-                " TOTAL(failed_at IS NOT NULL)"
-                " FROM jobs WHERE pipeline = :pipeline",
-                {"now": time.time(), "pipeline": self.name},
-            )
-            .fetchone()
-        )
-        queued, delayed, reserved, failed = (int(count) for count in row)
-        return QueueStat(queued=queued, delayed=delayed, reserved=reserved, failed=failed)
-
     async def stat(self) -> QueueStat:
-        return await self._run(self._stat_sync)
+        ((queued, delayed, reserved, failed),) = await self._run(
+            self._rows,
+            "SELECT TOTAL(failed_at IS NULL AND available_at <= :now),"
+            " TOTAL(failed_at IS NULL AND lease IS NULL AND available_at > :now),"
+            " TOTAL(failed_at IS NULL AND lease IS NOT NULL AND available_at > :now),"
+            " TOTAL(failed_at IS NOT NULL) FROM jobs WHERE pipeline = :pipeline",
+            {"now": time.time(), "pipeline": self.name},
+        )
+        return QueueStat(int(queued), int(delayed), int(reserved), int(failed))
 
-    def _peek_sync(self, limit: int) -> list[Job]:
-        rows = (
-            self._db()
-            .execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE pipeline = ? AND failed_at IS NULL"
-                " AND (lease IS NULL OR available_at <= ?)"
-                " ORDER BY available_at > ?, priority, seq LIMIT ?",
-                (self.name, now := time.time(), now, limit),
-            )
-            .fetchall()
+    async def peek(self, limit: int) -> list[Job]:
+        rows = await self._run(
+            self._rows,
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE pipeline = :pipeline AND failed_at IS NULL"
+            " AND (lease IS NULL OR available_at <= :now)"
+            " ORDER BY available_at > :now, priority, seq LIMIT :limit",
+            {"pipeline": self.name, "now": time.time(), "limit": limit},
         )
         return [_job(self.name, row) for row in rows]
 
-    async def peek(self, limit: int) -> list[Job]:
-        return await self._run(self._peek_sync, limit)
-
-    def _failed_sync(self, limit: int) -> list[FailedJob]:
-        rows = (
-            self._db()
-            .execute(
-                f"SELECT last_error, attempts, failed_at, {_JOB_COLUMNS} FROM jobs"
-                " WHERE pipeline = ? AND failed_at IS NOT NULL ORDER BY failed_at, seq LIMIT ?",
-                (self.name, limit),
-            )
-            .fetchall()
+    async def failed(self, limit: int) -> list[FailedJob]:
+        rows = await self._run(
+            self._rows,
+            f"SELECT last_error, attempts, failed_at, {_JOB_COLUMNS} FROM jobs"
+            " WHERE pipeline = ? AND failed_at IS NOT NULL ORDER BY failed_at, seq LIMIT ?",
+            (self.name, limit),
         )
         return [FailedJob(_job(self.name, row[3:]), row[0], row[1], row[2]) for row in rows]
-
-    async def failed(self, limit: int) -> list[FailedJob]:
-        return await self._run(self._failed_sync, limit)
 
     def _failed_where(self, ids: Sequence[str] | None) -> tuple[str, list[Any]]:
         """The WHERE clause choosing this pipeline's failed jobs (all, or those in `ids`)."""
         where = "pipeline = ? AND failed_at IS NOT NULL"
-        values: list[Any] = [self.name]
-        if ids is not None:
-            where += f" AND id IN ({', '.join('?' * len(ids))})"
-            values += list(ids)
-        return where, values
-
-    def _retry_failed_sync(self, ids: Sequence[str] | None) -> int:
-        where, values = self._failed_where(ids)
-        statement = (
-            "UPDATE jobs SET failed_at = NULL, attempts = 0, lease = NULL, available_at = ?"
-            f" WHERE {where}"
-        )
-        return self._execute_sync(statement, [time.time(), *values])
+        if ids is None:
+            return where, [self.name]
+        return f"{where} AND id IN ({', '.join('?' * len(ids))})", [self.name, *ids]
 
     def _purge_failed_sync(self, ids: Sequence[str] | None) -> list[str]:
         """Read the chosen ids and delete their rows in one transaction, so the ids returned
         are exactly the rows deleted (no DELETE … RETURNING: it needs SQLite 3.35)."""
         where, values = self._failed_where(ids)
-        db = self._db()
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self._db()) as db:
             rows = db.execute(f"SELECT id FROM jobs WHERE {where} ORDER BY seq", values)
             removed = [job_id for (job_id,) in rows.fetchall()]
             db.execute(f"DELETE FROM jobs WHERE {where}", values)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return removed
 
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
         if selects_nothing(ids):
             return 0
-        count = await self._run(self._retry_failed_sync, ids)
+        where, values = self._failed_where(ids)
+        count = await self._run(
+            self._execute_sync,
+            "UPDATE jobs SET failed_at = NULL, attempts = 0, lease = NULL, available_at = ?"
+            f" WHERE {where}",
+            [time.time(), *values],
+        )
         self._changed.set()
         return count
 
@@ -410,6 +354,20 @@ def _connect(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     return connection
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, *, begun: bool = False) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE unless `begun` (the write lock at once: two readers that both go on to
+    write cannot deadlock), then COMMIT, or ROLLBACK on any error."""
+    if not begun:
+        db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _resolve_all(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
@@ -480,13 +438,12 @@ class _GroupCommitter:
         self._loop.call_soon_threadsafe(_resolve_all, futures, error)
 
     def _commit(self, batch: list[_PendingPush]) -> None:
-        name = self._driver.name
         while batch := self._drop_expired(batch):
             try:
                 stored = self._write(batch)
             except sqlite3.Error as error:
-                failure = DriverError(f"pipeline {name} ({self._driver.path}): {error}")
-                self._settle(batch, failure)
+                driver = self._driver
+                self._settle(batch, DriverError(f"pipeline {driver.name} ({driver.path}): {error}"))
                 return
             if stored is None:
                 continue
@@ -520,7 +477,7 @@ class _GroupCommitter:
             if "locked" in str(error) or "busy" in str(error):
                 return None
             raise
-        try:
+        with _transaction(db, begun=True):
             stored = [p for p in batch if not p.expired()]
             self._committing(stored)
             now = time.time()
@@ -528,10 +485,6 @@ class _GroupCommitter:
             for start in range(0, len(rows), _ROWS_PER_INSERT):
                 chunk = rows[start : start + _ROWS_PER_INSERT]
                 db.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return stored
 
     def _committing(self, stored: list[_PendingPush]) -> None:
@@ -565,10 +518,5 @@ def _row(pipeline: str, job: Job, now: float) -> tuple[Any, ...]:
 
 def _job(pipeline: str, columns: Sequence[Any]) -> Job:
     job_id, name, payload, headers, priority, auto_ack = columns
-    return Job(
-        id=job_id,
-        name=name,
-        payload=bytes(payload),
-        options=JobOptions(pipeline=pipeline, priority=priority, auto_ack=bool(auto_ack)),
-        headers=json.loads(headers),
-    )
+    options = JobOptions(pipeline=pipeline, priority=priority, auto_ack=bool(auto_ack))
+    return Job(job_id, name, bytes(payload), options, json.loads(headers))
