@@ -1,17 +1,76 @@
-"""Prometheus metrics: counters fed as things happen, gauges read from components at scrape.
+"""Prometheus metrics: counters fed as things happen, gauges from a snapshot taken at scrape.
 
 Each App owns its own registry, so two servers in one process (tests) never share counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+QUEUE_STATES = ("queued", "delayed", "reserved", "failed")
+WORKER_STATES = ("ready", "working", "starting", "stopping")
+"""Always shown for a pool, at 0 when no worker is in them, so its series never vanish."""
+
+
+def worker_counts(states: Iterable[str]) -> dict[str, int]:
+    """Workers per state, from each worker's state."""
+    counts = dict.fromkeys(WORKER_STATES, 0)
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+@dataclass(frozen=True)
+class GaugeSnapshot:
+    """What the gauges show, as read by the /metrics handler just before a scrape: reading
+    it needs async network I/O (a driver's stat), which a Prometheus collector, called
+    synchronously, cannot do."""
+
+    connections: int = 0
+    """Open SMTP connections."""
+    queues: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Per pipeline: jobs per state (queued, delayed, reserved, failed)."""
+    workers: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Per pool: worker processes per state."""
+
+
+class _Gauges(Collector):
+    """The gauges of the last GaugeSnapshot; a pipeline or pool gone since is gone here."""
+
+    def __init__(self) -> None:
+        self.snapshot = GaugeSnapshot()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snapshot = self.snapshot
+        yield GaugeMetricFamily(
+            "mailrunner_smtp_connections", "Open SMTP connections", value=snapshot.connections
+        )
+        yield _family(
+            "mailrunner_jobs_queue",
+            "Jobs per pipeline and state (queued, delayed, reserved, failed)",
+            "pipeline",
+            snapshot.queues,
+        )
+        yield _family(
+            "mailrunner_workers", "Worker processes by pool and state", "pool", snapshot.workers
+        )
+
+
+def _family(
+    name: str, documentation: str, owner: str, counts: Mapping[str, Mapping[str, int]]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=[owner, "state"])
+    for label, states in sorted(counts.items()):
+        for state, count in states.items():
+            family.add_metric([label, state], count)
+    return family
 
 
 class Metrics:
@@ -19,43 +78,26 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.smtp_messages = Counter(
+        counter = partial(Counter, registry=self.registry)
+        self.smtp_messages = counter(
             "mailrunner_smtp_messages",
             "SMTP messages by result (accepted, rejected) and reason (the reply code)",
             ["result", "reason"],
-            registry=self.registry,
         )
-        self.smtp_bytes = Counter(
-            "mailrunner_smtp_bytes", "Bytes of accepted messages", registry=self.registry
-        )
+        self.smtp_bytes = counter("mailrunner_smtp_bytes", "Bytes of accepted messages")
         self.smtp_delivery = Histogram(
             "mailrunner_smtp_delivery_seconds",
             "Time from the end of DATA to the 250 reply",
             buckets=DELIVERY_BUCKETS,
             registry=self.registry,
         )
-        self.smtp_connections = Gauge(
-            "mailrunner_smtp_connections", "Open SMTP connections", registry=self.registry
-        )
-        self.jobs_push = Counter(
+        self.jobs_push = counter(
             "mailrunner_jobs_push",
             "Jobs pushed, by pipeline and result (ok, error)",
             ["pipeline", "result"],
-            registry=self.registry,
         )
-        self.jobs_queue = Gauge(
-            "mailrunner_jobs_queue",
-            "Jobs per pipeline and state (queued, delayed, reserved, failed)",
-            ["pipeline", "state"],
-            registry=self.registry,
-        )
-        self.workers = Gauge(
-            "mailrunner_workers",
-            "Worker processes by pool and state",
-            ["pool", "state"],
-            registry=self.registry,
-        )
-
+        self._gauges = _Gauges()
+        self.registry.register(self._gauges)
         self._accepted = self.smtp_messages.labels("accepted", "250")
 
     def accepted(self, size: int, seconds: float) -> None:
@@ -66,7 +108,9 @@ class Metrics:
     def rejected(self, reply: str) -> None:
         self.smtp_messages.labels("rejected", reply[:3]).inc()
 
-    def exposition(self) -> bytes:
+    def exposition(self, snapshot: GaugeSnapshot) -> bytes:
+        """The text a scrape answers, with the gauges as `snapshot` has them."""
+        self._gauges.snapshot = snapshot
         return generate_latest(self.registry)
 
 

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from typing import Any
-from urllib.parse import quote
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+from pydantic import BaseModel, ValidationError
 
+from mailrunner.api import routes
+from mailrunner.api.routes import JSON, Route
 from mailrunner.api.schemas import (
-    CountResponse,
-    DeclareResponse,
-    FailedResponse,
+    Declare,
+    DeclareRequest,
+    DestroyRequest,
+    IdsRequest,
     JobWire,
-    PeekResponse,
-    PipelinesResponse,
-    PushBatchResponse,
-    StatResponse,
+    PushBatchRequest,
+    PushRequest,
 )
 from mailrunner.errors import (
     ApiError,
@@ -40,7 +41,7 @@ from mailrunner.errors import (
     UnsupportedMediaType,
 )
 from mailrunner.jobs.deadline import DEFAULT_PUSH_TIMEOUT, REPLY_GRACE
-from mailrunner.jobs.model import FailedJob, Job, PushResult
+from mailrunner.jobs.model import FailedJob, Job, PipelineStat, PushResult
 
 _ERRORS: dict[str, type[Exception]] = {
     "PipelineNotFound": PipelineNotFound,
@@ -53,6 +54,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "UnsupportedMediaType": UnsupportedMediaType,
 }
 _READING_METHODS = frozenset({"GET", "HEAD"})
+R = TypeVar("R")
 
 
 class ApiClient:
@@ -80,98 +82,117 @@ class ApiClient:
             self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
         return self._session
 
-    async def call(
-        self, method: str, path: str, body: Any = None, *, request_timeout: float | None = None
-    ) -> Any:
-        """One request; JSON in, JSON (or text for /metrics) out. A change is always sent as
-        JSON, `{}` when it has no parameters: the server refuses any other type."""
-        if body is None and method.upper() not in _READING_METHODS:
-            body = {}
+    async def send(
+        self,
+        route: Route[R],
+        body: BaseModel | None = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        query: Mapping[str, int] | None = None,
+        request_timeout: float | None = None,
+    ) -> R:
+        """One call of `route`, its `{name}` parts from `params`; answers with the route's
+        response model (the text or JSON as sent where it has none). A change is always sent
+        as JSON, `{}` when it has no parameters: the server refuses any other type. Only the
+        fields a body was given are sent, so the server fills in its own defaults."""
+        path = route.url(params or {}, query)
+        sent = _fields(body)
+        if sent is None and route.method not in _READING_METHODS:
+            sent = {}
         per_call = aiohttp.ClientTimeout(total=request_timeout) if request_timeout else None
         try:
             async with self._client().request(
-                method, self.base_url + path, data=_json_body(body), timeout=per_call
+                route.method, self.base_url + path, data=_json_body(sent), timeout=per_call
             ) as response:
-                if response.content_type == "application/json":
+                if response.content_type == JSON:
                     data = await response.json()
                 else:
                     data = await response.text()
                 if response.status >= 400:
                     raise _error(response.status, data)
-                return data
         except (aiohttp.ClientConnectionError, TimeoutError) as error:
-            raise _unreachable(self.base_url, method, path, error) from None
+            raise _unreachable(self.base_url, route.method, path, error) from None
+        model = route.response
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return model.model_validate(data)
+        answer: R = data
+        return answer
 
     # --- Jobs RPC: the JobsService methods, over HTTP ----------------------------------------
 
     async def push(self, job: Job, *, push_timeout: float = DEFAULT_PUSH_TIMEOUT) -> None:
         """Store one job; the SMTP side's push when `smtp.jobs.rpc` is set."""
-        wire = JobWire.from_job(job, as_base64=True).model_dump(mode="json", exclude_none=True)
-        body = {"job": wire, "push_timeout": push_timeout}
-        await self.call("POST", "/jobs/push", body, request_timeout=push_timeout + REPLY_GRACE)
+        body = PushRequest(job=JobWire.from_job(job, as_base64=True), push_timeout=push_timeout)
+        await self.send(routes.PUSH, body, request_timeout=push_timeout + REPLY_GRACE)
 
     async def push_batch(
         self, jobs: Sequence[Job], *, push_timeout: float = DEFAULT_PUSH_TIMEOUT
     ) -> list[PushResult]:
-        wires = [JobWire.from_job(job).model_dump(mode="json", exclude_none=True) for job in jobs]
-        body = {"jobs": wires, "push_timeout": push_timeout}
-        data = await self.call(
-            "POST", "/jobs/push_batch", body, request_timeout=push_timeout + REPLY_GRACE
+        body = PushBatchRequest(
+            jobs=[JobWire.from_job(job) for job in jobs], push_timeout=push_timeout
         )
-        return [PushResult(r.id, r.error) for r in PushBatchResponse.model_validate(data).results]
+        answer = await self.send(
+            routes.PUSH_BATCH, body, request_timeout=push_timeout + REPLY_GRACE
+        )
+        return [PushResult(result.id, result.error) for result in answer.results]
 
     async def list_pipelines(self) -> list[str]:
-        data = await self.call("GET", "/jobs/pipelines")
-        return PipelinesResponse.model_validate(data).pipelines
+        return (await self.send(routes.LIST_PIPELINES)).pipelines
 
     async def declare(
         self, name: str, settings: Mapping[str, Any], *, consume: bool = False
     ) -> bool:
         """Declare a pipeline from a `jobs.pipelines.NAME` block; True if it was new."""
-        body = {**settings, "name": name, "consume": consume}
-        return DeclareResponse.model_validate(
-            await self.call("POST", "/jobs/pipelines", body)
-        ).created
+        return (await self.send(routes.DECLARE, declare_request(name, settings, consume))).created
 
     async def destroy(self, pipeline: str, *, purge: bool = False) -> None:
-        await self.call("POST", f"{pipeline_path(pipeline)}/destroy", {"purge": purge})
+        await self.send(routes.DESTROY, DestroyRequest(purge=purge), params={"name": pipeline})
 
     async def pause(self, pipeline: str) -> None:
-        await self.call("POST", f"{pipeline_path(pipeline)}/pause")
+        await self.send(routes.PAUSE, params={"name": pipeline})
 
     async def resume(self, pipeline: str) -> None:
-        await self.call("POST", f"{pipeline_path(pipeline)}/resume")
+        await self.send(routes.RESUME, params={"name": pipeline})
 
-    async def stat(self, pipeline: str) -> StatResponse:
-        return StatResponse.model_validate(
-            await self.call("GET", f"{pipeline_path(pipeline)}/stat")
-        )
+    async def stat(self, pipeline: str) -> PipelineStat:
+        return (await self.send(routes.STAT, params={"name": pipeline})).root
 
     async def peek(self, pipeline: str, limit: int = 10) -> list[Job]:
-        data = await self.call("GET", f"{pipeline_path(pipeline)}/peek?limit={limit}")
-        return [wire.to_job() for wire in PeekResponse.model_validate(data).jobs]
+        answer = await self.send(routes.PEEK, params={"name": pipeline}, query={"limit": limit})
+        return [wire.to_job() for wire in answer.jobs]
 
     async def list_failed(self, pipeline: str, limit: int = 100) -> list[FailedJob]:
-        data = await self.call("GET", f"{pipeline_path(pipeline)}/failed?limit={limit}")
+        answer = await self.send(routes.FAILED, params={"name": pipeline}, query={"limit": limit})
         return [
             FailedJob(entry.job.to_job(), entry.error, entry.attempts, entry.failed_at)
-            for entry in FailedResponse.model_validate(data).failed
+            for entry in answer.failed
         ]
 
     async def retry_failed(self, pipeline: str, ids: Sequence[str] | None = None) -> int:
-        return await self._count(f"{pipeline_path(pipeline)}/failed/retry", ids)
+        body = IdsRequest(ids=list(ids) if ids is not None else None)
+        return (await self.send(routes.RETRY_FAILED, body, params={"name": pipeline})).count
 
     async def purge_failed(self, pipeline: str, ids: Sequence[str] | None = None) -> int:
-        return await self._count(f"{pipeline_path(pipeline)}/failed/purge", ids)
-
-    async def _count(self, path: str, ids: Sequence[str] | None) -> int:
-        body = {"ids": list(ids) if ids is not None else None}
-        return CountResponse.model_validate(await self.call("POST", path, body)).count
+        body = IdsRequest(ids=list(ids) if ids is not None else None)
+        return (await self.send(routes.PURGE_FAILED, body, params={"name": pipeline})).count
 
 
-def pipeline_path(name: str) -> str:
-    """A pipeline's API path; the name is quoted, so any name a pipeline may have works."""
-    return "/jobs/pipelines/" + quote(name, safe="")
+def declare_request(name: str, settings: Mapping[str, Any], consume: bool) -> Declare:
+    """A Declare of `settings` (a `jobs.pipelines.NAME` block, checked here); settings left
+    out stay unset, for the server to fill in."""
+    try:
+        return DeclareRequest.model_validate({**settings, "name": name, "consume": consume})
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise InvalidPipeline(f"pipeline {name!r}: {where}: {problem['msg']}") from None
+
+
+def _fields(body: BaseModel | None) -> dict[str, Any] | None:
+    """The fields given, none left empty: the server's own defaults fill in the rest."""
+    if body is None:
+        return None
+    return body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
 
 
 def _json_body(body: Any) -> aiohttp.BytesIOPayload | None:

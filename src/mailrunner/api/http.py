@@ -9,19 +9,20 @@ import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from mailrunner import __version__
+from mailrunner.api.openapi import openapi_document
+from mailrunner.api.routes import ROUTES
 from mailrunner.api.schemas import (
     MAX_LIST_LIMIT,
     ConnectionsResponse,
     ConnectionWire,
     CountResponse,
+    Declare,
     DeclareRequest,
     DeclareResponse,
     DestroyRequest,
@@ -45,7 +46,7 @@ from mailrunner.api.schemas import (
     WorkersResponse,
     WorkerWire,
 )
-from mailrunner.api.trust import JSON, DeclarePolicy, RequestGuard
+from mailrunner.api.trust import DeclarePolicy, RequestGuard
 from mailrunner.config import PipelineConfig, RpcConfig, split_host_port
 from mailrunner.errors import (
     ApiError,
@@ -62,7 +63,7 @@ from mailrunner.errors import (
 )
 from mailrunner.jobs.deadline import CALLER_MARGIN, DEFAULT_PUSH_TIMEOUT
 from mailrunner.jobs.service import JobsService
-from mailrunner.metrics import Metrics
+from mailrunner.metrics import QUEUE_STATES, GaugeSnapshot, Metrics, worker_counts
 from mailrunner.pool.pool import WorkerInfo, WorkerPool
 from mailrunner.smtp.server import SmtpServer
 
@@ -89,19 +90,6 @@ def status_of(error: Exception) -> int:
         if isinstance(error, kind):
             return status
     return 500
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    summary: str
-    handler: Handler
-    response: type[BaseModel] | None
-    request: type[BaseModel] | None = None
-    query: tuple[str, ...] = ()
-    public: bool = False
-    content_type: str = JSON
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
@@ -184,8 +172,8 @@ class ApiServer:
         self._consumed = consumed
         self._max_request = max_request
         self._runner: web.AppRunner | None = None
-        self.routes = self._route_table()
-        self._public_paths = frozenset(route.path for route in self.routes if route.public)
+        self.routes = ROUTES
+        self._by_path = {(route.method, route.path): route for route in ROUTES}
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -195,7 +183,7 @@ class ApiServer:
             middlewares=[self._errors, self._trusted, self._auth, self._json_only],
         )
         for route in self.routes:
-            app.router.add_route(route.method, route.path, route.handler)
+            app.router.add_route(route.method, route.path, getattr(self, route.name))
         return app
 
     async def start(self) -> None:
@@ -232,7 +220,8 @@ class ApiServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         token = self._config.token
-        if token is None or _route_path(request) in self._public_paths:
+        route = self._by_path.get((request.method, _route_path(request)))
+        if token is None or (route is not None and route.public):
             return await handler(request)
         sent = request.headers.get("Authorization", "")
         expected = f"Bearer {token}".encode()
@@ -256,154 +245,6 @@ class ApiServer:
         except Exception:
             log.exception("api internal error", path=request.path)
             return _error(500, "internal error, see the server log", "InternalError")
-
-    # --- the route table ---------------------------------------------------------------------
-
-    def _route_table(self) -> list[Route]:
-        pipeline = "/jobs/pipelines/{name}"
-        return [
-            Route(
-                "POST",
-                "/jobs/push",
-                "Push one job; 200 once stored",
-                self.push,
-                PushResponse,
-                PushRequest,
-            ),
-            Route(
-                "POST",
-                "/jobs/push_batch",
-                "Push jobs",
-                self.push_batch,
-                PushBatchResponse,
-                PushBatchRequest,
-            ),
-            Route(
-                "GET", "/jobs/pipelines", "List pipelines", self.list_pipelines, PipelinesResponse
-            ),
-            Route(
-                "POST",
-                "/jobs/pipelines",
-                "Declare a pipeline",
-                self.declare,
-                DeclareResponse,
-                DeclareRequest,
-            ),
-            Route(
-                "POST",
-                f"{pipeline}/destroy",
-                "Destroy a pipeline",
-                self.destroy,
-                OkResponse,
-                DestroyRequest,
-            ),
-            Route(
-                "POST",
-                f"{pipeline}/pause",
-                "Pause consuming",
-                self.pause,
-                OkResponse,
-                EmptyRequest,
-            ),
-            Route(
-                "POST",
-                f"{pipeline}/resume",
-                "Resume consuming",
-                self.resume,
-                OkResponse,
-                EmptyRequest,
-            ),
-            Route("GET", f"{pipeline}/stat", "Pipeline stat", self.stat, StatResponse),
-            Route(
-                "GET",
-                f"{pipeline}/peek",
-                "Jobs in serving order",
-                self.peek,
-                PeekResponse,
-                query=("limit",),
-            ),
-            Route(
-                "GET",
-                f"{pipeline}/failed",
-                "The failed list",
-                self.failed,
-                FailedResponse,
-                query=("limit",),
-            ),
-            Route(
-                "POST",
-                f"{pipeline}/failed/retry",
-                "Retry failed jobs",
-                self.retry_failed,
-                CountResponse,
-                IdsRequest,
-            ),
-            Route(
-                "POST",
-                f"{pipeline}/failed/purge",
-                "Purge failed jobs",
-                self.purge_failed,
-                CountResponse,
-                IdsRequest,
-            ),
-            Route("GET", "/workers/{pool}", "List workers", self.workers, WorkersResponse),
-            Route(
-                "POST",
-                "/workers/{pool}/add",
-                "Add a worker, up to max_workers",
-                self.add_worker,
-                WorkerResponse,
-                EmptyRequest,
-            ),
-            Route(
-                "POST",
-                "/workers/{pool}/remove",
-                "Remove a worker",
-                self.remove_worker,
-                WorkerResponse,
-                EmptyRequest,
-            ),
-            Route(
-                "POST",
-                "/workers/{pool}/reset",
-                "Replace every worker",
-                self.reset_workers,
-                OkResponse,
-                EmptyRequest,
-            ),
-            Route(
-                "GET",
-                "/connections",
-                "Open SMTP connections",
-                self.connections,
-                ConnectionsResponse,
-            ),
-            Route(
-                "POST",
-                "/connections/{uuid}/close",
-                "Close a connection",
-                self.close_connection,
-                OkResponse,
-                EmptyRequest,
-            ),
-            Route(
-                "GET",
-                "/health",
-                "Ready when SMTP and consumed pipelines are up",
-                self.health,
-                HealthResponse,
-                public=True,
-            ),
-            Route(
-                "GET",
-                "/metrics",
-                "Prometheus metrics",
-                self.metrics,
-                None,
-                content_type="text/plain",
-            ),
-            Route("GET", "/openapi.json", "This document", self._openapi, None, public=True),
-        ]
 
     # --- jobs --------------------------------------------------------------------------------
 
@@ -433,7 +274,7 @@ class ApiServer:
         return _json(PipelinesResponse(pipelines=self._jobs.list_pipelines()))
 
     async def declare(self, request: web.Request) -> web.Response:
-        body: DeclareRequest = await _body(request, DeclareRequest)
+        body: Declare = await _body(request, DeclareRequest)
         try:
             settings = PIPELINE_SETTINGS.validate_python(body.settings())
         except ValidationError as error:
@@ -459,7 +300,7 @@ class ApiServer:
 
     async def stat(self, request: web.Request) -> web.Response:
         stat = await self._jobs.stat(request.match_info["name"])
-        return _json(StatResponse.model_validate(stat.to_dict()))
+        return _json(StatResponse(stat))
 
     async def peek(self, request: web.Request) -> web.Response:
         jobs = await self._jobs.peek(request.match_info["name"], _limit(request, 10))
@@ -537,124 +378,28 @@ class ApiServer:
         return _json(body, 200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        await self._refresh_gauges()
-        return web.Response(
-            body=self._metrics.exposition(), content_type="text/plain", charset="utf-8"
-        )
+        exposition = self._metrics.exposition(await self._gauges())
+        return web.Response(body=exposition, content_type="text/plain", charset="utf-8")
 
-    async def _refresh_gauges(self) -> None:
-        metrics = self._metrics
-        metrics.smtp_connections.set(len(self._smtp.connections))
-        metrics.jobs_queue.clear()
+    async def _gauges(self) -> GaugeSnapshot:
+        """The gauges as they are now; a pipeline whose driver cannot say is left out."""
+        queues = {}
         for name in self._jobs.list_pipelines():
             try:
                 stat = await self._jobs.stat(name)
             except MailrunnerError:
                 continue
-            for state in ("queued", "delayed", "reserved", "failed"):
-                metrics.jobs_queue.labels(name, state).set(getattr(stat, state))
-        for pool in self._pools.values():
-            counts: dict[str, int] = {"ready": 0, "working": 0, "starting": 0, "stopping": 0}
-            for info in pool.workers():
-                counts[info.state] = counts.get(info.state, 0) + 1
-            for state, count in counts.items():
-                metrics.workers.labels(pool.name, state).set(count)
+            queues[name] = {state: getattr(stat, state) for state in QUEUE_STATES}
+        workers = {
+            pool.name: worker_counts(info.state for info in pool.workers())
+            for pool in self._pools.values()
+        }
+        return GaugeSnapshot(len(self._smtp.connections), queues, workers)
 
-    async def _openapi(self, request: web.Request) -> web.Response:
+    async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document(self.routes))
 
 
 def _worker_response(pool: WorkerPool, info: WorkerInfo) -> web.Response:
     worker = WorkerWire.model_validate(info, from_attributes=True)
     return _json(WorkerResponse(pool=pool.name, worker=worker))
-
-
-def openapi_document(routes: list[Route]) -> dict[str, Any]:
-    """OpenAPI 3.1 for the route table: every route with its request and response schemas."""
-    components: dict[str, Any] = {}
-    paths: dict[str, Any] = {}
-
-    def ref(model: type[BaseModel]) -> dict[str, str]:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(schema.pop("$defs", {}))
-        components[model.__name__] = schema
-        return {"$ref": f"#/components/schemas/{model.__name__}"}
-
-    error = {"content": {JSON: {"schema": ref(ErrorResponse)}}}
-    for route in routes:
-        operation: dict[str, Any] = {
-            "summary": route.summary,
-            "operationId": route.handler.__name__,
-        }
-        parameters = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in _path_parameters(route.path)
-        ]
-        parameters += [
-            {
-                "name": name,
-                "in": "query",
-                "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
-            }
-            for name in route.query
-        ]
-        if parameters:
-            operation["parameters"] = parameters
-        if route.request is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {JSON: {"schema": ref(route.request)}},
-            }
-        if route.response is None:
-            untyped = {"type": "object"} if route.content_type == JSON else None
-            ok: dict[str, Any] = {
-                "description": "OK",
-                "content": {route.content_type: {"schema": untyped or {"type": "string"}}},
-            }
-        else:
-            ok = {
-                "description": "OK",
-                "content": {JSON: {"schema": ref(route.response)}},
-            }
-        statuses = _ERROR_STATUSES | (_BODY_STATUSES if route.request is not None else {})
-        operation["responses"] = {
-            "200": ok,
-            **{
-                str(status): {"description": description, **error}
-                for status, description in sorted(statuses.items())
-            },
-        }
-        if not route.public:
-            operation["security"] = [{"bearer": []}]
-        paths.setdefault(route.path, {})[route.method.lower()] = operation
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "mailrunner management API", "version": __version__},
-        "paths": paths,
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-    }
-
-
-_ERROR_STATUSES = {
-    401: "rpc.token is set and the bearer token is missing or wrong",
-    403: "without rpc.token, the Host is not this API's address, a loopback name or one of"
-    " rpc.allowed_hosts, or the Origin is another site; or a Declare reaches beyond the"
-    " configuration file (rpc.allow_any_declare)",
-    404: "unknown pipeline, pool or connection",
-    409: "a pipeline of that name exists with other settings, or the pool is at max_workers"
-    " or down to its last worker",
-    422: "the request is malformed",
-    503: "the driver or pool is unavailable, or timed out",
-}
-_BODY_STATUSES = {
-    413: "the body is over the request limit, which follows smtp.max_message_size",
-    415: "the body is not sent as Content-Type: application/json",
-}
-
-
-def _path_parameters(path: str) -> list[str]:
-    return [part[1:-1] for part in path.split("/") if part.startswith("{")]

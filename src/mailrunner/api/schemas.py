@@ -10,18 +10,26 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    RootModel,
+    create_model,
+    model_validator,
+)
 
-from mailrunner.config import DRIVER_NAMES
+from mailrunner.config import DRIVER_NAMES, PipelineConfig
 from mailrunner.jobs.deadline import (
     CALLER_MARGIN,
     DEFAULT_PUSH_TIMEOUT,
     MAX_PUSH_TIMEOUT,
     MIN_PUSH_TIMEOUT,
 )
-from mailrunner.jobs.model import MAX_DELAY, FailedJob, Job, JobOptions
+from mailrunner.jobs.model import MAX_DELAY, FailedJob, Job, JobOptions, PipelineStat
 
 MAX_LIST_LIMIT = 1000
 """`peek` and `failed` return at most this many jobs per call: each may be an email's whole
@@ -138,21 +146,45 @@ class PipelinesResponse(Wire):
     pipelines: list[str]
 
 
-class DeclareRequest(Wire):
-    """The same settings as a `jobs.pipelines.NAME` block of the YAML file."""
+class Declare(Wire):
+    """What a Declare names besides the pipeline's settings; the settings themselves are
+    the pipeline model's (see DeclareRequest)."""
 
     name: str = Field(min_length=1, max_length=200)
-    driver: str = Field(json_schema_extra={"enum": list(DRIVER_NAMES)})
-    """Checked when the settings are read as a `PipelineConfig`, the drivers' one list."""
-    priority: int = Field(default=10, ge=0)
-    prefetch: int = Field(default=10, ge=1)
-    retries: int = Field(default=5, ge=1)
-    visibility_timeout: float | str = 300.0
-    config: dict[str, Any] = {}
     consume: bool = False
 
     def settings(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"name", "consume"})
+        """Only the settings the caller gave: the pipeline model fills in the rest, so its
+        defaults are the only ones."""
+        return self.model_dump(exclude={"name", "consume"}, exclude_unset=True)
+
+
+def _declare_request() -> type[Declare]:
+    """The same settings as a `jobs.pipelines.NAME` block of the YAML file, taken from the
+    pipeline models: the settings every driver shares, with their bounds and defaults, then
+    the driver's name and its `config` (read as that driver's model once `driver` is known).
+    """
+    models = get_args(get_args(PipelineConfig)[0])
+    shared = set.intersection(*(set(model.model_fields) for model in models))
+    fields: dict[str, Any] = {
+        "driver": (str, Field(json_schema_extra={"enum": list(DRIVER_NAMES)})),
+        **{
+            name: (field.annotation, field)
+            for name, field in models[0].model_fields.items()
+            if name in shared - {"driver", "config"}
+        },
+        "config": (dict[str, Any], {}),
+    }
+    return create_model(
+        "DeclareRequest",
+        __base__=Declare,
+        __doc__="Declare a pipeline: the settings of a `jobs.pipelines.NAME` block of the YAML"
+        " file; a setting left out takes that block's default.",
+        **fields,
+    )
+
+
+DeclareRequest = _declare_request()
 
 
 class DeclareResponse(Wire):
@@ -173,28 +205,8 @@ class OkResponse(Wire):
     ok: Literal[True] = True
 
 
-class CapabilitiesWire(Wire):
-    durable: bool
-    idempotent_push: bool
-    atomic_batch: bool
-    priority: bool
-    delay: bool
-    peek: bool
-    max_payload: int | None
-
-
-class StatResponse(Wire):
-    pipeline: str
-    driver: str
-    priority: int
-    durable: bool
-    paused: bool
-    consuming: bool
-    queued: int
-    delayed: int
-    reserved: int
-    failed: int
-    capabilities: CapabilitiesWire
+class StatResponse(RootModel[PipelineStat]):
+    """The service's own stat object, as `JobsService.stat` returns it."""
 
 
 class PeekResponse(Wire):

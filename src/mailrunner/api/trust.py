@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
+from mailrunner.api.routes import JSON
 from mailrunner.config import (
     LOOPBACK_HOSTS,
     AmqpPipelineConfig,
@@ -39,7 +40,6 @@ from mailrunner.config import (
 )
 from mailrunner.errors import Forbidden, UnsupportedMediaType
 
-JSON = "application/json"
 LOOPBACK_NAMES = frozenset(f"[{host}]" if ":" in host else host for host in LOOPBACK_HOSTS)
 """The loopback names as a `Host` header writes them (IPv6 in brackets)."""
 _READING_METHODS = frozenset({hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_OPTIONS})

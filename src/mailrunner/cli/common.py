@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from mailrunner import config
 from mailrunner.api.client import ApiClient
@@ -116,6 +114,10 @@ def show(
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
+    # rich only where people read the output: `jobs list` and --json start without it
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
     console = Console() if sys.stdout.isatty() else Console(width=200)
     rows = data.get(rows_key) if rows_key and isinstance(data, dict) else None
     if rows is not None and columns:

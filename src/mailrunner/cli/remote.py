@@ -1,23 +1,29 @@
-"""Commands that talk to a running server through its management API:
-`jobs …`, `workers …` and `connections …`."""
+"""Commands that talk to a running server through ApiClient: `jobs …`, `workers …` and
+`connections …`. Each is one route of the API, and prints the server's answer: as JSON with
+--json, else as a table or `key: value` lines.
+"""
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+from pydantic import BaseModel
 
-from mailrunner.api.client import ApiClient, pipeline_path
-from mailrunner.api.schemas import MAX_LIST_LIMIT
-from mailrunner.cli.common import api_options, call_api, show
+from mailrunner.api import routes
+from mailrunner.api.client import ApiClient, declare_request
+from mailrunner.api.routes import Route
+from mailrunner.api.schemas import MAX_LIST_LIMIT, DestroyRequest, IdsRequest, JobWire, PushRequest
+from mailrunner.cli.common import api_options, call_api, fail, show
 from mailrunner.config import DRIVER_NAMES
-from mailrunner.jobs.model import MAX_DELAY
+from mailrunner.errors import MailrunnerError
+from mailrunner.jobs.model import MAX_DELAY, Job, JobOptions
 from mailrunner.worker import EMAIL_JOB, Email, EventError
 
+M = TypeVar("M", bound=BaseModel)
 PEEK_COLUMNS = ("id", "job", "summary")
 SUMMARY_LIMIT = 120
 WORKER_COLUMNS = ("pid", "state", "executions", "rss_bytes", "created")
@@ -70,11 +76,30 @@ def _one_line(text: str) -> str:
     return flat if len(flat) <= SUMMARY_LIMIT else flat[: SUMMARY_LIMIT - 1] + "…"
 
 
-def _run(options: dict[str, Any], method: str, path: str, body: Any = None) -> Any:
-    async def work(client: ApiClient) -> Any:
-        return await client.call(method, path, body)
+def _answer(
+    options: Mapping[str, Any],
+    route: Route[M],
+    body: BaseModel | None = None,
+    *,
+    query: Mapping[str, int] | None = None,
+    params: Mapping[str, str] | None = None,
+) -> Any:
+    """The server's answer to one call of `route`, as the JSON it sent."""
 
-    return call_api(options["server"], options["token"], options["config_path"], work)
+    async def work(client: ApiClient) -> M:
+        return await client.send(route, body, params=params, query=query)
+
+    answer = call_api(options["server"], options["token"], options["config_path"], work)
+    return answer.model_dump(mode="json")
+
+
+def _print(
+    options: Mapping[str, Any],
+    route: Route[M],
+    body: BaseModel | None = None,
+    **params: str,
+) -> None:
+    show(_answer(options, route, body, params=params), options["as_json"])
 
 
 @click.group()
@@ -86,7 +111,7 @@ def jobs() -> None:
 @api_options
 def list_pipelines(**options: Any) -> None:
     """List pipelines."""
-    data = _run(options, "GET", "/jobs/pipelines")
+    data = _answer(options, routes.LIST_PIPELINES)
     if options["as_json"]:
         show(data, True)
     else:
@@ -99,7 +124,7 @@ def list_pipelines(**options: Any) -> None:
 @api_options
 def stat(pipeline: str, **options: Any) -> None:
     """Counts and settings of a pipeline."""
-    show(_run(options, "GET", f"{pipeline_path(pipeline)}/stat"), options["as_json"])
+    _print(options, routes.STAT, name=pipeline)
 
 
 @jobs.command()
@@ -107,7 +132,7 @@ def stat(pipeline: str, **options: Any) -> None:
 @api_options
 def pause(pipeline: str, **options: Any) -> None:
     """Stop consuming a pipeline; pushes are still stored."""
-    show(_run(options, "POST", f"{pipeline_path(pipeline)}/pause"), options["as_json"])
+    _print(options, routes.PAUSE, name=pipeline)
 
 
 @jobs.command()
@@ -115,32 +140,33 @@ def pause(pipeline: str, **options: Any) -> None:
 @api_options
 def resume(pipeline: str, **options: Any) -> None:
     """Consume a paused pipeline again."""
-    show(_run(options, "POST", f"{pipeline_path(pipeline)}/resume"), options["as_json"])
+    _print(options, routes.RESUME, name=pipeline)
 
 
 @jobs.command()
 @click.argument("name")
 @click.option("--driver", required=True, type=click.Choice(DRIVER_NAMES))
 @click.option("--config", "driver_config", multiple=True, help="Driver setting key=value.")
-@click.option("--priority", type=int, default=10, show_default=True)
-@click.option("--prefetch", type=int, default=10, show_default=True)
-@click.option("--retries", type=int, default=5, show_default=True)
-@click.option("--visibility-timeout", default="5m", show_default=True)
+@click.option("--priority", type=int, help="Default: the pipeline's default (10).")
+@click.option("--prefetch", type=int, help="Default: the pipeline's default (10).")
+@click.option("--retries", type=int, help="Default: the pipeline's default (5).")
+@click.option("--visibility-timeout", help="Like 30s or 5m; default: the pipeline's (30s).")
 @click.option("--consume", is_flag=True, help="Run its jobs on this server's jobs pool.")
 @api_options
 def declare(name: str, driver: str, driver_config: Sequence[str], **options: Any) -> None:
-    """Declare a pipeline at run time (not kept across restarts)."""
-    body = {
-        "name": name,
-        "driver": driver,
-        "config": _pairs(driver_config, "--config"),
-        "priority": options.pop("priority"),
-        "prefetch": options.pop("prefetch"),
-        "retries": options.pop("retries"),
-        "visibility_timeout": options.pop("visibility_timeout"),
-        "consume": options.pop("consume"),
+    """Declare a pipeline at run time (not kept across restarts). A setting left out takes
+    the server's default for it."""
+    given = {
+        key: value
+        for key in ("priority", "prefetch", "retries", "visibility_timeout")
+        if (value := options.pop(key)) is not None
     }
-    show(_run(options, "POST", "/jobs/pipelines", body), options["as_json"])
+    settings = {"driver": driver, "config": _pairs(driver_config, "--config"), **given}
+    try:
+        body = declare_request(name, settings, options.pop("consume"))
+    except MailrunnerError as error:
+        fail(str(error))
+    _print(options, routes.DECLARE, body)
 
 
 @jobs.command()
@@ -149,10 +175,7 @@ def declare(name: str, driver: str, driver_config: Sequence[str], **options: Any
 @api_options
 def destroy(pipeline: str, purge: bool, **options: Any) -> None:
     """Detach a pipeline; its jobs stay stored unless --purge."""
-    show(
-        _run(options, "POST", f"{pipeline_path(pipeline)}/destroy", {"purge": purge}),
-        options["as_json"],
-    )
+    _print(options, routes.DESTROY, DestroyRequest(purge=purge), name=pipeline)
 
 
 @jobs.command()
@@ -173,22 +196,16 @@ def push(pipeline: str, payload: str, payload_file: Path | None, **options: Any)
     headers: dict[str, list[str]] = {}
     for key, value in _pairs(options.pop("header"), "--header").items():
         headers.setdefault(key, []).append(value)
-    job: dict[str, Any] = {
-        "id": options.pop("job_id") or str(uuid.uuid4()),
-        "job": options.pop("job_name"),
-        "headers": headers,
-        "options": {
-            "pipeline": pipeline,
-            "priority": options.pop("priority"),
-            "delay": options.pop("delay"),
-            "auto_ack": options.pop("auto_ack"),
-        },
-    }
-    if payload_file is not None:
-        job["payload_base64"] = base64.b64encode(payload_file.read_bytes()).decode()
-    else:
-        job["payload"] = payload
-    show(_run(options, "POST", "/jobs/push", {"job": job}), options["as_json"])
+    job = Job(
+        id=options.pop("job_id") or str(uuid.uuid4()),
+        name=options.pop("job_name"),
+        payload=payload_file.read_bytes() if payload_file is not None else payload.encode(),
+        options=JobOptions(
+            pipeline, options.pop("priority"), options.pop("delay"), options.pop("auto_ack")
+        ),
+        headers=headers,
+    )
+    _print(options, routes.PUSH, PushRequest(job=JobWire.from_job(job)))
 
 
 @jobs.command()
@@ -197,7 +214,7 @@ def push(pipeline: str, payload: str, payload_file: Path | None, **options: Any)
 @api_options
 def peek(pipeline: str, limit: int, **options: Any) -> None:
     """Show stored jobs in the order they will be served, without taking them."""
-    data = _run(options, "GET", f"{pipeline_path(pipeline)}/peek?limit={limit}")
+    data = _answer(options, routes.PEEK, query={"limit": limit}, params={"name": pipeline})
     if options["as_json"]:
         show(data, True)
         return
@@ -216,7 +233,7 @@ def failed() -> None:
 @api_options
 def list_failed(pipeline: str, limit: int, **options: Any) -> None:
     """Jobs that used up their attempts or were nacked without requeue."""
-    data = _run(options, "GET", f"{pipeline_path(pipeline)}/failed?limit={limit}")
+    data = _answer(options, routes.FAILED, query={"limit": limit}, params={"name": pipeline})
     if options["as_json"]:
         show(data, True)
         return
@@ -224,24 +241,27 @@ def list_failed(pipeline: str, limit: int, **options: Any) -> None:
     show({"failed": rows}, False, ("id", "job", "attempts", "error"), "failed")
 
 
+ids_option = click.option(
+    "--id", "ids", multiple=True, help="Only these jobs (repeatable); default all."
+)
+
+
 @failed.command()
 @click.argument("pipeline")
-@click.option("--id", "ids", multiple=True, help="Only these jobs (repeatable); default all.")
+@ids_option
 @api_options
 def retry(pipeline: str, ids: Sequence[str], **options: Any) -> None:
     """Push failed jobs back with their attempts reset."""
-    body = {"ids": list(ids) or None}
-    show(_run(options, "POST", f"{pipeline_path(pipeline)}/failed/retry", body), options["as_json"])
+    _print(options, routes.RETRY_FAILED, IdsRequest(ids=list(ids) or None), name=pipeline)
 
 
 @failed.command()
 @click.argument("pipeline")
-@click.option("--id", "ids", multiple=True, help="Only these jobs (repeatable); default all.")
+@ids_option
 @api_options
 def purge(pipeline: str, ids: Sequence[str], **options: Any) -> None:
     """Delete failed jobs."""
-    body = {"ids": list(ids) or None}
-    show(_run(options, "POST", f"{pipeline_path(pipeline)}/failed/purge", body), options["as_json"])
+    _print(options, routes.PURGE_FAILED, IdsRequest(ids=list(ids) or None), name=pipeline)
 
 
 pool_option = click.option(
@@ -259,7 +279,8 @@ def workers() -> None:
 @api_options
 def list_workers(pool: str, **options: Any) -> None:
     """List a pool's workers."""
-    show(_run(options, "GET", f"/workers/{pool}"), options["as_json"], WORKER_COLUMNS, "workers")
+    data = _answer(options, routes.WORKERS, params={"pool": pool})
+    show(data, options["as_json"], WORKER_COLUMNS, "workers")
 
 
 @workers.command()
@@ -267,7 +288,7 @@ def list_workers(pool: str, **options: Any) -> None:
 @api_options
 def add(pool: str, **options: Any) -> None:
     """Start one more worker."""
-    show(_run(options, "POST", f"/workers/{pool}/add"), options["as_json"])
+    _print(options, routes.ADD_WORKER, pool=pool)
 
 
 @workers.command()
@@ -275,7 +296,7 @@ def add(pool: str, **options: Any) -> None:
 @api_options
 def remove(pool: str, **options: Any) -> None:
     """Stop one idle worker."""
-    show(_run(options, "POST", f"/workers/{pool}/remove"), options["as_json"])
+    _print(options, routes.REMOVE_WORKER, pool=pool)
 
 
 @workers.command()
@@ -283,7 +304,7 @@ def remove(pool: str, **options: Any) -> None:
 @api_options
 def reset(pool: str, **options: Any) -> None:
     """Replace every worker (busy ones once they finish)."""
-    show(_run(options, "POST", f"/workers/{pool}/reset"), options["as_json"])
+    _print(options, routes.RESET_WORKERS, pool=pool)
 
 
 @click.group()
@@ -295,7 +316,7 @@ def connections() -> None:
 @api_options
 def list_connections(**options: Any) -> None:
     """Open SMTP connections."""
-    data = _run(options, "GET", "/connections")
+    data = _answer(options, routes.CONNECTIONS)
     show(data, options["as_json"], CONNECTION_COLUMNS, "connections")
 
 
@@ -304,4 +325,4 @@ def list_connections(**options: Any) -> None:
 @api_options
 def close(connection_id: str, **options: Any) -> None:
     """Close a connection (421), after its current command if it is in one."""
-    show(_run(options, "POST", f"/connections/{connection_id}/close"), options["as_json"])
+    _print(options, routes.CLOSE_CONNECTION, uuid=connection_id)

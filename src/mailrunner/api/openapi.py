@@ -1,0 +1,97 @@
+"""/openapi.json, generated from the route table the server serves and the client calls, so
+the document cannot drift from either."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel
+
+from mailrunner import __version__
+from mailrunner.api.routes import JSON, Route
+from mailrunner.api.schemas import MAX_LIST_LIMIT, ErrorResponse
+
+_ERROR_STATUSES = {
+    401: "rpc.token is set and the bearer token is missing or wrong",
+    403: "without rpc.token, the Host is not this API's address, a loopback name or one of"
+    " rpc.allowed_hosts, or the Origin is another site; or a Declare reaches beyond the"
+    " configuration file (rpc.allow_any_declare)",
+    404: "unknown pipeline, pool or connection",
+    409: "a pipeline of that name exists with other settings, or the pool is at max_workers"
+    " or down to its last worker",
+    422: "the request is malformed",
+    503: "the driver or pool is unavailable, or timed out",
+}
+_BODY_STATUSES = {
+    413: "the body is over the request limit, which follows smtp.max_message_size",
+    415: "the body is not sent as Content-Type: application/json",
+}
+
+
+def openapi_document(routes: Iterable[Route[Any]]) -> dict[str, Any]:
+    """OpenAPI 3.1 for the route table: every route with its request and response schemas."""
+    components: dict[str, Any] = {}
+    paths: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    error = {"content": {JSON: {"schema": ref(ErrorResponse)}}}
+    for route in routes:
+        operation: dict[str, Any] = {"summary": route.summary, "operationId": route.name}
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in route.parameters
+        ]
+        parameters += [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
+            }
+            for name in route.query
+        ]
+        if parameters:
+            operation["parameters"] = parameters
+        if route.request is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {JSON: {"schema": ref(route.request)}},
+            }
+        operation["responses"] = {
+            "200": {"description": "OK", "content": _ok_content(route, ref)},
+            **{
+                str(status): {"description": description, **error}
+                for status, description in sorted(_statuses(route).items())
+            },
+        }
+        if not route.public:
+            operation["security"] = [{"bearer": []}]
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mailrunner management API", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _ok_content(route: Route[Any], ref: Any) -> dict[str, Any]:
+    """A model's schema; an untyped answer is any object in JSON, else text."""
+    response = route.response
+    if isinstance(response, type) and issubclass(response, BaseModel):
+        return {JSON: {"schema": ref(response)}}
+    untyped = {"type": "object"} if route.content_type == JSON else {"type": "string"}
+    return {route.content_type: {"schema": untyped}}
+
+
+def _statuses(route: Route[Any]) -> dict[int, str]:
+    return _ERROR_STATUSES | (_BODY_STATUSES if route.request is not None else {})
