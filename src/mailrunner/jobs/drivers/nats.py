@@ -1,70 +1,55 @@
 """The NATS JetStream driver: a pipeline shared by many nodes through one stream.
 
-Layout (`stream` defaults to the pipeline's name, `subject` to `mailrunner.jobs.<pipeline>`):
-`<stream>` (file storage, work-queue retention, on `<subject>`) holds the jobs,
-`<stream>_failed` (limits retention, on `<subject>.failed`) the failed list; every node pulls
-from the durable consumer "mailrunner" on `<stream>`: explicit ack, ack_wait = the pipeline's
-visibility_timeout, max_deliver unlimited (mailrunner's consumer, not JetStream, enforces
-`retries`). A job is one message: its payload, `Mailrunner-Job` (id, name, headers, priority
-and auto_ack as ASCII JSON: NATS headers cannot carry newlines), `Mailrunner-Attempts` (the
-deliveries it had before this message, see nack) and `Nats-Msg-Id` (its id).
+Jobs are messages of `<stream>` (work-queue retention) on `<subject>`, the failed list is
+`<stream>_failed` on `<subject>.failed`; all nodes pull from one durable consumer with
+ack_wait = visibility_timeout and max_deliver unlimited (mailrunner, not JetStream, enforces
+`retries`). Durable: push returns after the PubAck of a file-backed stream (JetStream syncs
+in the background: a power loss can lose the last seconds, a killed server does not). A
+message carries the job in `Mailrunner-Job` (ASCII JSON: NATS headers cannot
+carry newlines), the deliveries it had before this message in `Mailrunner-Attempts`, and its
+id in `Nats-Msg-Id`, which makes JetStream drop a re-push only within its duplicate window:
+hence idempotent_push is declared false. A batch is published message by message (what a
+failed one stored is deleted again, but a reader can see part of it); JetStream serves in
+stream order (no priority) and cannot list a consumer's messages without leasing (no peek).
+A delayed job carries `Mailrunner-Not-Before`; a reserve meeting it early gives it back with
+`nak(delay=remaining)`, but `stat` counts it as queued, so delay is declared false too.
+max_payload is the server's less 8 KiB for the headers, which share that limit.
 
-Capabilities: durable, as `push` returns after the PubAck of a file-backed stream (JetStream
-syncs in the background: a power loss can lose the last seconds, a killed nats-server does
-not). idempotent_push is declared false: `Nats-Msg-Id` drops a re-push only within the
-stream's duplicate window (2 minutes). No atomic_batch: a batch is published one message at a
-time; what a failed one stored is deleted again, but a reader can see part of it. No priority:
-JetStream serves in stream order. delay is declared false: a delayed job carries
-`Mailrunner-Not-Before`, and a reserve that meets it early gives it back with
-`nak(delay=remaining)`, but `stat` counts it as queued. No peek: JetStream cannot list a
-consumer's messages in serving order without leasing. max_payload: the server's (from its
-INFO) minus 8 KiB for the job's metadata headers, which share that limit.
+Leases: a lease is one delivery; `extend` is `in_progress()`. This process notes when each of
+its leases expires, measured from before the pull (never later than the server's expiry); a
+lease past that, or whose message it has seen delivered again, is stale: its ack, nack,
+extend and release do nothing (a duplicate run, never a loss, never another consumer's lease
+disturbed). Deliveries are told apart by consumer sequence, because after a killed server
+restarts JetStream can deliver a message twice as if new. A message arriving after its pull
+gave up is given back at once, uncounted. A killed process's leases are given back by the
+next one on its data_dir (`_nats_leases`).
 
-Leases: a lease is one delivery. `extend` is `in_progress()`, which restarts the server's
-ack_wait. This process notes when each of its leases expires, measured from before the pull
-(never later than the server's expiry); a lease past that, or whose message it has seen
-delivered again, is stale and its ack, nack, extend and release do nothing: a duplicate run,
-never a loss, and another consumer's lease is never disturbed. Deliveries are told apart by
-their consumer sequence: after a killed server restarts, JetStream can deliver a message a
-second time as if new (its consumer state on disk was behind); only the latest one is a
-lease. Pulls run one at a time per driver, on this process's own inbox; a message that
-arrives after its pull gave up is given back at once with `nak()`, uncounted. The leases of a
-killed process are given back by the next one on its data_dir (see `_nats_leases`).
+Attempts: `Mailrunner-Attempts` + `num_delivered`, less the deliveries this process gave back
+uncounted (`release`, a job not yet due); a release by another node, or before a restart,
+counts. nack with requeue and no delay, or with new headers, publishes a copy and acks the
+original after the copy's PubAck (due at once, queued across restarts); with only a delay it
+is `nak(delay)`; without requeue a copy goes to the failed stream and the original is
+terminated. `release` is `nak()`: redelivered before newer messages, it keeps its place.
 
-Attempts: `Mailrunner-Attempts` + the message's `num_delivered`, minus the deliveries this
-process gave back uncounted (`release`, skipping a job not yet due). Only this process knows
-those: a release by another node, or before a restart, counts as an attempt.
+stat: queued = `num_pending` plus what this process knows is due again though unacknowledged
+(expired leases, releases, nak delays over); delayed = its nak delays not over; reserved = the
+rest of `num_ack_pending`. Exact for one process; else a job waiting on the server for
+redelivery counts as reserved.
 
-nack: with requeue and no delay, or with new headers, the job is published again as a new
-message (the attempts so far, the new headers) and the original acked after the copy's
-PubAck, so it is due at once and survives restarts as queued. With a delay and no new headers
-it is `nak(delay=...)`, waiting on the server; with both, the copy carries
-`Mailrunner-Not-Before`. Without requeue a copy goes to the failed stream (error, attempts and
-time in headers) and the original is terminated after that copy's PubAck. `release` is
-`nak()`: JetStream redelivers it before newer messages, so it keeps its place.
+No late delivery: `pending_size=0` makes nats-py refuse to buffer a publish while
+disconnected (the push fails at once instead of being sent after the server returns). Each
+message is published only before the deadline, its PubAck awaited up to the deadline plus
+`VERDICT_GRACE` (`jobs/deadline.py`), and what was confirmed late is deleted before
+PushTimeout. Each message also carries the pusher's wall-clock deadline
+(`Mailrunner-Deadline`): reserve terminates, unseen, one the server stored more than
+`max_clock_skew` after it, so even a publish whose PubAck never came is not delivered late;
+each drop is logged and counted in `dropped_late`, so a pusher whose clock lags shows there
+instead of losing mail silently. Within the skew, a push that raised may be delivered: a
+duplicate after the client's retry, never a loss.
 
-stat: queued = the consumer's `num_pending` plus the messages this process knows are due again
-though still unacknowledged on the server (expired leases, releases, nak delays that are
-over); delayed = its nak delays not over; reserved = the rest of `num_ack_pending`; failed =
-the failed stream's count. Exact for one process; with several, or after a restart, a job
-waiting on the server for redelivery counts as reserved until it is delivered again.
-
-No late delivery: the client connects with `pending_size=0`, so nats-py refuses to buffer a
-publish while disconnected (the push fails at once with DriverUnavailable instead of being
-sent after the server returns). Before each message the deadline and the connection are
-checked, and the PubAck is awaited up to the deadline plus `VERDICT_GRACE`
-(`jobs/deadline.py`); a job confirmed after the deadline is deleted again before PushTimeout
-is raised. Each message also carries the pusher's wall-clock deadline (`Mailrunner-Deadline`),
-and reserve terminates, unseen, a message the server stored more than `max_clock_skew` after
-it, so even a publish whose PubAck never came is not delivered when it landed late. Each drop
-is logged ("job dropped: stored after its push deadline") and counted in `dropped_late`: a
-pusher whose clock lags the server's by more than the skew shows there instead of losing mail
-silently. Within the skew, a push that raised may be delivered: a duplicate after the SMTP
-client's retry, never a loss.
-
-Connections: nats-py reconnects by itself; the durable consumer and the pull inbox survive a
-server restart, so the same driver works again once the server is back, without reopening.
-While it is down every call fails fast with DriverUnavailable.
+nats-py reconnects by itself; the durable consumer and the pull inbox survive a server
+restart, so the same driver works again once the server is back. While it is down every call
+fails fast with DriverUnavailable.
 """
 
 from __future__ import annotations
@@ -96,6 +81,8 @@ from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers._common import (
     broker_capabilities,
+    broker_errors,
+    not_open,
     selection,
     selects_nothing,
     time_left,
@@ -120,6 +107,8 @@ _DEADLINE, _NOT_BEFORE = "Mailrunner-Deadline", "Mailrunner-Not-Before"
 _ERROR, _FAILED_AT = "Mailrunner-Error", "Mailrunner-Failed-At"
 _State = Literal["leased", "released", "delayed"]
 _UNREACHABLE = (
+    nats.errors.TimeoutError,
+    TimeoutError,
     nats.errors.ConnectionClosedError,
     nats.errors.OutboundBufferLimitError,
     nats.errors.NoRespondersError,
@@ -299,22 +288,14 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
 
     def _client(self) -> tuple[Client, JetStreamContext]:
         if self._nc is None or self._js is None:
-            raise DriverUnavailable(f"pipeline {self.name}: the nats driver is not open")
+            raise not_open(self.name, "nats")
         if not self._nc.is_connected:
             raise DriverUnavailable(f"pipeline {self.name}: nats at {self.addr} is unreachable")
         return self._nc, self._js
 
-    def _failure(self, error: BaseException, doing: str) -> DriverError:
-        if isinstance(error, (nats.errors.TimeoutError, TimeoutError)):
-            return DriverUnavailable(
-                f"pipeline {self.name}: nats at {self.addr} did not answer while {doing}"
-            )
-        if isinstance(error, _UNREACHABLE):
-            return DriverUnavailable(
-                f"pipeline {self.name}: nats at {self.addr} unreachable while {doing}: "
-                f"{type(error).__name__}"
-            )
-        return DriverError(f"pipeline {self.name}: nats failed while {doing}: {error!r}")
+    def _errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        where = f"pipeline {self.name}: nats at {self.addr}"
+        return broker_errors(where, doing, unreachable=_UNREACHABLE, failed=Exception)
 
     # --- push ----------------------------------------------------------------------------
 
@@ -323,7 +304,14 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         _nc, js = self._client()
         stored: list[int] = []
         try:
-            await self._publish_jobs(jobs, deadline, stored)
+            with self._errors("storing jobs"):
+                try:
+                    await self._publish_jobs(jobs, deadline, stored)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    raise PushTimeout(
+                        f"pipeline {self.name}: nats at {self.addr} did not confirm the push "
+                        f"within {VERDICT_GRACE}s of its deadline"
+                    ) from None
         except BaseException as error:
             for seq in stored:  # best effort: reserve also drops what was stored late
                 with contextlib.suppress(Exception):
@@ -332,14 +320,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                 raise DriverUnavailable(
                     f"pipeline {self.name}: the nats client cancelled its own request"
                 ) from None
-            if isinstance(error, DriverError) or not isinstance(error, Exception):
-                raise
-            if isinstance(error, (nats.errors.TimeoutError, TimeoutError)):
-                raise PushTimeout(
-                    f"pipeline {self.name}: nats at {self.addr} did not confirm the push "
-                    f"within {VERDICT_GRACE}s of its deadline"
-                ) from None
-            raise self._failure(error, "storing jobs") from error
+            raise
 
     async def _publish_jobs(self, jobs: Sequence[Job], deadline: float, stored: list[int]) -> None:
         """Publish one job at a time, each only while connected and before the deadline,
@@ -395,11 +376,12 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             listen = expires + _PULL_MARGIN
         msgs: list[Msg] = []
         try:
-            await nc.publish(
-                f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{CONSUMER}",
-                json.dumps(request).encode(),
-                reply=f"{self._inbox}.{token}",
-            )
+            with self._errors("reserving jobs"):
+                await nc.publish(
+                    f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{CONSUMER}",
+                    json.dumps(request).encode(),
+                    reply=f"{self._inbox}.{token}",
+                )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(listen):
                     while len(msgs) < batch:
@@ -409,8 +391,6 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                             msgs.append(msg)
                         elif status != "100":
                             break
-        except Exception as error:
-            raise self._failure(error, "reserving jobs") from error
         finally:
             self._current = None
             while not queue.empty():  # arrived with the terminating status: keep them
@@ -483,10 +463,8 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         ]
 
     async def _quietly(self, call: Awaitable[Any]) -> None:
-        try:
+        with self._errors("acknowledging a message"):
             await call
-        except Exception as error:
-            raise self._failure(error, "acknowledging a message") from error
 
     async def reserve(self, limit: int, wait: float) -> list[Lease]:
         give_up = time.monotonic() + wait
@@ -604,20 +582,16 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         """Publish a copy of a job (requeue, failed list, retry) and wait for its PubAck."""
         _nc, js = self._client()
         headers = _encode(job, attempts, extra)
-        try:
+        with self._errors(f"storing a copy of job {job.id}"):
             await js.publish(subject, job.payload, timeout=_CALL_TIMEOUT, headers=headers)
-        except Exception as error:
-            raise self._failure(error, f"storing a copy of job {job.id}") from error
 
     # --- inspection and the failed list --------------------------------------------------
 
     async def stat(self) -> QueueStat:
         _nc, js = self._client()
-        try:
+        with self._errors("counting jobs"):
             consumer = await js.consumer_info(self.stream, CONSUMER)
             failed = await js.stream_info(self.failed_stream)
-        except Exception as error:
-            raise self._failure(error, "counting jobs") from error
         now = time.monotonic()
         due = delayed = 0
         for held in self._held.values():
@@ -642,7 +616,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         """Every message of the failed stream, oldest first, with its sequence."""
         _nc, js = self._client()
         entries: list[tuple[int, FailedJob]] = []
-        try:
+        with self._errors("listing failed jobs"):
             info = await js.stream_info(self.failed_stream)
             seq = info.state.first_seq
             while info.state.messages and seq <= info.state.last_seq:
@@ -663,8 +637,6 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                 job = _decode(headers, raw.data or b"", self.name)
                 entries.append((raw.seq, FailedJob(job, error, attempts, failed_at)))
                 seq = raw.seq + 1
-        except Exception as error:
-            raise self._failure(error, "listing failed jobs") from error
         return entries
 
     async def failed(self, limit: int) -> list[FailedJob]:
@@ -696,24 +668,21 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
 
     async def _delete_failed(self, seq: int) -> None:
         _nc, js = self._client()
-        try:
+        with (
+            self._errors("deleting a failed job"),
+            contextlib.suppress(nats.js.errors.NotFoundError),
+        ):
             await js.delete_msg(self.failed_stream, seq)
-        except nats.js.errors.NotFoundError:
-            pass
-        except Exception as error:
-            raise self._failure(error, "deleting a failed job") from error
 
     async def destroy(self) -> None:
         """Delete the consumer, empty both streams, and declare the consumer again."""
         _nc, js = self._client()
-        try:
+        with self._errors("deleting the pipeline's jobs"):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.delete_consumer(self.stream, CONSUMER)
             await js.purge_stream(self.stream)
             await js.purge_stream(self.failed_stream)
             await self._declare(js)
-        except Exception as error:
-            raise self._failure(error, "deleting the pipeline's jobs") from error
         self._held.clear()
         self._uncounted.clear()
         self._leases.changed()
