@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,19 @@ SDK = "mailrunner.worker"
 WIRE = "mailrunner.wire"
 CLIENTS = ("mailrunner.cli",)
 """Programs that talk to the server and may also use the SDK (to read events)."""
+API_CLIENT = "mailrunner.api.client"
+SERVER = (
+    "mailrunner.api.http",
+    "mailrunner.api.trust",
+    "mailrunner.app",
+    "mailrunner.smtp",
+    "mailrunner.pool",
+    "mailrunner.jobs.service",
+    "mailrunner.jobs.drivers",
+)
+"""What the API client must never load: it runs in CLIs and in SMTP ingress nodes, and
+reaches the server only through the route table (mailrunner.api.routes)."""
+SERVER_LIBRARIES = ("aiosmtpd", "redis", "aio_pika", "aiormq", "nats", "aiohttp.web", "structlog")
 
 
 def _module_name(path: Path) -> str:
@@ -95,6 +110,68 @@ def test_the_server_never_imports_the_worker_sdk() -> None:
     ]
 
     assert offenders == []
+
+
+def _reachable(module: str) -> set[str]:
+    """Every mailrunner module `module` loads, directly or through others."""
+    modules = _modules()
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in modules:
+            continue
+        seen.add(name)
+        todo.extend(_imports(name, modules[name]))
+    return seen
+
+
+def test_the_api_client_never_loads_the_server() -> None:
+    loaded = _reachable(API_CLIENT)
+
+    assert "mailrunner.api.routes" in loaded, "the client reads the route table"
+    assert sorted(name for name in loaded if any(_within(name, s) for s in SERVER)) == []
+
+
+_LOADED_BY = """
+import json, runpy, sys
+sys.argv = ["mailrunner", *sys.argv[1:]]
+try:
+    runpy.run_module("mailrunner", run_name="__main__")
+except SystemExit:
+    pass
+sys.stderr.write(json.dumps(sorted(sys.modules)))
+"""
+"""Runs the CLI as `python -m mailrunner` does, then writes the modules it loaded to stderr
+(stdout holds the command's own output)."""
+
+
+def loaded_by_cli(*args: str) -> set[str]:
+    run = subprocess.run(
+        [sys.executable, "-c", _LOADED_BY, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    loaded: list[str] = json.loads(run.stderr.splitlines()[-1])
+    return set(loaded)
+
+
+def test_mailrunner_version_loads_no_server_client_or_validation_library() -> None:
+    loaded = loaded_by_cli("--version")
+
+    assert "click" in loaded, "the probe sees the CLI's imports"
+    heavy = (*SERVER_LIBRARIES, "aiohttp", "pydantic", "yaml", "rich", "mailrunner.api")
+    assert sorted(name for name in loaded if any(_within(name, h) for h in heavy)) == []
+
+
+def test_an_api_command_loads_the_client_but_no_server_library() -> None:
+    loaded = loaded_by_cli("jobs", "list", "--server", "http://127.0.0.1:9")
+
+    assert "mailrunner.api.client" in loaded, "the probe sees the command's imports"
+    unwanted = (*SERVER_LIBRARIES, *SERVER, "rich")
+    assert sorted(name for name in loaded if any(_within(name, u) for u in unwanted)) == []
 
 
 def test_the_rules_see_the_imports_they_judge() -> None:
