@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -192,6 +192,18 @@ def restart_under_load(
     return sender
 
 
+def serve_pipeline(
+    start_server: Callable[..., RunningServer], driver: str, config: dict[str, Any]
+) -> RunningServer:
+    """A mailrunner pushing every email into PIPELINE on `driver`; a 2 s push_timeout keeps
+    the 451s coming quickly while the broker is away."""
+    return start_server(
+        record=False,
+        smtp={"jobs": {"push_timeout": 2}},
+        jobs={"pipelines": {PIPELINE: {"driver": driver, "config": config}}},
+    )
+
+
 def message_ids(payloads: list[bytes | str]) -> set[str]:
     return {json.loads(payload)["message"]["id"] for payload in payloads}
 
@@ -226,20 +238,39 @@ def reserve_all(server: RunningServer) -> list[bytes | str]:
     pytest.fail(f"the pipeline was still not drained after 60s ({len(payloads)} jobs read)")
 
 
+# --- the brokers ---------------------------------------------------------------------------
+
+
+class Broker(Protocol):
+    def start(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+B = TypeVar("B", bound=Broker)
+
+
+def running(broker: B) -> Iterator[B]:
+    """A fixture's broker, started, and killed after the test whatever it did."""
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.kill()
+
+
+def new_directory(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
 # --- redis ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     binary = require_binary(shutil.which("redis-server"), "redis-server")
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(binary, directory, DURABLE_REDIS)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.kill()
+    yield from running(RedisServer(binary, new_directory(tmp_path / "redis"), DURABLE_REDIS))
 
 
 @pytest.mark.redis
@@ -248,11 +279,7 @@ def test_redis_restart_under_load_loses_no_acknowledged_email(
 ) -> None:
     require_broker("redis", "127.0.0.1", own_redis.port)
     addr = f"redis://127.0.0.1:{own_redis.port}/0"
-    server = start_server(
-        record=False,
-        smtp={"jobs": {"push_timeout": 2}},
-        jobs={"pipelines": {PIPELINE: {"driver": "redis", "config": {"addr": addr, "timeout": 1}}}},
-    )
+    server = serve_pipeline(start_server, "redis", {"addr": addr, "timeout": 1})
     sender = restart_under_load(server, own_redis.kill, own_redis.start)
     assert server.app.jobs.pipeline(PIPELINE).driver.capabilities.peek
     jobs = server.call(server.app.jobs.peek(PIPELINE, 1_000_000))
@@ -265,14 +292,7 @@ def test_redis_restart_under_load_loses_no_acknowledged_email(
 @pytest.fixture
 def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
     require_binary(NATS_SERVER, "nats-server")
-    directory = tmp_path / "nats-store"
-    directory.mkdir()
-    server = NatsServer(directory)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.kill()
+    yield from running(NatsServer(new_directory(tmp_path / "nats-store")))
 
 
 @pytest.mark.nats
@@ -286,11 +306,7 @@ def test_nats_restart_under_load_loses_no_acknowledged_email(
         "stream": stream,
         "subject": f"restart.{stream}",
     }
-    server = start_server(
-        record=False,
-        smtp={"jobs": {"push_timeout": 2}},
-        jobs={"pipelines": {PIPELINE: {"driver": "nats", "config": config}}},
-    )
+    server = serve_pipeline(start_server, "nats", config)
     try:
         sender = restart_under_load(server, own_nats.kill, own_nats.start)
         stored = message_ids(reserve_all(server))
@@ -306,14 +322,7 @@ def test_nats_restart_under_load_loses_no_acknowledged_email(
 @pytest.fixture
 def own_rabbitmq(tmp_path: Path) -> Iterator[RabbitMQServer]:
     require_binary(RABBITMQ_SERVER, "rabbitmq-server")
-    directory = tmp_path / "rabbitmq"
-    directory.mkdir()
-    server = RabbitMQServer(directory)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from running(RabbitMQServer(new_directory(tmp_path / "rabbitmq")))
 
 
 @pytest.mark.amqp
@@ -321,11 +330,7 @@ def test_rabbitmq_restart_under_load_loses_no_acknowledged_email(
     start_server: Callable[..., RunningServer], own_rabbitmq: RabbitMQServer
 ) -> None:
     config = {"addr": own_rabbitmq.addr, "queue": f"mailrunner.restart.{uuid.uuid4().hex[:12]}"}
-    server = start_server(
-        record=False,
-        smtp={"jobs": {"push_timeout": 2}},
-        jobs={"pipelines": {PIPELINE: {"driver": "amqp", "config": config}}},
-    )
+    server = serve_pipeline(start_server, "amqp", config)
     sender = restart_under_load(server, own_rabbitmq.stop, own_rabbitmq.start)
     stored = message_ids(reserve_all(server))
     assert_nothing_acknowledged_was_lost(sender, stored)

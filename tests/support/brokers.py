@@ -211,9 +211,9 @@ class RabbitMQServer:
         self.process.wait(RABBITMQ_STOP_DEADLINE)
         self.process = None
 
-    def close(self) -> None:
-        """Leave nothing running: SIGKILL the node's process group if it still runs, then the
-        epmd it started on its own port."""
+    def kill(self) -> None:
+        """SIGKILL the node's process group if it still runs, then stop the epmd it started
+        on its own port: nothing of it is left running."""
         if self.process is not None:
             if self.process.poll() is None:
                 os.killpg(self.process.pid, signal.SIGKILL)
