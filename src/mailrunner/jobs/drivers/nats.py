@@ -56,9 +56,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import itertools
-import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -72,13 +69,13 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
 from mailrunner.config import NatsPipelineConfig, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
+from mailrunner.jobs.drivers import _nats_wire as wire
 from mailrunner.jobs.drivers._common import (
     broker_capabilities,
     broker_errors,
@@ -88,7 +85,8 @@ from mailrunner.jobs.drivers._common import (
     time_left,
 )
 from mailrunner.jobs.drivers._nats_leases import LeaseFile
-from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
+from mailrunner.jobs.drivers._nats_pull import PULL_MARGIN, Puller
+from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
 
@@ -98,13 +96,8 @@ _HEADER_ROOM = 8 * 1024
 """Bytes of the server's max_payload kept for a job's metadata headers."""
 _CALL_TIMEOUT = 5
 """Seconds bounding every JetStream API call, acknowledgement and flush."""
-_PULL_MARGIN = 0.25
-"""Seconds a waiting pull listens past its expiry for the server's 408."""
 _DUPLICATE_WINDOW = 120.0
 
-_JOB, _ATTEMPTS, _MSG_ID = "Mailrunner-Job", "Mailrunner-Attempts", "Nats-Msg-Id"
-_DEADLINE, _NOT_BEFORE = "Mailrunner-Deadline", "Mailrunner-Not-Before"
-_ERROR, _FAILED_AT = "Mailrunner-Error", "Mailrunner-Failed-At"
 _State = Literal["leased", "released", "delayed"]
 _UNREACHABLE = (
     nats.errors.TimeoutError,
@@ -128,26 +121,6 @@ def _cancelled_by_caller() -> bool:
 def _token(name: str) -> str:
     """A pipeline name made fit for a stream name and a subject token (the defaults)."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
-
-
-def _msg_id(job_id: str) -> str:
-    """The job id when it is a safe header value, else its hash (same id, same value)."""
-    if job_id.isascii() and job_id.isprintable() and len(job_id) <= 200:
-        return job_id
-    return "sha256:" + hashlib.sha256(job_id.encode()).hexdigest()
-
-
-def _encode(job: Job, attempts: int, extra: dict[str, str] | None = None) -> dict[str, str]:
-    options = job.options
-    meta: dict[str, Any] = {"id": job.id, "name": job.name, "headers": job.headers}
-    meta |= {"priority": options.priority, "auto_ack": options.auto_ack}
-    return {_JOB: json.dumps(meta, ensure_ascii=True), _ATTEMPTS: str(attempts), **(extra or {})}
-
-
-def _decode(headers: dict[str, str] | None, payload: bytes, pipeline: str) -> Job:
-    meta = json.loads((headers or {})[_JOB])
-    options = JobOptions(pipeline, int(meta["priority"]), auto_ack=bool(meta["auto_ack"]))
-    return Job(meta["id"], meta["name"], payload, options, meta["headers"])
 
 
 @dataclass(slots=True)
@@ -189,11 +162,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         self.failed_subject = f"{self.subject}.failed"
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._sub: Subscription | None = None
-        self._inbox = ""
-        self._tokens = itertools.count(1)
-        self._current: tuple[str, asyncio.Queue[Msg]] | None = None
-        self._pull_lock = asyncio.Lock()
+        self._puller = Puller(self.stream, CONSUMER, _CALL_TIMEOUT, self._count_out)
         self._held: dict[int, _Held] = {}
         self._uncounted: dict[int, int] = {}
         self._leases = LeaseFile(data_dir / f"nats-leases.{self.stream}.json", self._noted)
@@ -224,8 +193,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         try:
             js = nc.jetstream(timeout=_CALL_TIMEOUT)
             await self._declare(js)
-            self._inbox = nc.new_inbox()
-            self._sub = await nc.subscribe(self._inbox + ".*", cb=self._on_pulled)
+            await self._puller.start(nc)
             for reply in await self._leases.left_behind():
                 await nc.publish(reply, b"-NAK")
             await nc.flush(_CALL_TIMEOUT)
@@ -270,15 +238,14 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         )
 
     async def close(self) -> None:
-        nc, sub, self._nc, self._js, self._sub = self._nc, self._sub, None, None, None
+        nc, self._nc, self._js = self._nc, None, None
+        await self._puller.stop()
         await self._leases.stop()
         self._held.clear()
         self._uncounted.clear()
         if nc is None:
             return
         try:
-            if sub is not None:
-                await sub.unsubscribe()
             await nc.close()
         except asyncio.CancelledError:
             if _cancelled_by_caller():
@@ -328,11 +295,8 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         wall_deadline = time.time() + (deadline - time.monotonic())
         for job in jobs:
             remaining = time_left(self.name, deadline, f"storing job {job.id}")
-            extra = {_MSG_ID: _msg_id(job.id), _DEADLINE: repr(wall_deadline)}
-            if job.options.delay > 0:
-                extra[_NOT_BEFORE] = repr(time.time() + job.options.delay)
+            headers = wire.encode(job, 0, delay=job.options.delay, deadline=wall_deadline)
             _nc, js = self._client()  # disconnected: fail now, never buffer
-            headers = _encode(job, 0, extra)
             timeout = remaining + VERDICT_GRACE
             ack = await js.publish(self.subject, job.payload, timeout=timeout, headers=headers)
             if not ack.duplicate:
@@ -345,72 +309,23 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
 
     # --- pulling -------------------------------------------------------------------------
 
-    async def _on_pulled(self, msg: Msg) -> None:
-        """Route a pulled message to the pull waiting for it; one nobody waits for any more
-        is given back at once, uncounted, instead of sitting leased until ack_wait.
-
-        Pulls run one at a time (under `_pull_lock`), so a job message belongs to the pull
-        in progress; a status message (404, 408) names its pull in its subject, so one that
-        answers an earlier pull cannot end the current one."""
-        current = self._current
-        status = JetStreamContext.is_status_msg(msg)
-        if current is not None and (status is None or msg.subject.endswith("." + current[0])):
-            current[1].put_nowait(msg)
-        elif status is None and msg.reply:
-            with contextlib.suppress(Exception):
-                self._count_out(msg.metadata.sequence.stream)
-                await msg.nak()
-
     async def _pull(self, batch: int, expires: float | None) -> list[Msg]:
-        """One pull request on this process's inbox: `no_wait` when `expires` is None."""
         nc, _js = self._client()
-        token = str(next(self._tokens))
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._current = (token, queue)
-        request: dict[str, Any] = {"batch": batch}
-        if expires is None:
-            request["no_wait"] = True
-            listen: float = _CALL_TIMEOUT
-        else:
-            request["expires"] = max(1_000_000, int(expires * 1e9))
-            listen = expires + _PULL_MARGIN
-        msgs: list[Msg] = []
-        try:
-            with self._errors("reserving jobs"):
-                await nc.publish(
-                    f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{CONSUMER}",
-                    json.dumps(request).encode(),
-                    reply=f"{self._inbox}.{token}",
-                )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(listen):
-                    while len(msgs) < batch:
-                        msg = await queue.get()
-                        status = JetStreamContext.is_status_msg(msg)
-                        if status is None:
-                            msgs.append(msg)
-                        elif status != "100":
-                            break
-        finally:
-            self._current = None
-            while not queue.empty():  # arrived with the terminating status: keep them
-                msg = queue.get_nowait()
-                if JetStreamContext.is_status_msg(msg) is None:
-                    msgs.append(msg)
-        return msgs
+        with self._errors("reserving jobs"):
+            return await self._puller.pull(nc, batch, expires)
 
     async def _drop_if_late(self, msg: Msg) -> bool:
         """Discard, unseen, a message the server stored more than `max_clock_skew` after its
         push's deadline (the pusher raised, so the SMTP client got 451 and sends the mail
         again): logged and counted, never silent."""
-        deadline = (msg.headers or {}).get(_DEADLINE)
+        deadline = (msg.headers or {}).get(wire.DEADLINE)
         if deadline is None:
             return False
         skew = float(self._settings.max_clock_skew)
         late_by = msg.metadata.timestamp.timestamp() - float(deadline) - skew
         if late_by <= 0:
             return False
-        job = _decode(msg.headers, msg.data, self.name)
+        job = wire.decode(msg.headers, msg.data, self.name)
         self.dropped_late += 1
         log.warning(
             "job dropped: stored after its push deadline",
@@ -427,11 +342,8 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         """A lease for a pulled message, noted as held by this process."""
         meta = msg.metadata
         seq, delivery = meta.sequence.stream, meta.sequence.consumer
-        headers = msg.headers or {}
-        job = _decode(headers, msg.data, self.name)
-        attempt = (
-            int(headers.get(_ATTEMPTS, "0")) + meta.num_delivered - self._uncounted.get(seq, 0)
-        )
+        job = wire.decode(msg.headers, msg.data, self.name)
+        attempt = wire.attempts(msg.headers) + meta.num_delivered - self._uncounted.get(seq, 0)
         self._hold(seq, delivery, "leased", pulled_at + self.visibility_timeout, msg.reply)
         return DriverLease(self, job, attempt, _Delivery(msg, seq, delivery))
 
@@ -446,7 +358,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                 log.error("dropping a malformed nats message", pipeline=self.name, error=str(error))
                 await self._quietly(msg.term())
                 continue
-            remaining = float((msg.headers or {}).get(_NOT_BEFORE, "0")) - time.time()
+            remaining = wire.due_in(msg.headers)
             if remaining > 0:
                 self._count_out(lease.handle.seq)
                 until = time.monotonic() + remaining
@@ -471,8 +383,8 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         if limit <= 0:
             return []
         try:
-            async with asyncio.timeout(max(0.0, wait) + _PULL_MARGIN):
-                await self._pull_lock.acquire()
+            async with asyncio.timeout(max(0.0, wait) + PULL_MARGIN):
+                await self._puller.lock.acquire()
         except TimeoutError:
             return []
         try:
@@ -495,7 +407,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                 if leases or time.monotonic() >= give_up:
                     return leases
         finally:
-            self._pull_lock.release()
+            self._puller.lock.release()
 
     # --- leases --------------------------------------------------------------------------
 
@@ -562,8 +474,8 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         msg, seq = lease.handle.msg, lease.handle.seq
         job = lease.job if nack.headers is None else replace(lease.job, headers=nack.headers)
         if not nack.requeue:
-            why = {_ERROR: json.dumps(nack.error, ensure_ascii=True), _FAILED_AT: repr(time.time())}
-            await self._publish(self.failed_subject, job, lease.attempt, why)
+            failure = wire.encode(job, lease.attempt, error=nack.error)
+            await self._publish(self.failed_subject, job, failure)
             await self._answer(msg.term)
             self._forget(seq)
         elif nack.delay > 0 and nack.headers is None:
@@ -571,17 +483,14 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             until = time.monotonic() + nack.delay
             self._hold(seq, lease.handle.delivery, "delayed", until, msg.reply)
         else:
-            extra = {_NOT_BEFORE: repr(time.time() + nack.delay)} if nack.delay > 0 else None
-            await self._publish(self.subject, job, lease.attempt, extra)
+            copy = wire.encode(job, lease.attempt, delay=nack.delay)
+            await self._publish(self.subject, job, copy)
             await self._quietly(msg.ack_sync(timeout=_CALL_TIMEOUT))
             self._forget(seq)
 
-    async def _publish(
-        self, subject: str, job: Job, attempts: int, extra: dict[str, str] | None
-    ) -> None:
+    async def _publish(self, subject: str, job: Job, headers: wire.Headers) -> None:
         """Publish a copy of a job (requeue, failed list, retry) and wait for its PubAck."""
         _nc, js = self._client()
-        headers = _encode(job, attempts, extra)
         with self._errors(f"storing a copy of job {job.id}"):
             await js.publish(subject, job.payload, timeout=_CALL_TIMEOUT, headers=headers)
 
@@ -628,14 +537,8 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                     break
                 if raw.seq is None:
                     break
-                headers = raw.headers or {}
-                error = json.loads(headers.get(_ERROR, '""'))
-                attempts, failed_at = (
-                    int(headers.get(_ATTEMPTS, "0")),
-                    float(headers.get(_FAILED_AT, "0")),
-                )
-                job = _decode(headers, raw.data or b"", self.name)
-                entries.append((raw.seq, FailedJob(job, error, attempts, failed_at)))
+                entry = wire.decode_failed(raw.headers, raw.data or b"", self.name)
+                entries.append((raw.seq, entry))
                 seq = raw.seq + 1
         return entries
 
@@ -647,7 +550,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
         chosen = [(seq, e.job) for seq, e in await self._chosen_failed(ids)]
         for seq, job in chosen:
-            await self._publish(self.subject, job, 0, None)
+            await self._publish(self.subject, job, wire.encode(job, 0))
             await self._delete_failed(seq)
         return len(chosen)
 
