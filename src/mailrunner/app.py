@@ -20,7 +20,7 @@ from mailrunner.config import Config, PoolConfig
 from mailrunner.errors import ConfigError
 from mailrunner.files import create_directories
 from mailrunner.jobs.consumer import Consumers
-from mailrunner.jobs.service import JobsService
+from mailrunner.jobs.service import JobHooks, JobsService
 from mailrunner.metrics import DroppedLate, Metrics, UnwithdrawnPublishes
 from mailrunner.mime.attachments import (
     AttachmentStorage,
@@ -32,7 +32,7 @@ from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import ParseOptions
 from mailrunner.mime.parse_threads import ParseThreads
 from mailrunner.pool.pool import WorkerPool
-from mailrunner.smtp.delivery import Delivery, JobsDelivery, PoolDelivery
+from mailrunner.smtp.delivery import Delivery, JobsDelivery, JobsRpc, PoolDelivery
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.server import SmtpServer
 from mailrunner.wire.protocol import JOBS_MODE, SMTP_MODE
@@ -50,32 +50,45 @@ _BASE64_GROWTH = 4 / 3
 
 
 class App:
-    """One mailrunner process: the SMTP server and the path its events take."""
+    """One mailrunner process: the SMTP server and the path its events take.
+
+    Built top to bottom, each part from the ones above it; nothing is wired in afterwards.
+    `delivery` replaces the configured SMTP delivery (tests record events with it).
+    """
 
     def __init__(self, config: Config, source: str, delivery: Delivery | None = None) -> None:
         self.config = config
         self.source = source
-        self._parse_executor = ParseThreads(PARSE_THREADS)
-        self._cleanup: CleanupTask | None = None
+        smtp = config.smtp
         self.metrics = Metrics()
-        self.remote_jobs: ApiClient | None = None
-        self.smtp_pool: WorkerPool | None = None
-        self.jobs = JobsService(config, self.metrics)
+        self._parse_executor = ParseThreads(PARSE_THREADS)
+        storage = _attachment_storage(config)
+        self._cleanup = _age_cleanup(config, storage)
+        hooks = _job_hooks(config, storage)
+        self.jobs_pool = _pool(config, config.jobs.pool, JOBS_MODE) if config.jobs.consume else None
+        self.consumers = (
+            Consumers(self.jobs_pool, config.jobs.shutdown_timeout, hooks.job_removed)
+            if self.jobs_pool is not None
+            else None
+        )
+        self.jobs = JobsService(config, self.metrics, consumers=self.consumers, hooks=hooks)
         self.metrics.registry.register(UnwithdrawnPublishes(self.jobs.unwithdrawn_publishes))
         self.metrics.registry.register(DroppedLate(self.jobs.dropped_late))
-        self.jobs_pool: WorkerPool | None = None
-        self.consumers: Consumers | None = None
-        if config.jobs.consume:
-            self.jobs_pool = WorkerPool(
-                JOBS_MODE,
-                config.jobs.pool,
-                self._command(config.jobs.pool),
-                config.server.env,
-            )
-            self.consumers = Consumers(self.jobs, self.jobs_pool, config.jobs.shutdown_timeout)
-        storage = self._storage()
-        self.delivery = delivery or self._default_delivery(storage)
-        self.smtp = SmtpServer(config.smtp, self._handler(storage), self.metrics)
+        rpc = smtp.jobs.rpc if delivery is None and smtp.use_jobs else None
+        self.remote_jobs = ApiClient(rpc.url, rpc.token) if rpc is not None else None
+        self.smtp_pool = (
+            _pool(config, smtp.pool, SMTP_MODE) if delivery is None and not smtp.use_jobs else None
+        )
+        self.delivery = delivery or _delivery(
+            config, self.remote_jobs or self.jobs, self.smtp_pool, storage
+        )
+        handler = SmtpHandler(
+            HandlerSettings(max_recipients=smtp.max_recipients),
+            _event_builder(config, storage, self._parse_executor),
+            self.delivery,
+            self.metrics,
+        )
+        self.smtp = SmtpServer(smtp, handler, self.metrics)
         pools = {pool.name: pool for pool in (self.smtp_pool, self.jobs_pool) if pool is not None}
         self.api = ApiServer(
             config.rpc,
@@ -87,59 +100,6 @@ class App:
             max_request=_request_limit(config.smtp.max_message_size),
             declare_policy=DeclarePolicy(config),
         )
-
-    def _default_delivery(self, storage: AttachmentStorage) -> Delivery:
-        smtp = self.config.smtp
-        if smtp.use_jobs:
-            tempfiles = storage if isinstance(storage, TempfileStorage) else None
-            if smtp.jobs.rpc is not None:
-                self.remote_jobs = ApiClient(smtp.jobs.rpc.url, smtp.jobs.rpc.token)
-                return JobsDelivery(self.remote_jobs, smtp.jobs, tempfiles)
-            return JobsDelivery(self.jobs, smtp.jobs, tempfiles)
-        command = self._command(smtp.pool)
-        self.smtp_pool = WorkerPool(SMTP_MODE, smtp.pool, command, self.config.server.env)
-        return PoolDelivery(self.smtp_pool)
-
-    def _command(self, pool: PoolConfig) -> str | list[str]:
-        """The pool's own command, else server.command (the config ensures one is set)."""
-        command = pool.command or self.config.server.command
-        assert command, "Config._pool_commands lets no pool without a command through"
-        return command
-
-    def _storage(self) -> AttachmentStorage:
-        storage_config = self.config.smtp.attachment_storage
-        if storage_config.mode == "memory":
-            return MemoryStorage()
-        smtp = self.config.smtp
-        pipeline = smtp.jobs.pipeline if smtp.use_jobs else None
-        storage = TempfileStorage(
-            self.config.attachments_dir, pipeline, file_mode=storage_config.file_mode
-        )
-        if smtp.use_jobs:
-            self.jobs.on_job_removed = partial(_remove_email_attachments, storage)
-            self.jobs.on_pipeline_purged = partial(_remove_pipeline_attachments, storage)
-        else:
-            self._cleanup = CleanupTask(storage, storage_config.cleanup_after)
-        return storage
-
-    def _handler(self, storage: AttachmentStorage) -> SmtpHandler:
-        smtp = self.config.smtp
-        builder = EventBuilder(
-            hostname=smtp.hostname,
-            options=ParseOptions(
-                max_depth=smtp.parse.max_depth,
-                max_parts=smtp.parse.max_parts,
-                max_header_bytes=smtp.parse.max_header_bytes,
-            ),
-            storage=storage,
-            include_raw=smtp.include_raw,
-            offload_bytes=smtp.parse.offload_bytes,
-            executor=self._parse_executor,
-        )
-        settings = HandlerSettings(
-            max_recipients=smtp.max_recipients, auth_capture=smtp.auth.mode == "capture"
-        )
-        return SmtpHandler(settings, builder, self.delivery, self.metrics)
 
     async def start(self) -> None:
         log.info("configuration loaded", source=self.source)
@@ -239,6 +199,68 @@ class App:
             await self.stop()
             if pidfile is not None:
                 await asyncio.to_thread(pidfile.unlink, missing_ok=True)
+
+
+def _pool(config: Config, pool: PoolConfig, mode: str) -> WorkerPool:
+    """A worker pool running the pool's own command, else server.command (the config
+    ensures one is set)."""
+    command = pool.command or config.server.command
+    assert command, "Config._pool_commands lets no pool without a command through"
+    return WorkerPool(mode, pool, command, config.server.env)
+
+
+def _attachment_storage(config: Config) -> AttachmentStorage:
+    storage = config.smtp.attachment_storage
+    if storage.mode == "memory":
+        return MemoryStorage()
+    smtp = config.smtp
+    pipeline = smtp.jobs.pipeline if smtp.use_jobs else None
+    return TempfileStorage(config.attachments_dir, pipeline, file_mode=storage.file_mode)
+
+
+def _age_cleanup(config: Config, storage: AttachmentStorage) -> CleanupTask | None:
+    """Without Jobs nothing tells when a worker is done with attachment files, so they go
+    after `cleanup_after`; with Jobs they live until their job is gone (`_job_hooks`)."""
+    if config.smtp.use_jobs or not isinstance(storage, TempfileStorage):
+        return None
+    return CleanupTask(storage, config.smtp.attachment_storage.cleanup_after)
+
+
+def _job_hooks(config: Config, storage: AttachmentStorage) -> JobHooks:
+    if not config.smtp.use_jobs or not isinstance(storage, TempfileStorage):
+        return JobHooks()
+    return JobHooks(
+        job_removed=partial(_remove_email_attachments, storage),
+        pipeline_purged=partial(_remove_pipeline_attachments, storage),
+    )
+
+
+def _delivery(
+    config: Config, jobs: JobsRpc, smtp_pool: WorkerPool | None, storage: AttachmentStorage
+) -> Delivery:
+    """Where accepted email goes: a job pushed (here or to another node), else the pool."""
+    if smtp_pool is not None:
+        return PoolDelivery(smtp_pool)
+    tempfiles = storage if isinstance(storage, TempfileStorage) else None
+    return JobsDelivery(jobs, config.smtp.jobs, tempfiles)
+
+
+def _event_builder(
+    config: Config, storage: AttachmentStorage, executor: ParseThreads
+) -> EventBuilder:
+    smtp = config.smtp
+    return EventBuilder(
+        hostname=smtp.hostname,
+        options=ParseOptions(
+            max_depth=smtp.parse.max_depth,
+            max_parts=smtp.parse.max_parts,
+            max_header_bytes=smtp.parse.max_header_bytes,
+        ),
+        storage=storage,
+        include_raw=smtp.include_raw,
+        offload_bytes=smtp.parse.offload_bytes,
+        executor=executor,
+    )
 
 
 async def _remove_email_attachments(storage: TempfileStorage, job_id: str) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -36,6 +37,12 @@ LOCAL_CONFIG = Path("mailrunner.yaml")
 EMBEDDED_DEFAULT = "embedded default"
 MAX_WORKERS_FACTOR = 4
 """`workers add` may grow a pool to this many times `num_workers` unless `max_workers` says."""
+DEFAULT_PRIORITY = 10
+"""A pipeline's priority unless configured, and the one SMTP gives its email jobs."""
+DEFAULT_PREFETCH = 10
+DEFAULT_RETRIES = 5
+DEFAULT_VISIBILITY_TIMEOUT = 30.0
+"""Seconds a lease lasts unless extended (consumers extend it every third of it)."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -64,6 +71,20 @@ def _check_host_port(value: object) -> str:
     if int(match.group(2)) > 65535:
         raise ValueError("port must be <= 65535")
     return value
+
+
+def _url_of(*schemes: str) -> AfterValidator:
+    """A broker address must be a URL of one of `schemes` (the driver's client takes those)."""
+    names = [f"{scheme}://" for scheme in schemes]
+    listed = f"{', '.join(names[:-1])} or {names[-1]}"
+    article = "an" if schemes[0][0] in "aeiou" else "a"
+
+    def check(addr: str) -> str:
+        if urlsplit(addr).scheme not in schemes:
+            raise ValueError(f"must be {article} {listed} URL")
+        return addr
+
+    return AfterValidator(check)
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -113,7 +134,14 @@ class ServerConfig(_Model):
 
 
 class AuthConfig(_Model):
+    """AUTH PLAIN and LOGIN: `capture` accepts any credentials and records them in the
+    event; `off` advertises no AUTH and answers 502 to it."""
+
     mode: Literal["capture", "off"] = "capture"
+
+    @property
+    def capture(self) -> bool:
+        return self.mode == "capture"
 
 
 def _check_file_mode(value: object) -> int:
@@ -180,7 +208,7 @@ class RpcTarget(_Model):
 
 class SmtpJobsConfig(_Model):
     pipeline: str = "smtp-emails"
-    priority: int = Field(default=10, ge=0)
+    priority: int = Field(default=DEFAULT_PRIORITY, ge=0)
     delay: Duration = Field(default=0.0, le=MAX_DELAY)
     auto_ack: bool = False
     push_timeout: Duration = Field(
@@ -227,6 +255,16 @@ class SmtpConfig(_Model):
     pool: PoolConfig = PoolConfig()
 
 
+class _PipelineBase(_Model):
+    """What every pipeline has, whatever its driver; each driver's pipeline model adds
+    `driver` (the union's tag) and `config` beside its driver config below."""
+
+    priority: int = Field(default=DEFAULT_PRIORITY, ge=0)
+    prefetch: int = Field(default=DEFAULT_PREFETCH, ge=1)
+    retries: int = Field(default=DEFAULT_RETRIES, ge=1)
+    visibility_timeout: Duration = Field(default=DEFAULT_VISIBILITY_TIMEOUT, gt=0)
+
+
 class MemoryDriverConfig(_Model):
     """`max_queued` bounds the jobs a memory pipeline holds (queued, delayed and reserved):
     beyond it a push fails (SMTP answers 451) instead of the process growing without end."""
@@ -234,8 +272,18 @@ class MemoryDriverConfig(_Model):
     max_queued: int = Field(default=100_000, ge=1)
 
 
+class MemoryPipelineConfig(_PipelineBase):
+    driver: Literal["memory"]
+    config: MemoryDriverConfig = MemoryDriverConfig()
+
+
 class SqliteDriverConfig(_Model):
     path: Path | None = None
+
+
+class SqlitePipelineConfig(_PipelineBase):
+    driver: Literal["sqlite"]
+    config: SqliteDriverConfig = SqliteDriverConfig()
 
 
 class RedisDriverConfig(_Model):
@@ -248,17 +296,10 @@ class RedisDriverConfig(_Model):
     instead of hanging it.
     """
 
-    addr: str = "redis://127.0.0.1:6379/0"
+    addr: Annotated[str, _url_of("redis", "rediss", "unix")] = "redis://127.0.0.1:6379/0"
     stream: str | None = Field(default=None, min_length=1)
     key_prefix: str = Field(default="mailrunner", min_length=1)
     timeout: Duration = Field(default=5.0, gt=0)
-
-    @field_validator("addr")
-    @classmethod
-    def _check_addr(cls, addr: str) -> str:
-        if urlsplit(addr).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return addr
 
     @field_validator("stream", "key_prefix")
     @classmethod
@@ -266,6 +307,11 @@ class RedisDriverConfig(_Model):
         if value is not None and ("{" in value or "}" in value):
             raise ValueError("must not contain { or } (they mark the Redis Cluster hash tag)")
         return value
+
+
+class RedisPipelineConfig(_PipelineBase):
+    driver: Literal["redis"]
+    config: RedisDriverConfig = RedisDriverConfig()
 
 
 class AmqpDriverConfig(_Model):
@@ -279,18 +325,16 @@ class AmqpDriverConfig(_Model):
     instead of hanging it.
     """
 
-    addr: str = "amqp://guest:guest@127.0.0.1:5672/"
+    addr: Annotated[str, _url_of("amqp", "amqps")] = "amqp://guest:guest@127.0.0.1:5672/"
     queue: str | None = Field(default=None, min_length=1, max_length=200)
     exchange: str | None = Field(default=None, min_length=1, max_length=255)
     routing_key: str | None = Field(default=None, max_length=255)
     timeout: Duration = Field(default=5.0, gt=0)
 
-    @field_validator("addr")
-    @classmethod
-    def _check_amqp_addr(cls, addr: str) -> str:
-        if urlsplit(addr).scheme not in ("amqp", "amqps"):
-            raise ValueError("must be an amqp:// or amqps:// URL")
-        return addr
+
+class AmqpPipelineConfig(_PipelineBase):
+    driver: Literal["amqp"]
+    config: AmqpDriverConfig = AmqpDriverConfig()
 
 
 class NatsDriverConfig(_Model):
@@ -302,17 +346,10 @@ class NatsDriverConfig(_Model):
     stream and subject. Names are checked here because JetStream refuses them only at run time.
     """
 
-    addr: str = "nats://127.0.0.1:4222"
+    addr: Annotated[str, _url_of("nats", "tls")] = "nats://127.0.0.1:4222"
     stream: str | None = Field(default=None, min_length=1, max_length=200)
     subject: str | None = Field(default=None, min_length=1, max_length=200)
     max_clock_skew: Duration = Field(default=2.0, ge=0, le=3600)
-
-    @field_validator("addr")
-    @classmethod
-    def _check_nats_addr(cls, addr: str) -> str:
-        if urlsplit(addr).scheme not in ("nats", "tls"):
-            raise ValueError("must be a nats:// or tls:// URL")
-        return addr
 
     @field_validator("stream")
     @classmethod
@@ -327,33 +364,6 @@ class NatsDriverConfig(_Model):
         if subject is not None and not re.fullmatch(r"[^.*>\s]+(\.[^.*>\s]+)*", subject):
             raise ValueError("a subject is dot-separated tokens without wildcards or spaces")
         return subject
-
-
-class _PipelineBase(_Model):
-    priority: int = Field(default=10, ge=0)
-    prefetch: int = Field(default=10, ge=1)
-    retries: int = Field(default=5, ge=1)
-    visibility_timeout: Duration = Field(default=30.0, gt=0)
-
-
-class MemoryPipelineConfig(_PipelineBase):
-    driver: Literal["memory"]
-    config: MemoryDriverConfig = MemoryDriverConfig()
-
-
-class SqlitePipelineConfig(_PipelineBase):
-    driver: Literal["sqlite"]
-    config: SqliteDriverConfig = SqliteDriverConfig()
-
-
-class RedisPipelineConfig(_PipelineBase):
-    driver: Literal["redis"]
-    config: RedisDriverConfig = RedisDriverConfig()
-
-
-class AmqpPipelineConfig(_PipelineBase):
-    driver: Literal["amqp"]
-    config: AmqpDriverConfig = AmqpDriverConfig()
 
 
 class NatsPipelineConfig(_PipelineBase):
@@ -486,27 +496,32 @@ def _expand_env(value: Any, path: str, problems: list[str]) -> Any:
     return _ENV_REF.sub(substitute, value)
 
 
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "union_tag_invalid": f"driver must be one of {', '.join(DRIVER_NAMES)}",
+    "union_tag_not_found": f"driver is required, one of {', '.join(DRIVER_NAMES)}",
+    "missing": "required",
+}
+"""pydantic's error types worded for a YAML file's author."""
+_BOUNDS = {
+    "greater_than_equal": ("ge", ">="),
+    "greater_than": ("gt", ">"),
+    "less_than_equal": ("le", "<="),
+}
+"""Bound errors: the context key of the bound, and its sign."""
+
+
 def _format_error(error: Mapping[str, Any]) -> str:
     loc = list(error["loc"])
     if loc[:2] == ["jobs", "pipelines"] and len(loc) > 3 and loc[3] in DRIVER_NAMES:
         del loc[3]
     path = ".".join(str(part) for part in loc)
     kind = error["type"]
-    ctx = error.get("ctx") or {}
-    if kind == "extra_forbidden":
-        message = "unknown key"
-    elif kind == "union_tag_invalid":
-        message = f"driver must be one of {', '.join(DRIVER_NAMES)}"
-    elif kind == "union_tag_not_found":
-        message = f"driver is required, one of {', '.join(DRIVER_NAMES)}"
-    elif kind == "missing":
-        message = "required"
-    elif kind == "greater_than_equal":
-        message = f"must be >= {ctx['ge']}"
-    elif kind == "greater_than":
-        message = f"must be > {ctx['gt']}"
-    elif kind == "less_than_equal":
-        message = f"must be <= {ctx['le']}"
+    if kind in _MESSAGES:
+        message = _MESSAGES[kind]
+    elif kind in _BOUNDS:
+        limit, sign = _BOUNDS[kind]
+        message = f"must be {sign} {error['ctx'][limit]}"
     else:
         message = str(error["msg"]).removeprefix("Value error, ")
     return f"{path}: {message}" if path else message

@@ -12,19 +12,21 @@ from pydantic import TypeAdapter
 from mailrunner.config import PipelineConfig, config_from_mapping
 from mailrunner.errors import InvalidJob, InvalidPipeline, PipelineConflict, PipelineNotFound
 from mailrunner.jobs.model import MAX_DELAY, Job, JobOptions
-from mailrunner.jobs.service import JobsService
+from mailrunner.jobs.service import JobHooks, JobsService
 
 ADAPTER: TypeAdapter[PipelineConfig] = TypeAdapter(PipelineConfig)
 
 
-def service_for(tmp_path: Path, pipelines: dict[str, Any]) -> JobsService:
+def service_for(
+    tmp_path: Path, pipelines: dict[str, Any], hooks: JobHooks | None = None
+) -> JobsService:
     settings = {
         "data_dir": str(tmp_path),
         "smtp": {"use_jobs": False},
         "server": {"command": "never-started"},
         "jobs": {"pipelines": pipelines},
     }
-    return JobsService(config_from_mapping(settings))
+    return JobsService(config_from_mapping(settings), hooks=hooks or JobHooks())
 
 
 def job(job_id: str = "j1", pipeline: str = "q", **options: Any) -> Job:
@@ -189,17 +191,17 @@ def test_pause_and_resume_show_in_stat(tmp_path: Path) -> None:
 def test_purge_failed_returns_the_ids_it_removed_and_frees_exactly_those(
     tmp_path: Path,
 ) -> None:
-    service = service_for(tmp_path, {"q": {"driver": "sqlite"}})
     freed: list[str] = []
 
     async def on_job_removed(job_id: str) -> None:
         freed.append(job_id)
 
+    service = service_for(tmp_path, {"q": {"driver": "sqlite"}}, JobHooks(on_job_removed))
+
     async def never_read(limit: int) -> list[Any]:
         raise AssertionError(f"purge read failed jobs (limit {limit}): payloads must not load")
 
     async def scenario() -> list[str]:
-        service.on_job_removed = on_job_removed
         driver = service.pipeline("q").driver
         for job_id in ("a", "b", "c", "kept"):
             await service.push(job(job_id))

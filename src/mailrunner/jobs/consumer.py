@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import structlog
 
-from mailrunner.config import PipelineConfig
 from mailrunner.errors import DriverError, NoFreeWorker, PoolError
 from mailrunner.jobs.driver import Lease
-from mailrunner.jobs.service import JobsService, Pipeline
+from mailrunner.jobs.service import Pipeline
 from mailrunner.pool.pool import WorkerPool
 from mailrunner.tasks import cancel_and_wait
 from mailrunner.wire.jobs import Answer, JobContext, decode_answer, encode_context
@@ -30,23 +30,27 @@ DRIVER_RETRY_DELAY = 1.0
 
 
 class PipelineConsumer:
-    """Keeps up to `prefetch` jobs of one pipeline in flight on the jobs pool."""
+    """Keeps up to `prefetch` jobs of one pipeline in flight on the jobs pool.
+
+    `job_removed` is told the id of every job gone for good (acked, or auto-acked and run),
+    so what the job pointed at can be freed (see `JobHooks`).
+    """
 
     def __init__(
-        self, pipeline: Pipeline, pool: WorkerPool, shutdown_timeout: float, service: JobsService
+        self,
+        pipeline: Pipeline,
+        pool: WorkerPool,
+        shutdown_timeout: float,
+        job_removed: Callable[[str], Awaitable[None]],
     ) -> None:
         self.pipeline = pipeline
-        self._service = service
+        self._job_removed = job_removed
         self._pool = pool
         self._shutdown_timeout = shutdown_timeout
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-
-    @property
-    def _settings(self) -> PipelineConfig:
-        return self.pipeline.settings
 
     def start(self) -> None:
         self.pipeline.consuming = True
@@ -71,7 +75,7 @@ class PipelineConsumer:
         (Python 3.11's `asyncio.wait_for` can, when what it waits for finishes just then)."""
         while not self._stopping:
             await self.pipeline.resumed.wait()
-            free = self._settings.prefetch - len(self._in_flight)
+            free = self.pipeline.settings.prefetch - len(self._in_flight)
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -115,7 +119,7 @@ class PipelineConsumer:
             extender.cancel()
 
     async def _keep_extended(self, lease: Lease) -> None:
-        interval = self._settings.visibility_timeout / 3
+        interval = self.pipeline.settings.visibility_timeout / 3
         while True:
             await asyncio.sleep(interval)
             try:
@@ -125,7 +129,7 @@ class PipelineConsumer:
 
     async def _run(self, lease: Lease) -> None:
         job = lease.job
-        retries = self._settings.retries
+        retries = self.pipeline.settings.retries
         if lease.attempt > retries:
             await self._fail(
                 lease, f"attempts exhausted: delivered {lease.attempt} times, retries is {retries}"
@@ -153,7 +157,7 @@ class PipelineConsumer:
             id=job.id,
             job=job.name,
             pipeline=self.pipeline.name,
-            driver=self._settings.driver,
+            driver=self.pipeline.settings.driver,
             headers=job.headers,
             attempts=lease.attempt,
         )
@@ -162,7 +166,7 @@ class PipelineConsumer:
     async def _settle(self, lease: Lease, answer: Answer) -> None:
         job = lease.job
         if job.options.auto_ack:
-            await self._service.job_removed(job.id)
+            await self._job_removed(job.id)
             if not answer.ack:
                 log.warning(
                     "auto-acked job failed",
@@ -173,9 +177,9 @@ class PipelineConsumer:
             return
         if answer.ack:
             await lease.ack()
-            await self._service.job_removed(job.id)
+            await self._job_removed(job.id)
             log.debug("job done", pipeline=self.pipeline.name, id=job.id, attempt=lease.attempt)
-        elif answer.requeue and lease.attempt < self._settings.retries:
+        elif answer.requeue and lease.attempt < self.pipeline.settings.retries:
             await lease.nack(
                 requeue=True, delay=answer.delay, error=answer.message, headers=answer.headers
             )
@@ -206,17 +210,22 @@ async def _give_back(lease: Lease, reason: str) -> None:
 
 
 class Consumers:
-    """Every pipeline consumer of this process; the service asks it to add or drop one."""
+    """Every pipeline consumer of this process; the service asks it to add or drop one
+    (it is made first and handed to `JobsService`, which it never needs to know)."""
 
-    def __init__(self, service: JobsService, pool: WorkerPool, shutdown_timeout: float) -> None:
-        self._service = service
-        self._pool = pool
-        self._shutdown_timeout = shutdown_timeout
+    def __init__(
+        self,
+        pool: WorkerPool,
+        shutdown_timeout: float,
+        job_removed: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._consumer_of = partial(
+            PipelineConsumer, pool=pool, shutdown_timeout=shutdown_timeout, job_removed=job_removed
+        )
         self._consumers: dict[str, PipelineConsumer] = {}
-        service.consumers = self
 
     def consume(self, pipeline: Pipeline) -> None:
-        consumer = PipelineConsumer(pipeline, self._pool, self._shutdown_timeout, self._service)
+        consumer = self._consumer_of(pipeline)
         self._consumers[pipeline.name] = consumer
         consumer.start()
         log.info("consuming", pipeline=pipeline.name)

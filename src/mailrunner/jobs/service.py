@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -56,21 +56,44 @@ class ConsumerControl(Protocol):
     async def release(self, pipeline: Pipeline) -> None: ...
 
 
-class JobsService:
-    """Push, PushBatch, Pause, Resume, List, Declare, Destroy, Stat, Peek and the failed list."""
+async def _nothing_to_free(_: str) -> None:
+    return None
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+
+@dataclass(frozen=True, slots=True)
+class JobHooks:
+    """What frees the things jobs point at (attachment files) once they are gone for good.
+
+    `job_removed` gets a job's id when the job was acked or purged; only the id: it is all a
+    purge knows without reading payloads, and a job's name or payload came from whoever
+    pushed it, so nothing else may decide. `pipeline_purged` gets a pipeline's name once it
+    was destroyed together with its jobs, for the same reason.
+    """
+
+    job_removed: Callable[[str], Awaitable[None]] = _nothing_to_free
+    pipeline_purged: Callable[[str], Awaitable[None]] = _nothing_to_free
+
+
+class JobsService:
+    """Push, PushBatch, Pause, Resume, List, Declare, Destroy, Stat, Peek and the failed list.
+
+    `consumers` is None on a server without a jobs worker pool: it stores jobs, never runs them.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics | None = None,
+        *,
+        consumers: ConsumerControl | None = None,
+        hooks: JobHooks = JobHooks(),
+    ) -> None:
         self._metrics = metrics or Metrics()
         self._data_dir = config.data_dir
         self._configured = config.jobs.pipelines
         self._pipelines: dict[str, Pipeline] = {}
-        self.consumers: ConsumerControl | None = None
-        self.on_job_removed: Callable[[str], Awaitable[None]] | None = None
-        """Called with a job's id when the job is gone for good (acked or purged), to free what
-        it pointed at. Only the id: it is all a purge knows without reading payloads, and a
-        job's name or payload came from whoever pushed it, so nothing else may decide."""
-        self.on_pipeline_purged: Callable[[str], Awaitable[None]] | None = None
-        """Called once a pipeline was destroyed together with its jobs, for the same reason."""
+        self._consumers = consumers
+        self._hooks = hooks
 
     async def start(self) -> None:
         """Open the pipelines of the configuration; a driver that cannot open stops start-up."""
@@ -118,13 +141,7 @@ class JobsService:
             raise InvalidJob(f"job {job.id!r}: {'; '.join(problems)}")
         if job.options.priority:
             return job
-        options = job.options.__class__(
-            pipeline=job.options.pipeline,
-            priority=pipeline.settings.priority,
-            delay=job.options.delay,
-            auto_ack=job.options.auto_ack,
-        )
-        return Job(job.id, job.name, job.payload, options, job.headers)
+        return replace(job, options=replace(job.options, priority=pipeline.settings.priority))
 
     async def push(self, job: Job, *, push_timeout: float = DEFAULT_PUSH_TIMEOUT) -> None:
         """Return once the job is stored (durably where the driver is); raise otherwise."""
@@ -183,7 +200,7 @@ class JobsService:
 
         The same settings again succeed; other settings for an existing name conflict.
         """
-        if consume and self.consumers is None:
+        if consume and self._consumers is None:
             raise InvalidPipeline(
                 f"pipeline {name!r}: this server has no jobs worker pool to consume it with"
                 " (start it with jobs.consume and a command, or declare without consume)"
@@ -198,8 +215,8 @@ class JobsService:
             self._check_runtime_path(name, settings)
             pipeline = await self._attach(name, settings)
             new = True
-        if consume and not pipeline.consuming and self.consumers is not None:
-            self.consumers.consume(pipeline)
+        if consume and not pipeline.consuming and self._consumers is not None:
+            self._consumers.consume(pipeline)
         return new
 
     def _check_runtime_path(self, name: str, settings: PipelineConfig) -> None:
@@ -216,8 +233,8 @@ class JobsService:
     async def destroy(self, name: str, *, purge: bool = False) -> None:
         """Detach a pipeline; its stored jobs stay unless `purge`."""
         pipeline = self.pipeline(name)
-        if pipeline.consuming and self.consumers is not None:
-            await self.consumers.release(pipeline)
+        if pipeline.consuming and self._consumers is not None:
+            await self._consumers.release(pipeline)
         del self._pipelines[name]
         try:
             if purge:
@@ -225,8 +242,8 @@ class JobsService:
         finally:
             await pipeline.driver.close()
         log.info("pipeline destroyed", pipeline=name, purged=purge)
-        if purge and self.on_pipeline_purged is not None:
-            await self.on_pipeline_purged(name)
+        if purge:
+            await self._hooks.pipeline_purged(name)
 
     # --- inspection --------------------------------------------------------------------------
 
@@ -266,12 +283,8 @@ class JobsService:
         """Delete failed jobs (all, or those in `ids`); the ids of those that went."""
         removed = await self.pipeline(name).driver.purge_failed(ids)
         for job_id in removed:
-            await self.job_removed(job_id)
+            await self._hooks.job_removed(job_id)
         return removed
-
-    async def job_removed(self, job_id: str) -> None:
-        if self.on_job_removed is not None:
-            await self.on_job_removed(job_id)
 
 
 async def _push_one(driver: Driver, job: Job, deadline: float) -> PushResult:

@@ -33,7 +33,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 @dataclass(frozen=True, slots=True)
 class HandlerSettings:
     max_recipients: int
-    auth_capture: bool
 
 
 def _valid_text(text: str, what: str, errors: list[str]) -> str:
@@ -74,7 +73,10 @@ class SmtpHandler:
     async def handle_EHLO(
         self, server: Any, session: MailSession, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
-        """Control characters would end up in the Received: header, so refuse them."""
+        """Control characters would end up in the Received: header, so refuse them.
+
+        With AUTH off aiosmtpd still lists an empty `250-AUTH`: the connection's settings
+        (`server.settings`, the one AUTH setting) say whether to keep it."""
         if _CONTROL.search(hostname):
             session.host_name = None
             return [replies.R501_BAD_HELO]
@@ -82,7 +84,7 @@ class SmtpHandler:
         kept = [
             line
             for line in responses
-            if self._settings.auth_capture or not line.startswith("250-AUTH")
+            if server.settings.auth.capture or not line.startswith("250-AUTH")
         ]
         kept.insert(1, "250-PIPELINING")
         return kept

@@ -25,6 +25,7 @@ import structlog
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
 
 from mailrunner import __version__
+from mailrunner.config import AuthConfig
 from mailrunner.events import Authentication
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
@@ -58,7 +59,7 @@ class ProtocolSettings:
     read_timeout: float
     session_timeout: float
     max_message_size: int
-    auth_capture: bool
+    auth: AuthConfig
     tls_context: ssl.SSLContext | None = None
     require_tls: bool = False
 
@@ -112,7 +113,7 @@ class MailrunnerSMTP(SMTP):
             auth_require_tls=False,
             tls_context=settings.tls_context,
             require_starttls=settings.require_tls,
-            auth_exclude_mechanism=[] if settings.auth_capture else ["PLAIN", "LOGIN"],
+            auth_exclude_mechanism=[] if settings.auth.capture else ["PLAIN", "LOGIN"],
         )
         self.settings = settings
         self._registry = registry
@@ -345,7 +346,7 @@ class MailrunnerSMTP(SMTP):
     # --- AUTH capture ----------------------------------------------------------------------
 
     async def smtp_AUTH(self, arg: str) -> None:
-        if not self.settings.auth_capture:
+        if not self.settings.auth.capture:
             await self.push(replies.R502_AUTH_OFF)
             return
         await super().smtp_AUTH(arg)

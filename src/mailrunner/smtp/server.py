@@ -79,7 +79,7 @@ class SmtpServer:
             read_timeout=config.read_timeout,
             session_timeout=config.session_timeout,
             max_message_size=config.max_message_size,
-            auth_capture=config.auth.mode == "capture",
+            auth=config.auth,
             tls_context=tls_context(config.tls),
             require_tls=config.tls.required,
         )
