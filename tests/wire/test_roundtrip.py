@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -171,3 +172,31 @@ def test_the_sdk_reads_the_mode_the_pool_sets(mode: str, monkeypatch: pytest.Mon
         monkeypatch.setenv(name, value)
 
     assert current_mode() == mode
+
+
+ATTACHED = (
+    b"From: A <a@example.com>\r\nTo: B <b@example.com>, c@example.com\r\nSubject: parts\r\n"
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n"
+    b"hi\r\n--b\r\nContent-Type: application/pdf\r\nContent-ID: <p@x>\r\n"
+    b"Content-Disposition: attachment; filename=a.pdf\r\n\r\n%PDF\r\n--b--\r\n"
+)
+
+
+def test_the_sdk_reads_the_event_back_into_the_classes_the_server_built_it_from() -> None:
+    """Address, Envelope, Message and Attachment are declared once (`mailrunner.wire.event`):
+    what the SDK reads compares equal to what the server built, and writes the same JSON."""
+    event = asyncio.run(BUILDER.build(arrival(), ATTACHED))
+    written = json.loads(event.to_json())
+
+    email = Email.from_json(event.to_json())
+
+    assert email.envelope == event.envelope
+    assert (email.message.from_, email.message.to) == (event.message.from_, event.message.to)
+    assert email.message.raw == event.message.raw == ATTACHED
+    assert json.loads(json.dumps(email.message.to_dict())) == written["message"]
+    assert [json.loads(json.dumps(a.to_dict())) for a in email.attachments] == (
+        written["attachments"]
+    )
+    assert [(a.filename, a.content_id, a.read()) for a in email.attachments] == [
+        ("a.pdf", "p@x", b"%PDF")
+    ]

@@ -8,6 +8,8 @@ import this package and nothing of each other, so it uses the standard library o
                   event name and version, the `smtp.email` job name
     smtp.py       SMTP pool payloads: event out, CONTINUE / CLOSE back
     jobs.py       jobs pool payloads: job context out, ack / nack / requeue answer back
+    event.py      the EMAIL_RECEIVED event's parts (Address, Envelope, Message, Attachment)
+                  that the server builds and encodes and the SDK reads back
     errors.py     WireError, which each side turns into its own errors at its edge
 
 A new frame kind (e.g. SMTP hooks) gets a module of its own beside smtp.py and jobs.py.

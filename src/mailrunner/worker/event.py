@@ -1,11 +1,13 @@
 """A read-only view of the EMAIL_RECEIVED event (version 1) for worker code.
 
-The server writes the event from its own classes (`mailrunner.events`, which a worker must not
-have to import: it needs orjson); this module reads the same JSON with the standard library
-into frozen dataclasses of the same names. Field names follow the JSON, except `from`, which
-is a Python keyword and becomes `from_`. Unknown keys are ignored so that a newer server can
-add fields; a missing or mistyped field raises `EventError` naming its path (e.g.
-`message.from[0].email`).
+The server writes the event (`mailrunner.events`, which a worker must not have to import: it
+needs orjson); this module reads the JSON with the standard library into frozen dataclasses.
+`Address`, `Envelope` and `Message` are the very classes the server builds, declared once in
+`mailrunner.wire.event`; `Attachment` is the wire's with `read()`; `Authentication` and `Email`
+are the SDK's own (the server keeps a `datetime` and the AUTH it captured). Field names follow
+the JSON, except `from`, which is a Python keyword and becomes `from_`. Unknown keys are
+ignored so that a newer server can add fields; a missing or mistyped field raises
+`EventError` naming its path (e.g. `message.from[0].email`).
 
 Captured AUTH passwords, raw message bytes and attachment contents are left out of reprs: the
 first must never reach a log, the others can be megabytes.
@@ -16,33 +18,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from mailrunner.wire import event as wire_event
+from mailrunner.wire.event import Address, Envelope, Message
 from mailrunner.wire.protocol import EVENT_NAME, EVENT_VERSION
 from mailrunner.worker.errors import EventError
 
 __all__ = ["Address", "Attachment", "Authentication", "Email", "Envelope", "Message"]
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    """One mailbox of a From/To/Cc/Reply-To header; `name` is "" when there is none."""
-
-    email: str
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """What the SMTP client said in MAIL FROM / RCPT TO / HELO, which may differ from headers."""
-
-    from_: str
-    """MAIL FROM address; "" for the null sender <>."""
-    to: tuple[str, ...]
-    helo: str
-    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,42 +41,8 @@ class Authentication:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
-    """The parsed message: decoded headers, bodies and, when enabled, the raw bytes."""
-
-    id: str | None
-    subject: str
-    from_: tuple[Address, ...]
-    to: tuple[Address, ...]
-    cc: tuple[Address, ...]
-    reply_to: tuple[Address, ...]
-    headers: Mapping[str, tuple[str, ...]]
-    """Header name (case of its first occurrence) → values in order, unfolded and decoded."""
-    body: str
-    html_body: str
-    raw: bytes | None = field(repr=False)
-    """The exact bytes received; None unless the server runs with `smtp.include_raw`."""
-
-    def header(self, name: str) -> str | None:
-        """Return the first value of header `name`, matched case-insensitively, or None."""
-        wanted = name.lower()
-        for key, values in self.headers.items():
-            if key.lower() == wanted and values:
-                return values[0]
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Attachment:
+class Attachment(wire_event.Attachment):
     """One non-body MIME leaf; its bytes are inline (`content`) or in a file (`path`)."""
-
-    filename: str | None
-    content_type: str
-    size: int
-    content_id: str | None
-    inline: bool
-    content: bytes | None = field(repr=False)
-    path: str | None
 
     def read(self) -> bytes:
         """Return the attachment's bytes, wherever the server's storage mode put them."""
@@ -281,7 +232,7 @@ def _read_addresses(fields: _Fields, key: str) -> tuple[Address, ...]:
     return tuple(addresses)
 
 
-def _read_headers(fields: _Fields) -> Mapping[str, tuple[str, ...]]:
+def _read_headers(fields: _Fields) -> Mapping[str, Sequence[str]]:
     return MappingProxyType({name: fields.texts(name) for name, _ in fields.raw_items()})
 
 
