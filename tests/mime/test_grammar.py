@@ -42,9 +42,7 @@ async def handle_data(raw: bytes, options: ParseOptions) -> tuple[str, list[dict
         include_raw=True,
         offload_bytes=1 << 30,
     )
-    handler = SmtpHandler(
-        HandlerSettings(max_recipients=100, auth_capture=True), builder, delivery, METRICS
-    )
+    handler = SmtpHandler(HandlerSettings(max_recipients=100), builder, delivery, METRICS)
     session = MailSession(asyncio.get_running_loop())
     session.peer = ("127.0.0.1", 2525)
     session.host_name = "client.example"
