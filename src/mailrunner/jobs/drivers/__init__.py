@@ -1,7 +1,9 @@
 """Driver name -> class, imported only when a pipeline uses it.
 
 Lazy imports keep broker client libraries out of processes that do not need them, so
-`config check` and the memory and sqlite drivers work without redis, aio-pika or nats-py.
+`config check` and the memory and sqlite drivers work without redis, aio-pika or nats-py:
+those are the extras `mailrunner[redis]`, `[amqp]` and `[nats]`, and a pipeline on a driver
+whose extra is missing stops start-up with the `pip install` line that adds it.
 """
 
 from __future__ import annotations
@@ -18,23 +20,29 @@ from mailrunner.jobs.driver import Driver
 DriverClass = Callable[[str, Any, Path], Driver]
 """Every driver is built as `Driver(pipeline name, its PipelineConfig, data_dir)`."""
 
-_CLASSES = {
-    "memory": ("mailrunner.jobs.drivers.memory", "MemoryDriver"),
-    "sqlite": ("mailrunner.jobs.drivers.sqlite", "SqliteDriver"),
-    "redis": ("mailrunner.jobs.drivers.redis", "RedisDriver"),
-    "amqp": ("mailrunner.jobs.drivers.amqp", "AmqpDriver"),
-    "nats": ("mailrunner.jobs.drivers.nats", "NatsDriver"),
+_CLASSES: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("mailrunner.jobs.drivers.memory", "MemoryDriver", None),
+    "sqlite": ("mailrunner.jobs.drivers.sqlite", "SqliteDriver", None),
+    "redis": ("mailrunner.jobs.drivers.redis", "RedisDriver", "redis"),
+    "amqp": ("mailrunner.jobs.drivers.amqp", "AmqpDriver", "amqp"),
+    "nats": ("mailrunner.jobs.drivers.nats", "NatsDriver", "nats"),
 }
+"""Driver name -> its module, its class and the extra that installs its broker client."""
 
 
 def build_driver(name: str, settings: PipelineConfig, data_dir: Path) -> Driver:
     """Instantiate the driver a pipeline's settings name (not opened yet)."""
-    module_name, class_name = _CLASSES[settings.driver]
+    module_name, class_name, extra = _CLASSES[settings.driver]
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
+        if extra is None:
+            raise DriverUnavailable(
+                f"pipeline {name}: the {settings.driver} driver cannot be loaded: {error}"
+            ) from error
         raise DriverUnavailable(
-            f"pipeline {name}: the {settings.driver} driver is not available: {error}"
+            f"pipeline {name}: the {settings.driver} driver needs its client library"
+            f" ({error.name or error}), install it with: pip install 'mailrunner[{extra}]'"
         ) from error
     driver_class: DriverClass = getattr(module, class_name)
     return driver_class(name, settings, data_dir)
