@@ -1,21 +1,18 @@
-"""The leases a nats node holds, noted in a file under its data_dir, so that after a kill -9
-the process that starts next on that data_dir gives them back at once (`nak`) instead of
-leaving their jobs unserved for the whole visibility timeout.
+"""What a nats node knows of the messages it holds unacknowledged, and the note of its leases
+in a file under its data_dir, so that after a kill -9 the process that starts next there
+gives them back at once (`nak`) instead of leaving their jobs for the visibility timeout.
 
 Why a local file: JetStream cannot list a consumer's unacknowledged messages, but any
 connection may answer a delivery's ack subject, so the reply subjects are all a restart
-needs, and only this node needs them. A file costs no broker round trip on the lease path and
-outlives what must be outlived: the process, not the machine (written without fsync).
-
-It is a snapshot of the held leases, rewritten in the background (write, then rename) soon
-after they change, so it can be a moment behind: a lease taken just before the kill may be
-missing (it waits out its timeout, as before), one acked just before may be listed (the
-server ignores a nak of a message it no longer holds). Only leases whose noted expiry (wall
-clock, measured from before the pull, so never later than the server's) is still ahead are
+needs, and only this node needs them; a file costs no broker round trip on the lease path.
+It is a snapshot rewritten in the background (write, then rename; no fsync: it must outlive
+the process, not the machine), so it can be a moment behind: a lease taken just before the
+kill may be missing (it waits out its timeout, as before), one acked just before may be listed
+(the server ignores a nak of a message it no longer holds). Only leases whose noted expiry
+(wall clock, from before the pull, so never later than the server's) is still ahead are
 nakked: until then the server cannot have given the message to another consumer. The
 redelivery counts one attempt, the dead node's, as a lease expiry would: the nak adds none.
-A driver that closes removes its file: the leases of a closed driver expire as the driver
-contract says.
+A driver that closes removes its file: a closed driver's leases expire as the contract says.
 """
 
 from __future__ import annotations
@@ -25,8 +22,9 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
@@ -34,20 +32,64 @@ from mailrunner.files import PRIVATE_FILE
 
 log = structlog.get_logger("mailrunner.jobs")
 
-Snapshot = Callable[[], dict[str, float]]
-"""The leases held now: reply subject -> wall-clock expiry."""
+State = Literal["leased", "released", "delayed"]
+"""Leased until `until`; released (due now); delayed until `until`."""
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class LeaseFile:
-    """`path`, kept equal to `snapshot()` by a writer task between `start` and `stop`."""
+@dataclass(slots=True)
+class Held:
+    """One unacknowledged message: `delivery` is the consumer sequence of its latest delivery
+    seen here (unique, unlike `num_delivered`, which a consumer restored after a crash can
+    repeat); `until` is on the monotonic clock; `reply` is its ack subject."""
 
-    def __init__(self, path: Path, snapshot: Snapshot) -> None:
+    delivery: int
+    state: State
+    until: float
+    reply: str
+
+
+class Holdings:
+    """This process's `Held` messages by stream sequence, the deliveries it gave back
+    uncounted, and their note in `path`, kept by a writer task between `start` and `stop`."""
+
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._snapshot = snapshot
+        self.held: dict[int, Held] = {}
+        self._uncounted: dict[int, int] = {}
         self._changed = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+
+    def hold(self, seq: int, delivery: int, state: State, until: float, reply: str) -> None:
+        self.held[seq] = Held(delivery, state, until, reply)
+        self._changed.set()
+
+    def current(self, seq: int, delivery: int) -> Held | None:
+        """What is known of `seq`, if `delivery` is its latest delivery."""
+        held = self.held.get(seq)
+        return held if held is not None and held.delivery == delivery else None
+
+    def extended(self, held: Held, until: float) -> None:
+        held.until = until
+        self._changed.set()
+
+    def forget(self, seq: int) -> None:
+        self.held.pop(seq, None)
+        self._uncounted.pop(seq, None)
+        self._changed.set()
+
+    def clear(self) -> None:
+        self.held.clear()
+        self._uncounted.clear()
+        self._changed.set()
+
+    def count_out(self, seq: int) -> None:
+        """The next delivery of `seq` is not an attempt: this one is given back uncounted."""
+        self._uncounted[seq] = self._uncounted.get(seq, 0) + 1
+
+    def uncounted(self, seq: int) -> int:
+        return self._uncounted.get(seq, 0)
 
     async def left_behind(self) -> list[str]:
         """The reply subjects of the leases a killed process left that have not expired."""
@@ -64,9 +106,6 @@ class LeaseFile:
     def start(self) -> None:
         self._changed = asyncio.Event()  # of this event loop
         self._writer = asyncio.create_task(self._write_changes())
-        self.changed()
-
-    def changed(self) -> None:
         self._changed.set()
 
     async def stop(self) -> None:
@@ -85,9 +124,10 @@ class LeaseFile:
             self._changed.clear()
             if self._writer is None:
                 return
-            content = json.dumps(self._snapshot()).encode()
+            wall = time.time() - time.monotonic()
+            leased = {h.reply: wall + h.until for h in self.held.values() if h.state == "leased"}
             try:
-                await asyncio.to_thread(_replace, self.path, content)
+                await asyncio.to_thread(_replace, self.path, json.dumps(leased).encode())
             except OSError as error:
                 log.warning("cannot note nats leases", path=str(self.path), error=str(error))
 

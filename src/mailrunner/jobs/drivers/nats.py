@@ -1,54 +1,47 @@
 """The NATS JetStream driver: a pipeline shared by many nodes through one stream.
 
-Jobs are messages of `<stream>` (work-queue retention) on `<subject>`, the failed list is
-`<stream>_failed` on `<subject>.failed`; all nodes pull from one durable consumer with
-ack_wait = visibility_timeout and max_deliver unlimited (mailrunner, not JetStream, enforces
-`retries`). Durable: push returns after the PubAck of a file-backed stream (JetStream syncs
-in the background: a power loss can lose the last seconds, a killed server does not). A
-message carries the job in `Mailrunner-Job` (ASCII JSON: NATS headers cannot
-carry newlines), the deliveries it had before this message in `Mailrunner-Attempts`, and its
-id in `Nats-Msg-Id`, which makes JetStream drop a re-push only within its duplicate window:
-hence idempotent_push is declared false. A batch is published message by message (what a
-failed one stored is deleted again, but a reader can see part of it); JetStream serves in
-stream order (no priority) and cannot list a consumer's messages without leasing (no peek).
-A delayed job carries `Mailrunner-Not-Before`; a reserve meeting it early gives it back with
-`nak(delay=remaining)`, but `stat` counts it as queued, so delay is declared false too.
-max_payload is the server's less 8 KiB for the headers, which share that limit.
+Jobs are messages (`_nats_wire`) of `<stream>` (work-queue retention) on `<subject>`, the
+failed list is `<stream>_failed` on `<subject>.failed`; all nodes pull (`_nats_pull`) from one
+durable consumer with ack_wait = visibility_timeout and max_deliver unlimited (mailrunner, not
+JetStream, enforces `retries`). Durable: push returns after the PubAck of a file-backed stream
+(synced in the background: a power loss can lose the last seconds, a killed server does not).
+`Nats-Msg-Id` drops a re-push only within the duplicate window, so idempotent_push is declared
+false. A batch is published message by message (what a failed one stored is deleted again,
+but a reader can see part of it); JetStream serves in stream order (no priority) and cannot
+list a consumer's messages without leasing (no peek). A reserve meeting a delayed job early
+gives it back with `nak(delay=remaining)`, but `stat` counts it as queued: delay is declared
+false too. max_payload is the server's less 8 KiB for the headers, which share that limit.
 
-Leases: a lease is one delivery; `extend` is `in_progress()`. This process notes when each of
-its leases expires, measured from before the pull (never later than the server's expiry); a
-lease past that, or whose message it has seen delivered again, is stale: its ack, nack,
-extend and release do nothing (a duplicate run, never a loss, never another consumer's lease
-disturbed). Deliveries are told apart by consumer sequence, because after a killed server
-restarts JetStream can deliver a message twice as if new. A message arriving after its pull
-gave up is given back at once, uncounted. A killed process's leases are given back by the
-next one on its data_dir (`_nats_leases`).
-
-Attempts: `Mailrunner-Attempts` + `num_delivered`, less the deliveries this process gave back
-uncounted (`release`, a job not yet due); a release by another node, or before a restart,
-counts. nack with requeue and no delay, or with new headers, publishes a copy and acks the
-original after the copy's PubAck (due at once, queued across restarts); with only a delay it
-is `nak(delay)`; without requeue a copy goes to the failed stream and the original is
+Leases: one delivery each; `extend` is `in_progress()`. This process notes when each of its
+leases expires, measured from before the pull (never later than the server's expiry); a lease
+past that, or whose message it has seen delivered again, is stale: its ack, nack, extend and
+release do nothing (a duplicate run, never a loss, never another consumer's lease disturbed).
+Deliveries are told apart by consumer sequence: after a killed server restarts, JetStream can
+deliver a message twice as if new. A killed process's leases are given back by the next one
+on its data_dir (`_nats_leases`). Attempt = `Mailrunner-Attempts` + `num_delivered`, less the
+deliveries this process gave back uncounted (`release`, a job not yet due, a stray pull); only
+it knows those. nack with requeue and no delay, or with new headers, publishes a copy and acks
+the original after the copy's PubAck (due at once, queued across restarts); with only a delay
+it is `nak(delay)`; without requeue a copy goes to the failed stream and the original is
 terminated. `release` is `nak()`: redelivered before newer messages, it keeps its place.
 
 stat: queued = `num_pending` plus what this process knows is due again though unacknowledged
-(expired leases, releases, nak delays over); delayed = its nak delays not over; reserved = the
-rest of `num_ack_pending`. Exact for one process; else a job waiting on the server for
+(expired leases, releases, nak delays over), delayed = its nak delays not over, reserved = the
+rest of `num_ack_pending`: exact for one process; else a job waiting on the server for
 redelivery counts as reserved.
 
 No late delivery: `pending_size=0` makes nats-py refuse to buffer a publish while
-disconnected (the push fails at once instead of being sent after the server returns). Each
-message is published only before the deadline, its PubAck awaited up to the deadline plus
-`VERDICT_GRACE` (`jobs/deadline.py`), and what was confirmed late is deleted before
-PushTimeout. Each message also carries the pusher's wall-clock deadline
-(`Mailrunner-Deadline`): reserve terminates, unseen, one the server stored more than
-`max_clock_skew` after it, so even a publish whose PubAck never came is not delivered late;
-each drop is logged and counted in `dropped_late`, so a pusher whose clock lags shows there
-instead of losing mail silently. Within the skew, a push that raised may be delivered: a
-duplicate after the client's retry, never a loss.
+disconnected (the push fails at once, never sent after the server returns). A message is
+published only before the deadline, its PubAck awaited up to the deadline plus
+`VERDICT_GRACE`, and what was confirmed late is deleted before PushTimeout. A message also
+carries the pusher's wall-clock deadline: reserve terminates, unseen, one the server stored
+more than `max_clock_skew` after it, so even a publish whose PubAck never came is not
+delivered late; each drop is logged and counted in `dropped_late`, so a pusher whose clock
+lags shows there instead of losing mail silently. Within the skew, a push that raised may be
+delivered: a duplicate after the client's retry, never a loss.
 
 nats-py reconnects by itself; the durable consumer and the pull inbox survive a server
-restart, so the same driver works again once the server is back. While it is down every call
+restart, so the same driver works again once the server is back; while it is down every call
 fails fast with DriverUnavailable.
 """
 
@@ -61,7 +54,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import nats
 import nats.errors
@@ -84,7 +77,7 @@ from mailrunner.jobs.drivers._common import (
     selects_nothing,
     time_left,
 )
-from mailrunner.jobs.drivers._nats_leases import LeaseFile
+from mailrunner.jobs.drivers._nats_leases import Holdings
 from mailrunner.jobs.drivers._nats_pull import PULL_MARGIN, Puller
 from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
@@ -98,7 +91,6 @@ _CALL_TIMEOUT = 5
 """Seconds bounding every JetStream API call, acknowledgement and flush."""
 _DUPLICATE_WINDOW = 120.0
 
-_State = Literal["leased", "released", "delayed"]
 _UNREACHABLE = (
     nats.errors.TimeoutError,
     TimeoutError,
@@ -123,21 +115,6 @@ def _token(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
 
 
-@dataclass(slots=True)
-class _Held:
-    """What this process knows of one unacknowledged message (by stream sequence).
-
-    `delivery` is the consumer sequence of its latest delivery seen here (unique per
-    delivery, unlike `num_delivered`, which a consumer restored after a crash can repeat);
-    leased until `until`, released (due now) or delayed until `until`; `reply` acks it.
-    """
-
-    delivery: int
-    state: _State
-    until: float
-    reply: str
-
-
 @dataclass(frozen=True, slots=True)
 class _Delivery:
     """A lease's handle: the pulled message, its stream sequence and its delivery number."""
@@ -145,6 +122,10 @@ class _Delivery:
     msg: Msg
     seq: int
     delivery: int
+
+    @property
+    def ids(self) -> tuple[int, int]:
+        return self.seq, self.delivery
 
 
 class NatsDriver(Driver, LeaseKeeper[_Delivery]):
@@ -162,10 +143,8 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         self.failed_subject = f"{self.subject}.failed"
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._puller = Puller(self.stream, CONSUMER, _CALL_TIMEOUT, self._count_out)
-        self._held: dict[int, _Held] = {}
-        self._uncounted: dict[int, int] = {}
-        self._leases = LeaseFile(data_dir / f"nats-leases.{self.stream}.json", self._noted)
+        self._holdings = Holdings(data_dir / f"nats-leases.{self.stream}.json")
+        self._puller = Puller(self.stream, CONSUMER, _CALL_TIMEOUT, self._holdings.count_out)
 
     # --- connecting ----------------------------------------------------------------------
 
@@ -194,7 +173,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             js = nc.jetstream(timeout=_CALL_TIMEOUT)
             await self._declare(js)
             await self._puller.start(nc)
-            for reply in await self._leases.left_behind():
+            for reply in await self._holdings.left_behind():
                 await nc.publish(reply, b"-NAK")
             await nc.flush(_CALL_TIMEOUT)
         except (nats.errors.Error, OSError) as error:
@@ -205,7 +184,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             ) from error
         self.capabilities = broker_capabilities(max_payload=max(0, nc.max_payload - _HEADER_ROOM))
         self._nc, self._js = nc, js
-        self._leases.start()
+        self._holdings.start()
 
     async def _declare(self, js: JetStreamContext) -> None:
         """Create the streams and the durable consumer unless they exist already."""
@@ -240,9 +219,8 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
     async def close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
         await self._puller.stop()
-        await self._leases.stop()
-        self._held.clear()
-        self._uncounted.clear()
+        await self._holdings.stop()
+        self._holdings.clear()
         if nc is None:
             return
         try:
@@ -309,10 +287,13 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
 
     # --- pulling -------------------------------------------------------------------------
 
-    async def _pull(self, batch: int, expires: float | None) -> list[Msg]:
+    async def _pull(self, batch: int, expires: float | None) -> tuple[list[Msg], list[Lease]]:
+        """One pull: the messages it brought, and the leases made of them."""
+        pulled_at = time.monotonic()
         nc, _js = self._client()
         with self._errors("reserving jobs"):
-            return await self._puller.pull(nc, batch, expires)
+            msgs = await self._puller.pull(nc, batch, expires)
+        return msgs, await self._take(msgs, pulled_at)
 
     async def _drop_if_late(self, msg: Msg) -> bool:
         """Discard, unseen, a message the server stored more than `max_clock_skew` after its
@@ -343,8 +324,9 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         meta = msg.metadata
         seq, delivery = meta.sequence.stream, meta.sequence.consumer
         job = wire.decode(msg.headers, msg.data, self.name)
-        attempt = wire.attempts(msg.headers) + meta.num_delivered - self._uncounted.get(seq, 0)
-        self._hold(seq, delivery, "leased", pulled_at + self.visibility_timeout, msg.reply)
+        attempt = wire.attempts(msg.headers) + meta.num_delivered - self._holdings.uncounted(seq)
+        until = pulled_at + self.visibility_timeout
+        self._holdings.hold(seq, delivery, "leased", until, msg.reply)
         return DriverLease(self, job, attempt, _Delivery(msg, seq, delivery))
 
     async def _take(self, msgs: list[Msg], pulled_at: float) -> list[Lease]:
@@ -360,19 +342,15 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                 continue
             remaining = wire.due_in(msg.headers)
             if remaining > 0:
-                self._count_out(lease.handle.seq)
-                until = time.monotonic() + remaining
-                self._hold(lease.handle.seq, lease.handle.delivery, "delayed", until, msg.reply)
+                seq, until = lease.handle.seq, time.monotonic() + remaining
+                self._holdings.count_out(seq)
+                self._holdings.hold(seq, lease.handle.delivery, "delayed", until, msg.reply)
                 await self._quietly(msg.nak(delay=remaining))
                 continue
             leases.append(lease)
         # After a crash JetStream can deliver one message twice in a row (its consumer
         # state was behind): only the latest delivery is a lease.
-        return [
-            lease
-            for lease in leases
-            if self._held[lease.handle.seq].delivery == lease.handle.delivery
-        ]
+        return [lease for lease in leases if self._holdings.current(*lease.handle.ids)]
 
     async def _quietly(self, call: Awaitable[Any]) -> None:
         with self._errors("acknowledging a message"):
@@ -389,9 +367,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             return []
         try:
             while True:
-                pulled_at = time.monotonic()
-                msgs = await self._pull(limit, None)
-                leases = await self._take(msgs, pulled_at)
+                msgs, leases = await self._pull(limit, None)
                 if leases:
                     return leases
                 remaining = give_up - time.monotonic()
@@ -399,11 +375,9 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                     continue  # every message was skipped: look again
                 if remaining <= 0.005:
                     return []
-                pulled_at = time.monotonic()
-                leases = await self._take(await self._pull(1, remaining), pulled_at)
+                _msgs, leases = await self._pull(1, remaining)
                 if leases and limit > 1:
-                    pulled_at = time.monotonic()
-                    leases += await self._take(await self._pull(limit - 1, None), pulled_at)
+                    leases += (await self._pull(limit - 1, None))[1]
                 if leases or time.monotonic() >= give_up:
                     return leases
         finally:
@@ -411,31 +385,12 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
 
     # --- leases --------------------------------------------------------------------------
 
-    def _noted(self) -> dict[str, float]:
-        """The leases held now, for `_nats_leases`: reply subject -> wall-clock expiry."""
-        wall = time.time() - time.monotonic()
-        return {h.reply: wall + h.until for h in self._held.values() if h.state == "leased"}
-
-    def _hold(self, seq: int, delivery: int, state: _State, until: float, reply: str) -> None:
-        self._held[seq] = _Held(delivery, state, until, reply)
-        self._leases.changed()
-
-    def _forget(self, seq: int) -> None:
-        self._held.pop(seq, None)
-        self._uncounted.pop(seq, None)
-        self._leases.changed()
-
-    def _count_out(self, seq: int) -> None:
-        """The next delivery of `seq` is not an attempt: this one is given back uncounted."""
-        self._uncounted[seq] = self._uncounted.get(seq, 0) + 1
-
     def _valid(self, lease: DriverLease[_Delivery]) -> bool:
-        held = self._held.get(lease.handle.seq)
+        held = self._holdings.current(*lease.handle.ids)
         return (
             self._nc is not None
             and held is not None
             and held.state == "leased"
-            and held.delivery == lease.handle.delivery
             and time.monotonic() < held.until
         )
 
@@ -450,23 +405,22 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             return
         started = time.monotonic()
         await self._answer(lease.handle.msg.in_progress)
-        held = self._held.get(lease.handle.seq)
-        if held is not None and held.delivery == lease.handle.delivery:
-            held.until = started + self.visibility_timeout
-            self._leases.changed()
+        held = self._holdings.current(*lease.handle.ids)
+        if held is not None:
+            self._holdings.extended(held, started + self.visibility_timeout)
 
     async def ack(self, lease: DriverLease[_Delivery]) -> None:
         if self._valid(lease):
             self._client()
             await self._quietly(lease.handle.msg.ack_sync(timeout=_CALL_TIMEOUT))
-            self._forget(lease.handle.seq)
+            self._holdings.forget(lease.handle.seq)
 
     async def release(self, lease: DriverLease[_Delivery]) -> None:
         if self._valid(lease):
             msg = lease.handle.msg
             await self._answer(msg.nak)
-            self._count_out(lease.handle.seq)
-            self._hold(lease.handle.seq, lease.handle.delivery, "released", 0.0, msg.reply)
+            self._holdings.count_out(lease.handle.seq)
+            self._holdings.hold(*lease.handle.ids, "released", 0.0, msg.reply)
 
     async def nack(self, lease: DriverLease[_Delivery], nack: Nack) -> None:
         if not self._valid(lease):
@@ -477,16 +431,16 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             failure = wire.encode(job, lease.attempt, error=nack.error)
             await self._publish(self.failed_subject, job, failure)
             await self._answer(msg.term)
-            self._forget(seq)
+            self._holdings.forget(seq)
         elif nack.delay > 0 and nack.headers is None:
             await self._answer(lambda: msg.nak(delay=nack.delay))
             until = time.monotonic() + nack.delay
-            self._hold(seq, lease.handle.delivery, "delayed", until, msg.reply)
+            self._holdings.hold(seq, lease.handle.delivery, "delayed", until, msg.reply)
         else:
             copy = wire.encode(job, lease.attempt, delay=nack.delay)
             await self._publish(self.subject, job, copy)
             await self._quietly(msg.ack_sync(timeout=_CALL_TIMEOUT))
-            self._forget(seq)
+            self._holdings.forget(seq)
 
     async def _publish(self, subject: str, job: Job, headers: wire.Headers) -> None:
         """Publish a copy of a job (requeue, failed list, retry) and wait for its PubAck."""
@@ -503,7 +457,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             failed = await js.stream_info(self.failed_stream)
         now = time.monotonic()
         due = delayed = 0
-        for held in self._held.values():
+        for held in self._holdings.held.values():
             if held.state == "delayed" and now < held.until:
                 delayed += 1
             elif held.state != "leased" or now >= held.until:
@@ -586,6 +540,4 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             await js.purge_stream(self.stream)
             await js.purge_stream(self.failed_stream)
             await self._declare(js)
-        self._held.clear()
-        self._uncounted.clear()
-        self._leases.changed()
+        self._holdings.clear()
