@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from mailrunner.config import MemoryPipelineConfig
 from support.processes import run_cli
 from support.server import RunningServer
 from support.waiting import wait_until
@@ -94,6 +95,28 @@ def test_declare_list_destroy_and_the_failed_list(node: RunningServer, tmp_path:
     assert cli_json(node, "jobs", "failed", "purge", "extra") == {"count": 1}
     assert cli_json(node, "jobs", "destroy", "extra", "--purge") == {"ok": True}
     assert "extra" not in cli_json(node, "jobs", "list")["pipelines"]
+
+
+def test_declare_leaves_unset_settings_to_the_pipeline_defaults(node: RunningServer) -> None:
+    """A declare without options gets the pipeline model's defaults: declaring them all
+    explicitly afterwards is the same pipeline (a differing setting would answer 409)."""
+    defaults = MemoryPipelineConfig(driver="memory")
+    plain = ("jobs", "declare", "plain", "--driver", "memory")
+    assert cli_json(node, *plain) == {"pipeline": "plain", "created": True}
+    explicit = (
+        *("--priority", str(defaults.priority), "--prefetch", str(defaults.prefetch)),
+        *(
+            "--retries",
+            str(defaults.retries),
+            "--visibility-timeout",
+            f"{defaults.visibility_timeout}s",
+        ),
+    )
+    assert cli_json(node, *plain, *explicit) == {"pipeline": "plain", "created": False}
+    assert cli_json(node, "jobs", "stat", "plain")["priority"] == defaults.priority
+    refused = cli(*plain, "--priority", "-1", "--server", node.api_url)
+    assert refused.returncode == 1
+    assert "priority" in refused.stderr, refused.stderr
 
 
 def test_workers_list_add_remove_reset(node: RunningServer) -> None:

@@ -12,27 +12,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel
 
-from mailrunner.api.schemas import (
-    ConnectionsResponse,
-    CountResponse,
-    DeclareRequest,
-    DeclareResponse,
-    DestroyRequest,
-    EmptyRequest,
-    FailedResponse,
-    HealthResponse,
-    IdsRequest,
-    OkResponse,
-    PeekResponse,
-    PipelinesResponse,
-    PushBatchRequest,
-    PushBatchResponse,
-    PushRequest,
-    PushResponse,
-    StatResponse,
-    WorkerResponse,
-    WorkersResponse,
-)
+from mailrunner.api import schemas
 
 JSON = "application/json"
 R = TypeVar("R")
@@ -69,92 +49,78 @@ class Route(Generic[R]):
         return path
 
 
-_PIPELINE = "/jobs/pipelines/{name}"
+def _get(path: str, name: str, summary: str, response: type[R], **more: Any) -> Route[R]:
+    return Route("GET", path, name, summary, response, **more)
 
-PUSH = Route(
-    "POST", "/jobs/push", "push", "Push one job; 200 once stored", PushResponse, PushRequest
+
+def _post(
+    path: str, name: str, summary: str, response: type[R], request: type[BaseModel]
+) -> Route[R]:
+    """A change: every POST takes a JSON body (`schemas.EmptyRequest` when it takes none)."""
+    return Route("POST", path, name, summary, response, request)
+
+
+_PIPELINE = "/jobs/pipelines/{name}"
+_COUNT = schemas.CountResponse
+_OK = schemas.OkResponse
+_NONE = schemas.EmptyRequest
+_WORKER = schemas.WorkerResponse
+
+PUSH = _post(
+    "/jobs/push", "push", "Push one job; 200 once stored", schemas.PushResponse, schemas.PushRequest
 )
-PUSH_BATCH = Route(
-    "POST", "/jobs/push_batch", "push_batch", "Push jobs", PushBatchResponse, PushBatchRequest
+PUSH_BATCH = _post(
+    "/jobs/push_batch",
+    "push_batch",
+    "Push jobs",
+    schemas.PushBatchResponse,
+    schemas.PushBatchRequest,
 )
-LIST_PIPELINES = Route(
-    "GET", "/jobs/pipelines", "list_pipelines", "List pipelines", PipelinesResponse
+LIST_PIPELINES = _get(
+    "/jobs/pipelines", "list_pipelines", "List pipelines", schemas.PipelinesResponse
 )
-DECLARE = Route(
-    "POST", "/jobs/pipelines", "declare", "Declare a pipeline", DeclareResponse, DeclareRequest
+DECLARE = _post(
+    "/jobs/pipelines",
+    "declare",
+    "Declare a pipeline",
+    schemas.DeclareResponse,
+    schemas.DeclareRequest,
 )
-DESTROY = Route(
-    "POST", f"{_PIPELINE}/destroy", "destroy", "Destroy a pipeline", OkResponse, DestroyRequest
+DESTROY = _post(
+    f"{_PIPELINE}/destroy", "destroy", "Destroy a pipeline", _OK, schemas.DestroyRequest
 )
-PAUSE = Route("POST", f"{_PIPELINE}/pause", "pause", "Pause consuming", OkResponse, EmptyRequest)
-RESUME = Route(
-    "POST", f"{_PIPELINE}/resume", "resume", "Resume consuming", OkResponse, EmptyRequest
+PAUSE = _post(f"{_PIPELINE}/pause", "pause", "Pause consuming", _OK, _NONE)
+RESUME = _post(f"{_PIPELINE}/resume", "resume", "Resume consuming", _OK, _NONE)
+STAT = _get(f"{_PIPELINE}/stat", "stat", "Pipeline stat", schemas.StatResponse)
+PEEK = _get(
+    f"{_PIPELINE}/peek", "peek", "Jobs in serving order", schemas.PeekResponse, query=("limit",)
 )
-STAT = Route("GET", f"{_PIPELINE}/stat", "stat", "Pipeline stat", StatResponse)
-PEEK = Route(
-    "GET", f"{_PIPELINE}/peek", "peek", "Jobs in serving order", PeekResponse, query=("limit",)
+FAILED = _get(
+    f"{_PIPELINE}/failed", "failed", "The failed list", schemas.FailedResponse, query=("limit",)
 )
-FAILED = Route(
-    "GET", f"{_PIPELINE}/failed", "failed", "The failed list", FailedResponse, query=("limit",)
+RETRY_FAILED = _post(
+    f"{_PIPELINE}/failed/retry", "retry_failed", "Retry failed jobs", _COUNT, schemas.IdsRequest
 )
-RETRY_FAILED = Route(
-    "POST",
-    f"{_PIPELINE}/failed/retry",
-    "retry_failed",
-    "Retry failed jobs",
-    CountResponse,
-    IdsRequest,
+PURGE_FAILED = _post(
+    f"{_PIPELINE}/failed/purge", "purge_failed", "Purge failed jobs", _COUNT, schemas.IdsRequest
 )
-PURGE_FAILED = Route(
-    "POST",
-    f"{_PIPELINE}/failed/purge",
-    "purge_failed",
-    "Purge failed jobs",
-    CountResponse,
-    IdsRequest,
+WORKERS = _get("/workers/{pool}", "workers", "List workers", schemas.WorkersResponse)
+ADD_WORKER = _post(
+    "/workers/{pool}/add", "add_worker", "Add a worker, up to max_workers", _WORKER, _NONE
 )
-WORKERS = Route("GET", "/workers/{pool}", "workers", "List workers", WorkersResponse)
-ADD_WORKER = Route(
-    "POST",
-    "/workers/{pool}/add",
-    "add_worker",
-    "Add a worker, up to max_workers",
-    WorkerResponse,
-    EmptyRequest,
+REMOVE_WORKER = _post("/workers/{pool}/remove", "remove_worker", "Remove a worker", _WORKER, _NONE)
+RESET_WORKERS = _post("/workers/{pool}/reset", "reset_workers", "Replace every worker", _OK, _NONE)
+CONNECTIONS = _get(
+    "/connections", "connections", "Open SMTP connections", schemas.ConnectionsResponse
 )
-REMOVE_WORKER = Route(
-    "POST",
-    "/workers/{pool}/remove",
-    "remove_worker",
-    "Remove a worker",
-    WorkerResponse,
-    EmptyRequest,
+CLOSE_CONNECTION = _post(
+    "/connections/{uuid}/close", "close_connection", "Close a connection", _OK, _NONE
 )
-RESET_WORKERS = Route(
-    "POST",
-    "/workers/{pool}/reset",
-    "reset_workers",
-    "Replace every worker",
-    OkResponse,
-    EmptyRequest,
-)
-CONNECTIONS = Route(
-    "GET", "/connections", "connections", "Open SMTP connections", ConnectionsResponse
-)
-CLOSE_CONNECTION = Route(
-    "POST",
-    "/connections/{uuid}/close",
-    "close_connection",
-    "Close a connection",
-    OkResponse,
-    EmptyRequest,
-)
-HEALTH = Route(
-    "GET",
+HEALTH = _get(
     "/health",
     "health",
     "Ready when SMTP and consumed pipelines are up",
-    HealthResponse,
+    schemas.HealthResponse,
     public=True,
 )
 METRICS: Route[str] = Route(

@@ -15,14 +15,14 @@ import click
 from mailrunner import __version__
 
 _COMMANDS = {
-    "serve": ("mailrunner.cli.server", "serve"),
-    "config": ("mailrunner.cli.server", "config_group"),
-    "jobs": ("mailrunner.cli.remote", "jobs"),
-    "workers": ("mailrunner.cli.remote", "workers"),
-    "connections": ("mailrunner.cli.remote", "connections"),
-    "send": ("mailrunner.cli.send", "send"),
+    "serve": "mailrunner.cli.server:serve",
+    "config": "mailrunner.cli.server:config_group",
+    "jobs": "mailrunner.cli.remote:jobs",
+    "workers": "mailrunner.cli.remote:workers",
+    "connections": "mailrunner.cli.remote:connections",
+    "send": "mailrunner.cli.send:send",
 }
-"""Command name -> (module, attribute), in the order `--help` lists them."""
+"""Command name -> `module:attribute` of its click command."""
 
 
 class _LazyGroup(click.Group):
@@ -34,7 +34,7 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in _COMMANDS:
             return None
-        module_name, attribute = _COMMANDS[cmd_name]
+        module_name, _, attribute = _COMMANDS[cmd_name].partition(":")
         command: click.Command = getattr(importlib.import_module(module_name), attribute)
         return command
 

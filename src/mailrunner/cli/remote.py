@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from mailrunner.jobs.model import MAX_DELAY, Job, JobOptions
 from mailrunner.worker import EMAIL_JOB, Email, EventError
 
 M = TypeVar("M", bound=BaseModel)
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 PEEK_COLUMNS = ("id", "job", "summary")
 SUMMARY_LIMIT = 120
 WORKER_COLUMNS = ("pid", "state", "executions", "rss_bytes", "created")
@@ -120,30 +122,6 @@ def list_pipelines(**options: Any) -> None:
 
 
 @jobs.command()
-@click.argument("pipeline")
-@api_options
-def stat(pipeline: str, **options: Any) -> None:
-    """Counts and settings of a pipeline."""
-    _print(options, routes.STAT, name=pipeline)
-
-
-@jobs.command()
-@click.argument("pipeline")
-@api_options
-def pause(pipeline: str, **options: Any) -> None:
-    """Stop consuming a pipeline; pushes are still stored."""
-    _print(options, routes.PAUSE, name=pipeline)
-
-
-@jobs.command()
-@click.argument("pipeline")
-@api_options
-def resume(pipeline: str, **options: Any) -> None:
-    """Consume a paused pipeline again."""
-    _print(options, routes.RESUME, name=pipeline)
-
-
-@jobs.command()
 @click.argument("name")
 @click.option("--driver", required=True, type=click.Choice(DRIVER_NAMES))
 @click.option("--config", "driver_config", multiple=True, help="Driver setting key=value.")
@@ -208,18 +186,39 @@ def push(pipeline: str, payload: str, payload_file: Path | None, **options: Any)
     _print(options, routes.PUSH, PushRequest(job=JobWire.from_job(job)))
 
 
-@jobs.command()
-@click.argument("pipeline")
-@click.option("--limit", type=click.IntRange(1, MAX_LIST_LIMIT), default=10, show_default=True)
-@api_options
-def peek(pipeline: str, limit: int, **options: Any) -> None:
-    """Show stored jobs in the order they will be served, without taking them."""
-    data = _answer(options, routes.PEEK, query={"limit": limit}, params={"name": pipeline})
-    if options["as_json"]:
-        show(data, True)
-        return
-    rows = [{"id": j["id"], "job": j["job"], "summary": job_summary(j)} for j in data["jobs"]]
-    show({"jobs": rows}, False, PEEK_COLUMNS, "jobs")
+def _limit_option(default: int) -> Decorator:
+    return click.option(
+        "--limit", type=click.IntRange(1, MAX_LIST_LIMIT), default=default, show_default=True
+    )
+
+
+@dataclass(frozen=True)
+class _JobsTable:
+    """How a list of jobs shows as a table: the answer's list, the columns, and the row
+    made of each entry."""
+
+    key: str
+    columns: tuple[str, ...]
+    row: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _jobs_list_command(
+    group: click.Group, name: str, route: Route[Any], summary: str, *, limit: int, table: _JobsTable
+) -> None:
+    """A command that lists a pipeline's jobs from `route`, at most `limit` by default: as
+    the server sent them with --json, else as `table`."""
+
+    @group.command(name=name, help=summary)
+    @click.argument("name", metavar="PIPELINE")
+    @_limit_option(limit)
+    @api_options
+    def command(name: str, limit: int, **options: Any) -> None:
+        data = _answer(options, route, query={"limit": limit}, params={"name": name})
+        if options["as_json"]:
+            show(data, True)
+            return
+        rows = [table.row(entry) for entry in data[table.key]]
+        show({table.key: rows}, False, table.columns, table.key)
 
 
 @jobs.group()
@@ -227,41 +226,47 @@ def failed() -> None:
     """The failed list of a pipeline."""
 
 
-@failed.command(name="list")
-@click.argument("pipeline")
-@click.option("--limit", type=click.IntRange(1, MAX_LIST_LIMIT), default=100, show_default=True)
-@api_options
-def list_failed(pipeline: str, limit: int, **options: Any) -> None:
-    """Jobs that used up their attempts or were nacked without requeue."""
-    data = _answer(options, routes.FAILED, query={"limit": limit}, params={"name": pipeline})
-    if options["as_json"]:
-        show(data, True)
-        return
-    rows = [{"id": f["job"]["id"], "job": f["job"]["job"], **f} for f in data["failed"]]
-    show({"failed": rows}, False, ("id", "job", "attempts", "error"), "failed")
-
-
-ids_option = click.option(
-    "--id", "ids", multiple=True, help="Only these jobs (repeatable); default all."
+_jobs_list_command(
+    jobs,
+    "peek",
+    routes.PEEK,
+    "Show stored jobs in the order they will be served, without taking them.",
+    limit=10,
+    table=_JobsTable(
+        "jobs",
+        PEEK_COLUMNS,
+        lambda job: {"id": job["id"], "job": job["job"], "summary": job_summary(job)},
+    ),
+)
+_jobs_list_command(
+    failed,
+    "list",
+    routes.FAILED,
+    "Jobs that used up their attempts or were nacked without requeue.",
+    limit=100,
+    table=_JobsTable(
+        "failed",
+        ("id", "job", "attempts", "error"),
+        lambda entry: {"id": entry["job"]["id"], "job": entry["job"]["job"], **entry},
+    ),
 )
 
 
-@failed.command()
-@click.argument("pipeline")
-@ids_option
-@api_options
-def retry(pipeline: str, ids: Sequence[str], **options: Any) -> None:
-    """Push failed jobs back with their attempts reset."""
-    _print(options, routes.RETRY_FAILED, IdsRequest(ids=list(ids) or None), name=pipeline)
+def _failed_ids_command(name: str, route: Route[Any], summary: str) -> None:
+    """A command on some (`--id`) or all of a pipeline's failed jobs."""
+
+    @failed.command(name=name, help=summary)
+    @click.argument("name", metavar="PIPELINE")
+    @click.option("--id", "ids", multiple=True, help="Only these jobs (repeatable); default all.")
+    @api_options
+    def command(name: str, ids: Sequence[str], **options: Any) -> None:
+        _print(options, route, IdsRequest(ids=list(ids) or None), name=name)
 
 
-@failed.command()
-@click.argument("pipeline")
-@ids_option
-@api_options
-def purge(pipeline: str, ids: Sequence[str], **options: Any) -> None:
-    """Delete failed jobs."""
-    _print(options, routes.PURGE_FAILED, IdsRequest(ids=list(ids) or None), name=pipeline)
+_failed_ids_command(
+    "retry", routes.RETRY_FAILED, "Push failed jobs back with their attempts reset."
+)
+_failed_ids_command("purge", routes.PURGE_FAILED, "Delete failed jobs.")
 
 
 pool_option = click.option(
@@ -274,55 +279,79 @@ def workers() -> None:
     """Worker processes of a running server."""
 
 
-@workers.command(name="list")
-@pool_option
-@api_options
-def list_workers(pool: str, **options: Any) -> None:
-    """List a pool's workers."""
-    data = _answer(options, routes.WORKERS, params={"pool": pool})
-    show(data, options["as_json"], WORKER_COLUMNS, "workers")
-
-
-@workers.command()
-@pool_option
-@api_options
-def add(pool: str, **options: Any) -> None:
-    """Start one more worker."""
-    _print(options, routes.ADD_WORKER, pool=pool)
-
-
-@workers.command()
-@pool_option
-@api_options
-def remove(pool: str, **options: Any) -> None:
-    """Stop one idle worker."""
-    _print(options, routes.REMOVE_WORKER, pool=pool)
-
-
-@workers.command()
-@pool_option
-@api_options
-def reset(pool: str, **options: Any) -> None:
-    """Replace every worker (busy ones once they finish)."""
-    _print(options, routes.RESET_WORKERS, pool=pool)
-
-
 @click.group()
 def connections() -> None:
     """SMTP connections of a running server."""
 
 
-@connections.command(name="list")
-@api_options
-def list_connections(**options: Any) -> None:
-    """Open SMTP connections."""
-    data = _answer(options, routes.CONNECTIONS)
-    show(data, options["as_json"], CONNECTION_COLUMNS, "connections")
+def _route_command(
+    group: click.Group,
+    name: str,
+    route: Route[Any],
+    summary: str,
+    parameter: Decorator | None = None,
+    *,
+    table: tuple[str, Sequence[str]] = ("", ()),
+) -> None:
+    """A command that calls `route` without a body and prints the answer, as a table of
+    `table` (its key and columns) if given; `parameter` is the click argument or option
+    named as the route's path parameter."""
+    rows_key, columns = table
+
+    @group.command(name=name, help=summary)
+    @api_options
+    def command(**options: Any) -> None:
+        params = {key: options.pop(key) for key in route.parameters}
+        data = _answer(options, route, params=params)
+        show(data, options["as_json"], columns, rows_key)
+
+    if parameter is not None:
+        parameter(command)
 
 
-@connections.command()
-@click.argument("connection_id", metavar="UUID")
-@api_options
-def close(connection_id: str, **options: Any) -> None:
-    """Close a connection (421), after its current command if it is in one."""
-    _print(options, routes.CLOSE_CONNECTION, uuid=connection_id)
+pipeline_argument = click.argument("name", metavar="PIPELINE")
+_ROUTE_COMMANDS: tuple[tuple[click.Group, str, Route[Any], str, Decorator], ...] = (
+    (jobs, "stat", routes.STAT, "Counts and settings of a pipeline.", pipeline_argument),
+    (
+        jobs,
+        "pause",
+        routes.PAUSE,
+        "Stop consuming a pipeline; pushes are still stored.",
+        pipeline_argument,
+    ),
+    (jobs, "resume", routes.RESUME, "Consume a paused pipeline again.", pipeline_argument),
+    (workers, "add", routes.ADD_WORKER, "Start one more worker.", pool_option),
+    (workers, "remove", routes.REMOVE_WORKER, "Stop one idle worker.", pool_option),
+    (
+        workers,
+        "reset",
+        routes.RESET_WORKERS,
+        "Replace every worker (busy ones once they finish).",
+        pool_option,
+    ),
+    (
+        connections,
+        "close",
+        routes.CLOSE_CONNECTION,
+        "Close a connection (421), after its current command if it is in one.",
+        click.argument("uuid", metavar="UUID"),
+    ),
+)
+"""Commands that are one call without a body: (group, name, route, help, path parameter)."""
+for _definition in _ROUTE_COMMANDS:
+    _route_command(*_definition)
+_route_command(
+    workers,
+    "list",
+    routes.WORKERS,
+    "List a pool's workers.",
+    pool_option,
+    table=("workers", WORKER_COLUMNS),
+)
+_route_command(
+    connections,
+    "list",
+    routes.CONNECTIONS,
+    "Open SMTP connections.",
+    table=("connections", CONNECTION_COLUMNS),
+)
