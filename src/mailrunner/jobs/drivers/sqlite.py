@@ -51,6 +51,7 @@ from mailrunner.jobs.driver import (
     current_verdict_listener,
 )
 from mailrunner.jobs.drivers._common import (
+    not_open,
     reserve_until,
     selects_nothing,
     store_capabilities,
@@ -125,12 +126,9 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
 
     # --- the driver thread -------------------------------------------------------------------
 
-    def _not_open(self) -> DriverUnavailable:
-        return DriverUnavailable(f"pipeline {self.name}: the sqlite driver is not open")
-
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
-            raise self._not_open()
+            raise not_open(self.name, "sqlite")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, function, *args)
@@ -139,7 +137,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
 
     def _db(self, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
         if self._connection is None:
-            raise self._not_open()
+            raise not_open(self.name, "sqlite")
         self._connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         return self._connection
 
@@ -190,7 +188,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
         time_left(self.name, deadline)
         if self._committer is None:
-            raise self._not_open()
+            raise not_open(self.name, "sqlite")
         future = asyncio.get_running_loop().create_future()
         self._committer.submit(_PendingPush(jobs, deadline, future, current_verdict_listener()))
         await future
@@ -381,12 +379,8 @@ def _resolve_all(futures: list[asyncio.Future[None]], error: BaseException | Non
 
 
 class _GroupCommitter:
-    """The push side of the driver: its own thread and connection, committing back to back.
-
-    Whatever was pushed while a transaction was being written goes into the next one, so
-    concurrent pushes share commits; the thread never waits for the event loop between
-    transactions, and each push's future is resolved on the loop after its own commit.
-    """
+    """The push side of the driver: its own thread and connection, committing back to back
+    without waiting for the event loop between transactions."""
 
     def __init__(
         self, driver: SqliteDriver, connection: sqlite3.Connection, max_batch: int
