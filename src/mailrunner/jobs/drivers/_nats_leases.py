@@ -5,10 +5,10 @@ gives them back at once (`nak`) instead of leaving their jobs for the visibility
 Why a local file: JetStream cannot list a consumer's unacknowledged messages, but any
 connection may answer a delivery's ack subject, so the reply subjects are all a restart
 needs, and only this node needs them; a file costs no broker round trip on the lease path.
-It is a snapshot rewritten in the background (write, then rename; no fsync: it must outlive
-the process, not the machine), so it can be a moment behind: a lease taken just before the
-kill may be missing (it waits out its timeout, as before), one acked just before may be listed
-(the server ignores a nak of a message it no longer holds). Only leases whose noted expiry
+It is a snapshot, rewritten in the background (a new 0600 file, renamed over the old one),
+so it can be a moment behind: a lease taken just before the kill may be missing (it waits
+out its timeout, as before), one acked just before may be listed (the server ignores a nak
+of a message it no longer holds). Only leases whose noted expiry
 (wall clock, from before the pull, so never later than the server's) is still ahead are
 nakked: until then the server cannot have given the message to another consumer. The
 redelivery counts one attempt, the dead node's, as a lease expiry would: the nak adds none.
@@ -28,14 +28,12 @@ from typing import Literal
 
 import structlog
 
-from mailrunner.files import PRIVATE_FILE
+from mailrunner.files import write_new_file
 
 log = structlog.get_logger("mailrunner.jobs")
 
 State = Literal["leased", "released", "delayed"]
 """Leased until `until`; released (due now); delayed until `until`."""
-
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(slots=True)
@@ -135,12 +133,6 @@ class Holdings:
 def _replace(path: Path, content: bytes) -> None:
     """Write `content` to `path` through a rename, so a kill never leaves half a file."""
     temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, _CREATE, PRIVATE_FILE)
-    try:
-        os.fchmod(descriptor, PRIVATE_FILE)
-        view = memoryview(content)
-        while view:
-            view = view[os.write(descriptor, view) :]
-    finally:
-        os.close(descriptor)
+    temporary.unlink(missing_ok=True)  # left by a kill
+    write_new_file(temporary, content)
     os.replace(temporary, path)

@@ -50,14 +50,7 @@ from mailrunner.jobs.driver import (
     VerdictListener,
     current_verdict_listener,
 )
-from mailrunner.jobs.drivers._common import (
-    not_open,
-    reserve_until,
-    selects_nothing,
-    store_capabilities,
-    stored_fields,
-    time_left,
-)
+from mailrunner.jobs.drivers import _common
 from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
 
 T = TypeVar("T")
@@ -109,7 +102,7 @@ class _PendingPush:
 class SqliteDriver(Driver, LeaseKeeper[str]):
     """One pipeline's rows in a SQLite file (`config.path`, default `<data_dir>/jobs.db`)."""
 
-    capabilities = store_capabilities(durable=True)
+    capabilities = _common.store_capabilities(durable=True)
 
     def __init__(
         self, name: str, settings: SqlitePipelineConfig, data_dir: Path, *, max_batch: int = 1000
@@ -128,7 +121,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
-            raise not_open(self.name, "sqlite")
+            raise _common.not_open(self.name, "sqlite")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, function, *args)
@@ -137,7 +130,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
 
     def _db(self, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
         if self._connection is None:
-            raise not_open(self.name, "sqlite")
+            raise _common.not_open(self.name, "sqlite")
         self._connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         return self._connection
 
@@ -186,9 +179,9 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
     # --- push: group commit ------------------------------------------------------------------
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
-        time_left(self.name, deadline)
+        _common.time_left(self.name, deadline)
         if self._committer is None:
-            raise not_open(self.name, "sqlite")
+            raise _common.not_open(self.name, "sqlite")
         future = asyncio.get_running_loop().create_future()
         self._committer.submit(_PendingPush(jobs, deadline, future, current_verdict_listener()))
         await future
@@ -219,7 +212,9 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         return leases
 
     async def reserve(self, limit: int, wait: float) -> list[Lease]:
-        return await reserve_until(lambda: self._take(limit), self._changed, wait, _IDLE_POLL)
+        return await _common.reserve_until(
+            lambda: self._take(limit), self._changed, wait, _IDLE_POLL
+        )
 
     async def _take(self, limit: int) -> tuple[list[Lease], float | None]:
         """One reserve transaction; a locked database (another process writing) leases
@@ -324,7 +319,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         return removed
 
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        if selects_nothing(ids):
+        if _common.selects_nothing(ids):
             return 0
         where, values = self._failed_where(ids)
         count = await self._run(
@@ -337,7 +332,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         return count
 
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        if selects_nothing(ids):
+        if _common.selects_nothing(ids):
             return []
         return await self._run(self._purge_failed_sync, ids)
 
@@ -507,7 +502,7 @@ def _insert_rows(count: int) -> str:
 
 
 def _row(pipeline: str, job: Job, now: float) -> tuple[Any, ...]:
-    return (pipeline, *stored_fields(job), now + job.options.delay, now)
+    return (pipeline, *_common.stored_fields(job), now + job.options.delay, now)
 
 
 def _job(pipeline: str, columns: Sequence[Any]) -> Job:
