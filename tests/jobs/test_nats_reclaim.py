@@ -25,6 +25,7 @@ from pydantic import TypeAdapter
 from mailrunner.config import PipelineConfig
 from mailrunner.jobs.driver import Driver
 from mailrunner.jobs.drivers import build_driver
+from mailrunner.jobs.drivers._nats_leases import Holdings
 from mailrunner.jobs.model import Job, JobOptions
 from support.brokers import delete_streams
 from support.requirements import require_broker
@@ -123,6 +124,21 @@ def test_a_restart_on_the_same_data_dir_takes_back_the_leases_of_a_killed_proces
     assert served == [("held", 2)], f"the restart got {served}; expected the held job, attempt 2"
     assert took < 10.0, f"the job came back after {took:.1f}s, not at the restart"
     assert not noted.exists(), "a driver that closed left its leases noted"
+
+
+def test_only_leases_not_yet_expired_are_given_back_and_a_damaged_note_gives_back_none(
+    tmp_path: Path,
+) -> None:
+    noted = tmp_path / "nats-leases.q.json"
+    now = time.time()
+    noted.write_text(json.dumps({"$JS.ACK.live": now + 60, "$JS.ACK.expired": now - 1}))
+    assert asyncio.run(Holdings(noted).left_behind()) == ["$JS.ACK.live"], (
+        "a lease whose expiry passed may be another consumer's now: it must not be nakked"
+    )
+    noted.write_text('{"$JS.ACK.cut')
+    assert asyncio.run(Holdings(noted).left_behind()) == []
+    noted.unlink()
+    assert asyncio.run(Holdings(noted).left_behind()) == []
 
 
 if __name__ == "__main__":

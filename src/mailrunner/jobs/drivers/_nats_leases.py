@@ -4,7 +4,8 @@ gives them back at once (`nak`) instead of leaving their jobs for the visibility
 
 Why a local file: JetStream cannot list a consumer's unacknowledged messages, but any
 connection may answer a delivery's ack subject, so the reply subjects are all a restart
-needs, and only this node needs them; a file costs no broker round trip on the lease path.
+needs, and only this node needs them; a file costs no broker round trip on the lease path,
+and being in the node's data_dir it needs no node name (`_common.node_id`) to be found again.
 It is a snapshot, rewritten in the background (a new 0600 file, renamed over the old one),
 so it can be a moment behind: a lease taken just before the kill may be missing (it waits
 out its timeout, as before), one acked just before may be listed (the server ignores a nak
