@@ -134,11 +134,11 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         self._connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         return self._connection
 
-    def _rows(self, statement: str, values: Any) -> list[Any]:
-        return self._db().execute(statement, values).fetchall()
+    async def _query(self, statement: str, values: Any) -> list[Any]:
+        return await self._run(lambda: self._db().execute(statement, values).fetchall())
 
-    def _execute_sync(self, statement: str, values: Sequence[Any]) -> int:
-        return self._db().execute(statement, values).rowcount
+    async def _execute(self, statement: str, values: Any) -> int:
+        return await self._run(lambda: self._db().execute(statement, values).rowcount)
 
     def _open_sync(self) -> None:
         create_directories(self.path.parent)
@@ -227,8 +227,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
             leases = []
         if leases:
             return leases, None
-        ((next_due,),) = await self._run(
-            self._rows,
+        ((next_due,),) = await self._query(
             "SELECT MIN(available_at) FROM jobs WHERE pipeline = ? AND failed_at IS NULL",
             (self.name,),
         )
@@ -236,8 +235,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
 
     async def _update_lease(self, lease: DriverLease[str], assignments: str, *values: Any) -> None:
         """Change a leased job, only if the lease is still the current one."""
-        await self._run(
-            self._execute_sync,
+        await self._execute(
             f"UPDATE jobs SET {assignments} WHERE pipeline = ? AND id = ? AND lease = ?",
             (*values, self.name, lease.job.id, lease.handle),
         )
@@ -247,8 +245,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         await self._update_lease(lease, "available_at = ?", time.time() + self.visibility_timeout)
 
     async def ack(self, lease: DriverLease[str]) -> None:
-        await self._run(
-            self._execute_sync,
+        await self._execute(
             "DELETE FROM jobs WHERE pipeline = ? AND id = ? AND lease = ?",
             (self.name, lease.job.id, lease.handle),
         )
@@ -272,8 +269,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
     # --- inspection and the failed list ------------------------------------------------------
 
     async def stat(self) -> QueueStat:
-        ((queued, delayed, reserved, failed),) = await self._run(
-            self._rows,
+        ((queued, delayed, reserved, failed),) = await self._query(
             "SELECT TOTAL(failed_at IS NULL AND available_at <= :now),"
             " TOTAL(failed_at IS NULL AND lease IS NULL AND available_at > :now),"
             " TOTAL(failed_at IS NULL AND lease IS NOT NULL AND available_at > :now),"
@@ -283,8 +279,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         return QueueStat(int(queued), int(delayed), int(reserved), int(failed))
 
     async def peek(self, limit: int) -> list[Job]:
-        rows = await self._run(
-            self._rows,
+        rows = await self._query(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE pipeline = :pipeline AND failed_at IS NULL"
             " AND (lease IS NULL OR available_at <= :now)"
             " ORDER BY available_at > :now, priority, seq LIMIT :limit",
@@ -293,8 +288,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         return [_job(self.name, row) for row in rows]
 
     async def failed(self, limit: int) -> list[FailedJob]:
-        rows = await self._run(
-            self._rows,
+        rows = await self._query(
             f"SELECT last_error, attempts, failed_at, {_JOB_COLUMNS} FROM jobs"
             " WHERE pipeline = ? AND failed_at IS NOT NULL ORDER BY failed_at, seq LIMIT ?",
             (self.name, limit),
@@ -322,8 +316,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         if _common.selects_nothing(ids):
             return 0
         where, values = self._failed_where(ids)
-        count = await self._run(
-            self._execute_sync,
+        count = await self._execute(
             "UPDATE jobs SET failed_at = NULL, attempts = 0, lease = NULL, available_at = ?"
             f" WHERE {where}",
             [time.time(), *values],
@@ -337,7 +330,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         return await self._run(self._purge_failed_sync, ids)
 
     async def destroy(self) -> None:
-        await self._run(self._execute_sync, "DELETE FROM jobs WHERE pipeline = ?", (self.name,))
+        await self._execute("DELETE FROM jobs WHERE pipeline = ?", (self.name,))
 
 
 def _connect(path: Path) -> sqlite3.Connection:
