@@ -39,7 +39,8 @@ from structlog.testing import capture_logs
 from mailrunner.config import AmqpDriverConfig
 from mailrunner.errors import DriverError, DriverUnavailable
 from mailrunner.jobs.driver import Driver
-from mailrunner.jobs.drivers.amqp import AmqpDriver, broker_priority, delay_ms
+from mailrunner.jobs.drivers._amqp_message import broker_priority, delay_ms
+from mailrunner.jobs.drivers.amqp import AmqpDriver
 from mailrunner.jobs.model import Capabilities
 from support.brokers import AMQP_ADDR, delete_amqp_pipeline
 from support.requirements import require_broker

@@ -1,107 +1,57 @@
-"""The RabbitMQ (AMQP 0-9-1) driver: a pipeline shared by many nodes through one durable queue.
+"""The RabbitMQ (AMQP 0-9-1) driver: one durable queue shared by every node that names it.
 
-RabbitMQ is a message broker, not a job store, so several parts of the contract are built by
-the driver on top of it. What it honours (the capabilities it declares):
+RabbitMQ is a broker, not a job store, so the driver builds parts of the contract on top:
 
-- durable: yes. Every queue is durable, every message persistent (delivery mode 2), and a
-  push returns only after the broker's publisher confirm, which RabbitMQ sends once a
-  persistent message is on disk. Publishes are `mandatory`: a message no queue takes
-  (unroutable, e.g. a binding someone removed) comes back and fails the push.
-- priority: yes, for priorities 0..127 exactly. The queue is declared with
-  `x-max-priority: 255` and RabbitMQ serves HIGHER numbers first, so a job's priority p is
-  sent as `2 * (127 - min(p, 127))`: priorities above 127 are served like 127; the job keeps
-  its real priority in a header. The odd number just above is the front of that priority,
-  where `release()` puts a job back. Equal priorities are served in publish order (FIFO).
-- delay: yes, without plugins. RabbitMQ has no per-message delay, and a per-message TTL only
-  expires at the head of a queue, so each delay value gets its own queue
-  `<queue>.delay.<ms>` with `x-message-ttl: ms` and a dead-letter route back to the main
-  queue, created on demand. Delays are rounded UP to two significant digits (at most ~10 %
-  late, never early) to bound the number of such queues. Their names are recorded in
-  `<queue>.delays` so that `stat`, `destroy` and a new driver instance can find them. Delay
-  queues are declared, counted and deleted on channels of their own: RabbitMQ answers a
-  refused declare (PRECONDITION_FAILED, e.g. a queue of that name with other arguments) by
-  closing the channel, which must not be the one holding this driver's leases and
-  publishes. The longest delay is 2^32 - 1 ms (about 49.7 days, the largest TTL every
-  RabbitMQ version takes; the API allows 30 days): a push with a longer one fails before
-  anything is sent, and a nack asking for a longer one is held that long (with a warning).
-- peek: NO. AMQP cannot read a queue without taking its messages (basic.get leases them and
-  counts as a delivery for `redelivered`), so the driver declares `peek: false`.
-- idempotent_push: NO. RabbitMQ does not deduplicate; a re-pushed id is stored twice.
-- atomic_batch: NO. A batch is published message by message (no AMQP transaction: they are
-  slow and do not mix with confirms); a failed batch may be stored in part.
-- max_payload: 128 MiB, RabbitMQ's default `max_message_size` (AMQP cannot ask the broker
-  for its setting; a smaller configured limit makes such pushes fail).
+- durable: durable queues, persistent messages, and a push returns after the publisher
+  confirm (sent once on disk). Publishes are `mandatory`: an unroutable one fails the push.
+- priority 0..127: `x-max-priority: 255`, RabbitMQ serving higher first, so priority p is sent
+  as `2 * (127 - min(p, 127))`; the odd number above is its front, where `release()` puts a
+  job back. FIFO within a priority.
+- delay, without plugins: a TTL only expires at a queue's head, so each delay value has a
+  queue `<queue>.delay.<ms>` (TTL, dead-lettered to the main queue), rounded UP to two
+  significant digits to bound their number (~10 % late at most, never early) and recorded in
+  `<queue>.delays` for `stat`, `destroy` and other nodes. They are declared, counted and
+  deleted on channels of their own: RabbitMQ closes the channel of a refused declare, which
+  must not be the one holding the leases. Longest: 2^32 - 1 ms (~49.7 days, every version's
+  largest TTL); a longer push fails before sending, a longer nack is cut to it (warned).
+- NOT peek (basic.get leases), NOT idempotent_push, NOT atomic_batch (one publish each:
+  transactions are slow and do not mix with confirms). max_payload: RabbitMQ's default.
 
-Leases: a reserved job is an unacked `basic.get` delivery on the driver's channel, so it is
-invisible to every other consumer until it is settled. RabbitMQ cannot expire a delivery
-(it takes it back only when the channel or connection closes, or after its
-`consumer_timeout`), so the visibility timeout is enforced by the driver: a timer per lease,
-pushed forward by `extend()`, which on expiry republishes a copy with attempt + 1 and then
-acks the original. The driver takes at most `limit` jobs per `reserve` (the consumer bounds
-its unacked jobs by free slots plus `prefetch`); QoS does not apply to basic.get.
+Leases are unacked `basic.get` deliveries on the driver's channel. RabbitMQ cannot expire one,
+so a timer per lease (pushed on by `extend()`) republishes a copy with attempt + 1 and acks the
+original. Attempts travel in a header: a requeue or expiry publishes the copy, waits for its
+confirm, THEN acks (a crash between duplicates, never loses). `release()` republishes at the
+front with the count unchanged; basic.nack with requeue has no reply, and RabbitMQ answers the
+queue.declare behind `stat` before pending requeues. A delivery flagged `redelivered` (its
+consumer crashed or disconnected: RabbitMQ redelivers at once) counts one attempt more.
 
-Attempts: classic queues only have a `redelivered` flag, so the count of earlier deliveries
-travels in a message header. Every nack with requeue and every lease expiry publishes a copy
-with the new count (and the new headers, for RoadRunner's requeue), waits for its confirm,
-and only THEN acks the original: at-least-once, a crash in between makes a duplicate, never a
-loss. A requeued copy goes to the back of its priority. `release()` republishes a copy with
-the count unchanged at the FRONT of its priority (the odd RabbitMQ priority above it), so it
-is served next, as if never taken (several released jobs of one priority are served among
-themselves in release order). It does not use basic.nack with requeue, which would keep the
-exact place: basic.nack has no reply, and RabbitMQ answers the queue.declare behind `stat`
-ahead of pending requeues, so a stat right after it could miss the job. A delivery RabbitMQ
-hands out again with `redelivered` set (after a crashed or disconnected consumer, or a
-failed requeue) counts one attempt more than its header, however often that happened. After
-a consumer crash the broker takes the lease back at once, not at its expiry (RabbitMQ's
-doing).
+close() republishes held leases into the delay queue for the rest of their visibility timeout
+(they count as delayed; RabbitMQ would redeliver them at once), then acks them. It takes at
+most `config.timeout`, closing the connection included, and does not wait on a broker that
+stopped answering, so it cannot hold up a stopping server: what was not moved is redelivered.
 
-close(): leases still held are not just dropped (RabbitMQ would redeliver them at once):
-each is republished, with attempt + 1, into the delay queue for the rest of its visibility
-timeout, then acked, so it comes back when its lease would have expired. Until then it counts
-as delayed, not reserved.
+The failed list is `<queue>.failed`, read with basic.get on a channel of its own whose closing
+puts back what was not acked (missing from `stat` meanwhile). `stat`'s reserved counts this
+instance's leases (AMQP shows no other node's).
 
-The failed list is the durable queue `<queue>.failed`, the job with its error, attempts and
-failure time in headers. `failed()` reads it with basic.get on a channel of its own and
-closes that channel, which puts every message back in its place; `retry_failed` republishes
-the chosen jobs to the main queue with attempts reset (confirmed, then acked) and
-`purge_failed` acks them away. While one of these runs, the messages it holds are missing
-from `stat`'s failed count.
+Pushes and deadlines: a push past its deadline sends nothing (PushTimeout). Otherwise confirms
+are awaited up to `VERDICT_GRACE` past it (`jobs/deadline.py`): an unsent publish is withdrawn,
+but a sent one CANNOT be, so the push raises PushOutcomeUnknown (the job may be stored; under a
+resource alarm RabbitMQ confirms late), logged and counted as `unwithdrawn_publishes`.
 
-stat: queued and failed are the queues' ready counts, delayed the sum over the delay queues,
-reserved the leases this driver instance holds (leases held by other nodes are not visible
-through AMQP; their jobs are counted nowhere until settled).
-
-Pushes and deadlines ("No late delivery"): a push whose deadline has passed sends nothing and
-raises PushTimeout. Otherwise its messages are sent and their confirms awaited up to
-`VERDICT_GRACE` past the deadline (as the Redis driver does; the SMTP side allows `PUSH_GRACE`
-for it, see `jobs/deadline.py`): a confirm in that grace returns success, although the broker
-may have stored the job a little after the deadline. A publish not yet written when the grace
-ends is withdrawn (never sent), but a publish already sent CANNOT be withdrawn: when its
-confirm is missing at the end of the grace the push raises PushOutcomeUnknown (a PushTimeout
-that may be stored: the SMTP side keeps the email's attachment files) and the job may still be
-stored (under a resource alarm RabbitMQ blocks publishers and confirms late). Each such case is
-logged as "amqp push may be stored after its deadline" with a running count
-(`AmqpDriver.unwithdrawn_publishes`, exported as the metric
-`mailrunner_jobs_unwithdrawn_publishes_total`); the SMTP client's retry then makes a duplicate.
-
-Connections: `aio_pika.connect_robust` reconnects after a broker restart and re-declares the
-queues. While the connection is down every call fails at once with DriverUnavailable, never
-waiting for the reconnect and never buffering a publish; leases held when it dropped are
-gone (RabbitMQ requeued them) and their ack, nack and extend become no-ops.
+Connections: `connect_robust` reconnects and re-declares. While down, every call fails at once
+(DriverUnavailable, nothing buffered); leases held then are gone (RabbitMQ requeued them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
@@ -119,109 +69,49 @@ from mailrunner.config import AmqpPipelineConfig, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
+from mailrunner.jobs.drivers._amqp_message import (
+    MAX_DELAY_MS,
+    due_ms,
+    failed_job_of,
+    job_message,
+    job_of,
+    settling_delay_ms,
+)
 from mailrunner.jobs.drivers._common import (
+    Raised,
     broker_capabilities,
+    broker_errors,
+    not_open,
     reserve_until,
     selection,
     selects_nothing,
     time_left,
 )
-from mailrunner.jobs.model import FailedJob, Headers, Job, JobOptions, QueueStat
+from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
 
 _MAX_PRIORITY = 255
 """RabbitMQ's largest `x-max-priority`."""
-_LEVELS = 128
-"""Our priorities 0..127, each two of RabbitMQ's: its back (new jobs) and its front
-(released jobs)."""
 _MAX_PAYLOAD = 128 * 1024 * 1024
 """RabbitMQ's default `max_message_size` (3.8 to 3.13); AMQP cannot ask for the real one."""
 _IDLE_POLL = 0.05
-"""How often a waiting reserve asks again: basic.get cannot wait, and pushes from other
-nodes cannot wake it."""
+"""How often a waiting reserve asks again: basic.get cannot wait, other nodes cannot wake it."""
 _RECONNECT_INTERVAL = 1.0
-"""Seconds between attempts to reconnect after the broker went away."""
-_MAX_DELAY_MS = 2**32 - 1
-"""The longest delay a delay queue is declared for: the largest `x-message-ttl` every
-RabbitMQ version takes (older ones refuse more; 3.10 takes up to ten years)."""
-_CLOSE_BUDGET = 5.0
-"""Seconds close() spends moving held leases to the delay queue before it gives up on them
-(RabbitMQ then redelivers them at once, counted by `redelivered`)."""
-
-# Message headers: the job travels in them, so that every copy is self-contained.
-_ID = "mailrunner-id"
-_NAME = "mailrunner-name"
-_HEADERS = "mailrunner-headers"
-_PRIORITY = "mailrunner-priority"
-_AUTO_ACK = "mailrunner-auto-ack"
-_ATTEMPTS = "mailrunner-attempts"
-"""Earlier deliveries of the job: the attempt of the next delivery minus one."""
-_ERROR = "mailrunner-error"
-_FAILED_AT = "mailrunner-failed-at"
+_CLOSE_SLICE = 0.2
+"""Seconds closing the connection gets at least: enough to send Close and shut the socket."""
+_UNREACHABLE = (TimeoutError, aiormq.exceptions.ConnectionClosed, OSError)
+_GONE = (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.ConnectionClosed)
+"""A delivery's channel or connection is gone: RabbitMQ requeued it, settling it is moot."""
+_FAILED = (AMQPError, RuntimeError)
 
 _T = TypeVar("_T")
 
 
-def broker_priority(priority: int) -> int:
-    """Our priority (lower first, 0..127 honoured) as RabbitMQ's (higher first): the even
-    numbers 254..0. The odd number above each is the front of that priority, for released
-    jobs."""
-    return 2 * (_LEVELS - 1 - min(max(priority, 0), _LEVELS - 1))
-
-
-def delay_ms(seconds: float) -> int:
-    """A delay in whole ms, rounded UP to two significant digits: never early, at most ~10 %
-    late, and few distinct values, since each one is a queue."""
-    ms = max(1, math.ceil(seconds * 1000))
-    if ms < 100:
-        return ms
-    scale: int = 10 ** (len(str(ms)) - 2)
-    return math.ceil(ms / scale) * scale
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", errors="replace")
-    return "" if value is None else str(value)
-
-
-def _int(value: Any, default: int = 0) -> int:
-    try:
-        return int(str(value))
-    except (TypeError, ValueError):
-        return default
-
-
-def _job_headers(job: Job, attempts: int) -> dict[str, Any]:
-    return {
-        _ID: job.id,
-        _NAME: job.name,
-        _HEADERS: json.dumps(job.headers),
-        _PRIORITY: job.options.priority,
-        _AUTO_ACK: job.options.auto_ack,
-        _ATTEMPTS: attempts,
-    }
-
-
-def _message(
-    job: Job, attempts: int, *, front: bool = False, extra: dict[str, Any] | None = None
-) -> aio_pika.Message:
-    """A job as a persistent message; `front` puts it ahead of its priority's queued jobs."""
-    return aio_pika.Message(
-        body=job.payload,
-        headers={**_job_headers(job, attempts), **(extra or {})},
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=broker_priority(job.options.priority) + int(front),
-        message_id=uuid.uuid4().hex,
-    )
-
-
 @dataclass(slots=True)
 class _Delivery:
-    """A lease's handle: one unacked delivery and its expiry timer. The first of ack, nack,
-    release or expiry settles it (`forget`); every later call is a no-op, so a delivery tag is
-    never settled twice (RabbitMQ would close the channel for that)."""
+    """A lease's handle: one unacked delivery and its expiry timer. Only the first settling
+    counts (`forget`): RabbitMQ closes the channel of a delivery tag settled twice."""
 
     message: AbstractIncomingMessage
     expires_at: float = 0.0
@@ -243,23 +133,19 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         self.routing_key = config.routing_key or self.queue_name
         self.failed_name = f"{self.queue_name}.failed"
         self.catalog_name = f"{self.queue_name}.delays"
-        self.unwithdrawn_publishes = 0
-        """Publishes sent before a push's deadline whose confirm was missing after it: they
-        cannot be withdrawn and may be stored although the push raised PushOutcomeUnknown."""
         self._addr = config.addr
         self._timeout = config.timeout
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._queues: dict[str, AbstractQueue] = {}
-        """The queues declared on the driver's channel: main, failed list, catalog."""
+        self._queues: dict[str, AbstractQueue] = {}  # main, failed list, catalog
         self._delays: set[int] = set()
         """Every delay value in use on this queue (from the catalog, or declared here)."""
-        self._declared_delays: set[int] = set()
-        """Delay values whose queue this instance has declared since it opened."""
+        self._declared_delays: set[int] = set()  # declared by this instance since it opened
         self._leases: set[DriverLease[_Delivery]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
+        self._stalled = False  # a call awaiting an answer timed out: the broker may be silent
         self._closing = False
 
     # --- connecting and declaring -----------------------------------------------------------
@@ -267,38 +153,36 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
     async def open(self) -> None:
         if self._connection is not None:
             return
-        try:
+        with self._errors("connecting", unreachable=(*_UNREACHABLE, AMQPError)):
             async with asyncio.timeout(self._timeout):
-                connection = await aio_pika.connect_robust(
+                self._connection = await aio_pika.connect_robust(
                     self._addr, timeout=self._timeout, reconnect_interval=_RECONNECT_INTERVAL
                 )
-        except (TimeoutError, AMQPError, OSError) as error:
-            raise DriverUnavailable(
-                f"pipeline {self.name}: cannot reach rabbitmq at {self.addr}: {error!r}"
-            ) from None
-        self._connection = connection
         try:
-            async with asyncio.timeout(self._timeout * 3):
-                channel = await connection.channel(on_return_raises=True)
-                self._channel = channel
-                self._exchange = await channel.declare_exchange(
-                    self.exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
-                )
-                main = await self._declare(self.queue_name, {"x-max-priority": _MAX_PRIORITY})
-                await main.bind(self._exchange, self.routing_key)
-                await self._declare(self.failed_name)
-                await self._declare(self.catalog_name)
-                await self._read_catalog()
-        except (TimeoutError, AMQPError, OSError) as error:
+            with self._errors("declaring the queues", unreachable=(*_UNREACHABLE, AMQPError)):
+                async with asyncio.timeout(self._timeout * 3):
+                    self._channel = await self._connection.channel(on_return_raises=True)
+                    self._exchange = await self._channel.declare_exchange(
+                        self.exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
+                    )
+                    await self._declare_queues()
+                    bodies = await self._browse(self.catalog_name, None, lambda message: None)
+        except BaseException:
             await self.close()
-            raise DriverUnavailable(
-                f"pipeline {self.name}: rabbitmq at {self.addr} refused the queues: {error!r}"
-            ) from None
+            raise
+        self._delays.update(int(body) for body in bodies if body.isdigit() and int(body) > 0)
 
-    async def _declare(self, name: str, arguments: dict[str, Any] | None = None) -> AbstractQueue:
-        queue = await self._open_channel().declare_queue(name, durable=True, arguments=arguments)
-        self._queues[name] = queue
-        return queue
+    async def _declare_queues(self) -> None:
+        """The main queue bound to the exchange, the failed list and the delay catalog."""
+        for name in (self.queue_name, self.failed_name, self.catalog_name):
+            arguments: dict[str, Any] = (
+                {"x-max-priority": _MAX_PRIORITY} if name == self.queue_name else {}
+            )
+            declaring = self._open_channel().declare_queue(name, durable=True, arguments=arguments)
+            self._queues[name] = await self._call(f"declaring {name}", declaring)
+        assert self._exchange is not None
+        main = self._queues[self.queue_name]
+        await self._call("binding the queue", main.bind(self._exchange, self.routing_key))
 
     def _delay_name(self, ms: int) -> str:
         return f"{self.queue_name}.delay.{ms}"
@@ -322,26 +206,18 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
             entry = aio_pika.Message(
                 str(ms).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
             )
-            await self._call("recording a delay", self._publish(entry, "", self.catalog_name))
+            await self._call("recording a delay", self._publish(entry, self.catalog_name))
             self._delays.add(ms)
-
-    async def _read_catalog(self) -> None:
-        """Learn the delay values any node ever used on this queue (their queues may hold
-        jobs)."""
-        bodies = await self._browse(self.catalog_name, None, lambda message: None)
-        found = {_int(body.decode("ascii", "replace"), -1) for body in bodies}
-        self._delays.update(ms for ms in found if ms > 0)
 
     @contextlib.asynccontextmanager
     async def _own_channel(self) -> AsyncIterator[AbstractChannel]:
-        """A channel for one operation, closed after it. RabbitMQ answers a refused declare or
-        a passive declare of a missing queue by closing the channel it came on: on the
-        driver's channel that would drop every lease it holds (their deliveries go back) and
-        the confirms of publishes in flight. Closing it also puts back what was taken on it."""
-        connection = self._connection
+        """A channel for one operation, closed after it (which puts back what was taken on
+        it). RabbitMQ answers a refused declare, or a passive one of a missing queue, by
+        closing the channel: on the driver's own that would drop every lease it holds and
+        the confirms in flight."""
         self._open_channel()
-        assert connection is not None
-        channel = await self._call("opening a channel", connection.channel())
+        assert self._connection is not None
+        channel = await self._call("opening a channel", self._connection.channel())
         try:
             yield channel
         finally:
@@ -352,73 +228,70 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         connection = self._connection
         if connection is None or self._closing:
             return
-        self._closing = True
-        leases = list(self._leases)
-        for lease in leases:
-            if lease.handle.timer is not None:
-                lease.handle.timer.cancel()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_CLOSE_BUDGET):
-                for lease in leases:
-                    if self.forget(lease):
-                        remaining = max(0.0, lease.handle.expires_at - time.monotonic())
-                        await self._move_now(lease, lease.job, lease.attempt, remaining)
-        self._connection, self._closing = None, False
+        self._closing, closing_by = True, time.monotonic() + self._timeout
+        leases = [lease for lease in list(self._leases) if self.forget(lease)]
+        with contextlib.suppress(Exception):  # RabbitMQ redelivers what is not moved in time
+            async with asyncio.timeout(self._timeout):
+                for lease in [] if self._stalled else leases:
+                    remaining = max(0.0, lease.handle.expires_at - time.monotonic())
+                    await self._replace(lease, lease.job, lease.attempt, remaining)
         for task in list(self._tasks):
             task.cancel()
-        self._leases.clear()
-        self._channel, self._exchange = None, None
+        stalled, self._stalled, self._closing = self._stalled, False, False
+        self._connection, self._channel, self._exchange = None, None, None
         self._queues.clear()
         self._declared_delays.clear()
+        # aiormq waits up to 2 s for the broker's Close-Ok, then shuts the socket (also when
+        # cancelled): a broker that stopped answering gets only the time to send Close.
+        budget = _CLOSE_SLICE if stalled else max(_CLOSE_SLICE, closing_by - time.monotonic())
         with contextlib.suppress(Exception):
-            await connection.close()
+            async with asyncio.timeout(budget):
+                await connection.close()
 
     def _open_channel(self) -> AbstractChannel:
         connection, channel = self._connection, self._channel
         if connection is None or channel is None:
-            raise DriverUnavailable(f"pipeline {self.name}: the amqp driver is not open")
+            raise not_open(self.name, "amqp")
         if not connection.connected.is_set() or channel.is_closed:
             raise DriverUnavailable(
                 f"pipeline {self.name}: the connection to rabbitmq at {self.addr} is down"
             )
         return channel
 
+    def _errors(
+        self, doing: str, unreachable: Raised = _UNREACHABLE, failed: Raised = _FAILED
+    ) -> contextlib.AbstractContextManager[None]:
+        where = f"pipeline {self.name}: rabbitmq at {self.addr}"
+        return broker_errors(where, doing, unreachable=unreachable, failed=failed)
+
     async def _call(self, doing: str, call: Awaitable[_T]) -> _T:
         """One broker call, bounded by `config.timeout`; failures become DriverErrors."""
+        with self._errors(doing):
+            try:
+                async with asyncio.timeout(self._timeout):
+                    result = await call
+            except TimeoutError:
+                self._stalled = True
+                raise
+            self._stalled = False
+            return result
+
+    async def _publish(self, message: aio_pika.Message, queue: str | None = None) -> None:
+        """Publish to the exchange, or straight to `queue`, and wait for the confirm."""
+        channel = self._open_channel()
+        target = channel.default_exchange if queue else self._exchange
+        assert target is not None
         try:
-            async with asyncio.timeout(self._timeout):
-                return await call
-        except (TimeoutError, aiormq.exceptions.ConnectionClosed, OSError) as error:
-            raise DriverUnavailable(
-                f"pipeline {self.name}: rabbitmq at {self.addr} unreachable while {doing}: "
-                f"{error!r}"
-            ) from None
-        except (AMQPError, RuntimeError) as error:
+            await target.publish(message, queue or self.routing_key, mandatory=True)
+        except (PublishError, DeliveryError) as error:
             raise DriverError(
-                f"pipeline {self.name}: rabbitmq at {self.addr} failed while {doing}: {error!r}"
+                f"pipeline {self.name}: rabbitmq at {self.addr} refused a message for "
+                f"{queue or self.routing_key!r} or returned it as unroutable: {error!r}"
             ) from None
 
-    async def _publish(
-        self, message: aio_pika.Message, exchange: str | None, routing_key: str
-    ) -> None:
-        """Publish one message and wait for its confirm; unroutable or nacked raises."""
-        channel = self._open_channel()
-        if exchange is None:
-            target = self._exchange
-            assert target is not None
-        else:
-            target = channel.default_exchange
-        try:
-            await target.publish(message, routing_key, mandatory=True)
-        except PublishError as error:
-            raise DriverError(
-                f"pipeline {self.name}: rabbitmq at {self.addr} returned a message for "
-                f"{routing_key!r} as unroutable: {error!r}"
-            ) from None
-        except DeliveryError as error:
-            raise DriverError(
-                f"pipeline {self.name}: rabbitmq at {self.addr} refused a message: {error!r}"
-            ) from None
+    def _route(self, delay_ms: int) -> str | None:
+        """Where a job due in `delay_ms` goes: its delay queue, or (0) the exchange."""
+        return self._delay_name(delay_ms) if delay_ms else None
 
     # --- push ----------------------------------------------------------------------------
 
@@ -427,17 +300,22 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         self._open_channel()
         if not jobs:
             return
-        delays = {delay_ms(job.options.delay) for job in jobs if job.options.delay > 0}
-        if delays and max(delays) > _MAX_DELAY_MS:
+        delays = {due_ms(job.options.delay) for job in jobs} - {0}
+        if delays and max(delays) > MAX_DELAY_MS:
             raise DriverError(
                 f"pipeline {self.name}: a delay of {max(delays)} ms is beyond the longest the"
-                f" amqp driver holds ({_MAX_DELAY_MS} ms, about 49.7 days); nothing was sent"
+                f" amqp driver holds ({MAX_DELAY_MS} ms, about 49.7 days); nothing was sent"
             )
         for ms in sorted(delays):
             await self._declare_delay(ms)
         time_left(self.name, deadline, "publishing")
         # Tasks in job order: aiormq writes publishes in the order they take its channel lock.
-        tasks = [asyncio.create_task(self._publish_job(job)) for job in jobs]
+        tasks = [
+            asyncio.create_task(
+                self._publish(job_message(job, 0), self._route(due_ms(job.options.delay)))
+            )
+            for job in jobs
+        ]
         _, pending = await asyncio.wait(
             tasks, timeout=max(0.0, deadline - time.monotonic()) + VERDICT_GRACE
         )
@@ -459,29 +337,9 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
                 f"{VERDICT_GRACE}s of its deadline; what was sent may still be stored"
             )
         self._changed.set()
-        for result in results:
-            if isinstance(result, BaseException):
-                raise self._push_error(result)
-
-    def _push_error(self, error: BaseException) -> DriverError:
-        """What a failed publish of a push raises."""
-        if isinstance(error, DriverError):
-            return error
-        if isinstance(error, aiormq.exceptions.ConnectionClosed | OSError):
-            return DriverUnavailable(
-                f"pipeline {self.name}: rabbitmq at {self.addr} unreachable while pushing: "
-                f"{error!r}"
-            )
-        return DriverError(
-            f"pipeline {self.name}: rabbitmq at {self.addr} failed while pushing: {error!r}"
-        )
-
-    async def _publish_job(self, job: Job) -> None:
-        if job.options.delay > 0:
-            ms = delay_ms(job.options.delay)
-            await self._publish(_message(job, 0), "", self._delay_name(ms))
-        else:
-            await self._publish(_message(job, 0), None, self.routing_key)
+        for error in [result for result in results if isinstance(result, BaseException)][:1]:
+            with self._errors("pushing", _UNREACHABLE[1:], Exception):
+                raise error
 
     # --- reserve and leases --------------------------------------------------------------
 
@@ -489,50 +347,44 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         return await reserve_until(lambda: self._take(limit), self._changed, wait, _IDLE_POLL)
 
     async def _take(self, limit: int) -> tuple[list[Lease], None]:
-        """Up to `limit` deliveries, got one at a time (RabbitMQ cannot tell when a delayed
-        job is due: the delay queues hold them)."""
-        queue = self._queues.get(self.queue_name)
+        """Up to `limit` deliveries, one at a time; when a delayed job is due, AMQP cannot tell."""
         self._open_channel()
-        assert queue is not None
-        leases: list[Lease] = []
+        queue, leases = self._queues[self.queue_name], list[Lease]()
         while len(leases) < limit:
             message = await self._call(
                 "reserving jobs", queue.get(no_ack=False, fail=False, timeout=self._timeout)
             )
             if message is None:
                 break
-            leases.append(self._lease(message))
+            job, earlier = job_of(message, self.name)
+            # a redelivered message is a crashed or disconnected consumer's delivery come back
+            lease = DriverLease(
+                self, job, earlier + 1 + int(bool(message.redelivered)), _Delivery(message)
+            )
+            self._leases.add(lease)
+            self.arm(lease)
+            leases.append(lease)
         return leases, None
-
-    def _lease(self, message: AbstractIncomingMessage) -> DriverLease[_Delivery]:
-        job, earlier = self._job(message)
-        attempt = earlier + 1
-        if message.redelivered:
-            attempt += 1  # a crashed or disconnected consumer's delivery came back
-        lease = DriverLease(self, job, attempt, _Delivery(message))
-        self._leases.add(lease)
-        self.arm(lease)
-        return lease
 
     async def extend(self, lease: DriverLease[_Delivery]) -> None:
         self.arm(lease)
 
     async def ack(self, lease: DriverLease[_Delivery]) -> None:
         if self.forget(lease):
-            await self.settle(lease.handle.message, "ack")
+            await self.settle(lease.handle.message, requeue=False)
 
     async def release(self, lease: DriverLease[_Delivery]) -> None:
         if self.forget(lease):
-            await self.move(lease, lease.job, lease.attempt - 1, 0.0, front=True)
+            await self._replace(lease, lease.job, lease.attempt - 1, 0.0, front=True)
 
     async def nack(self, lease: DriverLease[_Delivery], nack: Nack) -> None:
         if not self.forget(lease):
             return
         job = lease.job if nack.headers is None else replace(lease.job, headers=nack.headers)
         if nack.requeue:
-            await self.move(lease, job, lease.attempt, nack.delay, front=False)
+            await self._replace(lease, job, lease.attempt, nack.delay)
         else:
-            await self.move_to_failed(lease, job, nack.error)
+            await self._replace(lease, job, lease.attempt, failure=nack.error)
 
     def arm(self, lease: DriverLease[_Delivery]) -> None:
         """(Re)start a held lease's expiry timer a full visibility timeout from now."""
@@ -542,9 +394,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
             lease.handle.timer.cancel()
         lease.handle.expires_at = time.monotonic() + self.visibility_timeout
         loop = asyncio.get_running_loop()
-        lease.handle.timer = loop.call_at(
-            loop.time() + self.visibility_timeout, self._expired, lease
-        )
+        lease.handle.timer = loop.call_later(self.visibility_timeout, self._expired, lease)
 
     def forget(self, lease: DriverLease[_Delivery]) -> bool:
         """Claim a held lease for settling; False when something settled it already."""
@@ -565,7 +415,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
 
     async def _expire(self, lease: DriverLease[_Delivery]) -> None:
         try:
-            await self._move_now(lease, lease.job, lease.attempt, 0.0)
+            await self._replace(lease, lease.job, lease.attempt, 0.0)
         except Exception as error:  # logged: a timer has no caller to raise to
             log.warning(
                 "amqp lease expiry could not requeue the job; rabbitmq redelivers it when "
@@ -575,86 +425,43 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
                 error=repr(error),
             )
 
-    async def settle(
-        self, message: AbstractIncomingMessage, how: Literal["ack", "requeue"]
-    ) -> None:
-        """Ack or requeue a claimed delivery. A delivery whose channel is gone was already
-        requeued by RabbitMQ, so that is not an error."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                if how == "ack":
-                    await message.ack()
-                else:
-                    await message.nack(requeue=True)
-        except (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.ConnectionClosed):
-            return
-        except (TimeoutError, AMQPError, OSError) as error:
-            raise DriverUnavailable(
-                f"pipeline {self.name}: rabbitmq at {self.addr} unreachable while settling "
-                f"job: {error!r}"
-            ) from None
-        if how == "requeue":
+    async def settle(self, message: AbstractIncomingMessage, *, requeue: bool) -> None:
+        """Ack a claimed delivery, or give it back to RabbitMQ; one whose channel is gone was
+        already requeued by RabbitMQ, so that is not an error."""
+        with self._errors("settling a job"), contextlib.suppress(*_GONE):
+            async with asyncio.timeout(self._timeout):  # not `_call`: RabbitMQ does not answer
+                await (message.nack() if requeue else message.ack())
+        if requeue:
             self._changed.set()
 
-    async def _move_now(
+    async def _replace(
         self,
         lease: DriverLease[_Delivery],
         job: Job,
-        attempt: int,
-        delay: float,
+        attempts: int,
+        delay: float = 0.0,
         *,
         front: bool = False,
+        failure: str | None = None,
     ) -> None:
-        """Publish a copy with `attempt` earlier deliveries, due after `delay`, then ack the
-        original; if the copy is not confirmed, the original goes back instead."""
+        """Publish a copy with `attempts` earlier deliveries (due after `delay`, or failed with
+        `failure`), then ack the original; if the copy is not confirmed, give that back."""
         try:
-            message = _message(job, attempt, front=front)
-            if delay > 0:
-                ms = self._settling_delay_ms(job, delay)
-                await self._declare_delay(ms)
-                await self._call(
-                    "requeueing a job", self._publish(message, "", self._delay_name(ms))
-                )
+            if failure is not None:
+                message = job_message(job, attempts, failure=failure)
+                await self._call("failing a job", self._publish(message, self.failed_name))
             else:
-                await self._call("requeueing a job", self._publish(message, None, self.routing_key))
+                ms = settling_delay_ms(job, delay)
+                if ms:
+                    await self._declare_delay(ms)
+                message = job_message(job, attempts, front=front)
+                await self._call("requeueing a job", self._publish(message, self._route(ms)))
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.settle(lease.handle.message, "requeue")
+                await self.settle(lease.handle.message, requeue=True)
             raise
-        await self.settle(lease.handle.message, "ack")
+        await self.settle(lease.handle.message, requeue=False)
         self._changed.set()
-
-    def _settling_delay_ms(self, job: Job, delay: float) -> int:
-        """The delay queue a job settled with `delay` goes to. A worker may ask for any delay;
-        one beyond the longest is cut to it (the job comes back then, with a warning) rather
-        than failing the nack, which would hand the job straight back, attempt after attempt."""
-        ms = delay_ms(delay)
-        if ms <= _MAX_DELAY_MS:
-            return ms
-        log.warning(
-            "amqp delay cut to the longest rabbitmq can hold",
-            pipeline=self.name,
-            id=job.id,
-            asked_ms=ms,
-            max_ms=_MAX_DELAY_MS,
-        )
-        return _MAX_DELAY_MS
-
-    async def move(
-        self, lease: DriverLease[_Delivery], job: Job, attempt: int, delay: float, *, front: bool
-    ) -> None:
-        await self._move_now(lease, job, attempt, delay, front=front)
-
-    async def move_to_failed(self, lease: DriverLease[_Delivery], job: Job, error: str) -> None:
-        failure = {_ERROR: error, _FAILED_AT: round(time.time() * 1000)}
-        message = _message(job, lease.attempt, extra=failure)
-        try:
-            await self._call("failing a job", self._publish(message, "", self.failed_name))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.settle(lease.handle.message, "requeue")
-            raise
-        await self.settle(lease.handle.message, "ack")
 
     # --- inspection and the failed list --------------------------------------------------
 
@@ -667,9 +474,8 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         return int(result.message_count or 0)
 
     async def _count_delay_queue(self, ms: int) -> int:
-        """Jobs waiting in the delay queue for `ms`, asked on a channel of its own: another
-        node's destroy may have deleted the queue, and asking for a missing one closes the
-        channel."""
+        """Asked on a channel of its own: another node's destroy may have deleted the queue,
+        and asking for a missing one closes the channel."""
         name = self._delay_name(ms)
 
         async def count(channel: AbstractChannel) -> int:
@@ -691,10 +497,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         return QueueStat(queued=queued, delayed=delayed, reserved=len(self._leases), failed=failed)
 
     async def peek(self, limit: int) -> list[Job]:
-        raise DriverError(
-            f"pipeline {self.name}: the amqp driver cannot peek: AMQP cannot read a queue "
-            "without leasing its messages"
-        )
+        raise DriverError(f"pipeline {self.name}: the amqp driver cannot peek (AMQP cannot)")
 
     async def _browse(
         self,
@@ -702,18 +505,15 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         limit: int | None,
         pick: Callable[[AbstractIncomingMessage], Awaitable[None] | None],
     ) -> list[bytes]:
-        """Take up to `limit` messages of queue `name` on a channel of its own, let `pick`
-        act on each (it may ack), then close the channel: RabbitMQ puts every message not
-        acked back in its place."""
+        """Take up to `limit` messages of `name` on a channel of its own, `pick` acting on each
+        (it may ack), then close it: RabbitMQ puts back in place what was not acked."""
         bodies: list[bytes] = []
         async with self._own_channel() as channel:
-            queue = await self._call(
-                f"reading {name}", channel.declare_queue(name, durable=True, passive=True)
-            )
+            declaring = channel.declare_queue(name, durable=True, passive=True)
+            queue = await self._call(f"reading {name}", declaring)
             while limit is None or len(bodies) < limit:
-                message = await self._call(
-                    f"reading {name}", queue.get(no_ack=False, fail=False, timeout=self._timeout)
-                )
+                getting = queue.get(no_ack=False, fail=False, timeout=self._timeout)
+                message = await self._call(f"reading {name}", getting)
                 if message is None:
                     break
                 bodies.append(message.body)
@@ -728,58 +528,41 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         entries: list[FailedJob] = []
 
         def pick(message: AbstractIncomingMessage) -> None:
-            job, attempts = self._job(message)
-            headers = message.headers or {}
-            entries.append(
-                FailedJob(
-                    job=job,
-                    error=_text(headers.get(_ERROR)),
-                    attempts=attempts,
-                    failed_at=_int(headers.get(_FAILED_AT)) / 1000,
-                )
-            )
+            entries.append(failed_job_of(message, self.name))
 
         await self._browse(self.failed_name, limit, pick)
         return entries
 
-    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        if selects_nothing(ids):
-            return 0
-        wanted = selection(ids)
-        count = 0
+    async def _take_failed(
+        self, ids: Sequence[str] | None, act: Callable[[Job], Awaitable[None]] | None = None
+    ) -> list[str]:
+        """Ack away the failed jobs chosen by `ids` (all: None), after `act` on each; their
+        ids in failed-list order."""
+        wanted, taken = selection(ids), list[str]()
 
-        async def retry(message: AbstractIncomingMessage) -> None:
-            nonlocal count
-            job, _ = self._job(message)
-            await self._publish(_message(job, 0), None, self.routing_key)
+        async def take(message: AbstractIncomingMessage, job: Job) -> None:
+            if act is not None:
+                await act(job)
             await message.ack()
-            count += 1
+            taken.append(job.id)
 
         def pick(message: AbstractIncomingMessage) -> Awaitable[None] | None:
-            job, _ = self._job(message)
-            return retry(message) if wanted(job.id) else None
+            job, _ = job_of(message, self.name)
+            return take(message, job) if wanted(job.id) else None
 
-        await self._browse(self.failed_name, None, pick)
-        if count:
+        if not selects_nothing(ids):
+            await self._browse(self.failed_name, None, pick)
+        return taken
+
+    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
+        async def retry(job: Job) -> None:
+            await self._publish(job_message(job, 0))
             self._changed.set()
-        return count
+
+        return len(await self._take_failed(ids, retry))
 
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        if selects_nothing(ids):
-            return []
-        wanted = selection(ids)
-        removed: dict[str, None] = {}  # ordered and each once: a failed list may repeat an id
-
-        async def drop(message: AbstractIncomingMessage, job_id: str) -> None:
-            await message.ack()
-            removed[job_id] = None
-
-        def pick(message: AbstractIncomingMessage) -> Awaitable[None] | None:
-            job, _ = self._job(message)
-            return drop(message, job.id) if wanted(job.id) else None
-
-        await self._browse(self.failed_name, None, pick)
-        return list(removed)
+        return list(dict.fromkeys(await self._take_failed(ids)))  # a failed list may repeat ids
 
     async def destroy(self) -> None:
         """Delete the queues (jobs, delays, failed list, catalog) and declare them afresh;
@@ -789,38 +572,9 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         async with self._own_channel() as channel:
             for name in [self._delay_name(ms) for ms in sorted(self._delays)]:
                 await self._call(f"deleting {name}", channel.queue_delete(name))
-        for name in (self.queue_name, self.failed_name, self.catalog_name):
-            queue = self._queues.pop(name, None)
-            if queue is not None:
-                await self._call(f"deleting {name}", queue.delete(if_unused=False, if_empty=False))
+        for name, queue in list(self._queues.items()):
+            await self._call(f"deleting {name}", queue.delete(if_unused=False, if_empty=False))
+        self._queues.clear()
         self._delays.clear()
         self._declared_delays.clear()
-        main = await self._call(
-            "declaring the queue", self._declare(self.queue_name, {"x-max-priority": _MAX_PRIORITY})
-        )
-        assert self._exchange is not None
-        self._open_channel()
-        await self._call("binding the queue", main.bind(self._exchange, self.routing_key))
-        await self._call("declaring the failed queue", self._declare(self.failed_name))
-        await self._call("declaring the delay catalog", self._declare(self.catalog_name))
-
-    def _job(self, message: AbstractIncomingMessage) -> tuple[Job, int]:
-        """The job a message carries, and its count of earlier deliveries."""
-        headers = message.headers or {}
-        raw_headers = headers.get(_HEADERS)
-        try:
-            job_headers: Headers = json.loads(_text(raw_headers)) if raw_headers else {}
-        except ValueError:
-            job_headers = {}
-        job = Job(
-            id=_text(headers.get(_ID)) or message.message_id or "",
-            name=_text(headers.get(_NAME)) or message.type or "",
-            payload=message.body,
-            options=JobOptions(
-                pipeline=self.name,
-                priority=_int(headers.get(_PRIORITY)),
-                auto_ack=bool(headers.get(_AUTO_ACK)),
-            ),
-            headers=job_headers,
-        )
-        return job, _int(headers.get(_ATTEMPTS))
+        await self._declare_queues()
