@@ -1,26 +1,19 @@
 """The Redis driver: a pipeline shared by many nodes, every state change one atomic Lua script.
 
-What it honours (the capabilities it declares):
+Capabilities:
 
-- priority: yes, a lower number first, then push order (FIFO among equal priorities, a whole
-  batch in its order). Priorities above 8191 are served as 8191 (the ordering score has to
-  stay exact in a double); the job keeps its real priority.
-- delay: yes, with millisecond precision by Redis's clock; a waiting reserve polls, so a
-  delayed job is served within about 50 ms of being due.
-- idempotent_push: an id already stored (queued, delayed, leased or failed) is not stored
-  again and not replaced, also within one batch.
-- atomic_batch: a batch is stored by one script: all of it or none of it.
-- peek: yes, in serving order (due jobs first, then delayed ones by due time).
-- durable: decided on `open()`. Only when the server runs with `appendonly yes` and
-  `appendfsync always` does a script's write reach the disk before its reply, so only then is
-  a push durable when it returns. Otherwise (or when `CONFIG GET` is refused, as on some
-  managed services) the driver logs a warning saying why and reports `durable: false`.
-  Replication is not waited for: a failover to a replica can lose the newest jobs.
-- max_payload: the server's `proto-max-bulk-len` (512 MiB by default).
+- priority: a lower number first, then push order (a batch in its order). Priorities above
+  8191 are served as 8191 (the ordering score must stay exact in a double).
+- delay: millisecond precision by Redis's clock; a waiting reserve polls (~50 ms late at most).
+- idempotent_push: an id already stored (in any state) is neither stored again nor replaced.
+- atomic_batch: one script stores a batch, all of it or none. peek: in serving order.
+- durable, decided on `open()`: only with `appendonly yes` and `appendfsync always` is a
+  script's write on disk before its reply. Otherwise (or when `CONFIG GET` is refused, as on
+  managed services) a warning says why and `durable` is false. Replication is not waited for.
+- max_payload: the server's `proto-max-bulk-len`.
 
-Keys, all sharing the hash tag `{stream}`, so that they hash to one slot and a sharding proxy
-or a cluster keeps them together for the scripts (the driver itself talks to one server;
-`stream` defaults to the pipeline's name, `prefix` is `config.key_prefix`):
+Keys share the hash tag `{stream}` (default: the pipeline's name), so a cluster or a sharding
+proxy keeps them in one slot for the scripts; `prefix` is `config.key_prefix`:
 
     <prefix>:{<stream>}:job:<id>   HASH   name, payload, headers (JSON), priority, auto_ack,
                                           attempts, rank, token (current lease), error,
@@ -31,37 +24,29 @@ or a cluster keeps them together for the scripts (the driver itself talks to one
     <prefix>:{<stream>}:failed     ZSET   the failed list, by failure order
     <prefix>:{<stream>}:seq        STRING the counter behind push order and failure order
 
-A job is in exactly one of the four sets. A job keeps its rank for life, so a job coming back
-(lease expiry, nack, release, retry) takes its original place among equal priorities. Every
-script reads the time with `TIME`, so all clients agree on delays and lease expiries; due
-delayed jobs and expired leases move back to the queue whenever a script reserves or peeks,
-and `stat` counts them as queued without moving them.
+A job is in exactly one set and keeps its rank for life, so one coming back takes its original
+place. Scripts read Redis's `TIME`, so all clients agree on delays and expiries; due delayed
+jobs and expired leases move to the queue when a script reserves or peeks (`stat` counts them
+as queued without moving them).
 
-Pushes and deadlines: Redis decides, atomically, whether a push was in time. The caller's
-`time.monotonic()` deadline is translated onto Redis's clock (measured on open and every minute
-after; half the measuring round trip is taken off as its error) and handed to the push script,
-which stores nothing when Redis's time has passed it: checked before storing and again after,
-undoing its writes, unseen by anyone, when the second check fails. The driver then waits for
-that verdict, up to `VERDICT_GRACE` past the deadline, because with `appendfsync always` the
-reply comes only after the fsync: a push that returns may return that much after its deadline
-(the SMTP side allows `PUSH_GRACE` for it, see `jobs/deadline.py`), one refused as late or
-without a verdict by then raises PushTimeout. So a job is never stored once its deadline has
-passed on Redis's clock, and a push that raised PushTimeout stored nothing. When the verdict
-takes longer than the grace (a stalled disk or network) the push raises PushOutcomeUnknown: the
-job may be stored, so the SMTP side keeps its attachment files, and the client's retry makes a
-duplicate, never a loss. A push cancelled by its caller after it was sent may still be stored:
-Redis cannot withdraw it.
+Pushes and deadlines: Redis decides atomically whether a push was in time. The caller's
+deadline is mapped onto Redis's clock (measured on open and every minute; half the round trip
+counts as error) and the push script stores nothing once it has passed, checking before
+storing and again after (undoing its writes unseen). The driver waits for that verdict up to
+`VERDICT_GRACE` past the deadline (`jobs/deadline.py`), as the reply follows the fsync: a job
+is never stored once its deadline has passed on Redis's clock, and PushTimeout means nothing
+was stored. A verdict later than the grace (a stalled disk or network) raises
+PushOutcomeUnknown: it may be stored, and a retry duplicates, never loses. A push its caller
+cancelled after sending may be stored too.
 
-Restarts: a lease token begins with this node's name (`_common.node_id`, stable across
-restarts on one data_dir) and this process's, so `open()` gives back at once the jobs an
-earlier process of this node still held (killed, or stopped with leases unsettled), as their
-lease expiry would (the attempt stays counted), instead of leaving them unserved for
-`visibility_timeout`. Leases of this process (a driver closed and opened again) expire as the
-contract says.
+Restarts: a lease token begins with this node's name (`_common.node_id`, stable on one
+data_dir) and this process's, so `open()` gives back at once the jobs an earlier process of
+this node held (killed, or stopped with leases unsettled), as their expiry would (the attempt
+stays counted), instead of after `visibility_timeout`. This process's own leases (a driver
+closed and opened again) expire as the contract says.
 
-Connections: redis-py reconnects on the next command after a broken connection; the driver
-turns off redis-py's retries and bounds connecting and every command by `config.timeout`, so
-while Redis is down each call fails fast with DriverUnavailable and nothing is buffered.
+Connections: redis-py's retries are off and connecting and every command are bounded by
+`config.timeout`, so while Redis is down each call fails fast and nothing is buffered.
 """
 
 from __future__ import annotations
@@ -76,7 +61,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -123,44 +108,29 @@ def _lua(name: str) -> str:
     return (resources.files(__package__) / f"redis_{name}.lua").read_text(encoding="utf-8")
 
 
-class _Scripts:
-    """The driver's Lua scripts, registered on one client (redis-py loads them on first use,
+_SCRIPTS = {
+    **{name: (name,) for name in ("push", "reserve", "stat", "peek", "failed", "destroy")},
+    **{name: ("lease_check", name) for name in ("extend", "ack", "release", "nack")},
+    **{name: ("failed_selection", name) for name in ("retry_failed", "purge_failed")},
+    "reclaim": ("reclaim",),
+}
+"""Each script's parts, after `redis_prelude.lua`."""
+
+
+def _register(client: Redis) -> dict[str, AsyncScript]:
+    """The driver's scripts by name, registered on `client` (redis-py loads them on first use,
     and again after a server restart forgot them)."""
-
-    def __init__(self, client: Redis) -> None:
-        prelude = _lua("prelude")
-
-        def register(*names: str) -> AsyncScript:
-            return client.register_script(prelude + "".join(_lua(name) for name in names))
-
-        self.push = register("push")
-        self.reserve = register("reserve")
-        self.ack = register("lease_check", "ack")
-        self.extend = register("lease_check", "extend")
-        self.release = register("lease_check", "release")
-        self.nack = register("lease_check", "nack")
-        self.stat = register("stat")
-        self.peek = register("peek")
-        self.failed = register("failed")
-        self.retry_failed = register("failed_selection", "retry_failed")
-        self.purge_failed = register("failed_selection", "purge_failed")
-        self.destroy = register("destroy")
-        self.reclaim = register("reclaim")
+    prelude = _lua("prelude")
+    return {
+        name: client.register_script(prelude + "".join(map(_lua, parts)))
+        for name, parts in _SCRIPTS.items()
+    }
 
 
-@dataclass(frozen=True, slots=True)
-class _Keys:
-    """The names of one pipeline's keys; every one carries the hash tag `{stream}`."""
-
-    job_prefix: str
-    fixed: tuple[str, str, str, str, str]
-
-    @classmethod
-    def of(cls, key_prefix: str, stream: str) -> _Keys:
-        base = f"{key_prefix}:{{{stream}}}:"
-        names = ("queue", "delayed", "leased", "failed", "seq")
-        queue, delayed, leased, failed, seq = (base + name for name in names)
-        return cls(job_prefix=base + "job:", fixed=(queue, delayed, leased, failed, seq))
+def _keys(key_prefix: str, stream: str) -> tuple[str, list[str]]:
+    """The prefix of job hashes, and the keys every script gets (`redis_prelude.lua`)."""
+    base = f"{key_prefix}:{{{stream}}}:"
+    return base + "job:", [base + name for name in ("queue", "delayed", "leased", "failed", "seq")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,53 +152,36 @@ class _ServerClock:
 
 
 async def _measure_clock(client: Redis) -> _ServerClock:
-    """Take the quicker of two `TIME` round trips (the first may include connecting)."""
-    samples = [await _clock_sample(client) for _ in range(2)]
+    """The quicker of two `TIME` round trips (the first may include connecting)."""
+    samples = []
+    for _ in range(2):
+        sent = time.monotonic()
+        seconds, micros = await client.time()
+        received = time.monotonic()
+        midway, server_ms = (sent + received) / 2, seconds * 1000 + micros / 1000
+        samples.append(_ServerClock(midway, server_ms, (received - sent) * 500))
     return min(samples, key=lambda sample: sample.error_ms)
 
 
-async def _clock_sample(client: Redis) -> _ServerClock:
-    sent = time.monotonic()
-    seconds, micros = await client.time()
-    received = time.monotonic()
-    return _ServerClock(
-        monotonic_at=(sent + received) / 2,
-        server_ms_at=seconds * 1000 + micros / 1000,
-        error_ms=(received - sent) * 500,
-    )
-
-
-async def _durability(client: Redis) -> tuple[bool, str]:
-    """Whether a write is on disk before Redis answers it, and if not, why not."""
+async def _storage(client: Redis) -> tuple[str, int]:
+    """Why a write may not be on disk before Redis answers it ("" if it is), and the largest
+    value the server takes (`proto-max-bulk-len`)."""
     try:
         settings = await client.config_get("append*")
+        settings |= await client.config_get("proto-max-bulk-len")
     except ResponseError as error:
-        return False, f"CONFIG GET was refused ({error}), so appendonly cannot be checked"
+        why = f"CONFIG GET was refused ({error}), so appendonly cannot be checked"
+        return why, _DEFAULT_MAX_BULK
     appendonly, appendfsync = settings.get("appendonly"), settings.get("appendfsync")
-    if appendonly == "yes" and appendfsync == "always":
-        return True, ""
-    return False, (
-        f"the server runs with appendonly {appendonly} and appendfsync {appendfsync}; "
-        "jobs are durable only with appendonly yes and appendfsync always"
-    )
-
-
-async def _max_payload(client: Redis) -> int:
-    """The largest single value the server accepts: `proto-max-bulk-len`."""
-    try:
-        settings = await client.config_get("proto-max-bulk-len")
-    except ResponseError:
-        return _DEFAULT_MAX_BULK
-    value = settings.get("proto-max-bulk-len")
-    return int(value) if value and value.isdigit() else _DEFAULT_MAX_BULK
+    bulk = str(settings.get("proto-max-bulk-len"))
+    why = f"the server runs with appendonly {appendonly} and appendfsync {appendfsync}; jobs"
+    why += " are durable only with appendonly yes and appendfsync always"
+    durable = appendonly == "yes" and appendfsync == "always"
+    return "" if durable else why, int(bulk) if bulk.isdigit() else _DEFAULT_MAX_BULK
 
 
 def _text(value: bytes) -> str:
     return value.decode("utf-8")
-
-
-LeaseAction = Literal["extend", "ack", "release", "nack"]
-"""The lease scripts, by their attribute name on `_Scripts`."""
 
 
 class RedisDriver(Driver, LeaseKeeper[str]):
@@ -245,9 +198,10 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         self._data_dir = data_dir
         self._node = ""
         """This node's name (`node_id`), the start of its lease tokens; set by `open()`."""
-        self._keys = _Keys.of(settings.config.key_prefix, settings.config.stream or name)
+        stream = settings.config.stream or name
+        self._job_prefix, self._keys = _keys(settings.config.key_prefix, stream)
         self._client: Redis | None = None
-        self._scripts: _Scripts | None = None
+        self._scripts: dict[str, AsyncScript] = {}
         self._clock: _ServerClock | None = None
         self._changed = asyncio.Event()
 
@@ -271,15 +225,14 @@ class RedisDriver(Driver, LeaseKeeper[str]):
             return
         self._node = self._node or await asyncio.to_thread(node_id, self._data_dir)
         client = self._connect()
-        scripts = _Scripts(client)
+        scripts = _register(client)
         try:
             with self._errors("connecting", unreachable=(RedisError, OSError)):
                 clock = await _measure_clock(client)
-                durable, why_not = await _durability(client)
-                max_payload = await _max_payload(client)
-                reclaimed = await scripts.reclaim(
-                    keys=self._keys.fixed,
-                    args=[self._keys.job_prefix, f"{self._node}/", f"{self._node}/{_PROCESS}:"],
+                why_not, max_payload = await _storage(client)
+                reclaimed = await scripts["reclaim"](
+                    keys=self._keys,
+                    args=[self._job_prefix, f"{self._node}/", f"{self._node}/{_PROCESS}:"],
                 )
         except BaseException:
             await client.aclose()
@@ -290,18 +243,18 @@ class RedisDriver(Driver, LeaseKeeper[str]):
                 pipeline=self.name,
                 jobs=reclaimed,
             )
-        if not durable:
+        if why_not:
             log.warning(
                 "redis pipeline is not durable",
                 pipeline=self.name,
                 addr=self.addr,
                 reason=why_not,
             )
-        self.capabilities = store_capabilities(durable=durable, max_payload=max_payload)
+        self.capabilities = store_capabilities(durable=not why_not, max_payload=max_payload)
         self._client, self._scripts, self._clock = client, scripts, clock
 
     async def close(self) -> None:
-        client, self._client, self._scripts = self._client, None, None
+        client, self._client, self._scripts = self._client, None, {}
         if client is not None:
             await client.aclose()
 
@@ -311,17 +264,12 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         where = f"pipeline {self.name}: redis at {self.addr}"
         return broker_errors(where, doing, unreachable=unreachable, failed=RedisError)
 
-    async def _run(self, script: AsyncScript, args: Sequence[str | int | bytes], doing: str) -> Any:
+    async def _run(self, script: str, args: Sequence[str | int | bytes], doing: str) -> Any:
         """Run one script on this pipeline's keys; Redis's failures become DriverErrors."""
-        if self._client is None:
+        if not self._scripts:
             raise not_open(self.name, "redis")
         with self._errors(doing):
-            return await script(keys=self._keys.fixed, args=[self._keys.job_prefix, *args])
-
-    def _open_scripts(self) -> _Scripts:
-        if self._scripts is None:
-            raise not_open(self.name, "redis")
-        return self._scripts
+            return await self._scripts[script](keys=self._keys, args=[self._job_prefix, *args])
 
     # --- push ----------------------------------------------------------------------------
 
@@ -336,11 +284,12 @@ class RedisDriver(Driver, LeaseKeeper[str]):
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
         remaining = time_left(self.name, deadline)
-        scripts = self._open_scripts()
+        if not self._scripts:
+            raise not_open(self.name, "redis")
         try:
             async with asyncio.timeout(remaining + VERDICT_GRACE):
                 args = [await self._server_deadline(deadline), *_push_args(jobs)]
-                stored = await self._run(scripts.push, args, "storing jobs")
+                stored = await self._run("push", args, "storing jobs")
         except TimeoutError:
             raise PushOutcomeUnknown(
                 f"pipeline {self.name}: redis at {self.addr} did not answer the push "
@@ -360,11 +309,8 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         """One reserve script: the leases, and seconds until the next job is due (or None)."""
         visibility_ms = max(1, round(self.visibility_timeout * 1000))
         token_base = f"{self._node}/{_PROCESS}:{uuid.uuid4().hex}"
-        rows, next_due_ms = await self._run(
-            self._open_scripts().reserve,
-            [max(0, limit), visibility_ms, token_base],
-            "reserving jobs",
-        )
+        args: list[str | int] = [max(0, limit), visibility_ms, token_base]
+        rows, next_due_ms = await self._run("reserve", args, "reserving jobs")
         leases: list[Lease] = [
             DriverLease(self, self._job(row[:6]), int(row[6]), _text(row[7])) for row in rows
         ]
@@ -373,16 +319,11 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def reserve(self, limit: int, wait: float) -> list[Lease]:
         return await reserve_until(lambda: self._lease(limit), self._changed, wait, _IDLE_POLL)
 
-    async def _on_lease(
-        self, action: LeaseAction, lease: DriverLease[str], *args: str | int
-    ) -> None:
+    async def _on_lease(self, action: str, lease: DriverLease[str], *args: str | int) -> None:
         """Extend, ack, release or nack a lease, if its token is still the job's current one
         (a stale token makes the script a no-op)."""
         job_id = lease.job.id
-        script: AsyncScript = getattr(self._open_scripts(), action)
-        changed = await self._run(
-            script, [job_id, lease.handle, *args], f"{action} of job {job_id}"
-        )
+        changed = await self._run(action, [job_id, lease.handle, *args], f"{action} of {job_id}")
         if changed and action in ("release", "nack"):
             self._changed.set()
 
@@ -404,27 +345,21 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     # --- inspection and the failed list --------------------------------------------------
 
     async def stat(self) -> QueueStat:
-        queued, delayed, reserved, failed = await self._run(
-            self._open_scripts().stat, [], "counting jobs"
-        )
-        return QueueStat(queued=queued, delayed=delayed, reserved=reserved, failed=failed)
+        return QueueStat(*await self._run("stat", [], "counting jobs"))
 
     async def peek(self, limit: int) -> list[Job]:
         if limit <= 0:
             return []
-        rows = await self._run(self._open_scripts().peek, [limit], "peeking at jobs")
+        rows = await self._run("peek", [limit], "peeking at jobs")
         return [self._job(row) for row in rows]
 
     async def failed(self, limit: int) -> list[FailedJob]:
         if limit <= 0:
             return []
-        rows = await self._run(self._open_scripts().failed, [limit], "listing failed jobs")
+        rows = await self._run("failed", [limit], "listing failed jobs")
         return [
             FailedJob(
-                job=self._job(row[:6]),
-                error=_text(row[6] or b""),
-                attempts=int(row[7] or 0),
-                failed_at=int(row[8] or 0) / 1000,
+                self._job(row[:6]), _text(row[6] or b""), int(row[7] or 0), int(row[8] or 0) / 1000
             )
             for row in rows
         ]
@@ -432,7 +367,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
         if selects_nothing(ids):
             return 0
-        count = int(await self._change_failed(self._open_scripts().retry_failed, ids, "retrying"))
+        count = int(await self._change_failed("retry_failed", ids))
         if count:
             self._changed.set()
         return count
@@ -440,30 +375,20 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
         if selects_nothing(ids):
             return []
-        removed = await self._change_failed(self._open_scripts().purge_failed, ids, "purging")
+        removed = await self._change_failed("purge_failed", ids)
         return [_text(job_id) for job_id in removed]
 
-    async def _change_failed(
-        self, script: AsyncScript, ids: Sequence[str] | None, doing: str
-    ) -> Any:
+    async def _change_failed(self, script: str, ids: Sequence[str] | None) -> Any:
         """Run a failed-list script on every failed job, or on those in `ids`."""
-        selection = ["all"] if ids is None else ["ids", *ids]
-        return await self._run(script, selection, f"{doing} failed jobs")
+        return await self._run(script, ["all"] if ids is None else ["ids", *ids], script)
 
     async def destroy(self) -> None:
-        await self._run(self._open_scripts().destroy, [], "deleting the pipeline's jobs")
+        await self._run("destroy", [], "deleting the pipeline's jobs")
 
     def _job(self, row: Sequence[bytes]) -> Job:
         job_id, name, payload, headers, priority, auto_ack = row
-        return Job(
-            id=_text(job_id),
-            name=_text(name),
-            payload=payload,
-            options=JobOptions(
-                pipeline=self.name, priority=int(priority), auto_ack=auto_ack == b"1"
-            ),
-            headers=json.loads(headers),
-        )
+        options = JobOptions(self.name, priority=int(priority), auto_ack=auto_ack == b"1")
+        return Job(_text(job_id), _text(name), payload, options, json.loads(headers))
 
 
 def _push_args(jobs: Sequence[Job]) -> list[str | int | bytes]:
