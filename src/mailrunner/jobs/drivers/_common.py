@@ -14,7 +14,6 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
@@ -26,29 +25,20 @@ Take = Callable[[], Awaitable[tuple[list[Lease], float | None]]]
 """One attempt at leasing: the leases, and seconds until the next job is due (None: none is
 waiting, or the driver cannot tell)."""
 
-STORE = Capabilities(
-    durable=False, idempotent_push=True, atomic_batch=True, priority=True, delay=True, peek=True
-)
-"""A driver that owns its storage (memory, sqlite, redis): every feature; `durable` varies."""
-
-BROKER = Capabilities(
-    durable=True, idempotent_push=False, atomic_batch=False, priority=False, delay=False, peek=False
-)
-"""A driver on a message broker (amqp, nats): durable, but a publish cannot be checked
-against earlier ones, taken back as a batch, or looked at unleased; each adds what its broker
-can."""
-
 
 def store_capabilities(*, durable: bool, max_payload: int | None = None) -> Capabilities:
-    """A store's capabilities: whether it outlives the process, and its largest payload."""
-    return replace(STORE, durable=durable, max_payload=max_payload)
+    """A driver that owns its storage (memory, sqlite, redis) has every feature; whether it
+    outlives the process and its largest payload vary."""
+    return Capabilities(durable, True, True, True, True, True, max_payload)
 
 
 def broker_capabilities(
     *, priority: bool = False, delay: bool = False, max_payload: int | None
 ) -> Capabilities:
-    """A broker's capabilities: the ordering features it offers, and its largest payload."""
-    return replace(BROKER, priority=priority, delay=delay, max_payload=max_payload)
+    """A driver on a message broker (amqp, nats) is durable, but a publish cannot be checked
+    against earlier ones, taken back as a batch, or looked at unleased; each adds the ordering
+    features its broker offers."""
+    return Capabilities(True, False, False, priority, delay, False, max_payload)
 
 
 Raised = type[BaseException] | tuple[type[BaseException], ...]

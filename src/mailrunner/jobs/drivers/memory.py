@@ -17,6 +17,7 @@ import itertools
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +25,12 @@ from pathlib import Path
 from mailrunner.config import MemoryPipelineConfig
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
-from mailrunner.jobs.drivers._common import reserve_until, store_capabilities, time_left
+from mailrunner.jobs.drivers._common import (
+    reserve_until,
+    selection,
+    store_capabilities,
+    time_left,
+)
 from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
 _ORDER = itertools.count()
@@ -41,6 +47,11 @@ class _Entry:
 
     def leased(self, now: float) -> bool:
         return self.token is not None and self.due_at > now
+
+    def state(self, now: float) -> str:
+        if self.failed is not None:
+            return "failed"
+        return "reserved" if self.leased(now) else "delayed" if self.due_at > now else "queued"
 
     def key(self) -> tuple[int, int]:
         return (self.job.options.priority, self.order)
@@ -119,17 +130,12 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
             entry.failed = FailedJob(entry.job, nack.error, entry.attempts, time.time())
             self.failed_count += 1
 
-    def _due(self, now: float) -> list[_Entry]:
-        return sorted(
-            (e for e in self.entries.values() if e.failed is None and e.due_at <= now),
-            key=_Entry.key,
-        )
-
     async def _lease(self, limit: int) -> tuple[list[Lease], float | None]:
         """The leases, and seconds until the next job (or lease expiry) is due."""
         now = time.monotonic()
         leases: list[Lease] = []
-        for entry in self._due(now)[:limit]:
+        due = [e for e in self.entries.values() if e.failed is None and e.due_at <= now]
+        for entry in sorted(due, key=_Entry.key)[:limit]:
             entry.attempts += 1
             entry.token = uuid.uuid4().hex
             entry.due_at = now + self.visibility_timeout
@@ -143,17 +149,8 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
 
     async def stat(self) -> QueueStat:
         now = time.monotonic()
-        queued = delayed = reserved = failed = 0
-        for entry in self.entries.values():
-            if entry.failed is not None:
-                failed += 1
-            elif entry.leased(now):
-                reserved += 1
-            elif entry.due_at > now:
-                delayed += 1
-            else:
-                queued += 1
-        return QueueStat(queued=queued, delayed=delayed, reserved=reserved, failed=failed)
+        count = Counter(entry.state(now) for entry in self.entries.values())
+        return QueueStat(count["queued"], count["delayed"], count["reserved"], count["failed"])
 
     async def peek(self, limit: int) -> list[Job]:
         now = time.monotonic()
@@ -164,19 +161,12 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
         return [e.job for e in waiting[:limit]]
 
     async def failed(self, limit: int) -> list[FailedJob]:
-        failed = sorted(
-            (e.failed for e in self.entries.values() if e.failed is not None),
-            key=lambda f: f.failed_at,
-        )
-        return failed[:limit]
+        failed = [e.failed for e in self.entries.values() if e.failed is not None]
+        return sorted(failed, key=lambda f: f.failed_at)[:limit]
 
     def _failed_entries(self, ids: Sequence[str] | None) -> list[_Entry]:
-        wanted = None if ids is None else set(ids)
-        return [
-            e
-            for e in self.entries.values()
-            if e.failed is not None and (wanted is None or e.job.id in wanted)
-        ]
+        wanted = selection(ids)
+        return [e for e in self.entries.values() if e.failed is not None and wanted(e.job.id)]
 
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
         entries = self._failed_entries(ids)
