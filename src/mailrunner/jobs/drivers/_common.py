@@ -1,9 +1,6 @@
-"""What every driver does the same way, written once: the deadline check before storing,
-the wait of a reserve, the failed-list id selection, error wrapping, and the capabilities a
-store or a broker starts from.
-
-Kept apart from `jobs/driver.py` (the contract) because these are ways of meeting it, which a
-new driver may use or not.
+"""What drivers do the same way, written once: the deadline check before storing, a reserve's
+wait, failed-list selection, error wrapping, capabilities, a node's name. Apart from
+`jobs/driver.py` (the contract): these are ways of meeting it, which a driver may use or not.
 """
 
 from __future__ import annotations
@@ -54,11 +51,9 @@ def not_open(pipeline: str, driver: str) -> DriverUnavailable:
 def broker_errors(
     where: str, doing: str, *, unreachable: Raised, failed: Raised = ()
 ) -> Iterator[None]:
-    """A broker client's exceptions as ours, with their context: `unreachable` ones (the broker
-    could not be asked, or did not answer in time) as DriverUnavailable, `failed` ones (it
-    answered with an error) as DriverError, so callers above the driver tell them apart without
-    knowing the library. `where` names the pipeline and the broker ("pipeline q: redis at
-    host:6379"), `doing` the call. Our own errors pass unchanged."""
+    """A client library's exceptions as ours, with context (`where`: "pipeline q: redis at
+    host:6379", `doing`: the call): `unreachable` (not asked, or no answer in time) as
+    DriverUnavailable, `failed` (an error answer) as DriverError. Ours pass unchanged."""
     try:
         yield
     except DriverError:
@@ -129,13 +124,9 @@ NODE_ID_FILE = "node-id"
 
 
 def node_id(data_dir: Path) -> str:
-    """This node's name on shared brokers, the same after a restart: the leases a killed
-    process held carry it, so the process that starts next on the same `data_dir` can take
-    them back at once instead of waiting out their visibility timeout.
-
-    Blocking file I/O (call it through `asyncio.to_thread`); two processes that share a
-    `data_dir` share a name, so they must not both run (a restart of one reclaims the other's
-    leases)."""
+    """This node's name on shared brokers, the same after a restart: leases carry it, so the
+    next process on `data_dir` takes back at once what a killed one held. Two processes on one
+    `data_dir` share it, so must not both run. Blocking: call through `asyncio.to_thread`."""
     path = data_dir / NODE_ID_FILE
     with contextlib.suppress(FileExistsError):
         write_new_file(path, uuid.uuid4().hex.encode())

@@ -135,20 +135,15 @@ def _keys(key_prefix: str, stream: str) -> tuple[str, list[str]]:
 
 @dataclass(frozen=True, slots=True)
 class _ServerClock:
-    """This process's monotonic clock mapped onto Redis's `TIME`, so deadlines can be judged
-    by Redis itself. `error_ms` is half the round trip of the measurement."""
+    """This process's monotonic clock mapped onto Redis's `TIME`, so that Redis itself can
+    judge deadlines; `offset_ms` is made early by half the measuring round trip (its error)."""
 
-    monotonic_at: float
-    server_ms_at: float
-    error_ms: float
+    offset_ms: float
+    measured_at: float
 
     def server_ms(self, instant: float) -> int:
         """The latest Redis time (unix ms) that surely comes before `instant` here."""
-        elapsed_ms = (instant - self.monotonic_at) * 1000
-        return math.floor(self.server_ms_at + elapsed_ms - self.error_ms)
-
-    def stale(self) -> bool:
-        return time.monotonic() - self.monotonic_at > _CLOCK_RESYNC
+        return math.floor(instant * 1000 + self.offset_ms)
 
 
 async def _measure_clock(client: Redis) -> _ServerClock:
@@ -158,9 +153,10 @@ async def _measure_clock(client: Redis) -> _ServerClock:
         sent = time.monotonic()
         seconds, micros = await client.time()
         received = time.monotonic()
-        midway, server_ms = (sent + received) / 2, seconds * 1000 + micros / 1000
-        samples.append(_ServerClock(midway, server_ms, (received - sent) * 500))
-    return min(samples, key=lambda sample: sample.error_ms)
+        error_ms = (received - sent) * 500
+        offset_ms = seconds * 1000 + micros / 1000 - (sent + received) * 500 - error_ms
+        samples.append((error_ms, _ServerClock(offset_ms, received)))
+    return min(samples, key=lambda sample: sample[0])[1]
 
 
 async def _storage(client: Redis) -> tuple[str, int]:
@@ -207,11 +203,13 @@ class RedisDriver(Driver, LeaseKeeper[str]):
 
     # --- connecting ----------------------------------------------------------------------
 
-    def _connect(self) -> Redis:
-        """A client that fails instead of waiting: no retries, every call bounded."""
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        self._node = self._node or await asyncio.to_thread(node_id, self._data_dir)
         timeout = self._settings.timeout
-        try:
-            return Redis.from_url(
+        try:  # a client that fails instead of waiting: no retries, every call bounded
+            client = Redis.from_url(
                 self._settings.addr,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
@@ -219,12 +217,6 @@ class RedisDriver(Driver, LeaseKeeper[str]):
             )
         except ValueError as error:
             raise DriverUnavailable(f"pipeline {self.name}: bad redis address: {error}") from None
-
-    async def open(self) -> None:
-        if self._client is not None:
-            return
-        self._node = self._node or await asyncio.to_thread(node_id, self._data_dir)
-        client = self._connect()
         scripts = _register(client)
         try:
             with self._errors("connecting", unreachable=(RedisError, OSError)):
@@ -277,7 +269,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         """The caller's deadline on Redis's clock (unix ms), rounded towards earlier."""
         if self._client is None:
             raise not_open(self.name, "redis")
-        if self._clock is None or self._clock.stale():
+        if self._clock is None or time.monotonic() - self._clock.measured_at > _CLOCK_RESYNC:
             with self._errors("measuring its clock", unreachable=(RedisError, OSError)):
                 self._clock = await _measure_clock(self._client)
         return self._clock.server_ms(deadline)
