@@ -1,13 +1,10 @@
-"""The in-process driver: a priority and delay queue in memory.
+"""The in-process driver: a priority and delay queue in memory, for tests and for developers
+who consume in the same process. Not durable: jobs live as long as the process.
 
-Not durable: jobs live as long as the process. Useful for tests and for developers who
-consume in the same process; its stat and capabilities say `durable: false`.
-
-Bounded: at most `config.max_queued` jobs waiting (queued, delayed or reserved) at a time.
-A push beyond that raises DriverError instead of growing the process until the kernel kills
-it, so an SMTP flood with no consumer gets 451 (the senders retry later) and the jobs already
-stored stay safe. Failed jobs are not counted: they wait for an operator, and new mail is not
-refused for their sake (they grow only as fast as a consumer fails jobs).
+Bounded: at most `config.max_queued` jobs waiting (queued, delayed or reserved). A push beyond
+raises DriverError instead of growing the process until the kernel kills it, so an SMTP flood
+with no consumer gets 451 (senders retry later) and stored jobs stay safe. Failed jobs are not
+counted: they wait for an operator, and grow only as fast as a consumer fails jobs.
 """
 
 from __future__ import annotations

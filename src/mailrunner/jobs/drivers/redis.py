@@ -2,10 +2,9 @@
 
 Capabilities:
 
-- priority: a lower number first, then push order (a batch in its order). Priorities above
-  8191 are served as 8191 (the ordering score must stay exact in a double).
-- delay: millisecond precision by Redis's clock; a waiting reserve polls (~50 ms late at most).
-- idempotent_push: an id already stored (in any state) is neither stored again nor replaced.
+- priority: lower first, then push order; above 8191 served as 8191 (the score stays exact).
+- delay: ms precision by Redis's clock; a waiting reserve polls (~50 ms late at most).
+- idempotent_push: an id stored (in any state) is neither stored again nor replaced.
 - atomic_batch: one script stores a batch, all of it or none. peek: in serving order.
 - durable, decided on `open()`: only with `appendonly yes` and `appendfsync always` is a
   script's write on disk before its reply. Otherwise (or when `CONFIG GET` is refused, as on
