@@ -37,25 +37,20 @@ def broker_priority(priority: int) -> int:
 
 
 def delay_ms(seconds: float) -> int:
-    """A delay in whole ms, rounded UP to two significant digits: never early, at most ~10 %
-    late, and few distinct values, since each one is a queue."""
-    ms = max(1, math.ceil(seconds * 1000))
+    """A delay in whole ms (0: none), rounded UP to two significant digits: never early, at
+    most ~10 % late, and few distinct values, since each one is a queue."""
+    ms = math.ceil(seconds * 1000) if seconds > 0 else 0
     if ms < 100:
         return ms
     scale: int = 10 ** (len(str(ms)) - 2)
     return math.ceil(ms / scale) * scale
 
 
-def due_ms(delay: float) -> int:
-    """A job's delay as the delay queue it goes through (`delay_ms`), 0 for none."""
-    return delay_ms(delay) if delay > 0 else 0
-
-
 def settling_delay_ms(job: Job, delay: float) -> int:
     """The delay queue a job settled with `delay` goes to. A worker may ask for any delay; one
     beyond the longest is cut to it (the job comes back then, warned) rather than failing the
     nack, which would hand the job straight back, attempt after attempt."""
-    ms = due_ms(delay)
+    ms = delay_ms(delay)
     if ms <= MAX_DELAY_MS:
         return ms
     log.warning(

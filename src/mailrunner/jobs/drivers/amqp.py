@@ -71,7 +71,7 @@ from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers._amqp_message import (
     MAX_DELAY_MS,
-    due_ms,
+    delay_ms,
     failed_job_of,
     job_message,
     job_of,
@@ -153,13 +153,12 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
     async def open(self) -> None:
         if self._connection is not None:
             return
-        with self._errors("connecting", unreachable=(*_UNREACHABLE, AMQPError)):
-            async with asyncio.timeout(self._timeout):
-                self._connection = await aio_pika.connect_robust(
-                    self._addr, timeout=self._timeout, reconnect_interval=_RECONNECT_INTERVAL
-                )
         try:
-            with self._errors("declaring the queues", unreachable=(*_UNREACHABLE, AMQPError)):
+            with self._errors("connecting", unreachable=(*_UNREACHABLE, AMQPError)):
+                async with asyncio.timeout(self._timeout):
+                    self._connection = await aio_pika.connect_robust(
+                        self._addr, timeout=self._timeout, reconnect_interval=_RECONNECT_INTERVAL
+                    )
                 async with asyncio.timeout(self._timeout * 3):
                     self._channel = await self._connection.channel(on_return_raises=True)
                     self._exchange = await self._channel.declare_exchange(
@@ -174,10 +173,9 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
 
     async def _declare_queues(self) -> None:
         """The main queue bound to the exchange, the failed list and the delay catalog."""
+        priority: dict[str, Any] = {"x-max-priority": _MAX_PRIORITY}
         for name in (self.queue_name, self.failed_name, self.catalog_name):
-            arguments: dict[str, Any] = (
-                {"x-max-priority": _MAX_PRIORITY} if name == self.queue_name else {}
-            )
+            arguments = priority if name == self.queue_name else {}
             declaring = self._open_channel().declare_queue(name, durable=True, arguments=arguments)
             self._queues[name] = await self._call(f"declaring {name}", declaring)
         assert self._exchange is not None
@@ -300,7 +298,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         self._open_channel()
         if not jobs:
             return
-        delays = {due_ms(job.options.delay) for job in jobs} - {0}
+        delays = {delay_ms(job.options.delay) for job in jobs} - {0}
         if delays and max(delays) > MAX_DELAY_MS:
             raise DriverError(
                 f"pipeline {self.name}: a delay of {max(delays)} ms is beyond the longest the"
@@ -312,7 +310,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         # Tasks in job order: aiormq writes publishes in the order they take its channel lock.
         tasks = [
             asyncio.create_task(
-                self._publish(job_message(job, 0), self._route(due_ms(job.options.delay)))
+                self._publish(job_message(job, 0), self._route(delay_ms(job.options.delay)))
             )
             for job in jobs
         ]
