@@ -126,12 +126,6 @@ def _register(client: Redis) -> dict[str, AsyncScript]:
     }
 
 
-def _keys(key_prefix: str, stream: str) -> tuple[str, list[str]]:
-    """The prefix of job hashes, and the keys every script gets (`redis_prelude.lua`)."""
-    base = f"{key_prefix}:{{{stream}}}:"
-    return base + "job:", [base + name for name in ("queue", "delayed", "leased", "failed", "seq")]
-
-
 @dataclass(frozen=True, slots=True)
 class _ServerClock:
     """This process's monotonic clock mapped onto Redis's `TIME`, so that Redis itself can
@@ -193,8 +187,9 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         self._data_dir = data_dir
         self._node = ""
         """This node's name (`node_id`), the start of its lease tokens; set by `open()`."""
-        stream = settings.config.stream or name
-        self._job_prefix, self._keys = _keys(settings.config.key_prefix, stream)
+        base = f"{settings.config.key_prefix}:{{{settings.config.stream or name}}}:"
+        self._job_prefix = base + "job:"  # then the keys every script gets (redis_prelude.lua):
+        self._keys = [base + key for key in ("queue", "delayed", "leased", "failed", "seq")]
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._clock: _ServerClock | None = None
