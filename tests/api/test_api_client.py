@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -12,7 +14,9 @@ import pytest
 from api_support import start_jobs_node
 
 from mailrunner.api.client import ApiClient
-from mailrunner.errors import PipelineNotFound
+from mailrunner.api.pooled import PooledTransport
+from mailrunner.api.transport import OneShotTransport, Transport
+from mailrunner.errors import ApiUnavailable, PipelineNotFound, RequestOutcomeUnknown
 from mailrunner.jobs.model import Job, JobOptions
 from support.server import RunningServer
 from support.waiting import wait_until
@@ -73,3 +77,56 @@ def test_every_jobs_rpc_method_works_over_http(
     wait_until(lambda: node.api.stat("work")["failed"] == 2, "both jobs in the failed list")
     assert run(settle) == (["also", "doomed"], 1, 1)
     wait_until(lambda: len(node.executed()) == 3, "the retried job to run again")
+
+
+TRANSPORTS = [
+    pytest.param(lambda: OneShotTransport(timeout=5), id="one-shot"),
+    pytest.param(lambda: PooledTransport(timeout=5), id="pooled"),
+]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_no_answer_is_unavailable_unless_a_change_may_have_been_sent(
+    transport: Callable[[], Transport],
+) -> None:
+    """Nothing listening: nothing was done. A listener that reads the request and hangs up:
+    a read is simply unavailable, a change may have been carried out."""
+    done = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.1)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        def hang_up_after_each_request() -> None:
+            while not done.is_set():
+                try:
+                    connection, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                with connection:
+                    connection.recv(65536)
+
+        async def calls() -> list[type[Exception]]:
+            raised = []
+            async with ApiClient(url, transport=transport()) as client:
+                for call in (client.list_pipelines(), client.pause("q")):
+                    try:
+                        await call
+                    except ApiUnavailable as error:
+                        raised.append(type(error))
+            return raised
+
+        hanging = threading.Thread(target=hang_up_after_each_request, daemon=True)
+        hanging.start()
+        try:
+            assert asyncio.run(calls()) == [ApiUnavailable, RequestOutcomeUnknown]
+        finally:
+            done.set()
+            hanging.join(timeout=10)
+
+    async def refused() -> None:
+        async with ApiClient(url, transport=transport()) as client:
+            await client.pause("q")
+
+    with pytest.raises(ApiUnavailable) as caught:
+        asyncio.run(refused())
+    assert type(caught.value) is ApiUnavailable, "a refused connection sent nothing"

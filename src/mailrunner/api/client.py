@@ -1,16 +1,14 @@
 """The management API over HTTP: for the CLI, for remote Jobs RPC, and for tests.
 
-One pooled aiohttp session per client, so an SMTP ingress pushing to a jobs node reuses
-keep-alive connections instead of opening one per email.
+Every call goes through the route table (api/routes.py), never the server's modules; how
+the bytes travel is the transport's business (api/transport.py).
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 from pydantic import BaseModel, ValidationError
 
@@ -25,6 +23,7 @@ from mailrunner.api.schemas import (
     PushBatchRequest,
     PushRequest,
 )
+from mailrunner.api.transport import NoAnswer, Transport
 from mailrunner.errors import (
     ApiError,
     ApiUnavailable,
@@ -58,13 +57,28 @@ R = TypeVar("R")
 
 
 class ApiClient:
-    """Calls a running mailrunner's API; errors come back as mailrunner exceptions."""
+    """Calls a running mailrunner's API; errors come back as mailrunner exceptions.
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+    `transport` carries the requests: by default a pooled aiohttp session (api/pooled.py)
+    for a process that calls many times; a CLI passes a `OneShotTransport`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        *,
+        transport: Transport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        if transport is None:
+            # here, not at the top: a one-shot caller need not load aiohttp
+            from mailrunner.api.pooled import PooledTransport  # noqa: PLC0415
+
+            transport = PooledTransport(timeout)
+        self._transport = transport
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -73,14 +87,7 @@ class ApiClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
-        return self._session
+        await self._transport.close()
 
     async def send(
         self,
@@ -99,19 +106,18 @@ class ApiClient:
         sent = _fields(body)
         if sent is None and route.method not in _READING_METHODS:
             sent = {}
-        per_call = aiohttp.ClientTimeout(total=request_timeout) if request_timeout else None
         try:
-            async with self._client().request(
-                route.method, self.base_url + path, data=_json_body(sent), timeout=per_call
-            ) as response:
-                if response.content_type == JSON:
-                    data = await response.json()
-                else:
-                    data = await response.text()
-                if response.status >= 400:
-                    raise _error(response.status, data)
-        except (aiohttp.ClientConnectionError, TimeoutError) as error:
+            reply = await self._transport.request(
+                route.method, self.base_url + path, _encoded(sent), self._headers, request_timeout
+            )
+        except NoAnswer as error:
             raise _unreachable(self.base_url, route.method, path, error) from None
+        if reply.content_type == JSON:
+            data = orjson.loads(reply.body)
+        else:
+            data = reply.body.decode(reply.charset, "replace")
+        if reply.status >= 400:
+            raise _error(reply.status, data)
         model = route.response
         if isinstance(model, type) and issubclass(model, BaseModel):
             return model.model_validate(data)
@@ -195,28 +201,23 @@ def _fields(body: BaseModel | None) -> dict[str, Any] | None:
     return body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
 
 
-def _json_body(body: Any) -> aiohttp.BytesIOPayload | None:
-    """JSON as a stream: aiohttp warns that a multi-megabyte bytes body (an email's event)
-    may hold up the event loop, and writes a stream in chunks instead."""
+def _encoded(body: Any) -> bytes | None:
     if body is None:
         return None
     try:
-        encoded = orjson.dumps(body)
+        return orjson.dumps(body)
     except orjson.JSONEncodeError as error:
         raise InvalidJob(f"the request holds text that is not valid Unicode: {error}") from None
-    return aiohttp.BytesIOPayload(io.BytesIO(encoded), content_type="application/json")
 
 
-def _unreachable(base_url: str, method: str, path: str, error: Exception) -> ApiUnavailable:
+def _unreachable(base_url: str, method: str, path: str, error: NoAnswer) -> ApiUnavailable:
     """No answer: the server did nothing if the request never left (no connection, or none
     in time); a change that may have been sent may have been done, or may be done yet."""
-    reason = str(error) or type(error).__name__
-    never_sent = isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
-    if never_sent or method.upper() in _READING_METHODS:
-        return ApiUnavailable(f"cannot reach {base_url}: {reason}")
+    if not error.sent or method.upper() in _READING_METHODS:
+        return ApiUnavailable(f"cannot reach {base_url}: {error}")
     return RequestOutcomeUnknown(
         f"no answer from {base_url} to {method.upper()} {path}, which it may have carried out"
-        f" or may still: {reason}"
+        f" or may still: {error}"
     )
 
 

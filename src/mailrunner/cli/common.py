@@ -14,6 +14,7 @@ import click
 
 from mailrunner import config
 from mailrunner.api.client import ApiClient
+from mailrunner.api.transport import OneShotTransport
 from mailrunner.errors import ApiUnavailable, ConfigError, MailrunnerError
 
 EXIT_ERROR = 1
@@ -21,6 +22,8 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 """A usage error, or the server cannot be reached."""
 
+API_TIMEOUT = 30.0
+"""Seconds a command waits for the server's answer."""
 RPC_ENV = "MAILRUNNER_RPC"
 TOKEN_ENV = "MAILRUNNER_TOKEN"
 T = TypeVar("T")
@@ -96,7 +99,7 @@ def call_api(
     url = server_url(server, config_path)
 
     async def run() -> T:
-        async with ApiClient(url, token) as client:
+        async with ApiClient(url, token, transport=OneShotTransport(API_TIMEOUT)) as client:
             return await work(client)
 
     try:

@@ -22,7 +22,6 @@ from mailrunner.cli.common import api_options, call_api, fail, show
 from mailrunner.config import DRIVER_NAMES
 from mailrunner.errors import MailrunnerError
 from mailrunner.jobs.model import MAX_DELAY, Job, JobOptions
-from mailrunner.worker import EMAIL_JOB, Email, EventError
 
 M = TypeVar("M", bound=BaseModel)
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -53,6 +52,9 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
 def job_summary(job: Mapping[str, Any]) -> str:
     """One line per job for the peek table (the whole job is in --json): an email's envelope,
     subject and attachment count, else the start of the payload."""
+    # the SDK reads events; only `jobs peek` needs it, so the other commands start without it
+    from mailrunner.worker import EMAIL_JOB, Email, EventError  # noqa: PLC0415
+
     payload = job.get("payload")
     if not isinstance(payload, str):
         return "(binary payload)"

@@ -1,0 +1,110 @@
+"""How ApiClient's requests travel, and the standard library's way for a single call.
+
+Two transports carry the same requests: `PooledTransport` (api/pooled.py), one aiohttp
+session whose keep-alive connections serve every call of a long-lived process (an SMTP
+node pushing each email to a jobs node), and `OneShotTransport` here, http.client on a
+worker thread, for a CLI command that makes one call: importing aiohttp takes longer than
+that call does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from mailrunner.api.routes import JSON
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer, whatever its status."""
+
+    status: int
+    content_type: str
+    charset: str
+    body: bytes
+
+
+class NoAnswer(Exception):
+    """The request got no answer. `sent` is False when it never left (no connection, or
+    none in time): then the server did nothing; else it may have carried the request out."""
+
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        super().__init__(reason)
+        self.sent = sent
+
+
+class Transport(Protocol):
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        request_timeout: float | None,
+    ) -> Reply:
+        """Send one request (a body as JSON); raise NoAnswer when none comes."""
+
+    async def close(self) -> None: ...
+
+
+def reason(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+class OneShotTransport:
+    """A new connection per request, made on a worker thread so the loop never blocks."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        request_timeout: float | None,
+    ) -> Reply:
+        sent_headers = {**headers, "Content-Type": JSON} if body is not None else dict(headers)
+        return await asyncio.to_thread(
+            self._request, method, url, body, sent_headers, request_timeout or self._timeout
+        )
+
+    async def close(self) -> None:
+        """Nothing stays open between requests."""
+
+    @staticmethod
+    def _request(
+        method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> Reply:
+        parts = urlsplit(url)
+        kind = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        connection = kind(parts.hostname or "", parts.port, timeout=timeout)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            try:
+                connection.connect()
+            except OSError as error:
+                raise NoAnswer(reason(error), sent=False) from None
+            try:
+                connection.request(method, target, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException) as error:
+                raise NoAnswer(reason(error), sent=True) from None
+        finally:
+            connection.close()
+        message = response.headers
+        return Reply(
+            response.status,
+            message.get_content_type(),
+            message.get_content_charset() or "utf-8",
+            data,
+        )
