@@ -37,7 +37,7 @@ event, so one request cannot ask the server to load its whole store into memory.
 
 
 class Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class JobOptionsWire(Wire):
