@@ -52,7 +52,7 @@ async def main() -> None:
     settings = TypeAdapter(PipelineConfig).validate_python(
         {"driver": "sqlite", "visibility_timeout": sys.argv[2], "config": {"path": sys.argv[1]}}
     )
-    driver = build_driver("contract", settings, Path(sys.argv[1]).parent)
+    driver = build_driver("contract", settings, Path(sys.argv[3]))
     await driver.open()
     jobs = [Job(job_id, "contract.job", job_id.encode(), JobOptions("contract", 10))
             for job_id in ("leased", "queued")]
@@ -193,10 +193,14 @@ class TestSqliteDriver(DriverContract):
 
         harness.run(scenario)
 
-    def test_jobs_of_a_process_killed_without_close_are_kept_and_its_lease_expires(
+    def test_jobs_of_another_node_killed_without_close_are_kept_and_its_lease_expires(
         self, harness: Harness, tmp_path: Path
     ) -> None:
+        """The killed process ran on another data_dir: its lease is not taken back at open
+        (test_sqlite_reclaim.py shows the same node's is), it expires."""
         timeout = harness.visibility_timeout
+        other_node = tmp_path / "other-node"
+        other_node.mkdir()
 
         async def scenario(driver: Driver) -> None:
             await driver.close()
@@ -206,6 +210,7 @@ class TestSqliteDriver(DriverContract):
                 KILLED_CHILD,
                 str(tmp_path / "jobs.db"),
                 str(timeout),
+                str(other_node),
                 stdout=asyncio.subprocess.PIPE,
             )
             assert child.stdout is not None

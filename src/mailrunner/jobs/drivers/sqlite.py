@@ -18,6 +18,11 @@ expired lease is simply due again; `attempts` counts deliveries, `failed_at` is 
 job is in the failed list. A job is queued when `failed_at IS NULL AND available_at <= now`,
 reserved when `lease IS NOT NULL AND available_at > now`, delayed when `lease IS NULL AND
 available_at > now`.
+
+Restarts: a lease token begins with this node's name (`_common.node_id`) and this process's,
+so `open()` gives back at once the jobs an earlier process of this node held (killed, or
+stopped with leases unsettled), as their expiry would (the attempt stays counted). Leases of
+this process (a driver closed and opened again) or of other nodes on the file expire.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from mailrunner.config import SqlitePipelineConfig
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.files import create_directories, write_new_file
@@ -54,6 +61,7 @@ from mailrunner.jobs.drivers import _common
 from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
 
 T = TypeVar("T")
+log = structlog.get_logger("mailrunner.jobs")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -84,6 +92,8 @@ deadline); a push's caller is asked to wait up to COMMIT_WAIT for its COMMIT."""
 BUSY_TIMEOUT_MS = round(BUSY_TIMEOUT * 1000)
 _IDLE_POLL = 0.25
 """How often an idle reserve looks for jobs pushed by other processes into the same file."""
+_PROCESS = uuid.uuid4().hex[:12]
+"""This process among the runs of one node, in its lease tokens."""
 
 
 @dataclass(slots=True, eq=False)
@@ -110,6 +120,8 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         self.name = name
         self.path = settings.config.path or data_dir / "jobs.db"
         self.visibility_timeout = settings.visibility_timeout
+        self._data_dir = data_dir
+        self._node = ""
         self.commits = 0
         self._max_batch = max_batch
         self._executor: ThreadPoolExecutor | None = None
@@ -140,7 +152,9 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
     async def _execute(self, statement: str, values: Any) -> int:
         return await self._run(lambda: self._db().execute(statement, values).rowcount)
 
-    def _open_sync(self) -> None:
+    def _open_sync(self) -> int:
+        """Open the file and give back the leases of this node's earlier processes (how many)."""
+        self._node = self._node or _common.node_id(self._data_dir)
         create_directories(self.path.parent)
         with contextlib.suppress(FileExistsError):
             # SQLite would create it 0644 less the umask, and gives its -wal and -shm files
@@ -148,6 +162,11 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
             write_new_file(self.path, b"")
         self._connection = _connect(self.path)
         self._connection.executescript(SCHEMA)
+        return self._connection.execute(
+            "UPDATE jobs SET lease = NULL, available_at = MIN(available_at, ?)"
+            " WHERE pipeline = ? AND lease GLOB ? AND NOT lease GLOB ?",
+            (time.time(), self.name, f"{self._node}/*", f"{self._node}/{_PROCESS}:*"),
+        ).rowcount
 
     def _close_sync(self) -> None:
         connection, self._connection = self._connection, None
@@ -158,13 +177,19 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-{self.name}")
         try:
-            await self._run(self._open_sync)
+            reclaimed = await self._run(self._open_sync)
             connection = await asyncio.to_thread(_connect, self.path)
         except (DriverError, OSError, sqlite3.Error) as error:
             raise DriverUnavailable(
                 f"pipeline {self.name}: cannot open {self.path}: {error}"
             ) from error
         self._committer = _GroupCommitter(self, connection, self._max_batch)
+        if reclaimed:
+            log.info(
+                "sqlite leases of this node's last run given back",
+                pipeline=self.name,
+                jobs=reclaimed,
+            )
 
     async def close(self) -> None:
         if self._executor is None:
@@ -202,7 +227,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
                 (self.name, now, limit),
             ).fetchall()
             for seq, attempts, *job_columns in rows:
-                token = uuid.uuid4().hex
+                token = f"{self._node}/{_PROCESS}:{uuid.uuid4().hex}"
                 db.execute(
                     "UPDATE jobs SET attempts = attempts + 1, lease = ?, available_at = ?"
                     " WHERE seq = ?",
