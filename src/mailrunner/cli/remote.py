@@ -127,15 +127,15 @@ def list_pipelines(**options: Any) -> None:
 @click.argument("name")
 @click.option("--driver", required=True, type=click.Choice(DRIVER_NAMES))
 @click.option("--config", "driver_config", multiple=True, help="Driver setting key=value.")
-@click.option("--priority", type=int, help="Default: the pipeline's default (10).")
-@click.option("--prefetch", type=int, help="Default: the pipeline's default (10).")
-@click.option("--retries", type=int, help="Default: the pipeline's default (5).")
-@click.option("--visibility-timeout", help="Like 30s or 5m; default: the pipeline's (30s).")
+@click.option("--priority", type=int, help="Lower is served first.")
+@click.option("--prefetch", type=int, help="Jobs leased at once when consumed.")
+@click.option("--retries", type=int, help="Executions before a job is failed.")
+@click.option("--visibility-timeout", help="A lease's length, like 30s or 5m.")
 @click.option("--consume", is_flag=True, help="Run its jobs on this server's jobs pool.")
 @api_options
 def declare(name: str, driver: str, driver_config: Sequence[str], **options: Any) -> None:
     """Declare a pipeline at run time (not kept across restarts). A setting left out takes
-    the server's default for it."""
+    the server's default (see `jobs.pipelines` in the README)."""
     given = {
         key: value
         for key in ("priority", "prefetch", "retries", "visibility_timeout")
