@@ -1,15 +1,17 @@
 """A pusher of the tests' own for nats pipelines: it publishes a job straight to the stream in
-the nats driver's wire format, with a push deadline of its choosing, as the driver of another
-node whose clock is behind the server's would. Shared by the driver and the security tests."""
+the nats driver's wire format (`_nats_wire`), with a push deadline of its choosing, as the
+driver of another node whose clock is behind the server's would. Shared by the driver and the
+security tests."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import nats
 
-DEFAULT_PRIORITY = 10
+from mailrunner.config import DEFAULT_PRIORITY
+from mailrunner.jobs.drivers import _nats_wire
+from mailrunner.jobs.model import Job, JobOptions
 
 
 async def publish_as_lagging_pusher(
@@ -19,19 +21,8 @@ async def publish_as_lagging_pusher(
     before the server stored it (negative: still that far ahead). That is what a pusher whose
     clock runs `expired_ago + push_timeout` seconds behind sends for a push that met its own
     deadline. Returns once the server has stored it (PubAck)."""
-    meta = {
-        "id": job_id,
-        "name": "test.job",
-        "headers": {},
-        "priority": DEFAULT_PRIORITY,
-        "auto_ack": False,
-    }
-    headers = {
-        "Mailrunner-Job": json.dumps(meta, ensure_ascii=True),
-        "Mailrunner-Attempts": "0",
-        "Mailrunner-Deadline": repr(time.time() - expired_ago),
-        "Nats-Msg-Id": job_id,
-    }
+    job = Job(job_id, "test.job", payload, JobOptions(subject, DEFAULT_PRIORITY))
+    headers = _nats_wire.encode(job, 0, deadline=time.time() - expired_ago)
     connection = await nats.connect(addr, connect_timeout=5)
     try:
         await connection.jetstream().publish(subject, payload, headers=headers, timeout=5)
