@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 import annotated_types
 import pytest
@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from mailrunner.api.client import ApiClient
 from mailrunner.api.http import _time_left
 from mailrunner.api.schemas import PushRequest
+from mailrunner.api.transport import Reply
 from mailrunner.config import SmtpJobsConfig
 from mailrunner.errors import DeliveryTimeout, PushTimeout
 from mailrunner.events import EmailEvent, Envelope, Message
@@ -82,21 +83,29 @@ def test_the_shortest_push_timeout_leaves_a_node_time_to_store(model: type[BaseM
     assert _time_left(shortest, time.monotonic()) > 0
 
 
-def test_the_client_awaits_a_verdict_when_each_way_takes_a_caller_margin(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_client_awaits_a_verdict_when_each_way_takes_a_caller_margin() -> None:
     """Request sent at 0, at the node after CALLER_MARGIN; the node's deadline is push_timeout
     - CALLER_MARGIN later, its driver's verdict up to VERDICT_GRACE after that, and the answer
     back after another CALLER_MARGIN: the ApiClient must still be waiting."""
     requests: list[float] = []
 
-    async def call(*_: Any, request_timeout: float | None = None) -> Any:
-        assert request_timeout is not None, "a push must bound its wait for the node's answer"
-        requests.append(request_timeout)
-        return {}
+    class RecordingTransport:
+        async def request(
+            self,
+            method: str,
+            url: str,
+            body: bytes | None,
+            headers: Mapping[str, str],
+            request_timeout: float | None,
+        ) -> Reply:
+            assert request_timeout is not None, "a push must bound its wait for the node's answer"
+            requests.append(request_timeout)
+            return Reply(200, "application/json", "utf-8", b"{}")
 
-    client = ApiClient("http://node.invalid")
-    monkeypatch.setattr(client, "call", call)
+        async def close(self) -> None:
+            return None
+
+    client = ApiClient("http://node.invalid", transport=RecordingTransport())
     job = Job(id="1", name="n", payload=b"", options=JobOptions(pipeline="p"))
     asyncio.run(client.push(job, push_timeout=PUSH_TIMEOUT))
     (client_waits,) = requests
