@@ -100,7 +100,7 @@ def test_the_client_awaits_a_verdict_when_each_way_takes_a_caller_margin() -> No
         ) -> Reply:
             assert request_timeout is not None, "a push must bound its wait for the node's answer"
             requests.append(request_timeout)
-            return Reply(200, "application/json", "utf-8", b"{}")
+            return Reply(200, "application/json", "utf-8", b'{"id": "1"}')
 
         async def close(self) -> None:
             return None
