@@ -12,7 +12,7 @@ from email.message import Message, _parseparam  # the stdlib behaviour part.py m
 from email.policy import compat32
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mime_grammar import messages
 
@@ -96,6 +96,14 @@ def test_the_prescan_meets_exactly_the_parts_the_parser_builds(raw: bytes) -> No
     st.integers(min_value=1, max_value=4),
     st.integers(min_value=1, max_value=3),
     st.integers(min_value=1, max_value=80),
+)
+@example(  # each message/rfc822 cut at the depth limit still gets an inner message
+    raw=b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+    + b"--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: x\r\n\r\nhi\r\n" * 2
+    + b"--b--\r\n",
+    max_parts=2,
+    max_depth=1,
+    max_header_bytes=45,
 )
 def test_the_parser_builds_no_part_beyond_the_limits(
     raw: bytes, max_parts: int, max_depth: int, max_header_bytes: int

@@ -129,6 +129,8 @@ class _Scan:
         is_container = boundary is not None or content_type.startswith("message/")
         if is_container and child.level >= self.max_depth:
             self._skip_content()
+            if content_type.startswith("message/"):
+                self.parts += 1  # the parser still gives it an (empty) inner message
         elif content_type == _DELIVERY_STATUS:
             yield from self._delivery_status(child.level)
         elif content_type.startswith("message/"):
