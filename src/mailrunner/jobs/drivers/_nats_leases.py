@@ -4,16 +4,14 @@ gives them back at once (`nak`) instead of leaving their jobs for the visibility
 
 Why a local file: JetStream cannot list a consumer's unacknowledged messages, but any
 connection may answer a delivery's ack subject, so the reply subjects are all a restart
-needs, and only this node needs them; a file costs no broker round trip on the lease path,
-and being in the node's data_dir it needs no node name (`_common.node_id`) to be found again.
-It is a snapshot, rewritten in the background (a new 0600 file, renamed over the old one),
-so it can be a moment behind: a lease taken just before the kill may be missing (it waits
-out its timeout, as before), one acked just before may be listed (the server ignores a nak
-of a message it no longer holds). Only leases whose noted expiry
-(wall clock, from before the pull, so never later than the server's) is still ahead are
-nakked: until then the server cannot have given the message to another consumer. The
-redelivery counts one attempt, the dead node's, as a lease expiry would: the nak adds none.
-A driver that closes removes its file: a closed driver's leases expire as the contract says.
+needs; a file costs no broker round trip on the lease path, and in the node's data_dir it
+needs no node name to be found again. A snapshot rewritten in the background (a new 0600 file
+renamed over the old), it can be a moment behind: a lease taken just before the kill waits
+out its timeout, one acked just before is nakked in vain (the server ignores it). Only leases
+whose noted expiry (wall clock, from before the pull: never later than the server's) is still
+ahead are nakked: until then no other consumer can have the message. The redelivery counts
+one attempt, the dead node's, as an expiry would: a nak adds none. A driver that closes
+removes its file: a closed driver's leases expire as the contract says.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import structlog
+from nats.aio.msg import Msg
 
 from mailrunner.files import write_new_file
 
@@ -37,11 +36,16 @@ State = Literal["leased", "released", "delayed"]
 """Leased until `until`; released (due now); delayed until `until`."""
 
 
+def _ids(msg: Msg) -> tuple[int, int]:
+    """A delivery's stream sequence (its message) and consumer sequence: unique per delivery,
+    unlike `num_delivered`, which a consumer restored after a crash can repeat."""
+    return msg.metadata.sequence.stream, msg.metadata.sequence.consumer
+
+
 @dataclass(slots=True)
 class Held:
     """One unacknowledged message: `delivery` is the consumer sequence of its latest delivery
-    seen here (unique, unlike `num_delivered`, which a consumer restored after a crash can
-    repeat); `until` is on the monotonic clock; `reply` is its ack subject."""
+    seen here; `until` is on the monotonic clock; `reply` is its ack subject."""
 
     delivery: int
     state: State
@@ -60,12 +64,14 @@ class Holdings:
         self._changed = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
 
-    def hold(self, seq: int, delivery: int, state: State, until: float, reply: str) -> None:
-        self.held[seq] = Held(delivery, state, until, reply)
+    def hold(self, msg: Msg, state: State, until: float) -> None:
+        seq, delivery = _ids(msg)
+        self.held[seq] = Held(delivery, state, until, msg.reply)
         self._changed.set()
 
-    def current(self, seq: int, delivery: int) -> Held | None:
-        """What is known of `seq`, if `delivery` is its latest delivery."""
+    def current(self, msg: Msg) -> Held | None:
+        """What is known of `msg`'s message, if `msg` is its latest delivery."""
+        seq, delivery = _ids(msg)
         held = self.held.get(seq)
         return held if held is not None and held.delivery == delivery else None
 
@@ -73,7 +79,8 @@ class Holdings:
         held.until = until
         self._changed.set()
 
-    def forget(self, seq: int) -> None:
+    def forget(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
         self.held.pop(seq, None)
         self._uncounted.pop(seq, None)
         self._changed.set()
@@ -83,12 +90,13 @@ class Holdings:
         self._uncounted.clear()
         self._changed.set()
 
-    def count_out(self, seq: int) -> None:
-        """The next delivery of `seq` is not an attempt: this one is given back uncounted."""
+    def count_out(self, msg: Msg) -> None:
+        """The next delivery of `msg`'s message is not an attempt: `msg` is given back uncounted."""
+        seq = msg.metadata.sequence.stream
         self._uncounted[seq] = self._uncounted.get(seq, 0) + 1
 
-    def uncounted(self, seq: int) -> int:
-        return self._uncounted.get(seq, 0)
+    def uncounted(self, msg: Msg) -> int:
+        return self._uncounted.get(msg.metadata.sequence.stream, 0)
 
     async def left_behind(self) -> list[str]:
         """The reply subjects of the leases a killed process left that have not expired."""

@@ -29,7 +29,7 @@ class Puller:
     """Pulls from `consumer` on `stream`; a `no_wait` pull listens `no_wait_listen` seconds."""
 
     def __init__(
-        self, stream: str, consumer: str, no_wait_listen: float, on_stray: Callable[[int], None]
+        self, stream: str, consumer: str, no_wait_listen: float, on_stray: Callable[[Msg], None]
     ) -> None:
         self.lock = asyncio.Lock()
         self._request_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
@@ -57,7 +57,7 @@ class Puller:
             current[1].put_nowait(msg)
         elif status is None and msg.reply:
             with contextlib.suppress(Exception):
-                self._on_stray(msg.metadata.sequence.stream)
+                self._on_stray(msg)
                 await msg.nak()
 
     async def pull(self, nc: Client, batch: int, expires: float | None) -> list[Msg]:

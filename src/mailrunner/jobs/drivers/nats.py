@@ -5,30 +5,19 @@ failed list is `<stream>_failed` on `<subject>.failed`; all nodes pull (`_nats_p
 durable consumer with ack_wait = visibility_timeout and max_deliver unlimited (mailrunner, not
 JetStream, enforces `retries`). Durable: push returns after the PubAck of a file-backed stream
 (synced in the background: a power loss can lose the last seconds, a killed server does not).
-`Nats-Msg-Id` drops a re-push only within the duplicate window, so idempotent_push is declared
-false. A batch is published message by message (what a failed one stored is deleted again,
-but a reader can see part of it); JetStream serves in stream order (no priority) and cannot
-list a consumer's messages without leasing (no peek). A reserve meeting a delayed job early
-gives it back with `nak(delay=remaining)`, but `stat` counts it as queued: delay is declared
-false too. max_payload is the server's less 8 KiB for the headers, which share that limit.
+Not declared: idempotent_push (`Nats-Msg-Id` drops a re-push only within the duplicate window),
+atomic_batch (a batch is published message by message: what a failed one stored is deleted
+again, but a reader can see part of it), priority (stream order), peek (a consumer's messages
+cannot be listed without leasing), delay (a delayed job met early goes back with
+`nak(delay=remaining)`, but `stat` counts it as queued).
 
-Leases: one delivery each; `extend` is `in_progress()`. This process notes when each of its
-leases expires, measured from before the pull (never later than the server's expiry); a lease
-past that, or whose message it has seen delivered again, is stale: its ack, nack, extend and
-release do nothing (a duplicate run, never a loss, never another consumer's lease disturbed).
-Deliveries are told apart by consumer sequence: after a killed server restarts, JetStream can
-deliver a message twice as if new. A killed process's leases are given back by the next one
-on its data_dir (`_nats_leases`). Attempt = `Mailrunner-Attempts` + `num_delivered`, less the
-deliveries this process gave back uncounted (`release`, a job not yet due, a stray pull); only
-it knows those. nack with requeue and no delay, or with new headers, publishes a copy and acks
-the original after the copy's PubAck (due at once, queued across restarts); with only a delay
-it is `nak(delay)`; without requeue a copy goes to the failed stream and the original is
-terminated. `release` is `nak()`: redelivered before newer messages, it keeps its place.
-
-stat: queued = `num_pending` plus what this process knows is due again though unacknowledged
-(expired leases, releases, nak delays over), delayed = its nak delays not over, reserved = the
-rest of `num_ack_pending`: exact for one process; else a job waiting on the server for
-redelivery counts as reserved.
+Leases: one delivery each, held in `_nats_leases.Holdings` (which also gives a killed
+process's back at start). A lease is stale once past the expiry this process noted (measured
+from before the pull: never later than the server's) or once its message was seen delivered
+again: its ack, nack, extend and release do nothing (a duplicate run, never a loss, never
+another consumer's lease disturbed). Attempt = `Mailrunner-Attempts` + `num_delivered`, less
+the deliveries this process gave back uncounted (`release`, a job not yet due, a stray pull);
+only it knows those. `release` is `nak()`: redelivered before newer messages, it keeps its place.
 
 No late delivery: `pending_size=0` makes nats-py refuse to buffer a publish while
 disconnected (the push fails at once, never sent after the server returns). A message is
@@ -52,7 +41,7 @@ import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +75,12 @@ log = structlog.get_logger("mailrunner.jobs")
 CONSUMER = "mailrunner"
 """The durable consumer every node of a pipeline shares."""
 _HEADER_ROOM = 8 * 1024
-"""Bytes of the server's max_payload kept for a job's metadata headers."""
+"""Bytes of the server's max_payload kept for a job's headers, which share that limit."""
 _CALL_TIMEOUT = 5
 """Seconds bounding every JetStream API call, acknowledgement and flush."""
 _DUPLICATE_WINDOW = 120.0
 
-_UNREACHABLE = (
-    nats.errors.TimeoutError,
-    TimeoutError,
+_UNREACHABLE = (  # nats-py's TimeoutError is a TimeoutError, which is an OSError
     nats.errors.ConnectionClosedError,
     nats.errors.OutboundBufferLimitError,
     nats.errors.NoRespondersError,
@@ -115,20 +102,7 @@ def _token(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
 
 
-@dataclass(frozen=True, slots=True)
-class _Delivery:
-    """A lease's handle: the pulled message, its stream sequence and its delivery number."""
-
-    msg: Msg
-    seq: int
-    delivery: int
-
-    @property
-    def ids(self) -> tuple[int, int]:
-        return self.seq, self.delivery
-
-
-class NatsDriver(Driver, LeaseKeeper[_Delivery]):
+class NatsDriver(Driver, LeaseKeeper[Msg]):
     """One pipeline's jobs in one JetStream stream (`config.stream`) on `config.addr`."""
 
     def __init__(self, name: str, settings: NatsPipelineConfig, data_dir: Path) -> None:
@@ -252,7 +226,7 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
             with self._errors("storing jobs"):
                 try:
                     await self._publish_jobs(jobs, deadline, stored)
-                except (nats.errors.TimeoutError, TimeoutError):
+                except TimeoutError:
                     raise PushTimeout(
                         f"pipeline {self.name}: nats at {self.addr} did not confirm the push "
                         f"within {VERDICT_GRACE}s of its deadline"
@@ -296,9 +270,8 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         return msgs, await self._take(msgs, pulled_at)
 
     async def _drop_if_late(self, msg: Msg) -> bool:
-        """Discard, unseen, a message the server stored more than `max_clock_skew` after its
-        push's deadline (the pusher raised, so the SMTP client got 451 and sends the mail
-        again): logged and counted, never silent."""
+        """Terminate, unseen, a message the server stored more than `max_clock_skew` after its
+        push's deadline (the SMTP client got 451 and sends the mail again)."""
         deadline = (msg.headers or {}).get(wire.DEADLINE)
         if deadline is None:
             return False
@@ -319,18 +292,15 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         await self._quietly(msg.term())
         return True
 
-    def _lease(self, msg: Msg, pulled_at: float) -> DriverLease[_Delivery]:
+    def _lease(self, msg: Msg, pulled_at: float) -> DriverLease[Msg]:
         """A lease for a pulled message, noted as held by this process."""
-        meta = msg.metadata
-        seq, delivery = meta.sequence.stream, meta.sequence.consumer
         job = wire.decode(msg.headers, msg.data, self.name)
-        attempt = wire.attempts(msg.headers) + meta.num_delivered - self._holdings.uncounted(seq)
-        until = pulled_at + self.visibility_timeout
-        self._holdings.hold(seq, delivery, "leased", until, msg.reply)
-        return DriverLease(self, job, attempt, _Delivery(msg, seq, delivery))
+        delivered = msg.metadata.num_delivered - self._holdings.uncounted(msg)
+        self._holdings.hold(msg, "leased", pulled_at + self.visibility_timeout)
+        return DriverLease(self, job, wire.attempts(msg.headers) + delivered, msg)
 
     async def _take(self, msgs: list[Msg], pulled_at: float) -> list[Lease]:
-        leases: list[DriverLease[_Delivery]] = []
+        leases: list[DriverLease[Msg]] = []
         for msg in msgs:
             try:
                 if await self._drop_if_late(msg):
@@ -342,15 +312,14 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
                 continue
             remaining = wire.due_in(msg.headers)
             if remaining > 0:
-                seq, until = lease.handle.seq, time.monotonic() + remaining
-                self._holdings.count_out(seq)
-                self._holdings.hold(seq, lease.handle.delivery, "delayed", until, msg.reply)
+                self._holdings.count_out(msg)
+                self._holdings.hold(msg, "delayed", time.monotonic() + remaining)
                 await self._quietly(msg.nak(delay=remaining))
                 continue
             leases.append(lease)
         # After a crash JetStream can deliver one message twice in a row (its consumer
         # state was behind): only the latest delivery is a lease.
-        return [lease for lease in leases if self._holdings.current(*lease.handle.ids)]
+        return [lease for lease in leases if self._holdings.current(lease.handle)]
 
     async def _quietly(self, call: Awaitable[Any]) -> None:
         with self._errors("acknowledging a message"):
@@ -385,8 +354,8 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
 
     # --- leases --------------------------------------------------------------------------
 
-    def _valid(self, lease: DriverLease[_Delivery]) -> bool:
-        held = self._holdings.current(*lease.handle.ids)
+    def _valid(self, lease: DriverLease[Msg]) -> bool:
+        held = self._holdings.current(lease.handle)
         return (
             self._nc is not None
             and held is not None
@@ -400,47 +369,50 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
         await self._quietly(call())
         await self._quietly(nc.flush(_CALL_TIMEOUT))
 
-    async def extend(self, lease: DriverLease[_Delivery]) -> None:
+    async def extend(self, lease: DriverLease[Msg]) -> None:
+        """`in_progress()`: the server restarts its ack_wait."""
         if not self._valid(lease):
             return
         started = time.monotonic()
-        await self._answer(lease.handle.msg.in_progress)
-        held = self._holdings.current(*lease.handle.ids)
+        await self._answer(lease.handle.in_progress)
+        held = self._holdings.current(lease.handle)
         if held is not None:
             self._holdings.extended(held, started + self.visibility_timeout)
 
-    async def ack(self, lease: DriverLease[_Delivery]) -> None:
+    async def ack(self, lease: DriverLease[Msg]) -> None:
         if self._valid(lease):
             self._client()
-            await self._quietly(lease.handle.msg.ack_sync(timeout=_CALL_TIMEOUT))
-            self._holdings.forget(lease.handle.seq)
+            await self._quietly(lease.handle.ack_sync(timeout=_CALL_TIMEOUT))
+            self._holdings.forget(lease.handle)
 
-    async def release(self, lease: DriverLease[_Delivery]) -> None:
+    async def release(self, lease: DriverLease[Msg]) -> None:
         if self._valid(lease):
-            msg = lease.handle.msg
+            msg = lease.handle
             await self._answer(msg.nak)
-            self._holdings.count_out(lease.handle.seq)
-            self._holdings.hold(*lease.handle.ids, "released", 0.0, msg.reply)
+            self._holdings.count_out(msg)
+            self._holdings.hold(msg, "released", 0.0)
 
-    async def nack(self, lease: DriverLease[_Delivery], nack: Nack) -> None:
+    async def nack(self, lease: DriverLease[Msg], nack: Nack) -> None:
+        """Requeued with only a delay: `nak(delay)`. Requeued at once or with new headers: a
+        copy is published and the original acked after its PubAck (due at once, queued across
+        restarts). Failed: a copy goes to the failed stream and the original is terminated."""
         if not self._valid(lease):
             return
-        msg, seq = lease.handle.msg, lease.handle.seq
+        msg = lease.handle
         job = lease.job if nack.headers is None else replace(lease.job, headers=nack.headers)
         if not nack.requeue:
             failure = wire.encode(job, lease.attempt, error=nack.error)
             await self._publish(self.failed_subject, job, failure)
             await self._answer(msg.term)
-            self._holdings.forget(seq)
+            self._holdings.forget(msg)
         elif nack.delay > 0 and nack.headers is None:
             await self._answer(lambda: msg.nak(delay=nack.delay))
-            until = time.monotonic() + nack.delay
-            self._holdings.hold(seq, lease.handle.delivery, "delayed", until, msg.reply)
+            self._holdings.hold(msg, "delayed", time.monotonic() + nack.delay)
         else:
             copy = wire.encode(job, lease.attempt, delay=nack.delay)
             await self._publish(self.subject, job, copy)
             await self._quietly(msg.ack_sync(timeout=_CALL_TIMEOUT))
-            self._holdings.forget(seq)
+            self._holdings.forget(msg)
 
     async def _publish(self, subject: str, job: Job, headers: wire.Headers) -> None:
         """Publish a copy of a job (requeue, failed list, retry) and wait for its PubAck."""
@@ -451,6 +423,10 @@ class NatsDriver(Driver, LeaseKeeper[_Delivery]):
     # --- inspection and the failed list --------------------------------------------------
 
     async def stat(self) -> QueueStat:
+        """queued = `num_pending` plus what this process knows is due again though unacked
+        (expired leases, releases, nak delays over), delayed = its nak delays not over,
+        reserved = the rest of `num_ack_pending`: exact for one process; else a job waiting
+        on the server for redelivery counts as reserved."""
         _nc, js = self._client()
         with self._errors("counting jobs"):
             consumer = await js.consumer_info(self.stream, CONSUMER)
