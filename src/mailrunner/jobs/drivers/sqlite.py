@@ -1,16 +1,13 @@
 """The embedded, durable driver: one SQLite file in WAL mode with synchronous=FULL.
 
-Every SQLite call runs on the driver's own thread, never on the event loop. Concurrent
-pushes are group-committed: whatever arrived while the previous transaction was being
-written goes into the next one, and each push returns after the commit that holds it.
-A push whose deadline passes before its transaction gets the write lock is dropped, never
-written later: that is what lets the SMTP side answer 451 honestly. Once its transaction has
-begun, a push's outcome is the COMMIT's, whenever that comes: the push waits for it past its
-deadline (telling its caller's verdict listener to wait up to `COMMIT_WAIT` more, see
-`jobs/deadline.py`), so a push never fails for a job that the COMMIT then stores.
-
-Files: a database file the driver creates is 0600 (SQLite gives its -wal and -shm files the
-same mode), a folder it creates 0700; what already exists keeps its mode.
+SQLite is called on the driver's own threads, never on the event loop. Concurrent pushes are
+group-committed: whatever arrived while the previous transaction was being written goes into
+the next one, and each push returns after the commit that holds it. A push whose deadline
+passes before its transaction gets the write lock is dropped, never written later: that is
+what lets the SMTP side answer 451 honestly. Once its transaction has begun, a push's outcome
+is the COMMIT's, whenever that comes: the push waits for it past its deadline (telling its
+caller's verdict listener to wait up to `COMMIT_WAIT` more), so a push never fails for a job
+that the COMMIT then stores.
 
 One table for every pipeline in the file, a row per job. `available_at` is when the job is
 due, and while it is leased (`lease` holds the lease's token) when the lease expires, so an
@@ -89,7 +86,6 @@ _ROWS_PER_INSERT = 100
 BUSY_TIMEOUT = COMMIT_WAIT
 """Seconds a statement waits for another connection's lock (a push: at most until its
 deadline); a push's caller is asked to wait up to COMMIT_WAIT for its COMMIT."""
-BUSY_TIMEOUT_MS = round(BUSY_TIMEOUT * 1000)
 _IDLE_POLL = 0.25
 """How often an idle reserve looks for jobs pushed by other processes into the same file."""
 _PROCESS = uuid.uuid4().hex[:12]
@@ -138,12 +134,15 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         try:
             return await loop.run_in_executor(self._executor, function, *args)
         except sqlite3.Error as error:
-            raise DriverError(f"pipeline {self.name} ({self.path}): {error}") from error
+            raise self.as_driver_error(error) from error
 
-    def _db(self, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    def as_driver_error(self, error: sqlite3.Error) -> DriverError:
+        return DriverError(f"pipeline {self.name} ({self.path}): {error}")
+
+    def _db(self, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
         if self._connection is None:
             raise _common.not_open(self.name, "sqlite")
-        self._connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        self._connection.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         return self._connection
 
     async def _query(self, statement: str, values: Any) -> list[Any]:
@@ -155,9 +154,9 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
     def _open_sync(self) -> int:
         """Open the file and give back the leases of this node's earlier processes (how many)."""
         self._node = self._node or _common.node_id(self._data_dir)
-        create_directories(self.path.parent)
+        create_directories(self.path.parent)  # 0700; an existing file or folder keeps its mode
         with contextlib.suppress(FileExistsError):
-            # SQLite would create it 0644 less the umask, and gives its -wal and -shm files
+            # 0600, not SQLite's 0644 less the umask, and SQLite gives its -wal and -shm files
             # the database file's mode: jobs hold mail and captured credentials.
             write_new_file(self.path, b"")
         self._connection = _connect(self.path)
@@ -220,7 +219,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
 
     def _reserve_sync(self, limit: int) -> list[DriverLease[str]]:
         now, leases = time.time(), []
-        with _transaction(self._db(1000)) as db:
+        with _transaction(self._db(1.0)) as db:
             rows = db.execute(
                 f"SELECT seq, attempts, {_JOB_COLUMNS} FROM jobs WHERE pipeline = ? AND"
                 " failed_at IS NULL AND available_at <= ? ORDER BY priority, seq LIMIT ?",
@@ -258,26 +257,27 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         )
         return leases, None if next_due is None else max(0.0, next_due - time.time())
 
-    async def _update_lease(self, lease: DriverLease[str], assignments: str, *values: Any) -> None:
-        """Change a leased job, only if the lease is still the current one."""
+    async def _update_lease(self, lease: DriverLease[str], change: str, *values: Any) -> None:
+        """Change (`UPDATE jobs SET …` or `DELETE FROM jobs`) a leased job, only if the lease
+        is still the current one."""
         await self._execute(
-            f"UPDATE jobs SET {assignments} WHERE pipeline = ? AND id = ? AND lease = ?",
+            f"{change} WHERE pipeline = ? AND id = ? AND lease = ?",
             (*values, self.name, lease.job.id, lease.handle),
         )
         self._changed.set()
 
     async def extend(self, lease: DriverLease[str]) -> None:
-        await self._update_lease(lease, "available_at = ?", time.time() + self.visibility_timeout)
+        expiry = time.time() + self.visibility_timeout
+        await self._update_lease(lease, "UPDATE jobs SET available_at = ?", expiry)
 
     async def ack(self, lease: DriverLease[str]) -> None:
-        await self._execute(
-            "DELETE FROM jobs WHERE pipeline = ? AND id = ? AND lease = ?",
-            (self.name, lease.job.id, lease.handle),
-        )
+        await self._update_lease(lease, "DELETE FROM jobs")
 
     async def release(self, lease: DriverLease[str]) -> None:
         await self._update_lease(
-            lease, "available_at = ?, lease = NULL, attempts = attempts - 1", time.time()
+            lease,
+            "UPDATE jobs SET available_at = ?, lease = NULL, attempts = attempts - 1",
+            time.time(),
         )
 
     async def nack(self, lease: DriverLease[str], nack: Nack) -> None:
@@ -285,7 +285,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         column = "available_at" if nack.requeue else "failed_at"
         await self._update_lease(
             lease,
-            f"{column} = ?, lease = NULL, last_error = ?, headers = ?",
+            f"UPDATE jobs SET {column} = ?, lease = NULL, last_error = ?, headers = ?",
             time.time() + (nack.delay if nack.requeue else 0.0),
             nack.error,
             json.dumps(nack.headers if nack.headers is not None else lease.job.headers),
@@ -428,12 +428,8 @@ class _GroupCommitter:
         if first is None:
             return None
         batch = [first]
-        while len(batch) < self._max_batch:
-            try:
-                pending = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if pending is None:
+        while len(batch) < self._max_batch and not self._queue.empty():  # the only reader
+            if (pending := self._queue.get_nowait()) is None:
                 self._queue.put(None)
                 break
             batch.append(pending)
@@ -449,8 +445,7 @@ class _GroupCommitter:
             try:
                 stored = self._write(batch)
             except sqlite3.Error as error:
-                driver = self._driver
-                self._settle(batch, DriverError(f"pipeline {driver.name} ({driver.path}): {error}"))
+                self._settle(batch, self._driver.as_driver_error(error))
                 return
             if stored is None:
                 continue
