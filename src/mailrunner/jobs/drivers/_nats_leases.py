@@ -64,7 +64,10 @@ class Holdings:
         self._changed = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
 
-    def hold(self, msg: Msg, state: State, until: float) -> None:
+    def hold(self, msg: Msg, state: State, until: float, *, counted: bool = True) -> None:
+        """Note `msg` as held; not `counted`: given back, its next delivery is no attempt."""
+        if not counted:
+            self.count_out(msg)
         seq, delivery = _ids(msg)
         self.held[seq] = Held(delivery, state, until, msg.reply)
         self._changed.set()

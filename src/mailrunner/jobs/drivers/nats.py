@@ -312,8 +312,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
                 continue
             remaining = wire.due_in(msg.headers)
             if remaining > 0:
-                self._holdings.count_out(msg)
-                self._holdings.hold(msg, "delayed", time.monotonic() + remaining)
+                self._holdings.hold(msg, "delayed", time.monotonic() + remaining, counted=False)
                 await self._quietly(msg.nak(delay=remaining))
                 continue
             leases.append(lease)
@@ -389,8 +388,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         if self._valid(lease):
             msg = lease.handle
             await self._answer(msg.nak)
-            self._holdings.count_out(msg)
-            self._holdings.hold(msg, "released", 0.0)
+            self._holdings.hold(msg, "released", 0.0, counted=False)
 
     async def nack(self, lease: DriverLease[Msg], nack: Nack) -> None:
         """Requeued with only a delay: `nak(delay)`. Requeued at once or with new headers: a
@@ -451,9 +449,15 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
     async def peek(self, limit: int) -> list[Job]:
         raise DriverError(f"pipeline {self.name}: the nats driver cannot peek")
 
-    async def _failed_messages(self) -> list[tuple[int, FailedJob]]:
-        """Every message of the failed stream, oldest first, with its sequence."""
+    async def _failed_messages(
+        self, ids: Sequence[str] | None = None
+    ) -> list[tuple[int, FailedJob]]:
+        """The failed stream's messages whose job `ids` chooses (None: all), oldest first,
+        with their sequences."""
+        if selects_nothing(ids):
+            return []
         _nc, js = self._client()
+        chosen = selection(ids)
         entries: list[tuple[int, FailedJob]] = []
         with self._errors("listing failed jobs"):
             info = await js.stream_info(self.failed_stream)
@@ -468,7 +472,8 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
                 if raw.seq is None:
                     break
                 entry = wire.decode_failed(raw.headers, raw.data or b"", self.name)
-                entries.append((raw.seq, entry))
+                if chosen(entry.job.id):
+                    entries.append((raw.seq, entry))
                 seq = raw.seq + 1
         return entries
 
@@ -478,26 +483,18 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         return [entry for _seq, entry in (await self._failed_messages())[:limit]]
 
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        chosen = [(seq, e.job) for seq, e in await self._chosen_failed(ids)]
-        for seq, job in chosen:
-            await self._publish(self.subject, job, wire.encode(job, 0))
+        chosen = await self._failed_messages(ids)
+        for seq, entry in chosen:
+            await self._publish(self.subject, entry.job, wire.encode(entry.job, 0))
             await self._delete_failed(seq)
         return len(chosen)
 
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
         removed: dict[str, None] = {}  # ordered and each once: a failed list may repeat an id
-        for seq, entry in await self._chosen_failed(ids):
+        for seq, entry in await self._failed_messages(ids):
             await self._delete_failed(seq)
             removed[entry.job.id] = None
         return list(removed)
-
-    async def _chosen_failed(self, ids: Sequence[str] | None) -> list[tuple[int, FailedJob]]:
-        if selects_nothing(ids):
-            return []
-        chosen = selection(ids)
-        return [
-            (seq, entry) for seq, entry in await self._failed_messages() if chosen(entry.job.id)
-        ]
 
     async def _delete_failed(self, seq: int) -> None:
         _nc, js = self._client()
