@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 from pydantic import TypeAdapter
@@ -93,6 +95,33 @@ def test_kill_9_then_restart_on_the_same_data_dir_serves_the_held_job_at_once(
     assert held_elsewhere == 0, "another node was served the job while its lease was held"
     assert took < 5.0, f"the restarted node took {took:.1f}s to get its job back"
     assert attempt == 2, f"the job came back as attempt {attempt}, not 2 (as after an expiry)"
+
+
+def test_a_lease_from_before_node_names_is_left_to_expire(tmp_path: Path) -> None:
+    """A jobs.db written by an earlier version holds bare uuid lease tokens: opening it works,
+    and such a lease is not taken back (no node can be told from it), it expires."""
+    db = tmp_path / "jobs.db"
+    job = Job("old", "restart.test", b"{}", JobOptions(PIPELINE))
+
+    async def push_and_lease() -> None:
+        driver = open_driver(db, tmp_path)
+        await driver.open()
+        await driver.push([job], deadline=time.monotonic() + 5)
+        assert len(await driver.reserve(1, 1.0)) == 1
+        await driver.close()
+
+    asyncio.run(push_and_lease())
+    with closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute("UPDATE jobs SET lease = ?", ("0123456789abcdef0123456789abcdef",))
+
+    async def reopen() -> int:
+        driver = open_driver(db, tmp_path)
+        await driver.open()
+        reserved = (await driver.stat()).reserved
+        await driver.close()
+        return reserved
+
+    assert asyncio.run(reopen()) == 1, "a lease with an old token was taken back or lost"
 
 
 if __name__ == "__main__":
