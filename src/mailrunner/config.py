@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -98,7 +97,11 @@ def split_host_port(addr: str) -> tuple[str, int]:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Built on first validation, not at import: a CLI command that reads no file needs the
+    models' names and fields only (DRIVER_NAMES, the API's Declare), not their validators.
+    Nested defaults are factories for the same reason: a default instance is a validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class PoolConfig(_Model):
@@ -246,13 +249,13 @@ class SmtpConfig(_Model):
     limit_loopback: bool = False
     max_inflight_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     include_raw: bool = False
-    auth: AuthConfig = AuthConfig()
-    tls: TlsConfig = TlsConfig()
-    attachment_storage: AttachmentStorageConfig = AttachmentStorageConfig()
-    parse: ParseConfig = ParseConfig()
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    attachment_storage: AttachmentStorageConfig = Field(default_factory=AttachmentStorageConfig)
+    parse: ParseConfig = Field(default_factory=ParseConfig)
     use_jobs: bool = True
-    jobs: SmtpJobsConfig = SmtpJobsConfig()
-    pool: PoolConfig = PoolConfig()
+    jobs: SmtpJobsConfig = Field(default_factory=SmtpJobsConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
 
 
 class _PipelineBase(_Model):
@@ -274,7 +277,7 @@ class MemoryDriverConfig(_Model):
 
 class MemoryPipelineConfig(_PipelineBase):
     driver: Literal["memory"]
-    config: MemoryDriverConfig = MemoryDriverConfig()
+    config: MemoryDriverConfig = Field(default_factory=MemoryDriverConfig)
 
 
 class SqliteDriverConfig(_Model):
@@ -283,7 +286,7 @@ class SqliteDriverConfig(_Model):
 
 class SqlitePipelineConfig(_PipelineBase):
     driver: Literal["sqlite"]
-    config: SqliteDriverConfig = SqliteDriverConfig()
+    config: SqliteDriverConfig = Field(default_factory=SqliteDriverConfig)
 
 
 class RedisDriverConfig(_Model):
@@ -311,7 +314,7 @@ class RedisDriverConfig(_Model):
 
 class RedisPipelineConfig(_PipelineBase):
     driver: Literal["redis"]
-    config: RedisDriverConfig = RedisDriverConfig()
+    config: RedisDriverConfig = Field(default_factory=RedisDriverConfig)
 
 
 class AmqpDriverConfig(_Model):
@@ -334,7 +337,7 @@ class AmqpDriverConfig(_Model):
 
 class AmqpPipelineConfig(_PipelineBase):
     driver: Literal["amqp"]
-    config: AmqpDriverConfig = AmqpDriverConfig()
+    config: AmqpDriverConfig = Field(default_factory=AmqpDriverConfig)
 
 
 class NatsDriverConfig(_Model):
@@ -368,7 +371,7 @@ class NatsDriverConfig(_Model):
 
 class NatsPipelineConfig(_PipelineBase):
     driver: Literal["nats"]
-    config: NatsDriverConfig = NatsDriverConfig()
+    config: NatsDriverConfig = Field(default_factory=NatsDriverConfig)
 
 
 PipelineConfig = Annotated[
@@ -392,7 +395,7 @@ class JobsConfig(_Model):
     pipelines: dict[str, PipelineConfig] = {}
     consume: list[str] = []
     shutdown_timeout: Duration = 30.0
-    pool: PoolConfig = PoolConfig()
+    pool: PoolConfig = Field(default_factory=PoolConfig)
 
     @field_validator("consume")
     @classmethod
@@ -426,11 +429,11 @@ class Config(_Model):
     """The effective configuration of one mailrunner process."""
 
     data_dir: Path = Path("./var")
-    server: ServerConfig = ServerConfig()
-    smtp: SmtpConfig = SmtpConfig()
-    jobs: JobsConfig = JobsConfig()
-    rpc: RpcConfig = RpcConfig()
-    logs: LogsConfig = LogsConfig()
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
+    rpc: RpcConfig = Field(default_factory=RpcConfig)
+    logs: LogsConfig = Field(default_factory=LogsConfig)
 
     @model_validator(mode="after")
     def _smtp_pipeline_declared(self) -> Config:
@@ -544,6 +547,9 @@ def config_from_mapping(data: object, source: str = "") -> Config:
 
 
 def load_text(text: str, source: str) -> Config:
+    # here, not at the top: only a command that reads a configuration needs a YAML parser
+    import yaml  # noqa: PLC0415
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -23,7 +23,7 @@ from mailrunner.api.schemas import (
     PushBatchRequest,
     PushRequest,
 )
-from mailrunner.api.transport import NoAnswer, Transport
+from mailrunner.api.transport import NoAnswer, Reply, Transport, request_once
 from mailrunner.errors import (
     ApiError,
     ApiUnavailable,
@@ -60,7 +60,7 @@ class ApiClient:
     """Calls a running mailrunner's API; errors come back as mailrunner exceptions.
 
     `transport` carries the requests: by default a pooled aiohttp session (api/pooled.py)
-    for a process that calls many times; a CLI passes a `OneShotTransport`.
+    for a process that calls many times, or a `OneShotTransport`; a CLI uses `call_once`.
     """
 
     def __init__(
@@ -72,7 +72,7 @@ class ApiClient:
         transport: Transport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = _auth(token)
         if transport is None:
             # here, not at the top: a one-shot caller need not load aiohttp
             from mailrunner.api.pooled import PooledTransport  # noqa: PLC0415
@@ -102,27 +102,14 @@ class ApiClient:
         response model (the text or JSON as sent where it has none). A change is always sent
         as JSON, `{}` when it has no parameters: the server refuses any other type. Only the
         fields a body was given are sent, so the server fills in its own defaults."""
-        path = route.url(params or {}, query)
-        sent = _fields(body)
-        if sent is None and route.method not in _READING_METHODS:
-            sent = {}
+        method, path, sent = _request_of(route, body, params, query)
         try:
             reply = await self._transport.request(
-                route.method, self.base_url + path, _encoded(sent), self._headers, request_timeout
+                method, self.base_url + path, sent, self._headers, request_timeout
             )
         except NoAnswer as error:
-            raise _unreachable(self.base_url, route.method, path, error) from None
-        if reply.content_type == JSON:
-            data = orjson.loads(reply.body)
-        else:
-            data = reply.body.decode(reply.charset, "replace")
-        if reply.status >= 400:
-            raise _error(reply.status, data)
-        model = route.response
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            return model.model_validate(data)
-        answer: R = data
-        return answer
+            raise _unreachable(self.base_url, method, path, error) from None
+        return _answer_of(route, reply)
 
     # --- Jobs RPC: the JobsService methods, over HTTP ----------------------------------------
 
@@ -181,6 +168,59 @@ class ApiClient:
     async def purge_failed(self, pipeline: str, ids: Sequence[str] | None = None) -> int:
         body = IdsRequest(ids=list(ids) if ids is not None else None)
         return (await self.send(routes.PURGE_FAILED, body, params={"name": pipeline})).count
+
+
+def call_once(
+    base_url: str,
+    token: str | None,
+    route: Route[R],
+    body: BaseModel | None = None,
+    *,
+    params: Mapping[str, str] | None = None,
+    query: Mapping[str, int] | None = None,
+    timeout: float,
+) -> R:
+    """`ApiClient.send` for a program that makes one call and has no event loop (the CLI):
+    the same request and the same answer or error, over one blocking connection."""
+    base_url = base_url.rstrip("/")
+    method, path, sent = _request_of(route, body, params, query)
+    try:
+        reply = request_once(method, base_url + path, sent, _auth(token), timeout)
+    except NoAnswer as error:
+        raise _unreachable(base_url, method, path, error) from None
+    return _answer_of(route, reply)
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _request_of(
+    route: Route[Any],
+    body: BaseModel | None,
+    params: Mapping[str, str] | None,
+    query: Mapping[str, int] | None,
+) -> tuple[str, str, bytes | None]:
+    """The method, path and encoded body of one call of `route`."""
+    sent = _fields(body)
+    if sent is None and route.method not in _READING_METHODS:
+        sent = {}
+    return route.method, route.url(params or {}, query), _encoded(sent)
+
+
+def _answer_of(route: Route[R], reply: Reply) -> R:
+    """The route's response model of `reply`, or the error it carries."""
+    if reply.content_type == JSON:
+        data = orjson.loads(reply.body)
+    else:
+        data = reply.body.decode(reply.charset, "replace")
+    if reply.status >= 400:
+        raise _error(reply.status, data)
+    model = route.response
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model.model_validate(data)
+    answer: R = data
+    return answer
 
 
 def declare_request(name: str, settings: Mapping[str, Any], consume: bool) -> Declare:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-from typing import Any, Literal, get_args
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -31,6 +31,7 @@ from mailrunner.jobs.deadline import (
 )
 from mailrunner.jobs.model import MAX_DELAY, FailedJob, Job, JobOptions, PipelineStat
 
+T = TypeVar("T")
 MAX_LIST_LIMIT = 1000
 """`peek` and `failed` return at most this many jobs per call: each may be an email's whole
 event, so one request cannot ask the server to load its whole store into memory."""
@@ -205,7 +206,14 @@ class OkResponse(Wire):
     ok: Literal[True] = True
 
 
-class StatResponse(RootModel[PipelineStat]):
+class _Root(RootModel[T], Generic[T]):
+    """A RootModel built on first validation, like Wire: `RootModel[X]` itself would build
+    its validator as the module is imported."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class StatResponse(_Root[PipelineStat]):
     """The service's own stat object, as `JobsService.stat` returns it."""
 
 

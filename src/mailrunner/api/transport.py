@@ -3,13 +3,12 @@
 Two transports carry the same requests: `PooledTransport` (api/pooled.py), one aiohttp
 session whose keep-alive connections serve every call of a long-lived process (an SMTP
 node pushing each email to a jobs node), and `OneShotTransport` here, http.client on a
-worker thread, for a CLI command that makes one call: importing aiohttp takes longer than
-that call does.
+worker thread, for a caller that makes one call: importing aiohttp takes longer than that
+call does. A CLI goes further and calls `request_once` without any event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,41 +69,44 @@ class OneShotTransport:
         headers: Mapping[str, str],
         request_timeout: float | None,
     ) -> Reply:
-        sent_headers = {**headers, "Content-Type": JSON} if body is not None else dict(headers)
+        # here, not at the top: a CLI calls request_once directly and never loads asyncio
+        import asyncio  # noqa: PLC0415
+
         return await asyncio.to_thread(
-            self._request, method, url, body, sent_headers, request_timeout or self._timeout
+            request_once, method, url, body, headers, request_timeout or self._timeout
         )
 
     async def close(self) -> None:
         """Nothing stays open between requests."""
 
-    @staticmethod
-    def _request(
-        method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
-    ) -> Reply:
-        parts = urlsplit(url)
-        kind = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
-        connection = kind(parts.hostname or "", parts.port, timeout=timeout)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
+
+def request_once(
+    method: str, url: str, body: bytes | None, headers: Mapping[str, str], timeout: float
+) -> Reply:
+    """One request on a new connection, blocking: for a CLI that makes one call and needs no
+    event loop, and for OneShotTransport's worker thread."""
+    sent_headers = {**headers, "Content-Type": JSON} if body is not None else dict(headers)
+    parts = urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = kind(parts.hostname or "", parts.port, timeout=timeout)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    try:
         try:
-            try:
-                connection.connect()
-            except OSError as error:
-                raise NoAnswer(reason(error), sent=False) from None
-            try:
-                connection.request(method, target, body=body, headers=headers)
-                response = connection.getresponse()
-                data = response.read()
-            except (OSError, http.client.HTTPException) as error:
-                raise NoAnswer(reason(error), sent=True) from None
-        finally:
-            connection.close()
-        message = response.headers
-        return Reply(
-            response.status,
-            message.get_content_type(),
-            message.get_content_charset() or "utf-8",
-            data,
-        )
+            connection.connect()
+        except OSError as error:
+            raise NoAnswer(reason(error), sent=False) from None
+        try:
+            connection.request(method, target, body=body, headers=sent_headers)
+            response = connection.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            raise NoAnswer(reason(error), sent=True) from None
+    finally:
+        connection.close()
+    message = response.headers
+    return Reply(
+        response.status,
+        message.get_content_type(),
+        message.get_content_charset() or "utf-8",
+        data,
+    )

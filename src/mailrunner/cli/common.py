@@ -3,19 +3,22 @@ and output as tables for people or JSON for scripts."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from mailrunner import config
-from mailrunner.api.client import ApiClient
-from mailrunner.api.transport import OneShotTransport
+from mailrunner.api.client import call_once
 from mailrunner.errors import ApiUnavailable, ConfigError, MailrunnerError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from mailrunner.api.routes import Route
+    from mailrunner.config import Config
 
 EXIT_ERROR = 1
 """The server answered with an error, or the configuration is invalid."""
@@ -26,8 +29,8 @@ API_TIMEOUT = 30.0
 """Seconds a command waits for the server's answer."""
 RPC_ENV = "MAILRUNNER_RPC"
 TOKEN_ENV = "MAILRUNNER_TOKEN"
-T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound="BaseModel")
 
 
 def _config_path_option(long_flag: str, help_text: str) -> Callable[[F], F]:
@@ -57,7 +60,10 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     sys.exit(code)
 
 
-def load_or_exit(config_path: Path | None) -> tuple[config.Config, str]:
+def load_or_exit(config_path: Path | None) -> tuple[Config, str]:
+    # here, not at the top: a command given --server reads no file and needs no YAML parser
+    from mailrunner import config  # noqa: PLC0415
+
     try:
         return config.load(config_path)
     except ConfigError as error:
@@ -90,20 +96,23 @@ def server_url(server: str | None, config_path: Path | None) -> str:
 
 
 def call_api(
-    server: str | None,
-    token: str | None,
-    config_path: Path | None,
-    work: Callable[[ApiClient], Awaitable[T]],
-) -> T:
-    """Run `work` against the server; unreachable exits 2, an error answer exits 1."""
-    url = server_url(server, config_path)
-
-    async def run() -> T:
-        async with ApiClient(url, token, transport=OneShotTransport(API_TIMEOUT)) as client:
-            return await work(client)
-
+    options: Mapping[str, Any],
+    route: Route[M],
+    body: BaseModel | None = None,
+    *,
+    params: Mapping[str, str] | None = None,
+    query: Mapping[str, int] | None = None,
+) -> Any:
+    """The answer to one call of `route` on the server of `options` (--server, --token, -c),
+    as the JSON it sent; unreachable exits 2, an error answer exits 1. Blocking, without an
+    event loop: the command waits for this one answer anyway, and asyncio would cost it more
+    start-up than the call takes."""
+    url = server_url(options["server"], options["config_path"])
     try:
-        return asyncio.run(run())
+        answer = call_once(
+            url, options["token"], route, body, params=params, query=query, timeout=API_TIMEOUT
+        )
+        return answer.model_dump(mode="json")
     except ApiUnavailable as error:
         fail(f"{error} (is the server running? see --server, ${RPC_ENV})", EXIT_USAGE)
     except MailrunnerError as error:

@@ -15,7 +15,7 @@ import click
 from pydantic import BaseModel
 
 from mailrunner.api import routes
-from mailrunner.api.client import ApiClient, declare_request
+from mailrunner.api.client import declare_request
 from mailrunner.api.routes import Route
 from mailrunner.api.schemas import MAX_LIST_LIMIT, DestroyRequest, IdsRequest, JobWire, PushRequest
 from mailrunner.cli.common import api_options, call_api, fail, show
@@ -80,30 +80,13 @@ def _one_line(text: str) -> str:
     return flat if len(flat) <= SUMMARY_LIMIT else flat[: SUMMARY_LIMIT - 1] + "…"
 
 
-def _answer(
-    options: Mapping[str, Any],
-    route: Route[M],
-    body: BaseModel | None = None,
-    *,
-    query: Mapping[str, int] | None = None,
-    params: Mapping[str, str] | None = None,
-) -> Any:
-    """The server's answer to one call of `route`, as the JSON it sent."""
-
-    async def work(client: ApiClient) -> M:
-        return await client.send(route, body, params=params, query=query)
-
-    answer = call_api(options["server"], options["token"], options["config_path"], work)
-    return answer.model_dump(mode="json")
-
-
 def _print(
     options: Mapping[str, Any],
     route: Route[M],
     body: BaseModel | None = None,
     **params: str,
 ) -> None:
-    show(_answer(options, route, body, params=params), options["as_json"])
+    show(call_api(options, route, body, params=params), options["as_json"])
 
 
 @click.group()
@@ -115,7 +98,7 @@ def jobs() -> None:
 @api_options
 def list_pipelines(**options: Any) -> None:
     """List pipelines."""
-    data = _answer(options, routes.LIST_PIPELINES)
+    data = call_api(options, routes.LIST_PIPELINES)
     if options["as_json"]:
         show(data, True)
     else:
@@ -215,7 +198,7 @@ def _jobs_list_command(
     @_limit_option(limit)
     @api_options
     def command(name: str, limit: int, **options: Any) -> None:
-        data = _answer(options, route, query={"limit": limit}, params={"name": name})
+        data = call_api(options, route, query={"limit": limit}, params={"name": name})
         if options["as_json"]:
             show(data, True)
             return
@@ -304,7 +287,7 @@ def _route_command(
     @api_options
     def command(**options: Any) -> None:
         params = {key: options.pop(key) for key in route.parameters}
-        data = _answer(options, route, params=params)
+        data = call_api(options, route, params=params)
         show(data, options["as_json"], columns, rows_key)
 
     if parameter is not None:
