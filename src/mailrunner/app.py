@@ -13,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from mailrunner.allocator import release_large_buffers
 from mailrunner.api.client import ApiClient
 from mailrunner.api.http import ApiServer
 from mailrunner.api.trust import DeclarePolicy
@@ -184,7 +185,9 @@ class App:
         await self._parse_executor.stop(self.config.smtp.shutdown_timeout)
 
     async def serve_until_signalled(self, pidfile: Path | None = None) -> None:
-        """Run until SIGINT or SIGTERM, then stop gracefully."""
+        """Run until SIGINT or SIGTERM, then stop gracefully. Owns the process, so it also
+        tunes the allocator for large messages (`allocator`)."""
+        release_large_buffers()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
