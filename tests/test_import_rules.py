@@ -168,11 +168,20 @@ def test_mailrunner_version_loads_no_server_client_or_validation_library() -> No
 
 def test_an_api_command_loads_the_client_but_no_server_or_pooling_library() -> None:
     """One call needs no pooled aiohttp session nor an event loop: the CLI sends it with
-    http.client; given --server it reads no configuration file, so it needs no YAML parser."""
+    http.client; given --server it reads no configuration file, so it needs neither the
+    configuration models nor a YAML parser."""
     loaded = loaded_by_cli("jobs", "list", "--server", "http://127.0.0.1:9")
 
     assert "mailrunner.api.client" in loaded, "the probe sees the command's imports"
-    unwanted = (*SERVER_LIBRARIES, *SERVER, "aiohttp", "rich", "asyncio", "yaml")
+    unwanted = (
+        *SERVER_LIBRARIES,
+        *SERVER,
+        "aiohttp",
+        "rich",
+        "asyncio",
+        "yaml",
+        "mailrunner.config",
+    )
     assert sorted(name for name in loaded if any(_within(name, u) for u in unwanted)) == []
 
 

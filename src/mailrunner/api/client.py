@@ -16,12 +16,12 @@ from mailrunner.api import routes
 from mailrunner.api.routes import JSON, Route
 from mailrunner.api.schemas import (
     Declare,
-    DeclareRequest,
     DestroyRequest,
     IdsRequest,
     JobWire,
     PushBatchRequest,
     PushRequest,
+    declare_request_model,
 )
 from mailrunner.api.transport import NoAnswer, Reply, Transport, request_once
 from mailrunner.errors import (
@@ -227,7 +227,9 @@ def declare_request(name: str, settings: Mapping[str, Any], consume: bool) -> De
     """A Declare of `settings` (a `jobs.pipelines.NAME` block, checked here); settings left
     out stay unset, for the server to fill in."""
     try:
-        return DeclareRequest.model_validate({**settings, "name": name, "consume": consume})
+        return declare_request_model().model_validate(
+            {**settings, "name": name, "consume": consume}
+        )
     except ValidationError as error:
         problem = error.errors()[0]
         where = ".".join(str(part) for part in problem["loc"])

@@ -5,7 +5,7 @@ between them. Pure data: no web framework here, so a client never loads the serv
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -16,6 +16,8 @@ from mailrunner.api import schemas
 
 JSON = "application/json"
 R = TypeVar("R")
+Body = type[BaseModel] | Callable[[], type[BaseModel]]
+"""A request's model, or the function that makes it on first use (DECLARE's)."""
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,17 @@ class Route(Generic[R]):
     name: str
     summary: str
     response: type[R] | None
-    request: type[BaseModel] | None = None
+    body: Body | None = None
     query: tuple[str, ...] = ()
     public: bool = False
     content_type: str = JSON
+
+    @property
+    def request(self) -> type[BaseModel] | None:
+        """The model of the request's body, if it takes one."""
+        if self.body is None or isinstance(self.body, type):
+            return self.body
+        return self.body()
 
     @property
     def parameters(self) -> list[str]:
@@ -53,9 +62,7 @@ def _get(path: str, name: str, summary: str, response: type[R], **more: Any) -> 
     return Route("GET", path, name, summary, response, **more)
 
 
-def _post(
-    path: str, name: str, summary: str, response: type[R], request: type[BaseModel]
-) -> Route[R]:
+def _post(path: str, name: str, summary: str, response: type[R], request: Body) -> Route[R]:
     """A change: every POST takes a JSON body (`schemas.EmptyRequest` when it takes none)."""
     return Route("POST", path, name, summary, response, request)
 
@@ -84,7 +91,7 @@ DECLARE = _post(
     "declare",
     "Declare a pipeline",
     schemas.DeclareResponse,
-    schemas.DeclareRequest,
+    schemas.declare_request_model,
 )
 DESTROY = _post(
     f"{_PIPELINE}/destroy", "destroy", "Destroy a pipeline", _OK, schemas.DestroyRequest

@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-from typing import Any, Generic, Literal, TypeVar, get_args
+import functools
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -22,7 +23,6 @@ from pydantic import (
     model_validator,
 )
 
-from mailrunner.config import DRIVER_NAMES, PipelineConfig
 from mailrunner.jobs.deadline import (
     CALLER_MARGIN,
     DEFAULT_PUSH_TIMEOUT,
@@ -160,11 +160,18 @@ class Declare(Wire):
         return self.model_dump(exclude={"name", "consume"}, exclude_unset=True)
 
 
-def _declare_request() -> type[Declare]:
+@functools.cache
+def declare_request_model() -> type[Declare]:
     """The same settings as a `jobs.pipelines.NAME` block of the YAML file, taken from the
     pipeline models: the settings every driver shares, with their bounds and defaults, then
     the driver's name and its `config` (read as that driver's model once `driver` is known).
+
+    Made on first use, not at import: a client command that declares nothing (`jobs list`)
+    then never loads the configuration models.
     """
+    # here, not at the top: see above
+    from mailrunner.config import DRIVER_NAMES, PipelineConfig  # noqa: PLC0415
+
     models = get_args(get_args(PipelineConfig)[0])
     shared = set.intersection(*(set(model.model_fields) for model in models))
     fields: dict[str, Any] = {
@@ -185,7 +192,15 @@ def _declare_request() -> type[Declare]:
     )
 
 
-DeclareRequest = _declare_request()
+if TYPE_CHECKING:
+    DeclareRequest: type[Declare]
+else:
+
+    def __getattr__(name: str) -> object:
+        """`DeclareRequest`, made on first use (see declare_request_model)."""
+        if name == "DeclareRequest":
+            return declare_request_model()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class DeclareResponse(Wire):

@@ -8,11 +8,10 @@ commands take to run, and `mailrunner --version` needs none of them.
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
 from mailrunner import __version__
+from mailrunner.cli.lazy import LazyGroup
 
 _COMMANDS = {
     "serve": "mailrunner.cli.server:serve",
@@ -25,21 +24,7 @@ _COMMANDS = {
 """Command name -> `module:attribute` of its click command."""
 
 
-class _LazyGroup(click.Group):
-    """A group whose commands are imported when they are looked up."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(_COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in _COMMANDS:
-            return None
-        module_name, _, attribute = _COMMANDS[cmd_name].partition(":")
-        command: click.Command = getattr(importlib.import_module(module_name), attribute)
-        return command
-
-
-@click.group(cls=_LazyGroup)
+@click.group(cls=LazyGroup, lazy=_COMMANDS)
 @click.version_option(__version__, prog_name="mailrunner")
 def main() -> None:
     """mailrunner: an SMTP application server that turns every email into an event."""

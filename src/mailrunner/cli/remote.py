@@ -15,12 +15,10 @@ import click
 from pydantic import BaseModel
 
 from mailrunner.api import routes
-from mailrunner.api.client import declare_request
 from mailrunner.api.routes import Route
 from mailrunner.api.schemas import MAX_LIST_LIMIT, DestroyRequest, IdsRequest, JobWire, PushRequest
-from mailrunner.cli.common import api_options, call_api, fail, show
-from mailrunner.config import DRIVER_NAMES
-from mailrunner.errors import MailrunnerError
+from mailrunner.cli.common import api_options, call_api, show
+from mailrunner.cli.lazy import LazyGroup
 from mailrunner.jobs.model import MAX_DELAY, Job, JobOptions
 
 M = TypeVar("M", bound=BaseModel)
@@ -39,7 +37,7 @@ CONNECTION_COLUMNS = (
 )
 
 
-def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
+def parse_pairs(values: Sequence[str], what: str) -> dict[str, str]:
     pairs = {}
     for value in values:
         key, sep, item = value.partition("=")
@@ -80,7 +78,7 @@ def _one_line(text: str) -> str:
     return flat if len(flat) <= SUMMARY_LIMIT else flat[: SUMMARY_LIMIT - 1] + "…"
 
 
-def _print(
+def print_answer(
     options: Mapping[str, Any],
     route: Route[M],
     body: BaseModel | None = None,
@@ -89,7 +87,7 @@ def _print(
     show(call_api(options, route, body, params=params), options["as_json"])
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy={"declare": "mailrunner.cli.declare:declare"})
 def jobs() -> None:
     """Pipelines and their jobs on a running server."""
 
@@ -107,38 +105,12 @@ def list_pipelines(**options: Any) -> None:
 
 
 @jobs.command()
-@click.argument("name")
-@click.option("--driver", required=True, type=click.Choice(DRIVER_NAMES))
-@click.option("--config", "driver_config", multiple=True, help="Driver setting key=value.")
-@click.option("--priority", type=int, help="Lower is served first.")
-@click.option("--prefetch", type=int, help="Jobs leased at once when consumed.")
-@click.option("--retries", type=int, help="Executions before a job is failed.")
-@click.option("--visibility-timeout", help="A lease's length, like 30s or 5m.")
-@click.option("--consume", is_flag=True, help="Run its jobs on this server's jobs pool.")
-@api_options
-def declare(name: str, driver: str, driver_config: Sequence[str], **options: Any) -> None:
-    """Declare a pipeline at run time (not kept across restarts). A setting left out takes
-    the server's default (see `jobs.pipelines` in the README)."""
-    given = {
-        key: value
-        for key in ("priority", "prefetch", "retries", "visibility_timeout")
-        if (value := options.pop(key)) is not None
-    }
-    settings = {"driver": driver, "config": _pairs(driver_config, "--config"), **given}
-    try:
-        body = declare_request(name, settings, options.pop("consume"))
-    except MailrunnerError as error:
-        fail(str(error))
-    _print(options, routes.DECLARE, body)
-
-
-@jobs.command()
 @click.argument("pipeline")
 @click.option("--purge", is_flag=True, help="Delete its stored jobs too.")
 @api_options
 def destroy(pipeline: str, purge: bool, **options: Any) -> None:
     """Detach a pipeline; its jobs stay stored unless --purge."""
-    _print(options, routes.DESTROY, DestroyRequest(purge=purge), name=pipeline)
+    print_answer(options, routes.DESTROY, DestroyRequest(purge=purge), name=pipeline)
 
 
 @jobs.command()
@@ -157,7 +129,7 @@ def destroy(pipeline: str, purge: bool, **options: Any) -> None:
 def push(pipeline: str, payload: str, payload_file: Path | None, **options: Any) -> None:
     """Push one job; returns once it is stored."""
     headers: dict[str, list[str]] = {}
-    for key, value in _pairs(options.pop("header"), "--header").items():
+    for key, value in parse_pairs(options.pop("header"), "--header").items():
         headers.setdefault(key, []).append(value)
     job = Job(
         id=options.pop("job_id") or str(uuid.uuid4()),
@@ -168,7 +140,7 @@ def push(pipeline: str, payload: str, payload_file: Path | None, **options: Any)
         ),
         headers=headers,
     )
-    _print(options, routes.PUSH, PushRequest(job=JobWire.from_job(job)))
+    print_answer(options, routes.PUSH, PushRequest(job=JobWire.from_job(job)))
 
 
 def _limit_option(default: int) -> Decorator:
@@ -245,7 +217,7 @@ def _failed_ids_command(name: str, route: Route[Any], summary: str) -> None:
     @click.option("--id", "ids", multiple=True, help="Only these jobs (repeatable); default all.")
     @api_options
     def command(name: str, ids: Sequence[str], **options: Any) -> None:
-        _print(options, route, IdsRequest(ids=list(ids) or None), name=name)
+        print_answer(options, route, IdsRequest(ids=list(ids) or None), name=name)
 
 
 _failed_ids_command(
