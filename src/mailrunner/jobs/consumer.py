@@ -9,7 +9,7 @@ are applied here, not in drivers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any
@@ -27,6 +27,8 @@ log = structlog.get_logger("mailrunner.jobs")
 
 RESERVE_WAIT = 1.0
 DRIVER_RETRY_DELAY = 1.0
+GIVE_BACK_TIME = 1.0
+"""The end of `shutdown_timeout` kept for giving back the jobs still running (at most half)."""
 
 
 class PipelineConsumer:
@@ -51,6 +53,7 @@ class PipelineConsumer:
         self._slot_freed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._give_back_by = 0.0
 
     def start(self) -> None:
         self.pipeline.consuming = True
@@ -58,14 +61,20 @@ class PipelineConsumer:
             self._reserve_loop(), name=f"consume-{self.pipeline.name}"
         )
 
-    async def stop(self) -> None:
-        """Stop leasing; let running jobs finish within shutdown_timeout, then give them back."""
+    async def stop(self, deadline: float | None = None) -> None:
+        """Stop leasing; let running jobs finish, give back the rest, and have the driver's
+        close done, all by `deadline` (`time.monotonic()`; default: shutdown_timeout from
+        now), so a silent broker cannot hold up a stopping server."""
+        if deadline is None:
+            deadline = time.monotonic() + self._shutdown_timeout
         self.pipeline.consuming = False
         self._stopping = True
+        self._give_back_by = self.pipeline.driver.close_by = deadline
         if self._loop_task is not None:
             await cancel_and_wait(self._loop_task, f"consumer of {self.pipeline.name}")
         if self._in_flight:
-            _, unfinished = await asyncio.wait(set(self._in_flight), timeout=self._shutdown_timeout)
+            running = deadline - min(GIVE_BACK_TIME, self._shutdown_timeout / 2) - time.monotonic()
+            _, unfinished = await asyncio.wait(set(self._in_flight), timeout=max(0.0, running))
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
@@ -106,7 +115,8 @@ class PipelineConsumer:
         try:
             await self._run(lease)
         except asyncio.CancelledError:
-            await asyncio.shield(_give_back(lease, "consumer stopped before the job finished"))
+            reason = "consumer stopped before the job finished"
+            await asyncio.shield(_give_back(lease, reason, self._give_back_by))
             raise
         except DriverError as error:
             log.error(
@@ -114,7 +124,8 @@ class PipelineConsumer:
             )
         except Exception as error:
             log.exception("job handling failed", pipeline=self.pipeline.name, id=lease.job.id)
-            await _give_back(lease, f"internal error while handling the job: {error!r}")
+            reason = f"internal error while handling the job: {error!r}"
+            await _give_back(lease, reason)
         finally:
             extender.cancel()
 
@@ -204,9 +215,14 @@ class PipelineConsumer:
         )
 
 
-async def _give_back(lease: Lease, reason: str) -> None:
-    with contextlib.suppress(DriverError):
-        await lease.nack(requeue=True, error=reason)
+async def _give_back(lease: Lease, reason: str, deadline: float | None = None) -> None:
+    """Requeue a job not answered; one not given back by `deadline` comes back on its lease's
+    expiry (or the broker's redelivery)."""
+    try:
+        async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
+            await lease.nack(requeue=True, error=reason)
+    except (DriverError, TimeoutError) as error:
+        log.warning("job not given back", id=lease.job.id, reason=reason, error=repr(error))
 
 
 class Consumers:
@@ -219,6 +235,7 @@ class Consumers:
         shutdown_timeout: float,
         job_removed: Callable[[str], Awaitable[None]],
     ) -> None:
+        self._shutdown_timeout = shutdown_timeout
         self._consumer_of = partial(
             PipelineConsumer, pool=pool, shutdown_timeout=shutdown_timeout, job_removed=job_removed
         )
@@ -236,5 +253,6 @@ class Consumers:
             await consumer.stop()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(c.stop() for c in self._consumers.values()))
+        deadline = time.monotonic() + self._shutdown_timeout
+        await asyncio.gather(*(c.stop(deadline) for c in self._consumers.values()))
         self._consumers.clear()

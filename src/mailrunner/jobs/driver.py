@@ -155,6 +155,9 @@ class Driver(ABC):
     """Jobs `reserve` discarded unseen because the broker stored them after their push's
     deadline (nats): their push raised, so serving them would deliver mail after a 451. Each
     is logged with its id and pipeline; exported as a metric."""
+    close_by: float | None = None
+    """When (`time.monotonic()`) a stopping server needs `close` done, set by the consumers'
+    stop: a driver whose close may wait on a broker (amqp) keeps to it. None: no hurry."""
 
     @abstractmethod
     async def open(self) -> None:

@@ -227,9 +227,10 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         if connection is None or self._closing:
             return
         self._closing, closing_by = True, time.monotonic() + self._timeout
+        closing_by = min(closing_by, self.close_by or closing_by)
         leases = [lease for lease in list(self._leases) if self.forget(lease)]
         with contextlib.suppress(Exception):  # RabbitMQ redelivers what is not moved in time
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(closing_by - time.monotonic()):
                 for lease in [] if self._stalled else leases:
                     remaining = max(0.0, lease.handle.expires_at - time.monotonic())
                     await self._replace(lease, lease.job, lease.attempt, remaining)
