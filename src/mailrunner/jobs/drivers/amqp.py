@@ -10,10 +10,9 @@ RabbitMQ is a broker, not a job store, so the driver builds parts of the contrac
 - delay, without plugins: a TTL only expires at a queue's head, so each delay value has a
   queue `<queue>.delay.<ms>` (TTL, dead-lettered to the main queue), rounded UP to two
   significant digits to bound their number (~10 % late at most, never early) and recorded in
-  `<queue>.delays` for `stat`, `destroy` and other nodes. They are declared, counted and
-  deleted on channels of their own: RabbitMQ closes the channel of a refused declare, which
-  must not be the one holding the leases. Longest: 2^32 - 1 ms (~49.7 days, every version's
-  largest TTL); a longer push fails before sending, a longer nack is cut to it (warned).
+  `<queue>.delays` for `stat`, `destroy` and other nodes (see `_own_channel` for the channels
+  they use). Longest: `MAX_DELAY_MS`; a longer push fails before sending, a longer nack is
+  cut to it (warned).
 - NOT peek (basic.get leases), NOT idempotent_push, NOT atomic_batch (one publish each:
   transactions are slow and do not mix with confirms). max_payload: RabbitMQ's default.
 
@@ -26,13 +25,10 @@ queue.declare behind `stat` before pending requeues. A delivery flagged `redeliv
 consumer crashed or disconnected: RabbitMQ redelivers at once) counts one attempt more.
 
 close() republishes held leases into the delay queue for the rest of their visibility timeout
-(they count as delayed; RabbitMQ would redeliver them at once), then acks them. It takes at
-most `config.timeout`, closing the connection included, and does not wait on a broker that
-stopped answering, so it cannot hold up a stopping server: what was not moved is redelivered.
-
-The failed list is `<queue>.failed`, read with basic.get on a channel of its own whose closing
-puts back what was not acked (missing from `stat` meanwhile). `stat`'s reserved counts this
-instance's leases (AMQP shows no other node's).
+(RabbitMQ would redeliver them at once), then acks them, within `config.timeout` (or the
+stopping server's `close_by`) and never waiting on a silent broker: what was not moved is
+redelivered. The failed list is `<queue>.failed` (read through `_browse`). `stat`'s reserved
+counts this instance's leases (AMQP shows no other node's).
 
 Pushes and deadlines: a push past its deadline sends nothing (PushTimeout). Otherwise confirms
 are awaited up to `VERDICT_GRACE` past it (`jobs/deadline.py`): an unsent publish is withdrawn,
@@ -361,12 +357,9 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
                 self, job, earlier + 1 + int(bool(message.redelivered)), _Delivery(message)
             )
             self._leases.add(lease)
-            self.arm(lease)
+            await self.extend(lease)
             leases.append(lease)
         return leases, None
-
-    async def extend(self, lease: DriverLease[_Delivery]) -> None:
-        self.arm(lease)
 
     async def ack(self, lease: DriverLease[_Delivery]) -> None:
         if self.forget(lease):
@@ -385,7 +378,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         else:
             await self._replace(lease, job, lease.attempt, failure=nack.error)
 
-    def arm(self, lease: DriverLease[_Delivery]) -> None:
+    async def extend(self, lease: DriverLease[_Delivery]) -> None:
         """(Re)start a held lease's expiry timer a full visibility timeout from now."""
         if lease not in self._leases:
             return
@@ -465,17 +458,8 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
     # --- inspection and the failed list --------------------------------------------------
 
     async def _count(self, name: str) -> int:
-        queue = self._queues.get(name)
-        if queue is None:
-            return 0
-        self._open_channel()
-        result = await self._call(f"counting {name}", queue.declare(timeout=self._timeout))
-        return int(result.message_count or 0)
-
-    async def _count_delay_queue(self, ms: int) -> int:
         """Asked on a channel of its own: another node's destroy may have deleted the queue,
         and asking for a missing one closes the channel."""
-        name = self._delay_name(ms)
 
         async def count(channel: AbstractChannel) -> int:
             try:
@@ -488,11 +472,8 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
             return await self._call(f"counting {name}", count(channel))
 
     async def stat(self) -> QueueStat:
-        queued = await self._count(self.queue_name)
-        delayed = 0
-        for ms in sorted(self._delays):
-            delayed += await self._count_delay_queue(ms)
-        failed = await self._count(self.failed_name)
+        queued, failed = await self._count(self.queue_name), await self._count(self.failed_name)
+        delayed = sum([await self._count(self._delay_name(ms)) for ms in sorted(self._delays)])
         return QueueStat(queued=queued, delayed=delayed, reserved=len(self._leases), failed=failed)
 
     async def peek(self, limit: int) -> list[Job]:
@@ -525,11 +506,11 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         if limit <= 0:
             return []
         entries: list[FailedJob] = []
-
-        def pick(message: AbstractIncomingMessage) -> None:
-            entries.append(failed_job_of(message, self.name))
-
-        await self._browse(self.failed_name, limit, pick)
+        await self._browse(
+            self.failed_name,
+            limit,
+            lambda message: entries.append(failed_job_of(message, self.name)),
+        )
         return entries
 
     async def _take_failed(

@@ -173,6 +173,11 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8")
 
 
+def _chosen(ids: Sequence[str] | None) -> list[str]:
+    """A failed-list script's selection: every failed job, or those in `ids`."""
+    return ["all"] if ids is None else ["ids", *ids]
+
+
 class RedisDriver(Driver, LeaseKeeper[str]):
     """One pipeline's jobs in one Redis database (`config.addr`), shared by every node that
     names the same `stream`."""
@@ -274,7 +279,9 @@ class RedisDriver(Driver, LeaseKeeper[str]):
             raise not_open(self.name, "redis")
         try:
             async with asyncio.timeout(remaining + VERDICT_GRACE):
-                args = [await self._server_deadline(deadline), *_push_args(jobs)]
+                args: list[str | int | bytes] = [await self._server_deadline(deadline)]
+                for job in jobs:  # seven per job
+                    args += (*stored_fields(job), round(job.options.delay * 1000))
                 stored = await self._run("push", args, "storing jobs")
         except TimeoutError:
             raise PushOutcomeUnknown(
@@ -353,7 +360,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
         if selects_nothing(ids):
             return 0
-        count = int(await self._change_failed("retry_failed", ids))
+        count = int(await self._run("retry_failed", _chosen(ids), "retrying failed jobs"))
         if count:
             self._changed.set()
         return count
@@ -361,12 +368,8 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
         if selects_nothing(ids):
             return []
-        removed = await self._change_failed("purge_failed", ids)
+        removed = await self._run("purge_failed", _chosen(ids), "purging failed jobs")
         return [_text(job_id) for job_id in removed]
-
-    async def _change_failed(self, script: str, ids: Sequence[str] | None) -> Any:
-        """Run a failed-list script on every failed job, or on those in `ids`."""
-        return await self._run(script, ["all"] if ids is None else ["ids", *ids], script)
 
     async def destroy(self) -> None:
         await self._run("destroy", [], "deleting the pipeline's jobs")
@@ -375,11 +378,3 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         job_id, name, payload, headers, priority, auto_ack = row
         options = JobOptions(self.name, priority=int(priority), auto_ack=auto_ack == b"1")
         return Job(_text(job_id), _text(name), payload, options, json.loads(headers))
-
-
-def _push_args(jobs: Sequence[Job]) -> list[str | int | bytes]:
-    """The push script's per-job arguments, seven per job."""
-    args: list[str | int | bytes] = []
-    for job in jobs:
-        args += (*stored_fields(job), round(job.options.delay * 1000))
-    return args
