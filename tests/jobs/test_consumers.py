@@ -352,3 +352,58 @@ def test_stop_ends_the_consumer_even_when_its_driver_swallows_the_cancel(tmp_pat
         return driver.swallowed
 
     assert asyncio.run(scenario()) == 1, "the cancel must have reached the driver's reserve"
+
+
+class SilentNackDriver(MemoryDriver):
+    """A give-back that never answers, as on a broker that stopped answering."""
+
+    def __init__(self, name: str, settings: MemoryPipelineConfig, data_dir: Path) -> None:
+        super().__init__(name, settings, data_dir)
+        self.nacking = asyncio.Event()
+
+    async def nack(self, lease: Any, nack: Any) -> None:
+        self.nacking.set()
+        await asyncio.Event().wait()
+
+
+class EndlessPool:
+    """A jobs pool whose worker never answers."""
+
+    def __init__(self) -> None:
+        self.running = asyncio.Event()
+
+    async def exec(self, context: bytes, payload: bytes) -> tuple[bytes, bytes]:
+        self.running.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def test_stop_keeps_one_deadline_for_running_jobs_and_their_give_back(tmp_path: Path) -> None:
+    shutdown_timeout = 1.0
+
+    async def scenario() -> tuple[float, float | None, bool]:
+        settings = MemoryPipelineConfig(driver="memory")
+        driver = SilentNackDriver("q", settings, tmp_path)
+        pipeline = Pipeline("q", settings, driver)
+        pipeline.resumed.set()
+        pool = EndlessPool()
+        consumer = PipelineConsumer(pipeline, pool, shutdown_timeout, None)  # type: ignore[arg-type]
+        await driver.push(
+            [Job("a", "test.job", b"{}", JobOptions("q"))], deadline=time.monotonic() + 5
+        )
+        consumer.start()
+        await asyncio.wait_for(pool.running.wait(), 5)
+        started = time.monotonic()
+        await asyncio.wait_for(consumer.stop(), 5)
+        return (
+            time.monotonic() - started,
+            driver.close_by and driver.close_by - started,
+            driver.nacking.is_set(),
+        )
+
+    took, close_by, nacked = asyncio.run(scenario())
+    assert nacked, "the running job was not given back"
+    assert took < shutdown_timeout + 0.2, f"stop took {took:.2f}s"
+    assert took > shutdown_timeout / 2 - 0.05, f"the running job got only {took:.2f}s"
+    assert close_by is not None, "the driver was not told when to be closed"
+    assert abs(close_by - shutdown_timeout) < 0.1, "close_by is not the consumers' deadline"

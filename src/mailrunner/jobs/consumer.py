@@ -53,7 +53,7 @@ class PipelineConsumer:
         self._slot_freed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._give_back_by = 0.0
+        self._give_back_by: float | None = None  # set by stop()
 
     def start(self) -> None:
         self.pipeline.consuming = True
