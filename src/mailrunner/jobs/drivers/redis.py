@@ -1,15 +1,10 @@
 """The Redis driver: a pipeline shared by many nodes, every state change one atomic Lua script.
 
-Capabilities:
-
-- priority: lower first, then push order; above 8191 served as 8191 (the score stays exact).
-- delay: ms precision by Redis's clock; a waiting reserve polls (~50 ms late at most).
-- idempotent_push: an id stored (in any state) is neither stored again nor replaced.
-- atomic_batch: one script stores a batch, all of it or none. peek: in serving order.
-- durable, decided on `open()`: only with `appendonly yes` and `appendfsync always` is a
-  script's write on disk before its reply. Otherwise (or when `CONFIG GET` is refused, as on
-  managed services) a warning says why and `durable` is false. Replication is not waited for.
-- max_payload: the server's `proto-max-bulk-len`.
+Every capability (docs/jobs.md's table; a batch is one script, an id stored in any state is
+not stored again). `durable` is decided on `open()`: only with `appendonly yes` and
+`appendfsync always` is a script's write on disk before its reply (replication is not waited
+for); otherwise, or when `CONFIG GET` is refused (managed services), a warning says why.
+Priorities above 8191 are served as 8191; a waiting reserve polls (~50 ms late at most).
 
 Keys share the hash tag `{stream}` (default: the pipeline's name), so a cluster or a sharding
 proxy keeps them in one slot for the scripts; `prefix` is `config.key_prefix`:
