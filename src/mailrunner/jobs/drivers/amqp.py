@@ -373,10 +373,8 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         if not self.forget(lease):
             return
         job = lease.job if nack.headers is None else replace(lease.job, headers=nack.headers)
-        if nack.requeue:
-            await self._replace(lease, job, lease.attempt, nack.delay)
-        else:
-            await self._replace(lease, job, lease.attempt, failure=nack.error)
+        failure = None if nack.requeue else nack.error
+        await self._replace(lease, job, lease.attempt, nack.delay, failure=failure)
 
     async def extend(self, lease: DriverLease[_Delivery]) -> None:
         """(Re)start a held lease's expiry timer a full visibility timeout from now."""
