@@ -161,26 +161,24 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
         failed = [e.failed for e in self.entries.values() if e.failed is not None]
         return sorted(failed, key=lambda f: f.failed_at)[:limit]
 
-    def _failed_entries(self, ids: Sequence[str] | None) -> list[_Entry]:
+    def _take_failed(self, ids: Sequence[str] | None) -> list[_Entry]:
+        """The failed entries `ids` chooses, taken off the failed list."""
         wanted = selection(ids)
-        return [e for e in self.entries.values() if e.failed is not None and wanted(e.job.id)]
-
-    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        entries = self._failed_entries(ids)
+        entries = [e for e in self.entries.values() if e.failed is not None and wanted(e.job.id)]
         for entry in entries:
             entry.failed = None
-            entry.attempts = 0
-            entry.due_at = time.monotonic()
         self.failed_count -= len(entries)
+        return entries
+
+    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
+        entries = self._take_failed(ids)
+        for entry in entries:
+            entry.attempts, entry.due_at = 0, time.monotonic()
         self._changed.set()
         return len(entries)
 
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        entries = self._failed_entries(ids)
-        for entry in entries:
-            del self.entries[entry.job.id]
-        self.failed_count -= len(entries)
-        return [entry.job.id for entry in entries]
+        return [self.entries.pop(entry.job.id).job.id for entry in self._take_failed(ids)]
 
     async def destroy(self) -> None:
         self.entries.clear()
