@@ -1,10 +1,5 @@
-"""Driver name -> class, imported only when a pipeline uses it.
-
-Lazy imports keep broker client libraries out of processes that do not need them, so
-`config check` and the memory and sqlite drivers work without redis, aio-pika or nats-py:
-those are the extras `mailrunner[redis]`, `[amqp]` and `[nats]`, and a pipeline on a driver
-whose extra is missing stops start-up with the `pip install` line that adds it.
-"""
+"""Driver name -> class, imported only when a pipeline uses it: the broker client libraries
+are extras (README.md), and a missing one stops start-up with the `pip install` that adds it."""
 
 from __future__ import annotations
 

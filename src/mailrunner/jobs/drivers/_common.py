@@ -13,10 +13,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
+import structlog
+
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
-from mailrunner.files import write_new_file
+from mailrunner.files import create_directories, write_new_file
 from mailrunner.jobs.driver import Lease
 from mailrunner.jobs.model import Capabilities, Job
+
+log = structlog.get_logger("mailrunner.jobs")
 
 Take = Callable[[], Awaitable[tuple[list[Lease], float | None]]]
 """One attempt at leasing: the leases, and seconds until the next job is due (None: none is
@@ -124,10 +128,27 @@ NODE_ID_FILE = "node-id"
 
 
 def node_id(data_dir: Path) -> str:
-    """This node's name on shared brokers, the same after a restart: leases carry it, so the
-    next process on `data_dir` takes back at once what a killed one held. Two processes on one
-    `data_dir` share it, so must not both run. Blocking: call through `asyncio.to_thread`."""
+    """This node's name, in its lease tokens: the same for every process on `data_dir`, so two
+    must not run at once (docs/jobs.md#redis). Blocking: call through `asyncio.to_thread`."""
+    create_directories(data_dir)
     path = data_dir / NODE_ID_FILE
     with contextlib.suppress(FileExistsError):
         write_new_file(path, uuid.uuid4().hex.encode())
     return path.read_text(encoding="ascii").strip()
+
+
+PROCESS = uuid.uuid4().hex[:12]
+"""This process among the runs of one node."""
+
+
+def lease_prefix(node: str) -> str:
+    """How this process's lease tokens begin: `open()` gives back at once the leases whose
+    token begins with `<node>/` but not with this (an earlier run's)."""
+    return f"{node}/{PROCESS}:"
+
+
+def log_reclaimed(driver: str, pipeline: str, jobs: int) -> None:
+    if jobs:
+        log.info(
+            f"{driver} leases of this node's last run given back", pipeline=pipeline, jobs=jobs
+        )

@@ -1,17 +1,5 @@
-"""What a nats node knows of the messages it holds unacknowledged, and the note of its leases
-in a file under its data_dir, so that after a kill -9 the process that starts next there
-gives them back at once (`nak`) instead of leaving their jobs for the visibility timeout.
-
-Why a local file: JetStream cannot list a consumer's unacknowledged messages, but any
-connection may answer a delivery's ack subject, so the reply subjects are all a restart
-needs; a file costs no broker round trip on the lease path, and in the node's data_dir it
-needs no node name to be found again. A snapshot rewritten in the background (a new 0600 file
-renamed over the old), it can be a moment behind: a lease taken just before the kill waits
-out its timeout, one acked just before is nakked in vain (the server ignores it). Only leases
-whose noted expiry (wall clock, from before the pull: never later than the server's) is still
-ahead are nakked: until then no other consumer can have the message. The redelivery counts
-one attempt, the dead node's, as an expiry would: a nak adds none. A driver that closes
-removes its file: a closed driver's leases expire as the contract says.
+"""What a nats node knows of the messages it holds unacknowledged, noted in a file under its
+data_dir so that the next process there gives them back at once (docs/jobs.md#nats).
 """
 
 from __future__ import annotations

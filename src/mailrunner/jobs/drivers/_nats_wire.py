@@ -1,12 +1,5 @@
 """A job as a JetStream message: the payload is the message's data, everything else is in
-headers as ASCII (NATS headers cannot carry newlines), written and read only here.
-
-`Mailrunner-Job` holds the id, name, headers, priority and auto_ack as JSON;
-`Mailrunner-Attempts` the deliveries the job had before this message (a requeued copy carries
-them on); `Nats-Msg-Id` its id, for JetStream's duplicate window; `Mailrunner-Deadline` the
-pusher's wall-clock push deadline; `Mailrunner-Not-Before` when a delayed job is due; a
-failed-list copy has `Mailrunner-Error` and `Mailrunner-Failed-At`.
-"""
+headers as ASCII (NATS headers cannot carry newlines); docs/jobs.md#nats lists them."""
 
 from __future__ import annotations
 

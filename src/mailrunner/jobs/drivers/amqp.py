@@ -1,43 +1,5 @@
-"""The RabbitMQ (AMQP 0-9-1) driver: one durable queue shared by every node that names it.
-
-RabbitMQ is a broker, not a job store, so the driver builds parts of the contract on top:
-
-- durable: durable queues, persistent messages, and a push returns after the publisher
-  confirm (sent once on disk). Publishes are `mandatory`: an unroutable one fails the push.
-- priority 0..127: `x-max-priority: 255`, RabbitMQ serving higher first, so priority p is sent
-  as `2 * (127 - min(p, 127))`; the odd number above is its front, where `release()` puts a
-  job back. FIFO within a priority.
-- delay, without plugins: a TTL only expires at a queue's head, so each delay value has a
-  queue `<queue>.delay.<ms>` (TTL, dead-lettered to the main queue), rounded UP to two
-  significant digits to bound their number (~10 % late at most, never early) and recorded in
-  `<queue>.delays` for `stat`, `destroy` and other nodes (see `_own_channel` for the channels
-  they use). Longest: `MAX_DELAY_MS`; a longer push fails before sending, a longer nack is
-  cut to it (warned).
-- NOT peek (basic.get leases), NOT idempotent_push, NOT atomic_batch (one publish each:
-  transactions are slow and do not mix with confirms). max_payload: RabbitMQ's default.
-
-Leases are unacked `basic.get` deliveries on the driver's channel. RabbitMQ cannot expire one,
-so a timer per lease (pushed on by `extend()`) republishes a copy with attempt + 1 and acks the
-original. Attempts travel in a header: a requeue or expiry publishes the copy, waits for its
-confirm, THEN acks (a crash between duplicates, never loses). `release()` republishes at the
-front with the count unchanged; basic.nack with requeue has no reply, and RabbitMQ answers the
-queue.declare behind `stat` before pending requeues. A delivery flagged `redelivered` (its
-consumer crashed or disconnected: RabbitMQ redelivers at once) counts one attempt more.
-
-close() republishes held leases into the delay queue for the rest of their visibility timeout
-(RabbitMQ would redeliver them at once), then acks them, within `config.timeout` (or the
-stopping server's `close_by`) and never waiting on a silent broker: what was not moved is
-redelivered. The failed list is `<queue>.failed` (read through `_browse`). `stat`'s reserved
-counts this instance's leases (AMQP shows no other node's).
-
-Pushes and deadlines: a push past its deadline sends nothing (PushTimeout). Otherwise confirms
-are awaited up to `VERDICT_GRACE` past it (`jobs/deadline.py`): an unsent publish is withdrawn,
-but a sent one CANNOT be, so the push raises PushOutcomeUnknown (the job may be stored; under a
-resource alarm RabbitMQ confirms late), logged and counted as `unwithdrawn_publishes`.
-
-Connections: `connect_robust` reconnects and re-declares. While down, every call fails at once
-(DriverUnavailable, nothing buffered); leases held then are gone (RabbitMQ requeued them).
-"""
+"""The RabbitMQ (AMQP 0-9-1) driver: one durable queue shared by every node that names it, and
+on top what a broker lacks (delay queues, lease timers, attempts): see docs/jobs.md#amqp."""
 
 from __future__ import annotations
 
@@ -115,8 +77,7 @@ class _Delivery:
 
 
 class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
-    """One pipeline's jobs in one RabbitMQ queue (`config.queue`), shared by every node that
-    names the same queue."""
+    """One pipeline's jobs in one RabbitMQ queue (`config.queue`)."""
 
     def __init__(self, name: str, settings: AmqpPipelineConfig, data_dir: Path) -> None:
         config = settings.config
@@ -168,7 +129,6 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         self._delays.update(int(body) for body in bodies if body.isdigit() and int(body) > 0)
 
     async def _declare_queues(self) -> None:
-        """The main queue bound to the exchange, the failed list and the delay catalog."""
         priority: dict[str, Any] = {"x-max-priority": _MAX_PRIORITY}
         for name in (self.queue_name, self.failed_name, self.catalog_name):
             arguments = priority if name == self.queue_name else {}
@@ -182,8 +142,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         return f"{self.queue_name}.delay.{ms}"
 
     async def _declare_delay(self, ms: int) -> None:
-        """The delay queue for `ms` (its messages expire into the main queue after ms),
-        declared on a channel of its own and recorded in the catalog."""
+        """The delay queue for `ms` (dead-lettered to the main queue), recorded in the catalog."""
         if ms in self._declared_delays:
             return
         name = self._delay_name(ms)
@@ -205,10 +164,8 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
 
     @contextlib.asynccontextmanager
     async def _own_channel(self) -> AsyncIterator[AbstractChannel]:
-        """A channel for one operation, closed after it (which puts back what was taken on
-        it). RabbitMQ answers a refused declare, or a passive one of a missing queue, by
-        closing the channel: on the driver's own that would drop every lease it holds and
-        the confirms in flight."""
+        """A channel for one operation, closed after it (putting back what was taken on it):
+        RabbitMQ closes the channel of a refused declare, on ours dropping leases and confirms."""
         self._open_channel()
         assert self._connection is not None
         channel = await self._call("opening a channel", self._connection.channel())
@@ -342,7 +299,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         return await reserve_until(lambda: self._take(limit), self._changed, wait, _IDLE_POLL)
 
     async def _take(self, limit: int) -> tuple[list[Lease], None]:
-        """Up to `limit` deliveries, one at a time; when a delayed job is due, AMQP cannot tell."""
+        """Up to `limit` deliveries; AMQP cannot tell when a delayed job is due."""
         self._open_channel()
         queue, leases = self._queues[self.queue_name], list[Lease]()
         while len(leases) < limit:
@@ -352,7 +309,6 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
             if message is None:
                 break
             job, earlier = job_of(message, self.name)
-            # a redelivered message is a crashed or disconnected consumer's delivery come back
             lease = DriverLease(
                 self, job, earlier + 1 + int(bool(message.redelivered)), _Delivery(message)
             )
@@ -396,8 +352,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         return True
 
     def _expired(self, lease: DriverLease[_Delivery]) -> None:
-        """The visibility timeout ran out: claim the lease at once (an extend() arriving
-        after this instant is too late), then requeue the job with one attempt more."""
+        """Claim the expired lease at once (a later extend() is too late), then requeue it."""
         if self.forget(lease):
             task = asyncio.get_running_loop().create_task(self._expire(lease))
             self._tasks.add(task)
@@ -416,8 +371,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
             )
 
     async def settle(self, message: AbstractIncomingMessage, *, requeue: bool) -> None:
-        """Ack a claimed delivery, or give it back to RabbitMQ; one whose channel is gone was
-        already requeued by RabbitMQ, so that is not an error."""
+        """Ack a claimed delivery, or give it back (one whose channel is gone is back already)."""
         with self._errors("settling a job"), contextlib.suppress(*_GONE):
             async with asyncio.timeout(self._timeout):  # not `_call`: RabbitMQ does not answer
                 await (message.nack() if requeue else message.ack())
@@ -434,8 +388,8 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         front: bool = False,
         failure: str | None = None,
     ) -> None:
-        """Publish a copy with `attempts` earlier deliveries (due after `delay`, or failed with
-        `failure`), then ack the original; if the copy is not confirmed, give that back."""
+        """Publish a copy (due after `delay`, or failed with `failure`), then ack the original;
+        if the copy is not confirmed, give the original back."""
         try:
             if failure is not None:
                 message = job_message(job, attempts, failure=failure)
@@ -456,8 +410,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
     # --- inspection and the failed list --------------------------------------------------
 
     async def _count(self, name: str) -> int:
-        """Asked on a channel of its own: another node's destroy may have deleted the queue,
-        and asking for a missing one closes the channel."""
+        """On a channel of its own: another node may have deleted the queue (see _own_channel)."""
 
         async def count(channel: AbstractChannel) -> int:
             try:
@@ -483,8 +436,8 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         limit: int | None,
         pick: Callable[[AbstractIncomingMessage], Awaitable[None] | None],
     ) -> list[bytes]:
-        """Take up to `limit` messages of `name` on a channel of its own, `pick` acting on each
-        (it may ack), then close it: RabbitMQ puts back in place what was not acked."""
+        """Up to `limit` messages of `name`, `pick` acting on each (it may ack), taken on a channel
+        of its own: closing it puts back in place what was not acked."""
         bodies: list[bytes] = []
         async with self._own_channel() as channel:
             declaring = channel.declare_queue(name, durable=True, passive=True)
@@ -514,8 +467,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
     async def _take_failed(
         self, ids: Sequence[str] | None, act: Callable[[Job], Awaitable[None]] | None = None
     ) -> list[str]:
-        """Ack away the failed jobs chosen by `ids` (all: None), after `act` on each; their
-        ids in failed-list order."""
+        """Ack away the failed jobs `ids` chooses, after `act` on each; their ids, in order."""
         wanted, taken = selection(ids), list[str]()
 
         async def take(message: AbstractIncomingMessage, job: Job) -> None:
@@ -543,8 +495,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         return list(dict.fromkeys(await self._take_failed(ids)))  # a failed list may repeat ids
 
     async def destroy(self) -> None:
-        """Delete the queues (jobs, delays, failed list, catalog) and declare them afresh;
-        leases held here are dropped without settling (their deliveries are gone)."""
+        """Delete every queue and declare them afresh; leases held here are gone unsettled."""
         for lease in list(self._leases):
             self.forget(lease)
         async with self._own_channel() as channel:

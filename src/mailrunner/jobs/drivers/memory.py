@@ -1,11 +1,5 @@
 """The in-process driver: a priority and delay queue in memory, for tests and for developers
-who consume in the same process. Not durable: jobs live as long as the process.
-
-Bounded: at most `config.max_queued` jobs waiting (queued, delayed or reserved). A push beyond
-raises DriverError instead of growing the process until the kernel kills it, so an SMTP flood
-with no consumer gets 451 (senders retry later) and stored jobs stay safe. Failed jobs are not
-counted: they wait for an operator, and grow only as fast as a consumer fails jobs.
-"""
+who consume in the same process. Not durable, and bounded (docs/jobs.md#drivers)."""
 
 from __future__ import annotations
 

@@ -1,38 +1,5 @@
-"""The NATS JetStream driver: a pipeline shared by many nodes through one stream.
-
-Jobs are messages (`_nats_wire`) of `<stream>` (work-queue retention) on `<subject>`, the
-failed list is `<stream>_failed` on `<subject>.failed`; all nodes pull (`_nats_pull`) from one
-durable consumer with ack_wait = visibility_timeout and max_deliver unlimited (mailrunner, not
-JetStream, enforces `retries`). Durable: push returns after the PubAck of a file-backed stream
-(synced in the background: a power loss can lose the last seconds, a killed server does not).
-Not declared: idempotent_push (`Nats-Msg-Id` drops a re-push only within the duplicate window),
-atomic_batch (a batch is published message by message: what a failed one stored is deleted
-again, but a reader can see part of it), priority (stream order), peek (a consumer's messages
-cannot be listed without leasing), delay (a delayed job met early goes back with
-`nak(delay=remaining)`, but `stat` counts it as queued).
-
-Leases: one delivery each, held in `_nats_leases.Holdings` (which also gives a killed
-process's back at start). A lease is stale once past the expiry this process noted (measured
-from before the pull: never later than the server's) or once its message was seen delivered
-again: its ack, nack, extend and release do nothing (a duplicate run, never a loss, never
-another consumer's lease disturbed). Attempt = `Mailrunner-Attempts` + `num_delivered`, less
-the deliveries this process gave back uncounted (`release`, a job not yet due, a stray pull);
-only it knows those. `release` is `nak()`: redelivered before newer messages, it keeps its place.
-
-No late delivery: `pending_size=0` makes nats-py refuse to buffer a publish while
-disconnected (the push fails at once, never sent after the server returns). A message is
-published only before the deadline, its PubAck awaited up to the deadline plus
-`VERDICT_GRACE`, and what was confirmed late is deleted before PushTimeout. A message also
-carries the pusher's wall-clock deadline: reserve terminates, unseen, one the server stored
-more than `max_clock_skew` after it, so even a publish whose PubAck never came is not
-delivered late; each drop is logged and counted in `dropped_late`, so a pusher whose clock
-lags shows there instead of losing mail silently. Within the skew, a push that raised may be
-delivered: a duplicate after the client's retry, never a loss.
-
-nats-py reconnects by itself; the durable consumer and the pull inbox survive a server
-restart, so the same driver works again once the server is back; while it is down every call
-fails fast with DriverUnavailable.
-"""
+"""The NATS JetStream driver: a pipeline shared by many nodes through one stream and one durable
+consumer. Leases, attempts, deadlines and restarts: docs/jobs.md#nats."""
 
 from __future__ import annotations
 
@@ -90,15 +57,13 @@ _UNREACHABLE = (  # nats-py's TimeoutError is a TimeoutError, which is an OSErro
 
 
 def _cancelled_by_caller() -> bool:
-    """Whether a CancelledError is meant for the running task. nats-py lets cancellations of
-    its own internal tasks escape from calls such as flush and close (nats.py issues #373,
-    #469); those must become errors of the call, not stop the caller's task."""
+    """Whether a CancelledError is meant for the running task: nats-py lets its own internal
+    tasks' escape from flush and close (nats.py #373, #469), which are errors of the call."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
 
 
 def _token(name: str) -> str:
-    """A pipeline name made fit for a stream name and a subject token (the defaults)."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
 
 
@@ -161,7 +126,6 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         self._holdings.start()
 
     async def _declare(self, js: JetStreamContext) -> None:
-        """Create the streams and the durable consumer unless they exist already."""
         for name, subject, retention in (
             (self.stream, self.subject, api.RetentionPolicy.WORK_QUEUE),
             (self.failed_stream, self.failed_subject, api.RetentionPolicy.LIMITS),
@@ -242,8 +206,8 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
             raise
 
     async def _publish_jobs(self, jobs: Sequence[Job], deadline: float, stored: list[int]) -> None:
-        """Publish one job at a time, each only while connected and before the deadline,
-        adding each new message's sequence to `stored` (deleted again if the push fails)."""
+        """Publish each job only while connected and before the deadline, adding its sequence
+        to `stored` (deleted again if the push fails)."""
         wall_deadline = time.time() + (deadline - time.monotonic())
         for job in jobs:
             remaining = time_left(self.name, deadline, f"storing job {job.id}")
@@ -262,7 +226,6 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
     # --- pulling -------------------------------------------------------------------------
 
     async def _pull(self, batch: int, expires: float | None) -> tuple[list[Msg], list[Lease]]:
-        """One pull: the messages it brought, and the leases made of them."""
         pulled_at = time.monotonic()
         nc, _js = self._client()
         with self._errors("reserving jobs"):
@@ -270,8 +233,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         return msgs, await self._take(msgs, pulled_at)
 
     async def _drop_if_late(self, msg: Msg) -> bool:
-        """Terminate, unseen, a message the server stored more than `max_clock_skew` after its
-        push's deadline (the SMTP client got 451 and sends the mail again)."""
+        """Terminate, unseen, a message stored more than `max_clock_skew` after its deadline."""
         deadline = (msg.headers or {}).get(wire.DEADLINE)
         if deadline is None:
             return False
@@ -293,7 +255,6 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         return True
 
     def _lease(self, msg: Msg, pulled_at: float) -> DriverLease[Msg]:
-        """A lease for a pulled message, noted as held by this process."""
         job = wire.decode(msg.headers, msg.data, self.name)
         delivered = msg.metadata.num_delivered - self._holdings.uncounted(msg)
         self._holdings.hold(msg, "leased", pulled_at + self.visibility_timeout)
@@ -363,13 +324,12 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         )
 
     async def _answer(self, call: Callable[[], Awaitable[Any]]) -> None:
-        """Answer a delivery (nak, in_progress, term) and flush it: only while connected."""
+        """Answer a delivery (nak, in_progress, term) and flush it, only while connected."""
         nc, _js = self._client()
         await self._quietly(call())
         await self._quietly(nc.flush(_CALL_TIMEOUT))
 
     async def extend(self, lease: DriverLease[Msg]) -> None:
-        """`in_progress()`: the server restarts its ack_wait."""
         if not self._valid(lease):
             return
         started = time.monotonic()
@@ -391,9 +351,6 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
             self._holdings.hold(msg, "released", 0.0, counted=False)
 
     async def nack(self, lease: DriverLease[Msg], nack: Nack) -> None:
-        """Requeued with only a delay: `nak(delay)`. Requeued at once or with new headers: a
-        copy is published and the original acked after its PubAck (due at once, queued across
-        restarts). Failed: a copy goes to the failed stream and the original is terminated."""
         if not self._valid(lease):
             return
         msg = lease.handle
@@ -413,7 +370,6 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
             self._holdings.forget(msg)
 
     async def _publish(self, subject: str, job: Job, headers: wire.Headers) -> None:
-        """Publish a copy of a job (requeue, failed list, retry) and wait for its PubAck."""
         _nc, js = self._client()
         with self._errors(f"storing a copy of job {job.id}"):
             await js.publish(subject, job.payload, timeout=_CALL_TIMEOUT, headers=headers)
@@ -421,10 +377,8 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
     # --- inspection and the failed list --------------------------------------------------
 
     async def stat(self) -> QueueStat:
-        """queued = `num_pending` plus what this process knows is due again though unacked
-        (expired leases, releases, nak delays over), delayed = its nak delays not over,
-        reserved = the rest of `num_ack_pending`: exact for one process; else a job waiting
-        on the server for redelivery counts as reserved."""
+        """queued = `num_pending` + what this process knows is due again though unacked, delayed =
+        its nak delays not over, reserved = the rest of `num_ack_pending` (docs/jobs.md#nats)."""
         _nc, js = self._client()
         with self._errors("counting jobs"):
             consumer = await js.consumer_info(self.stream, CONSUMER)
@@ -452,8 +406,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
     async def _failed_messages(
         self, ids: Sequence[str] | None = None
     ) -> list[tuple[int, FailedJob]]:
-        """The failed stream's messages whose job `ids` chooses (None: all), oldest first,
-        with their sequences."""
+        """The failed stream's messages `ids` chooses, oldest first, with their sequences."""
         if selects_nothing(ids):
             return []
         _nc, js = self._client()
@@ -505,7 +458,6 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
             await js.delete_msg(self.failed_stream, seq)
 
     async def destroy(self) -> None:
-        """Delete the consumer, empty both streams, and declare the consumer again."""
         _nc, js = self._client()
         with self._errors("deleting the pipeline's jobs"):
             with contextlib.suppress(nats.js.errors.NotFoundError):

@@ -1,46 +1,6 @@
 """The Redis driver: a pipeline shared by many nodes, every state change one atomic Lua script.
 
-Every capability (docs/jobs.md's table; a batch is one script, an id stored in any state is
-not stored again). `durable` is decided on `open()`: only with `appendonly yes` and
-`appendfsync always` is a script's write on disk before its reply (replication is not waited
-for); otherwise, or when `CONFIG GET` is refused (managed services), a warning says why.
-Priorities above 8191 are served as 8191; a waiting reserve polls (~50 ms late at most).
-
-Keys share the hash tag `{stream}` (default: the pipeline's name), so a cluster or a sharding
-proxy keeps them in one slot for the scripts; `prefix` is `config.key_prefix`:
-
-    <prefix>:{<stream>}:job:<id>   HASH   name, payload, headers (JSON), priority, auto_ack,
-                                          attempts, rank, token (current lease), error,
-                                          failed_at (unix ms), created (unix ms)
-    <prefix>:{<stream>}:queue      ZSET   due jobs by rank = min(priority, 8191) * 2^40 + seq
-    <prefix>:{<stream>}:delayed    ZSET   jobs waiting for their delay, by due time (unix ms)
-    <prefix>:{<stream>}:leased     ZSET   leased jobs, by lease expiry (unix ms)
-    <prefix>:{<stream>}:failed     ZSET   the failed list, by failure order
-    <prefix>:{<stream>}:seq        STRING the counter behind push order and failure order
-
-A job is in exactly one set and keeps its rank for life, so one coming back takes its original
-place. Scripts read Redis's `TIME`, so all clients agree on delays and expiries; due delayed
-jobs and expired leases move to the queue when a script reserves or peeks (`stat` counts them
-as queued without moving them).
-
-Pushes and deadlines: Redis decides atomically whether a push was in time. The caller's
-deadline is mapped onto Redis's clock (measured on open and every minute; half the round trip
-counts as error) and the push script stores nothing once it has passed, checking before
-storing and again after (undoing its writes unseen). The driver waits for that verdict up to
-`VERDICT_GRACE` past the deadline (`jobs/deadline.py`), as the reply follows the fsync: a job
-is never stored once its deadline has passed on Redis's clock, and PushTimeout means nothing
-was stored. A verdict later than the grace (a stalled disk or network) raises
-PushOutcomeUnknown: it may be stored, and a retry duplicates, never loses. A push its caller
-cancelled after sending may be stored too.
-
-Restarts: a lease token begins with this node's name (`_common.node_id`, stable on one
-data_dir) and this process's, so `open()` gives back at once the jobs an earlier process of
-this node held (killed, or stopped with leases unsettled), as their expiry would (the attempt
-stays counted), instead of after `visibility_timeout`. This process's own leases (a driver
-closed and opened again) expire as the contract says.
-
-Connections: redis-py's retries are off and connecting and every command are bounded by
-`config.timeout`, so while Redis is down each call fails fast and nothing is buffered.
+Keys, deadlines (Redis's clock decides), durability and restarts: docs/jobs.md#redis.
 """
 
 from __future__ import annotations
@@ -73,6 +33,8 @@ from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers._common import (
     Raised,
     broker_errors,
+    lease_prefix,
+    log_reclaimed,
     node_id,
     not_open,
     reserve_until,
@@ -92,13 +54,10 @@ _CLOCK_RESYNC = 60.0
 _DEFAULT_MAX_BULK = 512 * 1024 * 1024
 """Redis's default `proto-max-bulk-len`, used when the server will not tell."""
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-_PROCESS = uuid.uuid4().hex[:12]
-"""This process among the runs of one node, in its lease tokens."""
 
 
 def _lua(name: str) -> str:
-    """One script's source, from `redis_<name>.lua` beside this module: there an editor
-    reads it as Lua, and each script's arguments and answer are the comment at its top."""
+    """`redis_<name>.lua` beside this module (its arguments and answer: its top comment)."""
     return (resources.files(__package__) / f"redis_{name}.lua").read_text(encoding="utf-8")
 
 
@@ -112,8 +71,7 @@ _SCRIPTS = {
 
 
 def _register(client: Redis) -> dict[str, AsyncScript]:
-    """The driver's scripts by name, registered on `client` (redis-py loads them on first use,
-    and again after a server restart forgot them)."""
+    """The driver's scripts by name (redis-py loads each again after a restart forgot it)."""
     prelude = _lua("prelude")
     return {
         name: client.register_script(prelude + "".join(map(_lua, parts)))
@@ -123,8 +81,7 @@ def _register(client: Redis) -> dict[str, AsyncScript]:
 
 @dataclass(frozen=True, slots=True)
 class _ServerClock:
-    """This process's monotonic clock mapped onto Redis's `TIME`, so that Redis itself can
-    judge deadlines; `offset_ms` is made early by half the measuring round trip (its error)."""
+    """Our monotonic clock on Redis's `TIME`, `offset_ms` early by half the round trip."""
 
     offset_ms: float
     measured_at: float
@@ -174,8 +131,7 @@ def _chosen(ids: Sequence[str] | None) -> list[str]:
 
 
 class RedisDriver(Driver, LeaseKeeper[str]):
-    """One pipeline's jobs in one Redis database (`config.addr`), shared by every node that
-    names the same `stream`."""
+    """One pipeline's jobs in one Redis database (`config.addr`), keyed by `stream`."""
 
     def __init__(self, name: str, settings: RedisPipelineConfig, data_dir: Path) -> None:
         self.name = name
@@ -185,8 +141,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         """Provisional until `open()` has asked the server how it stores."""
         self._settings = settings.config
         self._data_dir = data_dir
-        self._node = ""
-        """This node's name (`node_id`), the start of its lease tokens; set by `open()`."""
+        self._node = ""  # `node_id`, read by `open()`
         base = f"{settings.config.key_prefix}:{{{settings.config.stream or name}}}:"
         self._job_prefix = base + "job:"  # then the keys every script gets (redis_prelude.lua):
         self._keys = [base + key for key in ("queue", "delayed", "leased", "failed", "seq")]
@@ -218,17 +173,12 @@ class RedisDriver(Driver, LeaseKeeper[str]):
                 why_not, max_payload = await _storage(client)
                 reclaimed = await scripts["reclaim"](
                     keys=self._keys,
-                    args=[self._job_prefix, f"{self._node}/", f"{self._node}/{_PROCESS}:"],
+                    args=[self._job_prefix, f"{self._node}/", lease_prefix(self._node)],
                 )
         except BaseException:
             await client.aclose()
             raise
-        if reclaimed:
-            log.info(
-                "redis leases of this node's last run given back",
-                pipeline=self.name,
-                jobs=reclaimed,
-            )
+        log_reclaimed("redis", self.name, reclaimed)
         if why_not:
             log.warning(
                 "redis pipeline is not durable",
@@ -251,7 +201,6 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         return broker_errors(where, doing, unreachable=unreachable, failed=RedisError)
 
     async def _run(self, script: str, args: Sequence[str | int | bytes], doing: str) -> Any:
-        """Run one script on this pipeline's keys; Redis's failures become DriverErrors."""
         if not self._scripts:
             raise not_open(self.name, "redis")
         with self._errors(doing):
@@ -296,7 +245,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def _lease(self, limit: int) -> tuple[list[Lease], float | None]:
         """One reserve script: the leases, and seconds until the next job is due (or None)."""
         visibility_ms = max(1, round(self.visibility_timeout * 1000))
-        token_base = f"{self._node}/{_PROCESS}:{uuid.uuid4().hex}"
+        token_base = lease_prefix(self._node) + uuid.uuid4().hex  # the script numbers each
         args: list[str | int] = [max(0, limit), visibility_ms, token_base]
         rows, next_due_ms = await self._run("reserve", args, "reserving jobs")
         leases: list[Lease] = [
@@ -308,8 +257,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         return await reserve_until(lambda: self._lease(limit), self._changed, wait, _IDLE_POLL)
 
     async def _on_lease(self, action: str, lease: DriverLease[str], *args: str | int) -> None:
-        """Extend, ack, release or nack a lease, if its token is still the job's current one
-        (a stale token makes the script a no-op)."""
+        """A lease's script: a no-op unless its token is still the job's current one."""
         job_id = lease.job.id
         changed = await self._run(action, [job_id, lease.handle, *args], f"{action} of {job_id}")
         if changed and action in ("release", "nack"):

@@ -1,25 +1,5 @@
-"""The embedded, durable driver: one SQLite file in WAL mode with synchronous=FULL.
-
-SQLite is called on the driver's own threads, never on the event loop. Concurrent pushes are
-group-committed: whatever arrived while the previous transaction was being written goes into
-the next one, and each push returns after the commit that holds it. A push whose deadline
-passes before its transaction gets the write lock is dropped, never written later: that is
-what lets the SMTP side answer 451 honestly. Once its transaction has begun, a push's outcome
-is the COMMIT's, whenever that comes: the push waits for it past its deadline (telling its
-caller's verdict listener to wait up to `COMMIT_WAIT` more), so a push never fails for a job
-that the COMMIT then stores.
-
-One table for every pipeline in the file, a row per job. `available_at` is when the job is
-due, and while it is leased (`lease` holds the lease's token) when the lease expires, so an
-expired lease is simply due again; `attempts` counts deliveries, `failed_at` is set while the
-job is in the failed list. A job is queued when `failed_at IS NULL AND available_at <= now`,
-reserved when `lease IS NOT NULL AND available_at > now`, delayed when `lease IS NULL AND
-available_at > now`.
-
-Restarts: a lease token begins with this node's name (`_common.node_id`) and this process's,
-so `open()` gives back at once the jobs an earlier process of this node held (killed, or
-stopped with leases unsettled), as their expiry would (the attempt stays counted). Leases of
-this process (a driver closed and opened again) or of other nodes on the file expire.
+"""The embedded, durable driver: one SQLite file in WAL mode with synchronous=FULL, called on
+the driver's own threads, pushes group-committed. Table, deadlines, restarts: docs/jobs.md#sqlite.
 """
 
 from __future__ import annotations
@@ -39,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
-
 from mailrunner.config import SqlitePipelineConfig
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.files import create_directories, write_new_file
@@ -58,7 +36,6 @@ from mailrunner.jobs.drivers import _common
 from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
 
 T = TypeVar("T")
-log = structlog.get_logger("mailrunner.jobs")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -88,8 +65,6 @@ BUSY_TIMEOUT = COMMIT_WAIT
 deadline); a push's caller is asked to wait up to COMMIT_WAIT for its COMMIT."""
 _IDLE_POLL = 0.25
 """How often an idle reserve looks for jobs pushed by other processes into the same file."""
-_PROCESS = uuid.uuid4().hex[:12]
-"""This process among the runs of one node, in its lease tokens."""
 
 
 @dataclass(slots=True, eq=False)
@@ -153,18 +128,16 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
 
     def _open_sync(self) -> int:
         """Open the file and give back the leases of this node's earlier processes (how many)."""
-        self._node = self._node or _common.node_id(self._data_dir)
         create_directories(self.path.parent)  # 0700; an existing file or folder keeps its mode
-        with contextlib.suppress(FileExistsError):
-            # 0600, not SQLite's 0644 less the umask, and SQLite gives its -wal and -shm files
-            # the database file's mode: jobs hold mail and captured credentials.
+        self._node = self._node or _common.node_id(self._data_dir)
+        with contextlib.suppress(FileExistsError):  # 0600 (and so -wal, -shm): jobs hold mail
             write_new_file(self.path, b"")
         self._connection = _connect(self.path)
         self._connection.executescript(SCHEMA)
         return self._connection.execute(
             "UPDATE jobs SET lease = NULL, available_at = MIN(available_at, ?)"
             " WHERE pipeline = ? AND lease GLOB ? AND NOT lease GLOB ?",
-            (time.time(), self.name, f"{self._node}/*", f"{self._node}/{_PROCESS}:*"),
+            (time.time(), self.name, f"{self._node}/*", _common.lease_prefix(self._node) + "*"),
         ).rowcount
 
     def _close_sync(self) -> None:
@@ -183,12 +156,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
                 f"pipeline {self.name}: cannot open {self.path}: {error}"
             ) from error
         self._committer = _GroupCommitter(self, connection, self._max_batch)
-        if reclaimed:
-            log.info(
-                "sqlite leases of this node's last run given back",
-                pipeline=self.name,
-                jobs=reclaimed,
-            )
+        _common.log_reclaimed("sqlite", self.name, reclaimed)
 
     async def close(self) -> None:
         if self._executor is None:
@@ -226,7 +194,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
                 (self.name, now, limit),
             ).fetchall()
             for seq, attempts, *job_columns in rows:
-                token = f"{self._node}/{_PROCESS}:{uuid.uuid4().hex}"
+                token = _common.lease_prefix(self._node) + uuid.uuid4().hex
                 db.execute(
                     "UPDATE jobs SET attempts = attempts + 1, lease = ?, available_at = ?"
                     " WHERE seq = ?",
@@ -241,8 +209,8 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         )
 
     async def _take(self, limit: int) -> tuple[list[Lease], float | None]:
-        """One reserve transaction; a locked database (another process writing) leases
-        nothing this time. When nothing was leased, also how long until a job is due."""
+        """One reserve transaction (none while another process writes), and when nothing was
+        leased, how long until a job is due."""
         try:
             leases: list[Lease] = list(await self._run(self._reserve_sync, limit))
         except DriverError as error:
@@ -281,7 +249,6 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         )
 
     async def nack(self, lease: DriverLease[str], nack: Nack) -> None:
-        """Due again after `nack.delay` (`available_at`), or failed now (`failed_at`)."""
         column = "available_at" if nack.requeue else "failed_at"
         await self._update_lease(
             lease,
@@ -465,11 +432,8 @@ class _GroupCommitter:
         return [p for p in batch if p not in gone]
 
     def _write(self, batch: list[_PendingPush]) -> list[_PendingPush] | None:
-        """Write the batch in one transaction; None if the write lock was not had in time.
-
-        The lock wait is bounded by the nearest deadline, and deadlines are checked again
-        once the lock is held: a push that gave up meanwhile is not written.
-        """
+        """Write the batch in one transaction; None if the write lock was not had by the nearest
+        deadline. Deadlines are checked again under the lock: a push given up is not written."""
         db = self._connection
         wait = min(p.deadline for p in batch) - time.monotonic()
         db.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
