@@ -1,6 +1,5 @@
-"""A job as an AMQP message and back, for the amqp driver: the job travels in the message's
-headers, so that every copy (requeued, delayed, failed) is self-contained, and its priority and
-delay become what RabbitMQ can honour (see `amqp.py`)."""
+"""A job as an AMQP message and back: the job travels in the message's headers, so that every
+copy (requeued, delayed, failed) is self-contained (docs/jobs.md#amqp)."""
 
 from __future__ import annotations
 
@@ -47,9 +46,8 @@ def delay_ms(seconds: float) -> int:
 
 
 def settling_delay_ms(job: Job, delay: float) -> int:
-    """The delay queue a job settled with `delay` goes to. A worker may ask for any delay; one
-    beyond the longest is cut to it (the job comes back then, warned) rather than failing the
-    nack, which would hand the job straight back, attempt after attempt."""
+    """The delay queue a job settled with `delay` goes to: one beyond the longest is cut to it
+    (warned), as failing the nack would hand the job straight back, attempt after attempt."""
     ms = delay_ms(delay)
     if ms <= MAX_DELAY_MS:
         return ms

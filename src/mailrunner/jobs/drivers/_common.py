@@ -1,7 +1,5 @@
-"""What drivers do the same way, written once: the deadline check before storing, a reserve's
-wait, failed-list selection, error wrapping, capabilities, a node's name. Apart from
-`jobs/driver.py` (the contract): these are ways of meeting it, which a driver may use or not.
-"""
+"""What drivers do the same way, written once: ways of meeting the contract (`jobs/driver.py`)
+that a driver may use or not."""
 
 from __future__ import annotations
 

@@ -42,8 +42,7 @@ class Held:
 
 
 class Holdings:
-    """This process's `Held` messages by stream sequence, the deliveries it gave back
-    uncounted, and their note in `path`, kept by a writer task between `start` and `stop`."""
+    """`Held` messages by stream sequence, and their note in `path` (between start and stop)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

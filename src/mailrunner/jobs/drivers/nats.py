@@ -254,19 +254,16 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         await self._quietly(msg.term())
         return True
 
-    def _lease(self, msg: Msg, pulled_at: float) -> DriverLease[Msg]:
-        job = wire.decode(msg.headers, msg.data, self.name)
-        delivered = msg.metadata.num_delivered - self._holdings.uncounted(msg)
-        self._holdings.hold(msg, "leased", pulled_at + self.visibility_timeout)
-        return DriverLease(self, job, wire.attempts(msg.headers) + delivered, msg)
-
     async def _take(self, msgs: list[Msg], pulled_at: float) -> list[Lease]:
         leases: list[DriverLease[Msg]] = []
         for msg in msgs:
             try:
                 if await self._drop_if_late(msg):
                     continue
-                lease = self._lease(msg, pulled_at)
+                job = wire.decode(msg.headers, msg.data, self.name)
+                delivered = msg.metadata.num_delivered - self._holdings.uncounted(msg)
+                self._holdings.hold(msg, "leased", pulled_at + self.visibility_timeout)
+                lease = DriverLease(self, job, wire.attempts(msg.headers) + delivered, msg)
             except (KeyError, ValueError, TypeError) as error:
                 log.error("dropping a malformed nats message", pipeline=self.name, error=str(error))
                 await self._quietly(msg.term())

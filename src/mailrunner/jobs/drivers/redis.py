@@ -208,22 +208,17 @@ class RedisDriver(Driver, LeaseKeeper[str]):
 
     # --- push ----------------------------------------------------------------------------
 
-    async def _server_deadline(self, deadline: float) -> int:
-        """The caller's deadline on Redis's clock (unix ms), rounded towards earlier."""
-        if self._client is None:
-            raise not_open(self.name, "redis")
-        if self._clock is None or time.monotonic() - self._clock.measured_at > _CLOCK_RESYNC:
-            with self._errors("measuring its clock", unreachable=(RedisError, OSError)):
-                self._clock = await _measure_clock(self._client)
-        return self._clock.server_ms(deadline)
-
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
         remaining = time_left(self.name, deadline)
-        if not self._scripts:
+        client, clock = self._client, self._clock
+        if client is None or clock is None:
             raise not_open(self.name, "redis")
         try:
             async with asyncio.timeout(remaining + VERDICT_GRACE):
-                args: list[str | int | bytes] = [await self._server_deadline(deadline)]
+                if time.monotonic() - clock.measured_at > _CLOCK_RESYNC:
+                    with self._errors("measuring its clock", unreachable=(RedisError, OSError)):
+                        self._clock = clock = await _measure_clock(client)
+                args: list[str | int | bytes] = [clock.server_ms(deadline)]  # rounded down
                 for job in jobs:  # seven per job
                     args += (*stored_fields(job), round(job.options.delay * 1000))
                 stored = await self._run("push", args, "storing jobs")
