@@ -34,9 +34,8 @@ def store_capabilities(*, durable: bool, max_payload: int | None = None) -> Capa
 def broker_capabilities(
     *, priority: bool = False, delay: bool = False, max_payload: int | None
 ) -> Capabilities:
-    """A driver on a message broker (amqp, nats) is durable, but a publish cannot be checked
-    against earlier ones, taken back as a batch, or looked at unleased; each adds the ordering
-    features its broker offers."""
+    """A broker (amqp, nats) is durable, but a publish cannot be checked against earlier ones,
+    taken back as a batch, or looked at unleased; ordering features are the broker's."""
     return Capabilities(True, False, False, priority, delay, False, max_payload)
 
 

@@ -1,11 +1,7 @@
-"""Pull requests to a JetStream consumer, one at a time, on this process's own inbox.
-
-Pulls run one at a time (under `lock`), so a job message belongs to the pull in progress; a
-status message (404, 408) names its pull in its subject, so one that answers an earlier pull
-cannot end the current one. A message that arrives after its pull gave up would sit leased,
-unseen, until ack_wait: it is given back at once with `nak()`, and `on_stray` tells the
-driver that this delivery is not an attempt.
-"""
+"""Pull requests to a JetStream consumer on this process's own inbox, one at a time (under
+`lock`), so a job message belongs to the pull in progress; a status message (404, 408) names
+its pull in its subject. A message that arrives after its pull gave up is given back at once
+(`nak()`, and `on_stray` tells the driver it is no attempt) instead of sitting leased, unseen."""
 
 from __future__ import annotations
 
