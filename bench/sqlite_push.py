@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from mailrunner.config import PipelineConfig, SqlitePipeline
+from mailrunner.config import PipelineConfig, SqlitePipelineConfig
 from mailrunner.jobs.drivers.sqlite import SqliteDriver
 from mailrunner.jobs.model import Job, JobOptions
 
@@ -32,7 +32,7 @@ async def measure(directory: Path, pushers: int, max_batch: int) -> float:
     adapter: TypeAdapter[PipelineConfig] = TypeAdapter(PipelineConfig)
     path = directory / f"bench-{pushers}-{max_batch}.db"
     settings = adapter.validate_python({"driver": "sqlite", "config": {"path": str(path)}})
-    assert isinstance(settings, SqlitePipeline)
+    assert isinstance(settings, SqlitePipelineConfig)
     driver = SqliteDriver("bench", settings, directory, max_batch=max_batch)
     await driver.open()
     payload = b"x" * 1024
