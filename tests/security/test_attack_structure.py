@@ -21,6 +21,9 @@ import pytest
 from support.processes import ServeProcess
 
 MIB = 1024 * 1024
+LINEAR_WITH_HEADROOM = 48
+"""16 times the parameters may take 48 times as long: three times linear, so a busy machine
+passes, and far under the 256 times a quadratic parse takes."""
 
 
 def with_attachment(size: int) -> bytes:
@@ -107,7 +110,7 @@ def test_header_parameters_cost_time_linear_in_their_size(
     small, large = best_ms(64 * 1024), best_ms(MIB - 4096)
     events = stored(server, 6).values()
     assert all(event["message"]["body"] == "the body" for event in events)
-    assert large <= 20 * small, (
+    assert large <= LINEAR_WITH_HEADROOM * small, (
         f"16x the parameters took {large / small:.0f}x the time ({small:.0f} -> {large:.0f} ms)"
     )
 
