@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from support.brokers import amqp_queue
 from support.processes import ServeProcess
 from support.requirements import swaks_path
 from support.server import RunningServer
@@ -68,3 +69,9 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     yield start
     for process in started:
         process.terminate()
+
+
+@pytest.fixture
+def queue_name() -> Iterator[str]:
+    """A fresh amqp queue on the machine's RabbitMQ (a failure in CI when it is down)."""
+    yield from amqp_queue()

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,11 @@ from mailrunner.jobs.driver import Driver
 from mailrunner.jobs.drivers._amqp_message import broker_priority, delay_ms
 from mailrunner.jobs.drivers.amqp import AmqpDriver
 from mailrunner.jobs.model import Capabilities
-from support.brokers import AMQP_ADDR, delete_amqp_pipeline
-from support.requirements import require_broker
+from support.brokers import AMQP_ADDR, amqp_addr
+from support.proxy import BrokerProxy
 
 pytestmark = pytest.mark.amqp
 
-BROKER = ("127.0.0.1", 5672)
 AMQP_CAPABILITIES = Capabilities(
     durable=True,
     idempotent_push=False,
@@ -63,14 +61,6 @@ one)."""
 
 def settings_for(queue: str, **config: Any) -> dict[str, Any]:
     return {"driver": "amqp", "config": {"addr": AMQP_ADDR, "queue": queue, **config}}
-
-
-@pytest.fixture
-def queue_name() -> Iterator[str]:
-    require_broker("amqp", *BROKER)
-    name = f"mailrunner-test-{uuid.uuid4().hex}"
-    yield name
-    delete_amqp_pipeline(name)
 
 
 class TestAmqpDriver(DriverContract):
@@ -256,60 +246,24 @@ def test_config_rejects_unknown_keys_and_non_amqp_addresses() -> None:
     assert AmqpDriverConfig.model_validate({"addr": "amqps://h:5671/"}).addr == "amqps://h:5671/"
 
 
-class _Proxy:
-    """A TCP proxy in front of the machine's RabbitMQ: stopping it looks like a broker that
-    went down (every connection cut, nothing listening), without touching the broker."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in self.writers:
-            writer.transport.abort()
-        self.writers.clear()
-        await self.server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(*BROKER)
-        self.writers += [writer, upstream_writer]
-
-        async def pipe(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                while data := await source.read(65536):
-                    target.write(data)
-                    await target.drain()
-            target.transport.abort()
-
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-
 def test_pushes_fail_fast_while_the_broker_is_away_and_work_after_it_reconnects(
     queue_name: str, tmp_path: Path
 ) -> None:
     async def main() -> None:
-        proxy = _Proxy()
-        await proxy.start()
-        config = {"addr": f"amqp://guest:guest@127.0.0.1:{proxy.port}/", "queue": queue_name}
+        proxy = BrokerProxy()
+        config = {"addr": amqp_addr(proxy.port), "queue": queue_name}
         harness = Harness.from_settings({"driver": "amqp", "config": config}, tmp_path)
         async with harness.opened() as driver:
             await push(driver, make_job("before"))
             held = await reserve_one(driver, 1.0, "a pushed job")
-            await proxy.stop()
+            proxy.cut()
             await until_broker_unreachable(driver)
             started = time.monotonic()
             with pytest.raises(DriverError):
                 await driver.push([make_job("while-down")], deadline=time.monotonic() + 3.0)
             assert time.monotonic() - started < 1.0, "a push while the broker is away hung"
             await held.ack()  # its delivery is gone with the connection: a no-op, no error
-            await proxy.start()
+            proxy.restore()
             give_up = time.monotonic() + 15.0
             while True:
                 try:
@@ -323,7 +277,7 @@ def test_pushes_fail_fast_while_the_broker_is_away_and_work_after_it_reconnects(
             assert (first.job.id, first.attempt) == ("before", 2), (first.job.id, first.attempt)
             second = await reserve_one(driver, 1.0, "the job pushed after the reconnect")
             assert second.job.id == "after"
-        await proxy.stop()
+        proxy.close()
 
     asyncio.run(main())
 

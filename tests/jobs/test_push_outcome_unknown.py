@@ -10,10 +10,7 @@ broker's frames on, while the driver's own frames still reach the broker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,84 +19,23 @@ import aio_pika
 import pytest
 from structlog.testing import capture_logs
 
-from support.brokers import AMQP_ADDR, delete_amqp_pipeline
+from support.brokers import AMQP_ADDR, AMQP_HOST, AMQP_PORT, amqp_addr
 from support.net import free_port
+from support.proxy import BrokerProxy
 from support.requirements import require_broker
 from support.sample_mail import TEMP_FAILURE, timed_send
 from support.server import RunningServer
 from support.waiting import wait_until
 
-BROKER = ("127.0.0.1", 5672)
 PUSH_TIMEOUT = 0.5
 
 
-class MutingProxy:
-    """A TCP proxy to RabbitMQ on a loop thread of its own; while `muted`, what the broker
-    sends (confirms included) is held back, and passed on once it is not."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self._passing = asyncio.Event()
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server = self._call(self._start())
-        self.port: int = self._server.sockets[0].getsockname()[1]
-
-    def _call(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
-
-    async def _start(self) -> asyncio.Server:
-        self._passing.set()
-        return await asyncio.start_server(self._handle, "127.0.0.1", 0)
-
-    def mute(self, muted: bool) -> None:
-        self.loop.call_soon_threadsafe(self._passing.clear if muted else self._passing.set)
-
-    def close(self) -> None:
-        self._call(self._close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
-
-    async def _close(self) -> None:
-        self._server.close()
-        for writer in self._writers:
-            writer.transport.abort()
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(*BROKER)
-        self._writers += [writer, upstream_writer]
-        await asyncio.gather(
-            self._pipe(reader, upstream_writer, None), self._pipe(upstream_reader, writer, True)
-        )
-
-    async def _pipe(
-        self, source: asyncio.StreamReader, target: asyncio.StreamWriter, mutable: bool | None
-    ) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await source.read(65536):
-                if mutable:
-                    await self._passing.wait()
-                target.write(data)
-                await target.drain()
-        target.transport.abort()
-
-
 @pytest.fixture
-def proxy() -> Iterator[MutingProxy]:
-    require_broker("amqp", *BROKER)
-    running = MutingProxy()
+def proxy() -> Iterator[BrokerProxy]:
+    require_broker("amqp", AMQP_HOST, AMQP_PORT)
+    running = BrokerProxy()
     yield running
     running.close()
-
-
-@pytest.fixture
-def queue_name() -> Iterator[str]:
-    name = f"mailrunner-test-{uuid.uuid4().hex}"
-    yield name
-    delete_amqp_pipeline(name)
 
 
 def queued_payloads(queue: str) -> list[dict[str, Any]]:
@@ -120,11 +56,11 @@ def queued_payloads(queue: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("path", ["in-process", "remote rpc"])
 def test_an_unconfirmed_amqp_publish_answers_451_and_keeps_the_files_of_the_queued_job(
-    proxy: MutingProxy, queue_name: str, start_server: Callable[..., RunningServer], path: str
+    proxy: BrokerProxy, queue_name: str, start_server: Callable[..., RunningServer], path: str
 ) -> None:
     """In process the driver's error reaches the SMTP side; through a jobs node's API it
     comes back as the node's answer, with its type."""
-    config = {"addr": f"amqp://guest:guest@127.0.0.1:{proxy.port}/", "queue": queue_name}
+    config = {"addr": amqp_addr(proxy.port), "queue": queue_name}
     jobs = {"pipelines": {"smtp-emails": {"driver": "amqp", "config": config}}}
     smtp: dict[str, Any] = {
         "attachment_storage": {"mode": "tempfile"},

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import aio_pika
@@ -21,7 +22,7 @@ import pytest
 import redis
 
 from support.net import free_port
-from support.requirements import REQUIRE_TOOLS
+from support.requirements import REQUIRE_TOOLS, require_broker
 from support.waiting import wait_until
 
 NATS_SERVER = "/usr/sbin/nats-server"
@@ -34,7 +35,15 @@ RABBITMQ_START_DEADLINE = 60.0
 that."""
 RABBITMQ_STOP_DEADLINE = 60.0
 DURABLE_REDIS = {"appendonly": "yes", "appendfsync": "always"}
-AMQP_ADDR = "amqp://guest:guest@127.0.0.1:5672/"
+AMQP_HOST, AMQP_PORT = "127.0.0.1", 5672
+
+
+def amqp_addr(port: int = AMQP_PORT) -> str:
+    """The guest account's URL of a broker (or a proxy in front of it) on 127.0.0.1."""
+    return f"amqp://guest:guest@{AMQP_HOST}:{port}/"
+
+
+AMQP_ADDR = amqp_addr()
 
 
 def require_binary(path: str | None, name: str) -> str:
@@ -273,3 +282,11 @@ def delete_streams(port: int, stream: str) -> None:
             await connection.close()
 
     asyncio.run(main())
+
+
+def amqp_queue() -> Iterator[str]:
+    """A fresh queue name on the machine's RabbitMQ, its pipeline deleted afterwards."""
+    require_broker("amqp", AMQP_HOST, AMQP_PORT)
+    name = f"mailrunner-test-{uuid.uuid4().hex}"
+    yield name
+    delete_amqp_pipeline(name)
