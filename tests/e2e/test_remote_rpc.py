@@ -17,7 +17,7 @@ import pytest
 
 from mailrunner.jobs.drivers import sqlite as sqlite_driver
 from support.net import free_port
-from support.sample_mail import TEMP_FAILURE, WITH_ATTACHMENT
+from support.sample_mail import TEMP_FAILURE, timed_send
 from support.server import RunningServer
 from support.waiting import wait_until
 
@@ -207,13 +207,7 @@ def test_a_push_whose_commit_outlasts_the_ingress_answers_451_and_keeps_the_stor
             "jobs": {"rpc": f"http://127.0.0.1:{api_port}", "push_timeout": push_timeout},
         },
     )
-    with smtplib.SMTP(ingress.host, ingress.port, timeout=30) as client:
-        client.ehlo("ingress.client")
-        client.mail("a@example.com")
-        client.rcpt("b@example.com")
-        started = time.monotonic()
-        reply = client.data(WITH_ATTACHMENT)
-        elapsed = time.monotonic() - started
+    reply, elapsed = timed_send(ingress)
     assert reply == TEMP_FAILURE, f"{reply} after {elapsed:.2f}s"
     assert elapsed < stall, f"451 came after {elapsed:.2f}s, once the COMMIT was done"
 
