@@ -31,8 +31,9 @@ async function navigate() {
   }
 }
 
-/** Live updates: each event goes to the view on screen, if it takes that kind. A reconnect
- * reloads the view, since events sent while disconnected are lost. */
+/** Live updates: each event goes to the view on screen, if it takes that kind. A lost stream
+ * shows in the banner; a reconnect clears it and reloads the view, since events sent while
+ * disconnected are lost. */
 function listen() {
   const source = new EventSource('/events');
   let opened = false;
@@ -44,9 +45,9 @@ function listen() {
     if (opened) await current?.refresh?.();
     opened = true;
   }));
-  source.addEventListener('error', () => {
-    if (source.readyState === EventSource.CLOSED) showError('Live updates stopped: reload the page to resume them.');
-  });
+  source.addEventListener('error', () => showError(source.readyState === EventSource.CLOSED
+    ? 'Live updates stopped: reload the page to resume them.'
+    : 'Lost the connection to the server: reconnecting…'));
 }
 
 const typing = (target) => target.matches('input, textarea, select, [contenteditable]');
@@ -58,7 +59,7 @@ function onKey(event) {
     else if (current !== inbox) location.hash = '#/';
     return;
   }
-  if (typing(event.target)) return;
+  if (typing(event.target) || (event.key === 'Enter' && event.target.closest('button, a'))) return;
   if (event.key === '/') {
     event.preventDefault();
     if (current === inbox) inbox.focusSearch();

@@ -87,7 +87,9 @@ async function load() {
   clearError();
   try {
     const answer = await api('GET', `/messages?${query}`);
-    Object.assign(state, { total: answer.total, messages: answer.messages, unseen: 0, selected: 0 });
+    const kept = state.messages[state.selected]?.id;
+    const selected = Math.max(0, answer.messages.findIndex((m) => m.id === kept));
+    Object.assign(state, { total: answer.total, messages: answer.messages, unseen: 0, selected });
     searchError(null);
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 422)) throw error;

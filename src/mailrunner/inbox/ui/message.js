@@ -4,12 +4,14 @@ import { api, attempt, part } from './api.js';
 import { addresses, button, el, size, table } from './dom.js';
 
 const TABS = { html: 'HTML', text: 'Text', headers: 'Headers', raw: 'Raw', attachments: 'Attachments' };
+let openId = null;
 
 export const message = {
   async mount(view, id) {
+    openId = id;
     const path = `/messages/${part(id)}`;
     const [event] = await Promise.all([api('GET', path), api('POST', `${path}/read`)]);
-    const shown = { path, event, raw: null, panel: el('div', { class: 'panel', role: 'tabpanel' }) };
+    const shown = { path, event, raw: null, tab: null, panel: el('div', { class: 'panel', role: 'tabpanel' }) };
     const count = (name) => (name === 'attachments' ? ` (${event.attachments.length})` : '');
     const tabs = el('div', { class: 'tabs', role: 'tablist' }, Object.entries(TABS).map(([name, label]) =>
       button(label + count(name), `tab-${name}`, attempt(() => show(shown, tabs, name)), { role: 'tab', 'data-tab': name })));
@@ -24,6 +26,13 @@ export const message = {
       el('h1', { 'data-testid': 'message-subject' }, event.message.subject || '(no subject)'),
       details(event), tabs, shown.panel));
     await show(shown, tabs, event.message.html_body ? 'html' : 'text');
+  },
+  unmount() {
+    openId = null;
+  },
+  /** Deleted elsewhere (another tab, the CLI): back to the list. */
+  onDeleted({ ids }) {
+    if (ids.includes(openId)) location.hash = '#/';
   },
 };
 
@@ -51,8 +60,10 @@ function password(secret) {
 }
 
 async function show(shown, tabs, name) {
+  shown.tab = name;
   for (const tab of tabs.children) tab.setAttribute('aria-selected', String(tab.dataset.tab === name));
-  shown.panel.replaceChildren(await panel(shown, name));
+  const content = await panel(shown, name);
+  if (shown.tab === name) shown.panel.replaceChildren(content); // not when another tab was clicked meanwhile
 }
 
 async function panel(shown, name) {
