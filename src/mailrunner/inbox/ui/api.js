@@ -31,7 +31,8 @@ export async function api(method, path, body) {
   const json = (response.headers.get('Content-Type') ?? '').includes('json');
   if (!response.ok) {
     const detail = json ? await response.json().catch(() => ({})) : {};
-    throw new ApiError(response.status, detail.error ?? `${method} ${path}: ${response.status} ${response.statusText}`, detail);
+    const message = detail.error ?? `${method} ${path}: ${response.status} ${response.statusText}`;
+    throw new ApiError(response.status, message, detail);
   }
   return json ? response.json() : response.text();
 }

@@ -8,7 +8,8 @@ import { message } from './message.js';
 function route(hash) {
   const [, page = '', arg] = hash.replace(/^#/, '').split('/');
   if (page === 'messages' && arg) return [message, 'inbox', decodeURIComponent(arg)];
-  return { pipelines: [pipelines, 'pipelines'], workers: [workers, 'workers'] }[page] ?? [inbox, 'inbox'];
+  const pages = { pipelines: [pipelines, 'pipelines'], workers: [workers, 'workers'] };
+  return pages[page] ?? [inbox, 'inbox'];
 }
 
 let current = null;

@@ -1,6 +1,6 @@
 // The inbox list: search, paging, delete and clear, and live updates from /events.
 import { api, ApiError, attempt, clearError, part } from './api.js';
-import { addresses, button, el, size, time } from './dom.js';
+import { addresses, button, el, size, thead, time } from './dom.js';
 
 const LIMIT = 50;
 /** Kept across views, so that Escape from a message returns to the same search and page. */
@@ -22,8 +22,9 @@ export const inbox = {
   },
   key(event) {
     const moves = { j: 1, k: -1 };
+    const selected = state.messages[state.selected];
     if (event.key in moves) select(state.selected + moves[event.key], true);
-    else if (event.key === 'Enter' && state.messages[state.selected]) open(state.messages[state.selected].id);
+    else if (event.key === 'Enter' && selected) open(selected.id);
     else return false;
     return true;
   },
@@ -71,12 +72,11 @@ function build() {
     rows: el('tbody'),
     empty: el('p', { class: 'empty', hidden: true }),
   };
-  const headings = ['From', 'To', 'Subject', '', 'Size', 'Received', ''];
   parts.root = el('section', { class: 'inbox' },
     form, parts.error,
     el('div', { class: 'toolbar' }, parts.range, parts.unseen, parts.prev, parts.next, parts.clear),
     el('table', { class: 'messages' },
-      el('thead', {}, el('tr', {}, headings.map((h) => el('th', { scope: 'col' }, h)))), parts.rows),
+      thead(['From', 'To', 'Subject', '', 'Size', 'Received', '']), parts.rows),
     parts.empty);
   return parts;
 }
@@ -119,26 +119,36 @@ function render() {
   nodes.next.disabled = state.offset + state.messages.length >= state.total;
   nodes.clear.textContent = state.q ? 'Delete matching' : 'Delete all';
   nodes.clear.disabled = state.total === 0;
-  nodes.empty.textContent = state.q ? 'No message matches this search.' : 'No messages yet: send one to the SMTP port.';
+  nodes.empty.textContent = state.q
+    ? 'No message matches this search.'
+    : 'No messages yet: send one to the SMTP port.';
   nodes.empty.hidden = state.messages.length > 0;
   nodes.rows.replaceChildren(...state.messages.map(row));
   select(state.selected);
 }
 
 function row(message) {
-  const tr = el('tr', { 'data-testid': 'message-row', 'data-id': message.id, class: message.read ? 'read' : 'unread' },
+  const { id, received_at: at, attachments } = message;
+  const clip = attachments > 0 && el('span', {
+    class: 'clip', role: 'img', 'aria-label': 'has attachments',
+    title: `${attachments} attachment(s)`,
+  });
+  const remover = button('Delete', 'delete', attempt((event) => {
+    event.stopPropagation(); // not also a click on the row, which opens it
+    return remove(id);
+  }), { class: 'quiet', 'aria-label': 'Delete this message' });
+  const tr = el('tr', {
+    'data-testid': 'message-row', 'data-id': id, class: message.read ? 'read' : 'unread',
+  },
     el('td', { class: 'from' }, addresses(message.from)),
     el('td', { class: 'to' }, addresses(message.to)),
     el('td', { class: 'subject' }, el('span', {}, message.subject || '(no subject)'),
       el('span', { class: 'snippet' }, message.snippet)),
-    el('td', { class: 'mark' }, message.attachments ? el('span', { class: 'clip', title: `${message.attachments} attachment(s)`, role: 'img', 'aria-label': 'has attachments' }) : ''),
+    el('td', { class: 'mark' }, clip),
     el('td', { class: 'size' }, size(message.size)),
-    el('td', { class: 'time' }, el('time', { datetime: message.received_at, title: message.received_at }, time(message.received_at))),
-    el('td', {}, button('Delete', 'delete', attempt((event) => {
-      event.stopPropagation();
-      return remove(message.id);
-    }), { class: 'quiet', 'aria-label': 'Delete this message' })));
-  tr.addEventListener('click', () => open(message.id));
+    el('td', { class: 'time' }, el('time', { datetime: at, title: at }, time(at))),
+    el('td', {}, remover));
+  tr.addEventListener('click', () => open(id));
   return tr;
 }
 
@@ -167,7 +177,7 @@ async function remove(id) {
 }
 
 async function clearAll() {
-  const what = state.q ? `the ${state.total} messages matching “${state.q}”` : `all ${state.total} messages`;
+  const what = state.q ? `the ${state.total} messages matching “${state.q}”` : 'all messages';
   if (!confirm(`Delete ${what}?`)) return;
   await api('DELETE', state.q ? `/messages?${new URLSearchParams({ q: state.q })}` : '/messages');
   state.offset = 0;
