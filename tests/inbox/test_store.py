@@ -207,6 +207,7 @@ def test_delete_matching_deletes_what_the_query_selects(store: InboxStore) -> No
     assert store.attachment(dropped_too.id, 0) is None, "attachments go with their message"
     assert found(store, "") == {"keep me"}
     assert found(store, "also") == set(), "the search index forgot the deleted rows"
+    store._writer.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
     assert store.delete_matching(None) == [keep.id]
     assert store.stats() == Stats(0, 0)
 
@@ -327,15 +328,16 @@ def test_like_wildcards_in_a_short_term_match_only_themselves(
 
 def test_retention_drops_the_oldest_beyond_max_messages(tmp_path: Path) -> None:
     with InboxStore(tmp_path / "inbox.db", max_messages=3) as store:
-        kept = {}
+        ids, removed = {}, []
         for minute in (5, 0, 3, 1, 4):  # insertion order is not age order
-            one = message(subject=f"m{minute}", received_at=START + timedelta(minutes=minute))
+            one = message(subject=f"m{minute}x", received_at=START + timedelta(minutes=minute))
             store.insert(one)
-            kept[minute] = one.id
-            store.enforce_retention()
-        assert found(store, "") == {"m5", "m4", "m3"}
+            ids[minute] = one.id
+            removed += store.enforce_retention()
+        assert found(store, "") == {"m5x", "m4x", "m3x"}
+        assert removed == [ids[0], ids[1]]
         assert store.enforce_retention() == []
-        assert found(store, "m0") == set(), "the index forgot the dropped rows"
+        assert found(store, "m0x") == set(), "the index forgot the dropped rows"
 
 
 def test_retention_drops_messages_older_than_max_age(tmp_path: Path) -> None:

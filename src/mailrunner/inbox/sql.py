@@ -2,17 +2,21 @@
 
 Schema:
 
-    messages       one row per message; `seq` is the rowid the FTS index refers to (an
-                   INTEGER PRIMARY KEY, so VACUUM cannot renumber it), `id` the event UUID.
-                   Summary columns come first and the large ones (`body`, `event_json`,
-                   `raw`) last: a listing reads a row's start and never their pages.
-                   `received_at` is ISO 8601 UTC with milliseconds and a `Z`, so text order
-                   is time order. `body` is the searchable text (text part, then the HTML
-                   part's text).
-    attachments    one row per attachment: (message_id, position 0-based) and its bytes
-    messages_fts   FTS5 index over subject, body, sender, recipients, with `messages` as its
-                   external content; triggers keep it in step on insert and delete, and the
-                   indexed columns are never updated (only `is_read` is).
+    messages       one small row per message, what a listing shows and filters on; `seq` (an
+                   INTEGER PRIMARY KEY, so VACUUM cannot renumber it) is the key the other
+                   tables use, `id` the event UUID. `received_at` is ISO 8601 UTC with
+                   milliseconds and a `Z`, so text order is time order.
+    contents       the stored event JSON and the raw bytes, kept apart so that a filter or a
+                   count that scans `messages` reads a few hundred pages, not whole messages
+    attachments    one row per attachment: (seq, position 0-based) and its bytes
+    texts          what search reads: subject, body (the text part, then the HTML part's
+                   text), sender and recipients
+    messages_fts   FTS5 index over `texts` (its external content, so the text is kept once),
+                   kept in step by triggers on `texts`
+
+A message is inserted into every table in one transaction; triggers delete its other rows
+with its `messages` row, so retention and deletes touch one table. Indexed text is never
+updated (only `is_read` is).
 
 Search: user text reaches FTS5 only as one double-quoted string (any `"` doubled) bound as a
 parameter, so NEAR, OR, `*`, `^` or a `column:` filter inside it are characters to find, not
@@ -41,34 +45,47 @@ CREATE TABLE IF NOT EXISTS messages (
     size             INTEGER NOT NULL,
     attachment_count INTEGER NOT NULL,
     is_read          INTEGER NOT NULL DEFAULT 0,
-    snippet          TEXT    NOT NULL,
-    body             TEXT    NOT NULL,
-    event_json       BLOB    NOT NULL,
-    raw              BLOB    NOT NULL
+    snippet          TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
+CREATE TABLE IF NOT EXISTS contents (
+    seq        INTEGER PRIMARY KEY,
+    event_json BLOB NOT NULL,
+    raw        BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS attachments (
-    message_id   TEXT    NOT NULL,
+    seq          INTEGER NOT NULL,
     position     INTEGER NOT NULL,
     filename     TEXT,
     content_type TEXT    NOT NULL,
     content_id   TEXT,
     inline       INTEGER NOT NULL,
     content      BLOB    NOT NULL,
-    PRIMARY KEY (message_id, position)
+    PRIMARY KEY (seq, position)
+);
+CREATE TABLE IF NOT EXISTS texts (
+    seq        INTEGER PRIMARY KEY,
+    subject    TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    sender     TEXT NOT NULL,
+    recipients TEXT NOT NULL
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5(
     subject, body, sender, recipients,
-    content = 'messages', content_rowid = 'seq', tokenize = 'trigram'
+    content = 'texts', content_rowid = 'seq', tokenize = 'trigram'
 );
-CREATE TRIGGER IF NOT EXISTS messages_indexed AFTER INSERT ON messages BEGIN
+CREATE TRIGGER IF NOT EXISTS texts_indexed AFTER INSERT ON texts BEGIN
     INSERT INTO messages_fts (rowid, subject, body, sender, recipients)
     VALUES (new.seq, new.subject, new.body, new.sender, new.recipients);
 END;
-CREATE TRIGGER IF NOT EXISTS messages_removed AFTER DELETE ON messages BEGIN
+CREATE TRIGGER IF NOT EXISTS texts_removed AFTER DELETE ON texts BEGIN
     INSERT INTO messages_fts (messages_fts, rowid, subject, body, sender, recipients)
     VALUES ('delete', old.seq, old.subject, old.body, old.sender, old.recipients);
-    DELETE FROM attachments WHERE message_id = old.id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_removed AFTER DELETE ON messages BEGIN
+    DELETE FROM texts WHERE seq = old.seq;
+    DELETE FROM contents WHERE seq = old.seq;
+    DELETE FROM attachments WHERE seq = old.seq;
 END;
 """
 
@@ -82,6 +99,7 @@ _COLUMNS = {
     Field.SUBJECT: ("subject",),
 }
 _IN_INDEX = "seq IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?)"
+_LIKE = "{} LIKE ? ESCAPE '\\'"
 
 
 def sql_time(instant: datetime) -> str:
@@ -135,7 +153,9 @@ def _clause(term: Term) -> tuple[str, list[object]]:
         if len(term.value) >= TRIGRAM:
             return f"NOT {_IN_INDEX}", [_fts_term(term)]
         columns = _COLUMNS[term.field]
-        likes = " OR ".join(f"{column} LIKE ? ESCAPE '\\'" for column in columns)
+        likes = " OR ".join(_LIKE.format(column) for column in columns)
+        if term.field is Field.ANY:  # the body is only in `texts`
+            likes = f"seq IN (SELECT seq FROM texts WHERE {likes})"
         negation = "NOT " if term.negated else ""
         return f"{negation}({likes})", [like_pattern(term.value)] * len(columns)
     if isinstance(term, HasAttachment):
