@@ -178,6 +178,8 @@ def test_the_list_is_newest_first_and_pages(store: InboxStore) -> None:
     assert first.total == second.total == 5
     assert [s.subject for s in first.messages + second.messages] == ["m4", "m3", "m2", "m1"]
     assert first.messages[0].received_at == START + timedelta(minutes=4)
+    with pytest.raises(ValueError, match="must not be negative"):
+        store.list(parse(""), limit=-1)
 
 
 def test_read_flags_deletes_and_stats(store: InboxStore) -> None:
@@ -418,3 +420,28 @@ class _NoFts5:
 def test_missing_fts5_is_reported_as_such() -> None:
     with pytest.raises(FtsUnavailable, match="no FTS5 full-text search"):
         check_fts5(_NoFts5())  # type: ignore[arg-type]
+
+
+def test_a_closed_store_raises_inbox_error(tmp_path: Path) -> None:
+    store = InboxStore(tmp_path / "inbox.db")
+    store.close()
+    with pytest.raises(InboxError, match="closed"):
+        store.stats()
+    with pytest.raises(InboxError, match="closed"):
+        store.insert(message())
+
+
+def test_threads_share_one_store(store: InboxStore) -> None:
+    """What asyncio.to_thread does to it: calls from many threads at once."""
+
+    async def insert_and_list(number: int) -> int:
+        await asyncio.to_thread(store.insert, message(subject=f"thread {number}"))
+        page = await asyncio.to_thread(store.list, parse("thread"), 5)
+        return page.total
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(insert_and_list(n) for n in range(40)))
+
+    totals = asyncio.run(main())
+    assert all(1 <= total <= 40 for total in totals)
+    assert store.stats() == Stats(count=40, unread=40)

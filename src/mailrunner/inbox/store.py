@@ -158,7 +158,8 @@ class InboxStore:
         return connection
 
     def _error(self, error: sqlite3.Error) -> InboxError:
-        if error.sqlite_errorcode & 0xFF in _LOCK_CODES:
+        # Errors of the sqlite3 module itself (a closed connection) carry no SQLite code.
+        if getattr(error, "sqlite_errorcode", 0) & 0xFF in _LOCK_CODES:
             return InboxLocked(
                 f"inbox {self.path}: locked by another connection for more than"
                 f" {self._busy_timeout:g} s: {error}"
