@@ -38,10 +38,13 @@ QUERIES = [
     "after:2026-01-20 before:2026-01-25",
     "-invoice -report",
     "ab",
+    "ü",
     "東京タワー",
     "invoice paid -report has:attachment",
 ]
-"""Common words (many hits), a rare one, each key, a short word (a LIKE scan), CJK."""
+"""Common words (many hits), a rare one, each key, CJK, and words too short for the trigram
+index: one found in most messages, one found nowhere (every body is read)."""
+BATCH = 10
 
 _LETTERS = random.Random(7)
 _WORDS = [
@@ -84,7 +87,7 @@ def _message(number: int, rng: random.Random, start: datetime) -> StoredMessage:
 
 
 def fill(store: InboxStore) -> float:
-    """Insert MESSAGES messages; inserts per second."""
+    """Insert MESSAGES messages one by one; inserts per second."""
     rng = random.Random(13)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     started = time.perf_counter()
@@ -94,6 +97,17 @@ def fill(store: InboxStore) -> float:
         if number % 7 == 0:
             store.set_read(message.id, True)
     return MESSAGES / (time.perf_counter() - started)
+
+
+def fill_in_batches(store: InboxStore, count: int) -> float:
+    """Insert `count` more messages BATCH at a time; inserts per second."""
+    rng = random.Random(17)
+    start = datetime(2026, 2, 1, tzinfo=UTC)
+    messages = [_message(number, rng, start) for number in range(count)]
+    started = time.perf_counter()
+    for first in range(0, count, BATCH):
+        store.insert_many(messages[first : first + BATCH])
+    return count / (time.perf_counter() - started)
 
 
 def p95_ms(store: InboxStore, query: str, offset: int = 0) -> tuple[float, float, int]:
@@ -122,6 +136,8 @@ def main() -> int:
                 worst = max(worst, p95)
                 label = f"{query!r} offset {offset}" if offset else repr(query)
                 print(f"  {label:42} {total:6} hits  p50 {median:6.2f} ms  p95 {p95:6.2f} ms")
+            rate = fill_in_batches(store, 1000)
+            print(f"1000 more inserted {BATCH} per transaction at {rate:.0f}/s")
     finally:
         shutil.rmtree(directory)
     verdict = "ok" if worst <= TARGET_P95_MS else "MISSED"

@@ -170,6 +170,13 @@ def test_a_second_insert_of_the_same_id_changes_nothing(store: InboxStore) -> No
     assert store.attachment(kept.id, 0) == ("a.txt", "text/plain", b"A")
 
 
+def test_a_batch_is_kept_in_one_go_and_skips_ids_already_kept(store: InboxStore) -> None:
+    first, second = message(subject="first"), message(subject="second")
+    assert store.insert(first)
+    assert store.insert_many([second, first, second]) == [True, False, False]
+    assert found(store, "") == {"first", "second"}
+
+
 def test_the_list_is_newest_first_and_pages(store: InboxStore) -> None:
     for minute in (3, 1, 4, 2, 0):
         store.insert(message(subject=f"m{minute}", received_at=START + timedelta(minutes=minute)))
@@ -178,6 +185,9 @@ def test_the_list_is_newest_first_and_pages(store: InboxStore) -> None:
     assert first.total == second.total == 5
     assert [s.subject for s in first.messages + second.messages] == ["m4", "m3", "m2", "m1"]
     assert first.messages[0].received_at == START + timedelta(minutes=4)
+    searched = store.list(parse("after:2024-05-01T12:01Z"), limit=2, offset=1)
+    assert (searched.total, [s.subject for s in searched.messages]) == (4, ["m3", "m2"])
+    assert store.list(parse("after:2024-05-01T12:01Z"), limit=2, offset=9) == (4, [])
     with pytest.raises(ValueError, match="must not be negative"):
         store.list(parse(""), limit=-1)
 

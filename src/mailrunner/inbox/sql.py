@@ -99,8 +99,8 @@ _COLUMNS = {
     Field.SUBJECT: ("subject",),
 }
 _IN_INDEX = "+seq IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?)"
-"""The `+` keeps SQLite from turning the hits into rowid lookups to be sorted: a page is then
-read newest first along `received_at` and ends after `limit` hits."""
+"""The `+` keeps SQLite from turning the hits into rowid lookups to be sorted: they are read
+newest first along the `received_at` index instead, each checked against the list."""
 _LIKE = "{} LIKE ? ESCAPE '\\'"
 
 
@@ -156,10 +156,8 @@ def _clause(term: Term) -> tuple[str, list[object]]:
             return f"NOT {_IN_INDEX}", [_fts_term(term)]
         columns = _COLUMNS[term.field]
         likes = " OR ".join(_LIKE.format(column) for column in columns)
-        if term.field is Field.ANY:
-            # The body is only in `texts`. Correlated, so a page read newest first looks
-            # at the bodies of the rows it reads, not at every body.
-            likes = f"EXISTS (SELECT 1 FROM texts WHERE texts.seq = messages.seq AND ({likes}))"
+        if term.field is Field.ANY:  # the body is only in `texts`: read it in one pass
+            likes = f"+seq IN (SELECT seq FROM texts WHERE {likes})"
         negation = "NOT " if term.negated else ""
         return f"{negation}({likes})", [like_pattern(term.value)] * len(columns)
     if isinstance(term, HasAttachment):
