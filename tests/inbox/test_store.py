@@ -19,8 +19,10 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mailrunner.inbox.errors import FtsUnavailable, InboxError, InboxLocked
+from mailrunner.inbox.errors import FtsUnavailable, InboxError, InboxLocked, QueryError
 from mailrunner.inbox.message import StoredMessage, cap_utf8
 from mailrunner.inbox.query import parse
 from mailrunner.inbox.sql import where
@@ -325,6 +327,33 @@ def test_a_raw_or_would_match_both_sides_but_the_quoted_phrase_matches_one(
     clause, parameters = where(parse('"alpha OR omega" subject:"x""y"'))
     assert parameters == ['"alpha OR omega" AND subject : "x""y"']
     assert "alpha" not in clause
+
+
+_QUERY_TEXT = st.text(
+    alphabet=st.sampled_from("abc xyz\"-:*^(){}%_\\'日本NEARORfromtosubjecthasis\x00\x01\u00e9"),
+    max_size=40,
+)
+
+
+def test_any_text_is_a_query_error_or_a_search_sqlite_accepts(tmp_path: Path) -> None:
+    """Whatever a user types, parsing refuses it with a position or the search runs: user
+    text never becomes FTS5 or SQL syntax that SQLite rejects."""
+    with InboxStore(tmp_path / "inbox.db") as store:
+        store.insert(message(subject='abc "xyz" NEAR(ab) 日本 50% a_b'))
+
+        @settings(max_examples=400, deadline=None)
+        @given(_QUERY_TEXT)
+        def search(text: str) -> None:
+            try:
+                query = parse(text)
+            except QueryError as error:
+                fault = error.position
+            else:
+                store.list(query, limit=10)
+                return
+            assert 0 <= fault <= len(text), f"{fault} is outside {text!r}"
+
+        search()
 
 
 @pytest.mark.parametrize("wildcard", ["%", "__", "\\", "%%"])
