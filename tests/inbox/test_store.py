@@ -238,6 +238,7 @@ def searchable(store: InboxStore) -> InboxStore:
         message(subject="Lunch", html="<b>Pizza</b> at noon", to="team@corp.test"),
         message(subject="日本語のお知らせ", body="東京タワーで会いましょう", attachments=[entry]),
         message(subject="50% off_sale", body="AB test", received_at=START + timedelta(days=2)),
+        message(subject="Rentrée", body="ÉCOLE ПРИВЕТ", received_at=START - timedelta(days=1)),
     ):
         store.insert(kept)
     return store
@@ -262,11 +263,13 @@ def searchable(store: InboxStore) -> InboxStore:
         ("お知らせ", {"日本語のお知らせ"}),
         ("has:attachment", {"日本語のお知らせ"}),
         ("-has:attachment pay", {"Invoice 42"}),
-        ("-invoice -lunch", {"日本語のお知らせ", "50% off_sale"}),
+        ("-invoice -lunch", {"日本語のお知らせ", "50% off_sale", "Rentrée"}),
         ("after:2024-05-02", {"50% off_sale"}),
         ("before:2024-05-02 invoice", {"Invoice 42"}),
-        ("before:2024-05-01T12:00Z", set()),
+        ("before:2024-05-01T12:00Z", {"Rentrée"}),
         ("after:2024-05-01T12:00Z", {"Invoice 42", "Lunch", "日本語のお知らせ", "50% off_sale"}),
+        ("before:2024-05-01", {"Rentrée"}),
+        ("école привет", {"Rentrée"}),
         ("42", {"Invoice 42"}),
         ("ab", {"50% off_sale"}),
         ("-ab invoice", {"Invoice 42"}),
