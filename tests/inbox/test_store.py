@@ -81,6 +81,12 @@ def event_dict(
     return event
 
 
+def attachment_entry(filename: str, content_type: str) -> dict[str, Any]:
+    """An event's attachment holding the one byte `A`, inline in base64."""
+    return {"filename": filename, "content_type": content_type, "size": 1,
+            "content_id": None, "inline": False, "content": "QQ=="}  # fmt: skip
+
+
 def message(**facts: Any) -> StoredMessage:
     return StoredMessage.from_event(event_dict(**facts), b"raw bytes of " + os.urandom(4))
 
@@ -161,8 +167,7 @@ def test_bodies_are_capped_for_preview_and_the_raw_bytes_kept_whole(store: Inbox
 
 
 def test_a_second_insert_of_the_same_id_changes_nothing(store: InboxStore) -> None:
-    entry = {"filename": "a.txt", "content_type": "text/plain", "size": 1,
-             "content_id": None, "inline": False, "content": "QQ=="}  # fmt: skip
+    entry = attachment_entry("a.txt", "text/plain")
     kept = message(subject="once", attachments=[entry])
     assert store.insert(kept) is True
     store.set_read(kept.id, True)
@@ -212,8 +217,7 @@ def test_read_flags_deletes_and_stats(store: InboxStore) -> None:
 
 def test_delete_matching_deletes_what_the_query_selects(store: InboxStore) -> None:
     keep, drop = message(subject="keep me"), message(subject="drop me", sender="spam@x.test")
-    entry = {"filename": "a", "content_type": "a/b", "size": 1,
-             "content_id": None, "inline": False, "content": "QQ=="}  # fmt: skip
+    entry = attachment_entry("a", "a/b")
     dropped_too = message(subject="also", attachments=[entry], sender="spam@x.test")
     for one in (keep, drop, dropped_too):
         store.insert(one)
@@ -231,8 +235,7 @@ def test_delete_matching_deletes_what_the_query_selects(store: InboxStore) -> No
 
 @pytest.fixture
 def searchable(store: InboxStore) -> InboxStore:
-    entry = {"filename": "x.pdf", "content_type": "application/pdf", "size": 1,
-             "content_id": None, "inline": False, "content": "QQ=="}  # fmt: skip
+    entry = attachment_entry("x.pdf", "application/pdf")
     for kept in (
         message(subject="Invoice 42", body="please pay", sender="billing@shop.test"),
         message(subject="Lunch", html="<b>Pizza</b> at noon", to="team@corp.test"),
