@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 from mailrunner.errors import ConfigError
+from mailrunner.inbox.message import DEFAULT_MAX_PREVIEW_BYTES
+from mailrunner.inbox.store import DEFAULT_MAX_MESSAGES
 from mailrunner.jobs.deadline import DEFAULT_PUSH_TIMEOUT, MAX_PUSH_TIMEOUT, MIN_PUSH_TIMEOUT
 from mailrunner.jobs.model import MAX_DELAY
 
@@ -409,6 +411,24 @@ class JobsConfig(_Model):
         return consume
 
 
+class InboxConfig(_Model):
+    """The inbox: a pipeline every accepted email is pushed to last, consumed in-process
+    into one SQLite file (`path`, default `<data_dir>/inbox.db`) that the API and UI read.
+
+    The pipeline is declared implicitly as sqlite in `<data_dir>/jobs.db` unless
+    `jobs.pipelines` declares it. Retention: the oldest go beyond `max_messages`, and any
+    older than `max_age`; bodies beyond `max_preview_bytes` are cut in the preview (the raw
+    message stays whole).
+    """
+
+    enabled: bool = True
+    pipeline: str = Field(default="inbox", min_length=1)
+    path: Path | None = None
+    max_messages: int = Field(default=DEFAULT_MAX_MESSAGES, ge=1)
+    max_age: Duration | None = Field(default=None, gt=0)
+    max_preview_bytes: int = Field(default=DEFAULT_MAX_PREVIEW_BYTES, ge=1024)
+
+
 class RpcConfig(_Model):
     """The management API. Without a token it trusts only requests addressed to itself
     (`Host` is the listen address, a loopback name or one of `allowed_hosts`) and not sent
@@ -434,6 +454,7 @@ class Config(_Model):
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     rpc: RpcConfig = Field(default_factory=RpcConfig)
     logs: LogsConfig = Field(default_factory=LogsConfig)
+    inbox: InboxConfig = Field(default_factory=InboxConfig)
 
     @model_validator(mode="after")
     def _smtp_pipeline_declared(self) -> Config:
@@ -470,6 +491,10 @@ class Config(_Model):
                 " address; the API can push jobs and stop workers"
             )
         return self
+
+    @property
+    def inbox_path(self) -> Path:
+        return self.inbox.path or self.data_dir / "inbox.db"
 
     @property
     def attachments_dir(self) -> Path:
