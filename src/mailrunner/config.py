@@ -212,7 +212,11 @@ class RpcTarget(_Model):
 
 
 class SmtpJobsConfig(_Model):
-    pipeline: str = "smtp-emails"
+    """Where accepted email goes: every pipeline in `pipelines` (`pipeline` is the shorthand
+    for one of them; giving both is an error), then the inbox's pipeline last."""
+
+    pipelines: list[Annotated[str, Field(min_length=1)]] = []
+    pipeline: str | None = Field(default=None, min_length=1)
     priority: int = Field(default=DEFAULT_PRIORITY, ge=0)
     delay: Duration = Field(default=0.0, le=MAX_DELAY)
     auto_ack: bool = False
@@ -220,6 +224,19 @@ class SmtpJobsConfig(_Model):
         default=DEFAULT_PUSH_TIMEOUT, ge=MIN_PUSH_TIMEOUT, le=MAX_PUSH_TIMEOUT
     )
     rpc: RpcTarget | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_name_them(self) -> SmtpJobsConfig:
+        if self.pipeline is not None and self.pipelines:
+            raise ValueError("pipeline and pipelines: give one (pipeline names a single one)")
+        if len(set(self.pipelines)) != len(self.pipelines):
+            raise ValueError("pipelines: names a pipeline twice")
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        """The pipelines every accepted email is pushed to, the inbox's aside."""
+        return [self.pipeline] if self.pipeline is not None else list(self.pipelines)
 
 
 class TlsConfig(_Model):
@@ -457,17 +474,37 @@ class Config(_Model):
     inbox: InboxConfig = Field(default_factory=InboxConfig)
 
     @model_validator(mode="after")
-    def _smtp_pipeline_declared(self) -> Config:
+    def _smtp_pipelines_declared(self) -> Config:
         smtp = self.smtp
-        if (
-            smtp.use_jobs
-            and smtp.jobs.rpc is None
-            and smtp.jobs.pipeline not in self.jobs.pipelines
-        ):
+        if not smtp.use_jobs or smtp.jobs.rpc is not None:
+            return self
+        key = "smtp.jobs.pipeline" if smtp.jobs.pipeline is not None else "smtp.jobs.pipelines"
+        unknown = [name for name in smtp.jobs.targets if name not in self.pipelines]
+        if unknown:
             raise ValueError(
-                f"smtp.jobs.pipeline: pipeline {smtp.jobs.pipeline!r} is not declared in"
-                " jobs.pipelines (declare it, set smtp.jobs.rpc, or set smtp.use_jobs: false)"
+                f"{key}: {', '.join(map(repr, unknown))} not declared in jobs.pipelines"
+                " (declare it, set smtp.jobs.rpc, or set smtp.use_jobs: false)"
             )
+        if not smtp.jobs.targets and not self.inbox.enabled:
+            raise ValueError(
+                "smtp.jobs.pipelines: names no pipeline and the inbox is off, so accepted"
+                " email would go nowhere (name a pipeline or set smtp.use_jobs: false)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _inbox_pipeline_is_its_own(self) -> Config:
+        """The inbox's pipeline gets every email last and is consumed by the inbox alone."""
+        name = self.inbox.pipeline
+        if not self.inbox.enabled:
+            return self
+        if name in self.smtp.jobs.targets:
+            raise ValueError(
+                f"smtp.jobs.pipelines: {name!r} is the inbox's pipeline (inbox.pipeline), which"
+                " every email reaches last anyway"
+            )
+        if name in self.jobs.consume:
+            raise ValueError(f"jobs.consume: {name!r} is consumed by the inbox (inbox.pipeline)")
         return self
 
     @model_validator(mode="after")
@@ -493,8 +530,23 @@ class Config(_Model):
         return self
 
     @property
+    def runs_inbox(self) -> bool:
+        """This process keeps the inbox: email is pushed here (not to `smtp.jobs.rpc`'s node,
+        which runs its own) and the inbox is on."""
+        return self.inbox.enabled and self.smtp.use_jobs and self.smtp.jobs.rpc is None
+
+    @property
     def inbox_path(self) -> Path:
         return self.inbox.path or self.data_dir / "inbox.db"
+
+    @property
+    def pipelines(self) -> dict[str, PipelineConfig]:
+        """Every pipeline this process opens: `jobs.pipelines`, and the inbox's as sqlite in
+        `<data_dir>/jobs.db` when it runs the inbox and the file does not declare it."""
+        declared = self.jobs.pipelines
+        if not self.runs_inbox or self.inbox.pipeline in declared:
+            return declared
+        return {**declared, self.inbox.pipeline: SqlitePipelineConfig(driver="sqlite")}
 
     @property
     def attachments_dir(self) -> Path:
