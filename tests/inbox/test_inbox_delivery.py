@@ -70,14 +70,22 @@ def test_a_message_reaches_the_other_pipeline_and_the_inbox_store(start_server: 
     assert server.app.delivery.destination == "jobs pipelines smtp-emails, inbox"
 
 
-def test_a_failing_push_gives_451_and_nothing_reaches_the_inbox(start_server: Start) -> None:
+def test_pipelines_are_pushed_in_order_and_a_later_failure_keeps_the_inbox_out(
+    start_server: Start,
+) -> None:
     full = {"driver": "memory", "config": {"max_queued": 1}}
-    server = start_with_inbox(start_server, jobs={"pipelines": {"smtp-emails": full}})
+    server = start_with_inbox(
+        start_server,
+        smtp={"jobs": {"pipelines": ["smtp-emails", "full"]}},
+        jobs={"pipelines": {"full": full}},
+    )
+    assert server.app.delivery.destination == "jobs pipelines smtp-emails, full, inbox"
 
     assert send(server)[0] == 250
     wait_until(lambda: stats(server).count == 1, "the first message in the inbox")
-    assert send(server) == TEMP_FAILURE, "smtp-emails is full: its push fails"
-    assert job_ids(server, "smtp-emails") != [], "the first job stays"
+    assert send(server) == TEMP_FAILURE, "the second pipeline is full"
+    assert len(job_ids(server, "smtp-emails")) == 2, "the first pipeline had stored it"
+    assert len(job_ids(server, "full")) == 1
     inbox_stat = server.call(server.app.jobs.stat("inbox"))
     assert (inbox_stat.queued, inbox_stat.reserved, stats(server).count) == (0, 0, 1)
 
@@ -227,6 +235,11 @@ def test_the_embedded_default_catches_a_message_into_the_inbox(tmp_path: Path) -
                 return [row[0] for row in connection.execute("SELECT subject FROM texts")]
 
         wait_until(lambda: subjects() == ["caught"], "the message in var/inbox.db")
+        with contextlib.closing(sqlite3.connect(tmp_path / "var" / "jobs.db")) as jobs:
+            wait_until(
+                lambda: jobs.execute("SELECT count(*) FROM jobs").fetchone() == (0,),
+                "the inbox job acked: nothing piles up",
+            )
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(WAIT_SECONDS * 3)
