@@ -245,3 +245,13 @@ def test_the_embedded_default_catches_a_message_into_the_inbox(tmp_path: Path) -
         process.wait(WAIT_SECONDS * 3)
         log.close()
     assert process.returncode == 0, (tmp_path / "server.log").read_text()
+
+
+def test_without_jobs_the_inbox_is_off_and_start_up_says_so(
+    start_server: Start, capfd: pytest.CaptureFixture[str]
+) -> None:
+    server = start_server(smtp={"use_jobs": False}, server={"command": "never-started"}, inbox={})
+
+    assert server.app.inbox is None
+    assert server.app.jobs.list_pipelines() == ["smtp-emails"]
+    assert "inbox off: smtp.use_jobs is false" in capfd.readouterr().out
