@@ -136,7 +136,8 @@ class JobsDelivery:
         self.destination = f"jobs pipeline{'s' if len(names) > 1 else ''} {', '.join(names)}"
 
     async def deliver(self, event: EmailEvent) -> Outcome:
-        payload, inbox_payload = event_payloads(event, self._include_raw)
+        # without other pipelines, the one dump the inbox needs is all
+        payload, inbox_payload = event_payloads(event, self._include_raw or not self._pipelines)
         stored: list[str] = []
         try:
             for pipeline in self._pipelines:
