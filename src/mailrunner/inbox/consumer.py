@@ -22,7 +22,6 @@ import orjson
 import structlog
 
 from mailrunner.errors import DriverError
-from mailrunner.inbox.errors import InboxError
 from mailrunner.inbox.message import StoredMessage, attachment_content
 from mailrunner.inbox.service import Inbox
 from mailrunner.jobs.driver import Lease
@@ -136,7 +135,8 @@ class InboxConsumer:
                 log.warning("inbox job not given back", id=lease.job.id, error=str(error))
 
     async def _settle(self, lease: Lease) -> bool:
-        """Store one job's message and ack it; False when the inbox refused the write."""
+        """Store one job's message and ack it; False when the inbox could not store it (the
+        job is retried, or failed after `retries`)."""
         job = lease.job
         retries = self.pipeline.settings.retries
         try:
@@ -147,7 +147,7 @@ class InboxConsumer:
         except BadInboxJob as error:
             await self._fail(lease, str(error))
             return True
-        except InboxError as error:
+        except Exception as error:  # InboxLocked, a full disk: retried like any failed job
             if lease.attempt < retries:
                 await lease.nack(requeue=True, delay=RETRY_DELAY, error=str(error))
                 log.warning(
