@@ -14,12 +14,14 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 
 from mailrunner.config import InboxConfig
 from mailrunner.inbox.errors import InboxError
 from mailrunner.inbox.feed import Feed
 from mailrunner.inbox.message import StoredMessage
+from mailrunner.inbox.preview import content_id_key, embed_images, referenced_ids
 from mailrunner.inbox.query import Query
 from mailrunner.inbox.sql import sql_time
 from mailrunner.inbox.store import Attachment, InboxStore, Page, Summary
@@ -164,3 +166,25 @@ class Inbox:
     async def attachment(self, message_id: str, index: int) -> Attachment | None:
         """Attachment number `index` (0-based) of a message."""
         return await asyncio.to_thread(self.store.attachment, message_id, index)
+
+    async def html(self, message_id: str) -> str | None:
+        """The HTML body for the preview, its `cid:` images as `data:` URIs ("" when the
+        message has no HTML part); None if there is no such message."""
+        return await asyncio.to_thread(_preview, self.store, message_id)
+
+
+def _preview(store: InboxStore, message_id: str) -> str | None:
+    found = store.get(message_id)
+    if found is None:
+        return None
+    event = orjson.loads(found[0])
+    html: str = event["message"]["html_body"]
+    wanted = referenced_ids(html)
+    images: dict[str, tuple[str, bytes]] = {}
+    for index, entry in enumerate(event["attachments"]):
+        key = entry["content_id"] and content_id_key(entry["content_id"])
+        if key in wanted and key not in images:
+            attachment = store.attachment(message_id, index)
+            if attachment is not None:
+                images[key] = (attachment.content_type, attachment.content)
+    return embed_images(html, images)
