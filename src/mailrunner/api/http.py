@@ -104,14 +104,14 @@ def status_of(error: Exception) -> int:
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
-    return web.json_response(model.model_dump(mode="json", exclude_none=True), status=status)
+    return web.json_response(model.model_dump(mode="json"), status=status)
 
 
 def _error(status: int, error: Exception | str, kind: str | None = None) -> web.Response:
-    """The error body; a query error says where in `q` it is (`position`)."""
+    """The error body; a query error says where in `q` it is (`position`), no other has it."""
     position = error.position if isinstance(error, QueryError) else None
     body = ErrorResponse(error=str(error), type=kind or type(error).__name__, position=position)
-    return _json(body, status)
+    return web.json_response(body.model_dump(mode="json", exclude_none=True), status=status)
 
 
 def _time_left(push_timeout: float | None, arrived: float) -> float:
