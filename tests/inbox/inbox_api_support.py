@@ -1,23 +1,22 @@
-"""A running server with an inbox, and an HTTP client that keeps the bytes and headers.
+"""A running server with its inbox, and an HTTP client that keeps the bytes and headers.
 
-Until the App wires the inbox in itself, the fixture opens an Inbox on the running server's
-loop and serves it from a second ApiServer over the App's own jobs, SMTP server and pools,
-as the App will; messages are built from raw bytes by the real event builder.
+Messages reach the inbox over SMTP (`send`, the whole path) or, where a test is about the
+API rather than the path, straight from the real event builder into `Inbox.add` (`add`).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import smtplib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mailrunner.api.http import ApiServer
 from mailrunner.inbox.message import StoredMessage
-from mailrunner.inbox.service import Inbox
 from support.events import BUILDER, arrival, decode_event
 from support.server import RunningServer
+from support.waiting import wait_until
 
 HTML_WITH_IMAGES = (
     b"From: Alice <alice@example.com>\r\nTo: bob@example.com\r\nSubject: Pictures\r\n"
@@ -60,12 +59,27 @@ class Response:
 class InboxServer:
     """A running server with an inbox; `request` calls its API over real TCP."""
 
-    def __init__(self, server: RunningServer, inbox: Inbox, api: ApiServer) -> None:
+    def __init__(self, server: RunningServer) -> None:
+        assert server.app.inbox is not None, "the server runs an inbox"
         self.server = server
-        self.inbox = inbox
-        self.api = api
-        self.host, self.port = api.address
-        self.api_url = f"http://{self.host}:{self.port}"
+        self.inbox = server.app.inbox
+        self.api = server.app.api
+        self.host, self.port = self.api.address
+        self.api_url = server.api_url
+
+    def send(self, raw: bytes) -> str:
+        """Send a message over SMTP and wait until the inbox has it; its id."""
+        before = {m["id"] for m in self.ok("GET", "/messages")["messages"]}
+        with smtplib.SMTP(self.server.host, self.server.port, timeout=20) as client:
+            client.sendmail("a@example.com", ["b@example.com"], raw)
+        new: list[str] = []
+
+        def arrived() -> bool:
+            new[:] = [m["id"] for m in self.ok("GET", "/messages")["messages"]]
+            return bool(set(new) - before)
+
+        wait_until(arrived, "the message to reach the inbox")
+        return new[0]
 
     def add(self, raw: bytes) -> str:
         """Keep a message as the inbox's consumer would; its id."""

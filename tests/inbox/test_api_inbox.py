@@ -92,7 +92,7 @@ def test_a_message_is_its_event_plus_read_and_marks_read_and_unread(
 
 
 def test_raw_is_the_exact_bytes_to_save_as_eml(inbox_server: InboxServer) -> None:
-    message_id = inbox_server.add(WITH_PDF)
+    message_id = inbox_server.send(WITH_PDF)
     response = inbox_server.request("GET", f"/messages/{message_id}/raw")
     assert response.status == 200
     assert response.body == WITH_PDF
@@ -174,7 +174,7 @@ def test_events_stream_new_and_deleted_messages_and_stats(inbox_server: InboxSer
         names = {stat["pipeline"] for stat in stats["pipelines"]}
         assert "smtp-emails" in names
         assert {"queued", "reserved", "delayed", "failed", "paused"} <= set(stats["pipelines"][0])
-        message_id = inbox_server.add(plain("live"))
+        message_id = inbox_server.send(plain("live"))
         summary = stream.next_named("message")
         assert (summary["id"], summary["subject"]) == (message_id, "live")
         assert summary == inbox_server.ok("GET", "/messages")["messages"][0]
@@ -190,12 +190,14 @@ def test_stats_come_every_two_seconds(inbox_server: InboxServer) -> None:
         assert 1.5 < time.monotonic() - started < 3.5
 
 
-def test_closing_the_inbox_ends_every_stream_at_once(inbox_server: InboxServer) -> None:
+@pytest.mark.parametrize("closing", ["api", "inbox"])
+def test_stopping_ends_every_stream_at_once(inbox_server: InboxServer, closing: str) -> None:
     streams = [EventStream(inbox_server.host, inbox_server.port) for _ in range(2)]
     for stream in streams:
         stream.next_named("stats")
     started = time.monotonic()
-    inbox_server.server.call(inbox_server.api.stop())
+    stop = inbox_server.api.stop if closing == "api" else inbox_server.inbox.close
+    inbox_server.server.call(stop())
     for stream in streams:
         assert stream.ended(timeout=5)
         stream.close()
