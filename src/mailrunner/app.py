@@ -106,6 +106,7 @@ class App:
             consumed=[*config.jobs.consume, *([config.inbox.pipeline] if self.inbox else [])],
             max_request=_request_limit(config.smtp.max_message_size),
             declare_policy=DeclarePolicy(config),
+            inbox=self.inbox,
         )
 
     async def start(self) -> None:
