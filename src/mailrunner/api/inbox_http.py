@@ -85,8 +85,7 @@ class InboxApi:
 
     async def clear_messages(self, request: web.Request) -> web.Response:
         await _read_empty(request)
-        query = _query(request)
-        deleted = await self._inbox.delete_matching(query if query.terms else None)
+        deleted = await self._inbox.delete_matching(_query(request))
         return web.json_response(CountResponse(count=len(deleted)).model_dump(mode="json"))
 
     async def get_message(self, request: web.Request) -> web.Response:
