@@ -140,3 +140,10 @@ def test_only_the_login_takes_a_form(tokened: InboxServer) -> None:
     name = f"mailrunner_{tokened.port}"
     headers = {"Cookie": f"{name}={cookies[name].value}", **FORM, **origin(tokened)}
     assert tokened.request("DELETE", "/messages", data=b"", headers=headers).status == 415
+
+
+def test_the_workers_page_asks_only_for_the_pools_that_run(inbox_server: InboxServer) -> None:
+    # the inbox's server runs no worker pool: the page must not ask for one and get a 404
+    assert inbox_server.ok("GET", "/workers") == {"pools": []}
+    script = inbox_server.request("GET", "/ui/admin.js").body.decode()
+    assert "api('GET', '/workers')" in script

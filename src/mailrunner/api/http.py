@@ -38,6 +38,7 @@ from mailrunner.api.schemas import (
     OkResponse,
     PeekResponse,
     PipelinesResponse,
+    PoolsResponse,
     PushBatchRequest,
     PushBatchResponse,
     PushRequest,
@@ -354,6 +355,9 @@ class ApiServer:
             running = ", ".join(sorted(self._pools)) or "none"
             raise NotFound(f"no {name!r} worker pool runs here (running: {running})")
         return pool
+
+    async def pools(self, request: web.Request) -> web.Response:
+        return _json(PoolsResponse(pools=sorted(self._pools)))
 
     async def workers(self, request: web.Request) -> web.Response:
         pool = self._pool(request)

@@ -125,6 +125,7 @@ RETRY_FAILED = _post(
 PURGE_FAILED = _post(
     f"{_PIPELINE}/failed/purge", "purge_failed", "Purge failed jobs", _COUNT, schemas.IdsRequest
 )
+POOLS = _get("/workers", "pools", "The worker pools this server runs", schemas.PoolsResponse)
 WORKERS = _get("/workers/{pool}", "workers", "List workers", schemas.WorkersResponse)
 ADD_WORKER = _post(
     "/workers/{pool}/add", "add_worker", "Add a worker, up to max_workers", _WORKER, _NONE
@@ -210,6 +211,7 @@ ROUTES: tuple[Route[Any], ...] = (
     FAILED,
     RETRY_FAILED,
     PURGE_FAILED,
+    POOLS,
     WORKERS,
     ADD_WORKER,
     REMOVE_WORKER,

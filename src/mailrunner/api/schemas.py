@@ -272,6 +272,10 @@ class WorkerWire(Wire):
     created: float
 
 
+class PoolsResponse(Wire):
+    pools: list[str] = Field(description="The worker pools this server runs (smtp, jobs)")
+
+
 class WorkersResponse(Wire):
     pool: str
     workers: list[WorkerWire]

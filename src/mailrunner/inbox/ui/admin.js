@@ -1,11 +1,9 @@
 // The pipelines page (counts live from /events, pause and resume, the failed list) and the
 // workers page, over the management API's existing routes.
-import { api, ApiError, attempt, part } from './api.js';
+import { api, attempt, part } from './api.js';
 import { button, el, size, table, thead } from './dom.js';
 
 const COUNTS = ['queued', 'reserved', 'delayed', 'failed'];
-/** The worker pools a server may run (wire/protocol.py SMTP_MODE and JOBS_MODE). */
-const POOLS = ['smtp', 'jobs'];
 let page = null;
 
 const stamp = (seconds) => new Date(seconds * 1000).toLocaleString();
@@ -105,7 +103,8 @@ async function showFailed(name, section) {
 
 export const workers = {
   async mount(view) {
-    const pools = (await Promise.all(POOLS.map(runningPool))).filter(Boolean);
+    const { pools: names } = await api('GET', '/workers');
+    const pools = await Promise.all(names.map((pool) => api('GET', `/workers/${part(pool)}`)));
     const rows = pools.flatMap(({ pool, workers: list }) => list.map((worker) => [
       pool, String(worker.pid), worker.state, String(worker.executions), size(worker.rss_bytes),
       stamp(worker.created),
@@ -118,13 +117,3 @@ export const workers = {
         : el('p', { class: 'empty' }, 'No worker runs here (the inbox needs none).')));
   },
 };
-
-/** The pool's workers, or null when this server does not run that pool (404). */
-async function runningPool(pool) {
-  try {
-    return await api('GET', `/workers/${pool}`);
-  } catch (error) {
-    if (error instanceof ApiError && error.status === 404) return null;
-    throw error;
-  }
-}
