@@ -265,3 +265,13 @@ def test_without_jobs_the_inbox_is_off_and_start_up_says_so(
     assert server.app.inbox is None
     assert server.app.jobs.list_pipelines() == ["smtp-emails"]
     assert "inbox off: smtp.use_jobs is false" in capfd.readouterr().out
+
+
+def test_a_job_that_is_not_an_email_event_fails_at_once(start_server: Start) -> None:
+    server = start_with_inbox(start_server)
+
+    server.call(server.app.jobs.push(Job("junk", "smtp.email", b"{}", JobOptions("inbox"))))
+    wait_until(lambda: failed_ids(server, "inbox") == ["junk"], "the junk job failed")
+    [failed] = server.call(server.app.jobs.list_failed("inbox"))
+    assert (failed.attempts, stats(server).count) == (1, 0)
+    assert "not an email event" in failed.error

@@ -138,38 +138,31 @@ class InboxConsumer:
         """Store one job's message and ack it; False when the inbox could not store it (the
         job is retried, or failed after `retries`)."""
         job = lease.job
-        retries = self.pipeline.settings.retries
         try:
             message = await asyncio.to_thread(
                 stored_message, job.payload, self._inbox.settings.max_preview_bytes, self._options
             )
             await self._inbox.add(message)
         except BadInboxJob as error:
-            await self._fail(lease, str(error))
+            await self._nack(lease, str(error), retry=False)
             return True
         except Exception as error:  # InboxLocked, a full disk: retried like any failed job
-            if lease.attempt < retries:
-                await lease.nack(requeue=True, delay=RETRY_DELAY, error=str(error))
-                log.warning(
-                    "inbox could not store a message: job retried",
-                    id=job.id,
-                    attempt=lease.attempt,
-                    error=str(error),
-                )
-            else:
-                await self._fail(lease, str(error))
+            await self._nack(lease, str(error), retry=True)
             return False
         await lease.ack()
         if self._stored is not None:
             await self._stored(job.id)
         return True
 
-    async def _fail(self, lease: Lease, error: str) -> None:
-        await lease.nack(requeue=False, error=error)
+    async def _nack(self, lease: Lease, error: str, *, retry: bool) -> None:
+        """Retry the job after RETRY_DELAY while attempts remain, else move it to the failed
+        list, where `jobs failed retry` brings it back."""
+        requeue = retry and lease.attempt < self.pipeline.settings.retries
+        await lease.nack(requeue=requeue, delay=RETRY_DELAY if requeue else 0.0, error=error)
         log.warning(
-            "inbox job failed",
+            "inbox could not store a message: job retried" if requeue else "inbox job failed",
             pipeline=self.pipeline.name,
             id=lease.job.id,
-            attempts=lease.attempt,
+            attempt=lease.attempt,
             error=error,
         )
