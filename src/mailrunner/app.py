@@ -198,10 +198,15 @@ class App:
 
     def _start_consumers(self) -> None:
         if self.consumers is None:
-            if self.jobs.list_pipelines():
+            unconsumed = [
+                name
+                for name in self.jobs.list_pipelines()
+                if not self.jobs.pipeline(name).consuming
+            ]
+            if unconsumed:
                 log.info(
                     "no consumer configured: jobs stay stored",
-                    hint="see them with: mailrunner jobs peek " + self.jobs.list_pipelines()[0],
+                    hint="see them with: mailrunner jobs peek " + unconsumed[0],
                 )
             return
         for name in self.config.jobs.consume:

@@ -254,7 +254,10 @@ def test_the_embedded_default_catches_a_message_into_the_inbox(tmp_path: Path) -
         process.send_signal(signal.SIGINT)
         process.wait(WAIT_SECONDS * 3)
         log.close()
-    assert process.returncode == 0, (tmp_path / "server.log").read_text()
+    output = (tmp_path / "server.log").read_text()
+    assert process.returncode == 0, output
+    assert "inbox consuming" in output
+    assert "no consumer configured" not in output, "the inbox's pipeline has its consumer"
 
 
 def test_without_jobs_the_inbox_is_off_and_start_up_says_so(
