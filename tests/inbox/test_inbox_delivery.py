@@ -278,3 +278,16 @@ def test_a_job_that_is_not_an_email_event_fails_at_once(start_server: Start) -> 
     [failed] = server.call(server.app.jobs.list_failed("inbox"))
     assert (failed.attempts, stats(server).count) == (1, 0)
     assert "not an email event" in failed.error
+
+
+def test_an_ingress_pushing_to_a_jobs_node_feeds_that_node_s_inbox(start_server: Start) -> None:
+    node = start_with_inbox(start_server)
+    ingress = start_with_inbox(start_server, smtp={"jobs": {"rpc": node.api_url}})
+    assert ingress.app.inbox is None, "the jobs node runs the inbox"
+    assert ingress.app.jobs.list_pipelines() == ["smtp-emails"], "no inbox pipeline here"
+
+    assert send(ingress)[0] == 250
+    [event_id] = job_ids(node, "smtp-emails")
+    wait_until(lambda: stats(node).count == 1, "the message in the node's inbox")
+    assert node.app.inbox is not None
+    assert node.call(node.app.inbox.raw(event_id)) == PLAIN
