@@ -318,8 +318,9 @@ def _pushes_to_inbox(config: Config) -> bool:
 def _inbox_only_files(
     config: Config, storage: AttachmentStorage
 ) -> Callable[[str], Awaitable[None]] | None:
-    """Attachment files no pipeline but the inbox's got (it keeps its own copy) go once the
-    inbox has stored the message; with other pipelines they go with those pipelines' jobs."""
+    """Attachment files no pipeline but the inbox's got go once the inbox consumer has read
+    them (a retry of its job takes them from the raw message); with other pipelines they go
+    with those pipelines' jobs."""
     if config.smtp.jobs.targets or not isinstance(storage, TempfileStorage):
         return None
     return partial(_release_email_attachments, storage)

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from mailrunner.inbox.query import parse as parse_query
 from mailrunner.inbox.store import Stats
 from mailrunner.jobs.model import Job, JobOptions
 from support.sample_mail import TEMP_FAILURE, WITH_ATTACHMENT
@@ -291,3 +292,19 @@ def test_an_ingress_pushing_to_a_jobs_node_feeds_that_node_s_inbox(start_server:
     wait_until(lambda: stats(node).count == 1, "the message in the node's inbox")
     assert node.app.inbox is not None
     assert node.call(node.app.inbox.raw(event_id)) == PLAIN
+
+
+def test_with_the_inbox_alone_tempfile_folders_go_once_it_has_read_them(
+    start_server: Start, tmp_path: Path
+) -> None:
+    storage = {"mode": "tempfile", "temp_dir": str(tmp_path / "files")}
+    server = start_with_inbox(
+        start_server, smtp={"attachment_storage": storage, "jobs": {"pipelines": []}}
+    )
+
+    assert send(server, WITH_ATTACHMENT)[0] == 250
+    wait_until(lambda: stats(server).count == 1, "the message in the inbox")
+    assert server.app.inbox is not None
+    [summary] = server.app.inbox.store.list(parse_query(""), 1).messages
+    assert attachment_of(server, summary.id) == b"DATA"
+    wait_until(lambda: list((tmp_path / "files").iterdir()) == [], "the folder removed")

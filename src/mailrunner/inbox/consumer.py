@@ -70,8 +70,8 @@ def stored_message(payload: bytes, max_preview_bytes: int, options: ParseOptions
 class InboxConsumer:
     """Stores the inbox pipeline's jobs, a reserved batch at a time, one after another.
 
-    `stored` is told each event id once its message is kept (the app frees attachment files
-    no other pipeline holds).
+    `files_read` is told each event id once its attachment files were read into the message
+    (the app frees those no other pipeline holds: a retry takes them from the raw message).
     """
 
     def __init__(
@@ -79,12 +79,12 @@ class InboxConsumer:
         pipeline: Pipeline,
         inbox: Inbox,
         options: ParseOptions,
-        stored: Callable[[str], Awaitable[None]] | None = None,
+        files_read: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._inbox = inbox
         self._options = options
-        self._stored = stored
+        self._files_read = files_read
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -142,6 +142,8 @@ class InboxConsumer:
             message = await asyncio.to_thread(
                 stored_message, job.payload, self._inbox.settings.max_preview_bytes, self._options
             )
+            if self._files_read is not None:
+                await self._files_read(job.id)
             await self._inbox.add(message)
         except BadInboxJob as error:
             await self._nack(lease, str(error), retry=False)
@@ -150,8 +152,6 @@ class InboxConsumer:
             await self._nack(lease, str(error), retry=True)
             return False
         await lease.ack()
-        if self._stored is not None:
-            await self._stored(job.id)
         return True
 
     async def _nack(self, lease: Lease, error: str, *, retry: bool) -> None:
