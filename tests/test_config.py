@@ -55,7 +55,15 @@ def test_defaults_match_the_design_table() -> None:
         100,
         1000,
     )
-    assert (smtp.use_jobs, smtp.jobs.pipeline, smtp.jobs.push_timeout) == (True, "smtp-emails", 5.0)
+    assert (smtp.use_jobs, smtp.jobs.targets, smtp.jobs.push_timeout) == (True, [], 5.0)
+    inbox = config.inbox
+    assert (inbox.enabled, inbox.pipeline, inbox.max_messages, inbox.max_age) == (
+        True,
+        "inbox",
+        10_000,
+        None,
+    )
+    assert (inbox.max_preview_bytes, config.inbox_path) == (2 * 1024 * 1024, Path("var/inbox.db"))
     assert (smtp.auth.mode, smtp.attachment_storage.mode, smtp.parse.max_depth) == (
         "capture",
         "memory",
@@ -126,7 +134,8 @@ def test_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("MAILRUNNER_CONFIG", raising=False)
     config, source = load()
     assert source == EMBEDDED_DEFAULT
-    assert config.jobs.pipelines["smtp-emails"].driver == "sqlite"
+    assert (config.smtp.jobs.targets, config.jobs.pipelines) == ([], {}), "the inbox only"
+    assert config.pipelines["inbox"].driver == "sqlite"
     (tmp_path / "mailrunner.yaml").write_text(without_jobs("local"))
     assert load()[0].smtp.hostname == "local"
     (tmp_path / "env.yaml").write_text(without_jobs("from-env"))
@@ -183,15 +192,67 @@ def test_version() -> None:
     assert result.stdout.startswith("mailrunner, version ")
 
 
-def test_the_smtp_pipeline_must_be_declared_unless_pushing_remotely() -> None:
+def test_the_smtp_pipelines_must_be_declared_unless_pushing_remotely() -> None:
     with pytest.raises(
-        ConfigError, match=r"smtp\.jobs\.pipeline: pipeline 'smtp-emails' is not declared"
+        ConfigError, match=r"smtp\.jobs\.pipelines: 'a', 'b' not declared in jobs\.pipelines"
     ):
-        config_from_mapping({})
+        config_from_mapping({"smtp": {"jobs": {"pipelines": ["a", "b"]}}})
+    with pytest.raises(ConfigError, match=r"smtp\.jobs\.pipeline: 'a' not declared"):
+        config_from_mapping({"smtp": {"jobs": {"pipeline": "a"}}})
     remote = config_from_mapping({"smtp": {"jobs": {"rpc": "http://127.0.0.1:6001"}}})
     assert remote.smtp.jobs.rpc is not None
+    assert (remote.runs_inbox, remote.pipelines) == (False, {}), "the jobs node runs the inbox"
     pool = config_from_mapping({"smtp": {"use_jobs": False}, "server": {"command": "w"}})
     assert pool.smtp.use_jobs is False
+    assert (pool.runs_inbox, pool.pipelines) == (False, {})
+
+
+def test_pipeline_is_the_shorthand_of_pipelines() -> None:
+    declared = {"pipelines": {"a": {"driver": "memory"}, "b": {"driver": "memory"}}}
+    one = config_from_mapping({"smtp": {"jobs": {"pipeline": "a"}}, "jobs": declared})
+    both = config_from_mapping({"smtp": {"jobs": {"pipelines": ["a", "b"]}}, "jobs": declared})
+    assert (one.smtp.jobs.targets, both.smtp.jobs.targets) == (["a"], ["a", "b"])
+    with pytest.raises(ConfigError, match=r"smtp\.jobs: pipeline and pipelines: give one"):
+        config_from_mapping({"smtp": {"jobs": {"pipeline": "a", "pipelines": ["b"]}}})
+    with pytest.raises(ConfigError, match=r"smtp\.jobs: pipelines: names a pipeline twice"):
+        config_from_mapping({"smtp": {"jobs": {"pipelines": ["a", "a"]}}, "jobs": declared})
+
+
+def test_the_inbox_pipeline_is_implicit_unless_declared_and_is_the_inbox_s_alone() -> None:
+    implicit = config_from_mapping({}).pipelines
+    assert (list(implicit), implicit["inbox"].driver) == (["inbox"], "sqlite")
+    declared = config_from_mapping(
+        {"inbox": {"pipeline": "caught"}, "jobs": {"pipelines": {"caught": {"driver": "memory"}}}}
+    )
+    assert declared.pipelines["caught"].driver == "memory"
+    with pytest.raises(ConfigError, match=r"'inbox' is the inbox's pipeline"):
+        config_from_mapping(
+            {
+                "smtp": {"jobs": {"pipelines": ["inbox"]}},
+                "jobs": {"pipelines": {"inbox": {"driver": "memory"}}},
+            }
+        )
+    with pytest.raises(ConfigError, match=r"jobs\.consume: 'inbox' is consumed by the inbox"):
+        config_from_mapping(
+            {
+                "server": {"command": "w"},
+                "jobs": {"consume": ["inbox"], "pipelines": {"inbox": {"driver": "memory"}}},
+            }
+        )
+    with pytest.raises(ConfigError, match=r"names no pipeline and the inbox is off"):
+        config_from_mapping({"inbox": {"enabled": False}})
+    off = config_from_mapping(
+        {
+            "inbox": {"enabled": False, "max_age": "1h"},
+            "smtp": {"jobs": {"pipeline": "smtp-emails"}},
+            **MINIMAL,
+        }
+    )
+    assert (off.runs_inbox, list(off.pipelines), off.inbox.max_age) == (
+        False,
+        ["smtp-emails"],
+        3600.0,
+    )
 
 
 def test_a_pool_that_will_run_needs_a_command(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from mailrunner.api.trust import DeclarePolicy
 from mailrunner.config import Config, PoolConfig
 from mailrunner.errors import ConfigError
 from mailrunner.files import create_directories
+from mailrunner.inbox.consumer import InboxConsumer
+from mailrunner.inbox.service import Inbox
 from mailrunner.jobs.consumer import Consumers
 from mailrunner.jobs.service import JobHooks, JobsService
 from mailrunner.metrics import DroppedLate, Metrics, UnwithdrawnPublishes
@@ -73,6 +76,9 @@ class App:
             else None
         )
         self.jobs = JobsService(config, self.metrics, consumers=self.consumers, hooks=hooks)
+        self.inbox = Inbox(config.inbox, config.inbox_path) if config.runs_inbox else None
+        self._inbox_consumer: InboxConsumer | None = None
+        self._free_inbox_only_files = _inbox_only_files(config, storage)
         self.metrics.registry.register(UnwithdrawnPublishes(self.jobs.unwithdrawn_publishes))
         self.metrics.registry.register(DroppedLate(self.jobs.dropped_late))
         rpc = smtp.jobs.rpc if delivery is None and smtp.use_jobs else None
@@ -97,9 +103,10 @@ class App:
             smtp=self.smtp,
             pools=pools,
             metrics=self.metrics,
-            consumed=list(config.jobs.consume),
+            consumed=[*config.jobs.consume, *([config.inbox.pipeline] if self.inbox else [])],
             max_request=_request_limit(config.smtp.max_message_size),
             declare_policy=DeclarePolicy(config),
+            inbox=self.inbox,
         )
 
     async def start(self) -> None:
@@ -110,6 +117,7 @@ class App:
             self._cleanup.start()
         try:
             await self.jobs.start()
+            await self._start_inbox()
             for pool in (self.smtp_pool, self.jobs_pool):
                 if pool is not None:
                     await pool.start()
@@ -119,47 +127,86 @@ class App:
             await self.api.start()
         except BaseException:
             await self.smtp.stop(0)
+            await self._stop_inbox()
             await self.api.stop()
             await self._stop_components()
             raise
 
+    async def _start_inbox(self) -> None:
+        """Open the inbox and start storing its pipeline's jobs, before SMTP accepts any."""
+        if self.inbox is None:
+            if not self.config.smtp.use_jobs:
+                log.info("inbox off: smtp.use_jobs is false, email goes to the worker pool")
+            return
+        await self.inbox.open()
+        self._inbox_consumer = InboxConsumer(
+            self.jobs.pipeline(self.config.inbox.pipeline),
+            self.inbox,
+            _parse_options(self.config),
+            self._free_inbox_only_files,
+        )
+        self._inbox_consumer.start()
+
     def _fit_message_size(self) -> None:
-        """Never accept a message whose event the pipeline cannot carry (it would get 451
-        forever): lower the advertised SIZE to what the driver's max_payload allows."""
+        """Never accept a message whose event a pipeline cannot carry (it would get 451
+        forever): lower the advertised SIZE to what the smallest max_payload allows; the
+        inbox's jobs always carry the raw message."""
         smtp = self.config.smtp
         if not smtp.use_jobs or smtp.jobs.rpc is not None:
             return
-        max_payload = self.jobs.pipeline(smtp.jobs.pipeline).driver.capabilities.max_payload
-        if max_payload is None:
+        limits = [
+            (fits, name)
+            for name, with_raw in self._pushed_to()
+            if (fits := self._fits(name, with_raw)) is not None
+        ]
+        if not limits:
             return
-        growth = EVENT_GROWTH + (RAW_GROWTH if smtp.include_raw else 0.0)
-        fits = int(max_payload / growth)
+        fits, pipeline = min(limits)
         current = self.smtp.max_message_size
         if current and current <= fits:
             return
+        max_payload = self.jobs.pipeline(pipeline).driver.capabilities.max_payload
         if fits < MIN_MESSAGE_SIZE:
             raise ConfigError(
                 [
-                    f"smtp.jobs.pipeline: pipeline {smtp.jobs.pipeline!r} carries at most"
+                    f"smtp.jobs.pipelines: pipeline {pipeline!r} carries at most"
                     f" {max_payload} bytes per job, too small for email events"
                 ],
                 self.source,
             )
         log.warning(
             "SIZE lowered to what the pipeline can carry",
-            pipeline=smtp.jobs.pipeline,
+            pipeline=pipeline,
             max_payload=max_payload,
             configured=current or "unlimited",
             advertised=fits,
         )
         self.smtp.limit_message_size(fits)
 
+    def _pushed_to(self) -> list[tuple[str, bool]]:
+        """Every pipeline accepted email goes to here, and whether its jobs carry raw bytes."""
+        include_raw = self.config.smtp.include_raw
+        pushed = [(name, include_raw) for name in self.config.smtp.jobs.targets]
+        return pushed + ([(self.config.inbox.pipeline, True)] if self.inbox else [])
+
+    def _fits(self, pipeline: str, with_raw: bool) -> int | None:
+        """The largest message whose event `pipeline` can carry; None: no limit."""
+        max_payload = self.jobs.pipeline(pipeline).driver.capabilities.max_payload
+        if max_payload is None:
+            return None
+        return int(max_payload / (EVENT_GROWTH + (RAW_GROWTH if with_raw else 0.0)))
+
     def _start_consumers(self) -> None:
         if self.consumers is None:
-            if self.jobs.list_pipelines():
+            unconsumed = [
+                name
+                for name in self.jobs.list_pipelines()
+                if not self.jobs.pipeline(name).consuming
+            ]
+            if unconsumed:
                 log.info(
                     "no consumer configured: jobs stay stored",
-                    hint="see them with: mailrunner jobs peek " + self.jobs.list_pipelines()[0],
+                    hint="see them with: mailrunner jobs peek " + unconsumed[0],
                 )
             return
         for name in self.config.jobs.consume:
@@ -167,9 +214,18 @@ class App:
 
     async def stop(self) -> None:
         await self.smtp.stop(self.config.smtp.shutdown_timeout)
+        await self._stop_inbox()
         await self.api.stop()
         await self._stop_components()
         log.info("stopped")
+
+    async def _stop_inbox(self) -> None:
+        """Stop storing, then close the inbox, which ends its /events streams at once."""
+        if self._inbox_consumer is not None:
+            await self._inbox_consumer.stop()
+            self._inbox_consumer = None
+        if self.inbox is not None:
+            await self.inbox.close()
 
     async def _stop_components(self) -> None:
         if self.remote_jobs is not None:
@@ -217,8 +273,8 @@ def _attachment_storage(config: Config) -> AttachmentStorage:
     if storage.mode == "memory":
         return MemoryStorage()
     smtp = config.smtp
-    pipeline = smtp.jobs.pipeline if smtp.use_jobs else None
-    return TempfileStorage(config.attachments_dir, pipeline, file_mode=storage.file_mode)
+    pipelines = smtp.jobs.targets if smtp.use_jobs else None
+    return TempfileStorage(config.attachments_dir, pipelines, file_mode=storage.file_mode)
 
 
 def _age_cleanup(config: Config, storage: AttachmentStorage) -> CleanupTask | None:
@@ -233,7 +289,7 @@ def _job_hooks(config: Config, storage: AttachmentStorage) -> JobHooks:
     if not config.smtp.use_jobs or not isinstance(storage, TempfileStorage):
         return JobHooks()
     return JobHooks(
-        job_removed=partial(_remove_email_attachments, storage),
+        job_removed=partial(_release_email_attachments, storage),
         pipeline_purged=partial(_remove_pipeline_attachments, storage),
     )
 
@@ -244,8 +300,39 @@ def _delivery(
     """Where accepted email goes: a job pushed (here or to another node), else the pool."""
     if smtp_pool is not None:
         return PoolDelivery(smtp_pool)
-    tempfiles = storage if isinstance(storage, TempfileStorage) else None
-    return JobsDelivery(jobs, config.smtp.jobs, tempfiles)
+    smtp = config.smtp
+    return JobsDelivery(
+        jobs,
+        smtp.jobs,
+        include_raw=smtp.include_raw,
+        inbox=config.inbox.pipeline if _pushes_to_inbox(config) else None,
+        attachments=storage if isinstance(storage, TempfileStorage) else None,
+    )
+
+
+def _pushes_to_inbox(config: Config) -> bool:
+    """Accepted email goes to the inbox's pipeline, here or on `smtp.jobs.rpc`'s node."""
+    return config.inbox.enabled and config.smtp.use_jobs
+
+
+def _inbox_only_files(
+    config: Config, storage: AttachmentStorage
+) -> Callable[[str], Awaitable[None]] | None:
+    """Attachment files no pipeline but the inbox's got go once the inbox consumer has read
+    them (a retry of its job takes them from the raw message); with other pipelines they go
+    with those pipelines' jobs."""
+    if config.smtp.jobs.targets or not isinstance(storage, TempfileStorage):
+        return None
+    return partial(_release_email_attachments, storage)
+
+
+def _parse_options(config: Config) -> ParseOptions:
+    parse = config.smtp.parse
+    return ParseOptions(
+        max_depth=parse.max_depth,
+        max_parts=parse.max_parts,
+        max_header_bytes=parse.max_header_bytes,
+    )
 
 
 def _event_builder(
@@ -254,25 +341,22 @@ def _event_builder(
     smtp = config.smtp
     return EventBuilder(
         hostname=smtp.hostname,
-        options=ParseOptions(
-            max_depth=smtp.parse.max_depth,
-            max_parts=smtp.parse.max_parts,
-            max_header_bytes=smtp.parse.max_header_bytes,
-        ),
+        options=_parse_options(config),
         storage=storage,
-        include_raw=smtp.include_raw,
+        include_raw=smtp.include_raw or _pushes_to_inbox(config),
         offload_bytes=smtp.parse.offload_bytes,
         executor=executor,
     )
 
 
-async def _remove_email_attachments(storage: TempfileStorage, job_id: str) -> None:
-    """With Jobs, attachment files live until their email's job is acked or purged.
+async def _release_email_attachments(storage: TempfileStorage, job_id: str) -> None:
+    """With Jobs, attachment files live until the last of their email's jobs is acked or
+    purged (the inbox's aside, see `TempfileStorage.release`).
 
     Called for every removed job whoever pushed it; the id alone decides, through the
     storage's marker rule, so a job named `smtp.email` with a hostile id deletes nothing.
     """
-    await asyncio.to_thread(storage.remove, job_id)
+    await asyncio.to_thread(storage.release, job_id)
 
 
 async def _remove_pipeline_attachments(storage: TempfileStorage, pipeline: str) -> None:

@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 from mailrunner.errors import ConfigError
+from mailrunner.inbox.message import DEFAULT_MAX_PREVIEW_BYTES
+from mailrunner.inbox.store import DEFAULT_MAX_MESSAGES
 from mailrunner.jobs.deadline import DEFAULT_PUSH_TIMEOUT, MAX_PUSH_TIMEOUT, MIN_PUSH_TIMEOUT
 from mailrunner.jobs.model import MAX_DELAY
 
@@ -210,7 +212,11 @@ class RpcTarget(_Model):
 
 
 class SmtpJobsConfig(_Model):
-    pipeline: str = "smtp-emails"
+    """Where accepted email goes: every pipeline in `pipelines` (`pipeline` is the shorthand
+    for one of them; giving both is an error), then the inbox's pipeline last."""
+
+    pipelines: list[Annotated[str, Field(min_length=1)]] = []
+    pipeline: str | None = Field(default=None, min_length=1)
     priority: int = Field(default=DEFAULT_PRIORITY, ge=0)
     delay: Duration = Field(default=0.0, le=MAX_DELAY)
     auto_ack: bool = False
@@ -218,6 +224,19 @@ class SmtpJobsConfig(_Model):
         default=DEFAULT_PUSH_TIMEOUT, ge=MIN_PUSH_TIMEOUT, le=MAX_PUSH_TIMEOUT
     )
     rpc: RpcTarget | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_name_them(self) -> SmtpJobsConfig:
+        if self.pipeline is not None and self.pipelines:
+            raise ValueError("pipeline and pipelines: give one (pipeline names a single one)")
+        if len(set(self.pipelines)) != len(self.pipelines):
+            raise ValueError("pipelines: names a pipeline twice")
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        """The pipelines every accepted email is pushed to, the inbox's aside."""
+        return [self.pipeline] if self.pipeline is not None else list(self.pipelines)
 
 
 class TlsConfig(_Model):
@@ -409,6 +428,24 @@ class JobsConfig(_Model):
         return consume
 
 
+class InboxConfig(_Model):
+    """The inbox: a pipeline every accepted email is pushed to last, consumed in-process
+    into one SQLite file (`path`, default `<data_dir>/inbox.db`) that the API and UI read.
+
+    The pipeline is declared implicitly as sqlite in `<data_dir>/jobs.db` unless
+    `jobs.pipelines` declares it. Retention: the oldest go beyond `max_messages`, and any
+    older than `max_age`; bodies beyond `max_preview_bytes` are cut in the preview (the raw
+    message stays whole).
+    """
+
+    enabled: bool = True
+    pipeline: str = Field(default="inbox", min_length=1)
+    path: Path | None = None
+    max_messages: int = Field(default=DEFAULT_MAX_MESSAGES, ge=1)
+    max_age: Duration | None = Field(default=None, gt=0)
+    max_preview_bytes: int = Field(default=DEFAULT_MAX_PREVIEW_BYTES, ge=1024)
+
+
 class RpcConfig(_Model):
     """The management API. Without a token it trusts only requests addressed to itself
     (`Host` is the listen address, a loopback name or one of `allowed_hosts`) and not sent
@@ -434,19 +471,40 @@ class Config(_Model):
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     rpc: RpcConfig = Field(default_factory=RpcConfig)
     logs: LogsConfig = Field(default_factory=LogsConfig)
+    inbox: InboxConfig = Field(default_factory=InboxConfig)
 
     @model_validator(mode="after")
-    def _smtp_pipeline_declared(self) -> Config:
+    def _smtp_pipelines_declared(self) -> Config:
         smtp = self.smtp
-        if (
-            smtp.use_jobs
-            and smtp.jobs.rpc is None
-            and smtp.jobs.pipeline not in self.jobs.pipelines
-        ):
+        if not smtp.use_jobs or smtp.jobs.rpc is not None:
+            return self
+        key = "smtp.jobs.pipeline" if smtp.jobs.pipeline is not None else "smtp.jobs.pipelines"
+        unknown = [name for name in smtp.jobs.targets if name not in self.pipelines]
+        if unknown:
             raise ValueError(
-                f"smtp.jobs.pipeline: pipeline {smtp.jobs.pipeline!r} is not declared in"
-                " jobs.pipelines (declare it, set smtp.jobs.rpc, or set smtp.use_jobs: false)"
+                f"{key}: {', '.join(map(repr, unknown))} not declared in jobs.pipelines"
+                " (declare it, set smtp.jobs.rpc, or set smtp.use_jobs: false)"
             )
+        if not smtp.jobs.targets and not self.inbox.enabled:
+            raise ValueError(
+                "smtp.jobs.pipelines: names no pipeline and the inbox is off, so accepted"
+                " email would go nowhere (name a pipeline or set smtp.use_jobs: false)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _inbox_pipeline_is_its_own(self) -> Config:
+        """The inbox's pipeline gets every email last and is consumed by the inbox alone."""
+        name = self.inbox.pipeline
+        if not self.inbox.enabled:
+            return self
+        if name in self.smtp.jobs.targets:
+            raise ValueError(
+                f"smtp.jobs.pipelines: {name!r} is the inbox's pipeline (inbox.pipeline), which"
+                " every email reaches last anyway"
+            )
+        if name in self.jobs.consume:
+            raise ValueError(f"jobs.consume: {name!r} is consumed by the inbox (inbox.pipeline)")
         return self
 
     @model_validator(mode="after")
@@ -470,6 +528,25 @@ class Config(_Model):
                 " address; the API can push jobs and stop workers"
             )
         return self
+
+    @property
+    def runs_inbox(self) -> bool:
+        """This process keeps the inbox: email is pushed here (not to `smtp.jobs.rpc`'s node,
+        which runs its own) and the inbox is on."""
+        return self.inbox.enabled and self.smtp.use_jobs and self.smtp.jobs.rpc is None
+
+    @property
+    def inbox_path(self) -> Path:
+        return self.inbox.path or self.data_dir / "inbox.db"
+
+    @property
+    def pipelines(self) -> dict[str, PipelineConfig]:
+        """Every pipeline this process opens: `jobs.pipelines`, and the inbox's as sqlite in
+        `<data_dir>/jobs.db` when it runs the inbox and the file does not declare it."""
+        declared = self.jobs.pipelines
+        if not self.runs_inbox or self.inbox.pipeline in declared:
+            return declared
+        return {**declared, self.inbox.pipeline: SqlitePipelineConfig(driver="sqlite")}
 
     @property
     def attachments_dir(self) -> Path:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from mailrunner.api.routes import UI_ROUTES
 from api_support import Api, start_jobs_node
 
 from support.server import RunningServer
@@ -70,7 +72,10 @@ def test_openapi_documents_every_served_route_with_its_schemas(
     assert set(table) <= set(served), "every route of the table is served"
 
     problems = []
+    pages = {(route.method, route.path) for route in UI_ROUTES}  # the web UI, not the API
     for method, path in served:
+        if (method, path) in pages:
+            continue
         operation = document["paths"].get(path, {}).get(method.lower())
         if operation is None:
             problems.append(f"{method} {path}: served but not in /openapi.json")
@@ -111,7 +116,7 @@ def test_openapi_operations_are_all_served_with_their_parameters_and_security(
             assert parameters == expected, f"{method} {path}"
             assert ("security" in operation) is not route.public, f"{method} {path}"
             statuses = ["401", "403", "404", "409", "422", "503"]
-            if method == "post":
+            if method in {"post", "delete"}:
                 statuses += ["413", "415"]
                 body = operation["requestBody"]["content"]
                 assert list(body) == ["application/json"], f"{method} {path} takes JSON only"
@@ -121,7 +126,7 @@ def test_openapi_operations_are_all_served_with_their_parameters_and_security(
                 error = operation["responses"][status]["content"]["application/json"]["schema"]
                 assert error == {"$ref": "#/components/schemas/ErrorResponse"}, (path, status)
             for parameter in operation.get("parameters", []):
-                if parameter["in"] == "query":
+                if parameter["name"] == "limit":
                     assert parameter["schema"]["maximum"] == 1000, f"{path}: limit <= 1000"
 
 
@@ -167,7 +172,11 @@ def test_schemathesis_finds_no_server_error(
     start_server: Callable[..., RunningServer], tmp_path: Path
 ) -> None:
     node = start_jobs_node(
-        start_server, tmp_path, workers=1, pipelines={"fuzz": {"driver": "memory"}}
+        start_server,
+        tmp_path,
+        workers=1,
+        pipelines={"fuzz": {"driver": "memory"}},
+        inbox={"enabled": True},
     )
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG, encoding="utf-8")
@@ -189,6 +198,9 @@ def test_schemathesis_finds_no_server_error(
         "--generation-database",
         "none",
         "--no-color",
+        # an endless stream: every case would wait out the request timeout (test_api_inbox.py)
+        "--exclude-path",
+        "/events",
     ]
 
     try:
@@ -210,5 +222,5 @@ def test_schemathesis_finds_no_server_error(
     operations = len(node.server.app.api.routes)
     tested = re.search(r"Operations:\s+(\d+) selected / (\d+) total", output)
     assert tested is not None, output
-    assert tested.groups() == (str(operations), str(operations)), "every operation is fuzzed"
+    assert tested.groups() == (str(operations - 1), str(operations)), "all but /events fuzzed"
     assert node.api.get("/jobs/pipelines").status == 200, "the server still answers"

@@ -171,7 +171,7 @@ def test_every_post_route_refuses_anything_but_json_and_does_nothing(
     ]
 
     for template in posts:
-        path = template.format(name="held", pool="jobs", uuid=uuid.uuid4())
+        path = template.format(name="held", pool="jobs", uuid=uuid.uuid4(), id=uuid.uuid4())
         for content_type in types:
             headers = {} if content_type is None else {"Content-Type": content_type}
             reply = send_raw(server.api_url, "POST", path, headers, bodies.get(template, b"{}"))

@@ -16,6 +16,7 @@ import yaml
 
 from support.events import validate_event
 from support.net import free_port
+from support.server import with_test_pipeline
 from support.waiting import wait_until
 
 
@@ -46,6 +47,8 @@ class ServeProcess:
             **settings,
             "smtp": {**settings.get("smtp", {}), "addr": f"127.0.0.1:{self.port}"},
         }
+        config["smtp"]["jobs"] = with_test_pipeline(config["smtp"].get("jobs", {}))
+        config.setdefault("inbox", {"enabled": False})
         (workdir / "mailrunner.yaml").write_text(yaml.safe_dump(config))
         self.pidfile = workdir / "server.pid"
         self.log_path = workdir / "server.log"

@@ -20,6 +20,14 @@ from support.events import decode_event
 from support.waiting import WAIT_SECONDS
 
 
+def with_test_pipeline(smtp_jobs: dict[str, Any]) -> dict[str, Any]:
+    """Tests push to the `smtp-emails` pipeline the harness declares unless they name others
+    (the inbox is off unless a test configures `inbox`: it has tests of its own)."""
+    if "pipeline" in smtp_jobs or "pipelines" in smtp_jobs:
+        return smtp_jobs
+    return {**smtp_jobs, "pipeline": "smtp-emails"}
+
+
 class RecordingDelivery:
     """A delivery for SMTP-side tests: records events; can be told to stall or fail."""
 
@@ -58,6 +66,8 @@ class RunningServer:
     def __init__(self, overrides: dict[str, Any], data_dir: Path, *, record: bool = True) -> None:
         settings: dict[str, Any] = {"data_dir": str(data_dir), **overrides}
         settings["smtp"] = {"addr": "127.0.0.1:0", **overrides.get("smtp", {})}
+        settings["smtp"]["jobs"] = with_test_pipeline(settings["smtp"].get("jobs", {}))
+        settings.setdefault("inbox", {"enabled": False})
         settings["rpc"] = {"listen": "127.0.0.1:0", **overrides.get("rpc", {})}
         jobs = settings["jobs"] = dict(overrides.get("jobs", {}))
         jobs["pipelines"] = {"smtp-emails": {"driver": "memory"}, **jobs.get("pipelines", {})}

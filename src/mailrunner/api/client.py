@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from mailrunner.api import routes
-from mailrunner.api.routes import JSON, Route
+from mailrunner.api.routes import BINARY_TYPES, JSON, Route
 from mailrunner.api.schemas import (
     Declare,
     DestroyRequest,
@@ -95,7 +95,7 @@ class ApiClient:
         body: BaseModel | None = None,
         *,
         params: Mapping[str, str] | None = None,
-        query: Mapping[str, int] | None = None,
+        query: Mapping[str, int | str] | None = None,
         request_timeout: float | None = None,
     ) -> R:
         """One call of `route`, its `{name}` parts from `params`; answers with the route's
@@ -177,7 +177,7 @@ def call_once(
     body: BaseModel | None = None,
     *,
     params: Mapping[str, str] | None = None,
-    query: Mapping[str, int] | None = None,
+    query: Mapping[str, int | str] | None = None,
     timeout: float,
 ) -> R:
     """`ApiClient.send` for a program that makes one call and has no event loop (the CLI):
@@ -199,7 +199,7 @@ def _request_of(
     route: Route[Any],
     body: BaseModel | None,
     params: Mapping[str, str] | None,
-    query: Mapping[str, int] | None,
+    query: Mapping[str, int | str] | None,
 ) -> tuple[str, str, bytes | None]:
     """The method, path and encoded body of one call of `route`."""
     sent = _fields(body)
@@ -209,9 +209,12 @@ def _request_of(
 
 
 def _answer_of(route: Route[R], reply: Reply) -> R:
-    """The route's response model of `reply`, or the error it carries."""
+    """The route's response model of `reply` (the bytes as sent for a binary route), or the
+    error it carries."""
     if reply.content_type == JSON:
         data = orjson.loads(reply.body)
+    elif route.content_type in BINARY_TYPES and reply.status < 400:
+        data = reply.body
     else:
         data = reply.body.decode(reply.charset, "replace")
     if reply.status >= 400:

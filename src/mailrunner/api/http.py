@@ -15,8 +15,10 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from mailrunner.api.bodies import read_body
+from mailrunner.api.inbox_http import InboxApi
 from mailrunner.api.openapi import openapi_document
-from mailrunner.api.routes import ROUTES
+from mailrunner.api.routes import JSON, ROUTES, UI_ROUTES, Route
 from mailrunner.api.schemas import (
     MAX_LIST_LIMIT,
     ConnectionsResponse,
@@ -36,6 +38,7 @@ from mailrunner.api.schemas import (
     OkResponse,
     PeekResponse,
     PipelinesResponse,
+    PoolsResponse,
     PushBatchRequest,
     PushBatchResponse,
     PushRequest,
@@ -46,7 +49,8 @@ from mailrunner.api.schemas import (
     WorkersResponse,
     WorkerWire,
 )
-from mailrunner.api.trust import DeclarePolicy, RequestGuard
+from mailrunner.api.trust import DeclarePolicy, RequestGuard, Sessions
+from mailrunner.api.ui_http import UiHandlers
 from mailrunner.config import PipelineConfig, RpcConfig, split_host_port
 from mailrunner.errors import (
     ApiError,
@@ -61,6 +65,9 @@ from mailrunner.errors import (
     PoolLimit,
     PushTimeout,
 )
+from mailrunner.inbox.errors import InboxError, InboxLocked, QueryError
+from mailrunner.inbox.feed import Feed
+from mailrunner.inbox.service import Inbox
 from mailrunner.jobs.deadline import CALLER_MARGIN, DEFAULT_PUSH_TIMEOUT
 from mailrunner.jobs.service import JobsService
 from mailrunner.metrics import QUEUE_STATES, GaugeSnapshot, Metrics, worker_counts
@@ -71,12 +78,17 @@ log = structlog.get_logger("mailrunner.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PIPELINE_SETTINGS: TypeAdapter[PipelineConfig] = TypeAdapter(PipelineConfig)
+STATS_INTERVAL = 2.0
+"""Seconds between two `stats` events on /events (while anyone listens)."""
 _STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (PipelineNotFound, 404),
     (PipelineConflict, 409),
     (PoolLimit, 409),
     (InvalidJob, 422),
     (InvalidPipeline, 422),
+    (QueryError, 422),
+    (InboxLocked, 503),
+    (InboxError, 503),
     (DriverError, 503),
     (PoolError, 503),
 )
@@ -97,26 +109,10 @@ def _json(model: BaseModel, status: int = 200) -> web.Response:
 
 
 def _error(status: int, error: Exception | str, kind: str | None = None) -> web.Response:
-    message = str(error)
-    body = ErrorResponse(error=message, type=kind or type(error).__name__)
-    return _json(body, status)
-
-
-async def _body(request: web.Request, model: type[BaseModel]) -> Any:
-    """The validated request body; a large one (a pushed email) is parsed on a thread."""
-    try:
-        raw = await request.read()
-        if len(raw) > _PARSE_ON_THREAD:
-            return await asyncio.to_thread(model.model_validate_json, raw)
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()
-        )
-        raise InvalidJob(f"bad request: {problems}") from None
-
-
-_PARSE_ON_THREAD = 256 * 1024
+    """The error body; a query error says where in `q` it is (`position`), no other has it."""
+    position = error.position if isinstance(error, QueryError) else None
+    body = ErrorResponse(error=str(error), type=kind or type(error).__name__, position=position)
+    return web.json_response(body.model_dump(mode="json", exclude_none=True), status=status)
 
 
 def _time_left(push_timeout: float | None, arrived: float) -> float:
@@ -161,9 +157,11 @@ class ApiServer:
         consumed: list[str],
         max_request: int,
         declare_policy: DeclarePolicy,
+        inbox: Inbox | None = None,
     ) -> None:
         self._config = config
         self._guard = RequestGuard(config)
+        self._sessions = Sessions()
         self._declare_policy = declare_policy
         self._jobs = jobs
         self._smtp = smtp
@@ -173,7 +171,14 @@ class ApiServer:
         self._max_request = max_request
         self._runner: web.AppRunner | None = None
         self.routes = ROUTES
-        self._by_path = {(route.method, route.path): route for route in ROUTES}
+        self._feed = inbox.feed if inbox is not None else Feed()
+        self._feed.every("stats", STATS_INTERVAL, self._pipeline_stats)
+        self._handlers = (
+            self,
+            InboxApi(inbox, self._feed),
+            UiHandlers(config.token, self._guard, self._sessions),
+        )
+        self._by_path = {(route.method, route.path): route for route in (*ROUTES, *UI_ROUTES)}
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -182,9 +187,17 @@ class ApiServer:
             client_max_size=self._max_request,
             middlewares=[self._errors, self._trusted, self._auth, self._json_only],
         )
-        for route in self.routes:
-            app.router.add_route(route.method, route.path, getattr(self, route.name))
+        for route in (*self.routes, *UI_ROUTES):
+            app.router.add_route(route.method, route.path, self._handler(route))
         return app
+
+    def _handler(self, route: Route[Any]) -> Handler:
+        """The method named as the route, on this server or its inbox or UI handlers."""
+        for owner in self._handlers:
+            handler: Handler | None = getattr(owner, route.name, None)
+            if handler is not None:
+                return handler
+        raise LookupError(f"no handler for route {route.name!r}")
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.application(), access_log=None)
@@ -201,6 +214,8 @@ class ApiServer:
         return str(host), int(port)
 
     async def stop(self) -> None:
+        """Stop serving; /events streams end at once instead of holding the shutdown."""
+        await self._feed.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -212,22 +227,33 @@ class ApiServer:
         self._guard.check_sender(request)
         return await handler(request)
 
+    def _route(self, request: web.Request) -> Route[Any] | None:
+        return self._by_path.get((request.method, _route_path(request)))
+
     @web.middleware
     async def _json_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self._guard.check_media_type(request)
+        route = self._route(request)
+        self._guard.check_media_type(request, route.accepts if route is not None else JSON)
         return await handler(request)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The bearer token, or the web UI's session cookie once Host and Origin show that
+        no other site's page sent the request."""
         token = self._config.token
-        route = self._by_path.get((request.method, _route_path(request)))
+        route = self._route(request)
         if token is None or (route is not None and route.public):
             return await handler(request)
         sent = request.headers.get("Authorization", "")
         expected = f"Bearer {token}".encode()
-        if not hmac.compare_digest(sent.encode("utf-8", "replace"), expected):
-            return _error(401, "a bearer token is required (rpc.token)", "Unauthorized")
-        return await handler(request)
+        if hmac.compare_digest(sent.encode("utf-8", "replace"), expected):
+            return await handler(request)
+        session = request.cookies.get(Sessions.cookie_name(request))
+        if session is not None:
+            self._guard.check_page_sender(request)
+            if self._sessions.valid(session):
+                return await handler(request)
+        return _error(401, "a bearer token is required (rpc.token)", "Unauthorized")
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -255,14 +281,14 @@ class ApiServer:
         caller gave up first (its ApiClient raises RequestOutcomeUnknown, and an SMTP ingress
         answers 451 and keeps the email's attachment files)."""
         arrived = time.monotonic()
-        body: PushRequest = await _body(request, PushRequest)
+        body: PushRequest = await read_body(request, PushRequest)
         push_timeout = _time_left(body.push_timeout, arrived)
         await self._jobs.push(body.job.to_job(), push_timeout=push_timeout)
         return _json(PushResponse(id=body.job.id))
 
     async def push_batch(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
-        body: PushBatchRequest = await _body(request, PushBatchRequest)
+        body: PushBatchRequest = await read_body(request, PushBatchRequest)
         push_timeout = _time_left(body.push_timeout, arrived)
         results = await self._jobs.push_batch(
             [job.to_job() for job in body.jobs], push_timeout=push_timeout
@@ -274,7 +300,7 @@ class ApiServer:
         return _json(PipelinesResponse(pipelines=self._jobs.list_pipelines()))
 
     async def declare(self, request: web.Request) -> web.Response:
-        body: Declare = await _body(request, DeclareRequest)
+        body: Declare = await read_body(request, DeclareRequest)
         try:
             settings = PIPELINE_SETTINGS.validate_python(body.settings())
         except ValidationError as error:
@@ -284,17 +310,17 @@ class ApiServer:
         return _json(DeclareResponse(pipeline=body.name, created=created))
 
     async def destroy(self, request: web.Request) -> web.Response:
-        body: DestroyRequest = await _body(request, DestroyRequest)
+        body: DestroyRequest = await read_body(request, DestroyRequest)
         await self._jobs.destroy(request.match_info["name"], purge=body.purge)
         return _json(OkResponse())
 
     async def pause(self, request: web.Request) -> web.Response:
-        await _body(request, EmptyRequest)
+        await read_body(request, EmptyRequest)
         await self._jobs.pause(request.match_info["name"])
         return _json(OkResponse())
 
     async def resume(self, request: web.Request) -> web.Response:
-        await _body(request, EmptyRequest)
+        await read_body(request, EmptyRequest)
         await self._jobs.resume(request.match_info["name"])
         return _json(OkResponse())
 
@@ -311,12 +337,12 @@ class ApiServer:
         return _json(FailedResponse(failed=[FailedJobWire.from_failed(f) for f in failed]))
 
     async def retry_failed(self, request: web.Request) -> web.Response:
-        body: IdsRequest = await _body(request, IdsRequest)
+        body: IdsRequest = await read_body(request, IdsRequest)
         count = await self._jobs.retry_failed(request.match_info["name"], body.ids)
         return _json(CountResponse(count=count))
 
     async def purge_failed(self, request: web.Request) -> web.Response:
-        body: IdsRequest = await _body(request, IdsRequest)
+        body: IdsRequest = await read_body(request, IdsRequest)
         count = len(await self._jobs.purge_failed(request.match_info["name"], body.ids))
         return _json(CountResponse(count=count))
 
@@ -330,23 +356,26 @@ class ApiServer:
             raise NotFound(f"no {name!r} worker pool runs here (running: {running})")
         return pool
 
+    async def pools(self, request: web.Request) -> web.Response:
+        return _json(PoolsResponse(pools=sorted(self._pools)))
+
     async def workers(self, request: web.Request) -> web.Response:
         pool = self._pool(request)
         workers = [WorkerWire.model_validate(info, from_attributes=True) for info in pool.workers()]
         return _json(WorkersResponse(pool=pool.name, workers=workers))
 
     async def add_worker(self, request: web.Request) -> web.Response:
-        await _body(request, EmptyRequest)
+        await read_body(request, EmptyRequest)
         pool = self._pool(request)
         return _worker_response(pool, await pool.add_worker())
 
     async def remove_worker(self, request: web.Request) -> web.Response:
-        await _body(request, EmptyRequest)
+        await read_body(request, EmptyRequest)
         pool = self._pool(request)
         return _worker_response(pool, await pool.remove_worker())
 
     async def reset_workers(self, request: web.Request) -> web.Response:
-        await _body(request, EmptyRequest)
+        await read_body(request, EmptyRequest)
         await self._pool(request).reset()
         return _json(OkResponse())
 
@@ -358,7 +387,7 @@ class ApiServer:
         return _json(ConnectionsResponse(connections=listed))
 
     async def close_connection(self, request: web.Request) -> web.Response:
-        await _body(request, EmptyRequest)
+        await read_body(request, EmptyRequest)
         connection_id = request.match_info["uuid"]
         if not self._smtp.close_connection(connection_id):
             raise NotFound(f"no open SMTP connection {connection_id!r}")
@@ -395,6 +424,18 @@ class ApiServer:
             for pool in self._pools.values()
         }
         return GaugeSnapshot(len(self._smtp.connections), queues, workers)
+
+    async def _pipeline_stats(self) -> dict[str, Any]:
+        """The `stats` event: every pipeline's stat as `GET …/stat` answers it; a pipeline
+        whose driver cannot say is left out of this one."""
+        stats = []
+        for name in self._jobs.list_pipelines():
+            try:
+                stat = await self._jobs.stat(name)
+            except MailrunnerError:
+                continue
+            stats.append(StatResponse(stat).model_dump(mode="json"))
+        return {"pipelines": stats}
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document(self.routes))

@@ -17,12 +17,20 @@ _ERROR_STATUSES = {
     403: "without rpc.token, the Host is not this API's address, a loopback name or one of"
     " rpc.allowed_hosts, or the Origin is another site; or a Declare reaches beyond the"
     " configuration file (rpc.allow_any_declare)",
-    404: "unknown pipeline, pool or connection",
+    404: "unknown pipeline, pool, connection, message (an id that is not a UUID too) or"
+    " attachment; or the inbox is off",
     409: "a pipeline of that name exists with other settings, or the pool is at max_workers"
     " or down to its last worker",
-    422: "the request is malformed",
+    422: "the request is malformed, or q is not a valid search query (position says where)",
     503: "the driver or pool is unavailable, or timed out",
 }
+_QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
+    "offset": {"type": "integer", "minimum": 0},
+    "q": {"type": "string", "description": "A search query, as in the web UI's search box"},
+    "remote": {"type": "string", "enum": ["1"], "description": "Let remote images load"},
+}
+"""Every query parameter a route names, by name."""
 _BODY_STATUSES = {
     413: "the body is over the request limit, which follows smtp.max_message_size",
     415: "the body is not sent as Content-Type: application/json",
@@ -52,7 +60,7 @@ def openapi_document(routes: Iterable[Route[Any]]) -> dict[str, Any]:
                 "name": name,
                 "in": "query",
                 "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
+                "schema": _QUERY_SCHEMAS[name],
             }
             for name in route.query
         ]
@@ -61,7 +69,7 @@ def openapi_document(routes: Iterable[Route[Any]]) -> dict[str, Any]:
         if route.request is not None:
             operation["requestBody"] = {
                 "required": True,
-                "content": {JSON: {"schema": ref(route.request)}},
+                "content": {route.accepts: {"schema": ref(route.request)}},
             }
         operation["responses"] = {
             "200": {"description": "OK", "content": _ok_content(route, ref)},

@@ -15,6 +15,13 @@ from pydantic import BaseModel
 from mailrunner.api import schemas
 
 JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+EVENT_STREAM = "text/event-stream"
+HTML = "text/html"
+RFC822 = "message/rfc822"
+BINARY = "application/octet-stream"
+BINARY_TYPES = frozenset({RFC822, BINARY})
+"""Answers a client hands on as the bytes sent, never decoded as text."""
 R = TypeVar("R")
 Body = type[BaseModel] | Callable[[], type[BaseModel]]
 """A request's model, or the function that makes it on first use (DECLARE's)."""
@@ -23,7 +30,8 @@ Body = type[BaseModel] | Callable[[], type[BaseModel]]
 @dataclass(frozen=True)
 class Route(Generic[R]):
     """One operation: `name` is its OpenAPI operationId and the server's handler method;
-    `public` routes need no bearer token; `query` names the integer `limit`-like parameters."""
+    `public` routes need no bearer token; `query` names its query parameters (their schemas
+    are openapi.py's, by name); `accepts` is the media type of a POST's body."""
 
     method: str
     path: str
@@ -34,6 +42,7 @@ class Route(Generic[R]):
     query: tuple[str, ...] = ()
     public: bool = False
     content_type: str = JSON
+    accepts: str = JSON
 
     @property
     def request(self) -> type[BaseModel] | None:
@@ -65,6 +74,11 @@ def _get(path: str, name: str, summary: str, response: type[R], **more: Any) -> 
 def _post(path: str, name: str, summary: str, response: type[R], request: Body) -> Route[R]:
     """A change: every POST takes a JSON body (`schemas.EmptyRequest` when it takes none)."""
     return Route("POST", path, name, summary, response, request)
+
+
+def _delete(path: str, name: str, summary: str, response: type[R], **more: Any) -> Route[R]:
+    """A deletion: a JSON body like a POST's (`{}`: the UI sends one, the server ignores it)."""
+    return Route("DELETE", path, name, summary, response, schemas.EmptyRequest, **more)
 
 
 _PIPELINE = "/jobs/pipelines/{name}"
@@ -111,6 +125,7 @@ RETRY_FAILED = _post(
 PURGE_FAILED = _post(
     f"{_PIPELINE}/failed/purge", "purge_failed", "Purge failed jobs", _COUNT, schemas.IdsRequest
 )
+POOLS = _get("/workers", "pools", "The worker pools this server runs", schemas.PoolsResponse)
 WORKERS = _get("/workers/{pool}", "workers", "List workers", schemas.WorkersResponse)
 ADD_WORKER = _post(
     "/workers/{pool}/add", "add_worker", "Add a worker, up to max_workers", _WORKER, _NONE
@@ -137,6 +152,52 @@ OPENAPI: Route[dict[str, Any]] = Route(
     "GET", "/openapi.json", "openapi", "This document", None, public=True
 )
 
+_MESSAGE = "/messages/{id}"
+LIST_MESSAGES = _get(
+    "/messages",
+    "list_messages",
+    "Messages in the inbox, newest first; q is a search query (422 with its position)",
+    schemas.MessagesResponse,
+    query=("q", "limit", "offset"),
+)
+CLEAR_MESSAGES = _delete(
+    "/messages", "clear_messages", "Delete all messages, or those q selects", _COUNT, query=("q",)
+)
+GET_MESSAGE: Route[dict[str, Any]] = Route(
+    "GET", _MESSAGE, "get_message", "A message's EMAIL_RECEIVED event, plus read", None
+)
+DELETE_MESSAGE = _delete(_MESSAGE, "delete_message", "Delete a message", _OK)
+MARK_READ = _post(f"{_MESSAGE}/read", "mark_read", "Mark a message read", _OK, _NONE)
+MARK_UNREAD = _post(f"{_MESSAGE}/unread", "mark_unread", "Mark a message unread", _OK, _NONE)
+RAW_MESSAGE: Route[bytes] = Route(
+    "GET", f"{_MESSAGE}/raw", "raw_message", "The bytes received", None, content_type=RFC822
+)
+MESSAGE_HTML: Route[str] = Route(
+    "GET",
+    f"{_MESSAGE}/html",
+    "message_html",
+    "The HTML body for a sandboxed frame; cid: images inline, remote ones only with remote=1",
+    None,
+    query=("remote",),
+    content_type=HTML,
+)
+ATTACHMENT: Route[bytes] = Route(
+    "GET",
+    f"{_MESSAGE}/attachments/{{index}}",
+    "attachment",
+    "An attachment's bytes, by its 0-based index",
+    None,
+    content_type=BINARY,
+)
+EVENTS: Route[str] = Route(
+    "GET",
+    "/events",
+    "events",
+    "Server-sent events: message (a summary), deleted ({ids}), stats ({pipelines}) every 2 s",
+    None,
+    content_type=EVENT_STREAM,
+)
+
 ROUTES: tuple[Route[Any], ...] = (
     PUSH,
     PUSH_BATCH,
@@ -150,6 +211,7 @@ ROUTES: tuple[Route[Any], ...] = (
     FAILED,
     RETRY_FAILED,
     PURGE_FAILED,
+    POOLS,
     WORKERS,
     ADD_WORKER,
     REMOVE_WORKER,
@@ -159,5 +221,39 @@ ROUTES: tuple[Route[Any], ...] = (
     HEALTH,
     METRICS,
     OPENAPI,
+    LIST_MESSAGES,
+    CLEAR_MESSAGES,
+    GET_MESSAGE,
+    DELETE_MESSAGE,
+    MARK_READ,
+    MARK_UNREAD,
+    RAW_MESSAGE,
+    MESSAGE_HTML,
+    ATTACHMENT,
+    EVENTS,
 )
-"""Every route, in the order /openapi.json lists them."""
+"""Every route of the API, in the order /openapi.json lists them."""
+
+UI_PAGE: Route[str] = Route(
+    "GET", "/", "ui_page", "The web UI", None, public=True, content_type=HTML
+)
+UI_ASSET: Route[str] = Route(
+    "GET", "/ui/{file}", "ui_asset", "A file of the web UI", None, public=True, content_type=HTML
+)
+UI_LOGIN_PAGE: Route[str] = Route(
+    "GET", "/ui/login", "ui_login_page", "The token form", None, public=True, content_type=HTML
+)
+UI_LOGIN: Route[str] = Route(
+    "POST",
+    "/ui/login",
+    "ui_login",
+    "Trade the token for a session cookie",
+    None,
+    public=True,
+    content_type=HTML,
+    accepts=FORM,
+)
+UI_LOGOUT = Route("POST", "/ui/logout", "ui_logout", "End the session", _OK, _NONE, public=True)
+UI_ROUTES: tuple[Route[Any], ...] = (UI_PAGE, UI_LOGIN_PAGE, UI_LOGIN, UI_LOGOUT, UI_ASSET)
+"""The web UI's pages and files: served beside the API, not part of its document. The login
+page comes before the asset pattern that would match it too."""

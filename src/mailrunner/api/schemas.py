@@ -272,6 +272,10 @@ class WorkerWire(Wire):
     created: float
 
 
+class PoolsResponse(Wire):
+    pools: list[str] = Field(description="The worker pools this server runs (smtp, jobs)")
+
+
 class WorkersResponse(Wire):
     pool: str
     workers: list[WorkerWire]
@@ -302,6 +306,30 @@ class HealthResponse(Wire):
     pipelines: dict[str, bool]
 
 
+class MessageSummaryWire(Wire):
+    """One line of the inbox list (and the data of a `message` event)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True, serialize_by_alias=True)
+
+    id: str
+    received_at: str = Field(description="UTC, milliseconds and Z, as in the event")
+    from_: str = Field(alias="from")
+    to: str
+    subject: str
+    size: int = Field(description="Bytes of the raw message")
+    attachments: int = Field(description="How many attachments it has")
+    read: bool
+    snippet: str
+
+
+class MessagesResponse(Wire):
+    total: int = Field(description="Messages the query selects, on every page")
+    messages: list[MessageSummaryWire]
+
+
 class ErrorResponse(Wire):
     error: str
     type: str
+    position: int | None = Field(
+        default=None, description="For an invalid search query: the 0-based offset at fault"
+    )

@@ -16,10 +16,20 @@ can send that type to another site only after a CORS preflight, which this API n
 With a token, the token is the check, for the same reason: a page cannot put an
 Authorization header on a cross-site request without that preflight. Host and Origin are not
 checked then, because a tokened API may sit behind names and proxies it cannot know.
+
+The web UI's session cookie is different: the browser sends it by itself. So a request that
+relies on it, and the login form that sets it, pass the Host and Origin checks whether or
+not a token is set (behind a proxy, list its name in `rpc.allowed_hosts`). The cookie holds
+an HMAC of its expiry under a key made at start-up, never the token: a restart or a new
+token ends every session.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -73,8 +83,12 @@ class RequestGuard:
 
     def check_sender(self, request: web.Request) -> None:
         """Without a token, raise Forbidden for a request a web page may have sent."""
-        if self._token_set:
-            return
+        if not self._token_set:
+            self.check_page_sender(request)
+
+    def check_page_sender(self, request: web.Request) -> None:
+        """Raise Forbidden unless the request names this API (Host) and, if it comes from a
+        page, from one of this API's own (Origin): what a cookie's request must show."""
         port = _local_port(request)
         host = request.headers.get(hdrs.HOST, "")
         if not self._addressed_here(host, port):
@@ -91,14 +105,15 @@ class RequestGuard:
             )
 
     @staticmethod
-    def check_media_type(request: web.Request) -> None:
-        """Raise UnsupportedMediaType for a change that is not sent as JSON."""
-        if request.method in _READING_METHODS or request.content_type == JSON:
+    def check_media_type(request: web.Request, accepts: str = JSON) -> None:
+        """Raise UnsupportedMediaType for a change not sent as `accepts` (JSON for all but
+        the login form)."""
+        if request.method in _READING_METHODS or request.content_type == accepts:
             return
         sent = request.headers.get(hdrs.CONTENT_TYPE)
         detail = f"got {sent!r}" if sent else "none was sent"
         raise UnsupportedMediaType(
-            f"a {request.method} must be sent as Content-Type: {JSON} ({detail})"
+            f"a {request.method} must be sent as Content-Type: {accepts} ({detail})"
         )
 
     def _addressed_here(self, host: str, port: str | None) -> bool:
@@ -117,6 +132,39 @@ class RequestGuard:
             return True
         name, sent_port = _split_authority(parts.netloc)
         return name in self._own_names and sent_port == port
+
+
+SESSION_LIFETIME = 7 * 24 * 3600.0
+"""Seconds a UI session lasts before the token is asked for again."""
+
+
+class Sessions:
+    """The web UI's sessions: a cookie value is `expiry.hmac(key, expiry)`, checked without
+    any state kept; the key is random per process (see the module docstring)."""
+
+    def __init__(self, lifetime: float = SESSION_LIFETIME) -> None:
+        self._key = os.urandom(32)
+        self._lifetime = lifetime
+
+    @staticmethod
+    def cookie_name(request: web.Request) -> str:
+        """`mailrunner_<port>`: one session per server on the same host name."""
+        return f"mailrunner_{_local_port(request)}"
+
+    def issue(self) -> str:
+        expiry = str(int(time.time() + self._lifetime))
+        return f"{expiry}.{self._mac(expiry)}"
+
+    def valid(self, value: str) -> bool:
+        expiry, _, mac = value.partition(".")
+        if not (expiry.isascii() and expiry.isdigit()):
+            return False
+        if not hmac.compare_digest(mac.encode("utf-8", "replace"), self._mac(expiry).encode()):
+            return False
+        return time.time() < int(expiry)
+
+    def _mac(self, expiry: str) -> str:
+        return hmac.new(self._key, expiry.encode(), hashlib.sha256).hexdigest()
 
 
 def _local_port(request: web.Request) -> str | None:

@@ -30,7 +30,6 @@ API_TIMEOUT = 30.0
 RPC_ENV = "MAILRUNNER_RPC"
 TOKEN_ENV = "MAILRUNNER_TOKEN"
 F = TypeVar("F", bound=Callable[..., Any])
-M = TypeVar("M", bound="BaseModel")
 
 
 def _config_path_option(long_flag: str, help_text: str) -> Callable[[F], F]:
@@ -75,6 +74,11 @@ def api_options(command: F) -> F:
     command = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(
         command
     )
+    return server_options(command)
+
+
+def server_options(command: F) -> F:
+    """--server, --token and -c: where the server is and how to call it."""
     command = click.option(
         "--token", envvar=TOKEN_ENV, default=None, help=f"Bearer token (or ${TOKEN_ENV})."
     )(command)
@@ -97,26 +101,27 @@ def server_url(server: str | None, config_path: Path | None) -> str:
 
 def call_api(
     options: Mapping[str, Any],
-    route: Route[M],
+    route: Route[Any],
     body: BaseModel | None = None,
     *,
     params: Mapping[str, str] | None = None,
-    query: Mapping[str, int] | None = None,
+    query: Mapping[str, int | str] | None = None,
 ) -> Any:
     """The answer to one call of `route` on the server of `options` (--server, --token, -c),
-    as the JSON it sent; unreachable exits 2, an error answer exits 1. Blocking, without an
-    event loop: the command waits for this one answer anyway, and asyncio would cost it more
-    start-up than the call takes."""
+    as the JSON it sent (the bytes of a binary answer, the text of a text one); unreachable
+    exits 2, an error answer exits 1. Blocking, without an event loop: the command waits for
+    this one answer anyway, and asyncio would cost it more start-up than the call takes."""
     url = server_url(options["server"], options["config_path"])
     try:
         answer = call_once(
             url, options["token"], route, body, params=params, query=query, timeout=API_TIMEOUT
         )
-        return answer.model_dump(mode="json")
     except ApiUnavailable as error:
         fail(f"{error} (is the server running? see --server, ${RPC_ENV})", EXIT_USAGE)
     except MailrunnerError as error:
         fail(str(error))
+    dump = getattr(answer, "model_dump", None)  # a response model; pydantic is loaded by now
+    return answer if dump is None else dump(mode="json")
 
 
 def show(

@@ -56,6 +56,10 @@ class ConsumerControl(Protocol):
     async def release(self, pipeline: Pipeline) -> None: ...
 
 
+class InboxPipeline(PipelineConflict):
+    """The inbox's pipeline was asked to go: it cannot while the inbox runs (409)."""
+
+
 async def _nothing_to_free(_: str) -> None:
     return None
 
@@ -90,7 +94,8 @@ class JobsService:
     ) -> None:
         self._metrics = metrics or Metrics()
         self._data_dir = config.data_dir
-        self._configured = config.jobs.pipelines
+        self._configured = config.pipelines
+        self._inbox = config.inbox.pipeline if config.runs_inbox else None
         self._pipelines: dict[str, Pipeline] = {}
         self._consumers = consumers
         self._hooks = hooks
@@ -231,8 +236,11 @@ class JobsService:
             )
 
     async def destroy(self, name: str, *, purge: bool = False) -> None:
-        """Detach a pipeline; its stored jobs stay unless `purge`."""
+        """Detach a pipeline; its stored jobs stay unless `purge`. Not the inbox's: every
+        accepted email is pushed to it."""
         pipeline = self.pipeline(name)
+        if name == self._inbox:
+            raise InboxPipeline(f"pipeline {name!r} is the inbox's: it cannot be destroyed")
         if pipeline.consuming and self._consumers is not None:
             await self._consumers.release(pipeline)
         del self._pipelines[name]
@@ -280,10 +288,12 @@ class JobsService:
         return await self.pipeline(name).driver.retry_failed(ids)
 
     async def purge_failed(self, name: str, ids: Sequence[str] | None = None) -> list[str]:
-        """Delete failed jobs (all, or those in `ids`); the ids of those that went."""
+        """Delete failed jobs (all, or those in `ids`); the ids of those that went. The
+        inbox's jobs never held on to attachment files (it keeps its own copy)."""
         removed = await self.pipeline(name).driver.purge_failed(ids)
-        for job_id in removed:
-            await self._hooks.job_removed(job_id)
+        if name != self._inbox:
+            for job_id in removed:
+                await self._hooks.job_removed(job_id)
         return removed
 
 

@@ -103,10 +103,14 @@ it is ever deleted: job ids reach this server from anyone who can push a job, so
 never trusted to name a folder by itself."""
 
 PIPELINE_MARK = ".pipeline"
-"""A file in each event folder written on the Jobs path, holding the name of the pipeline the
-email's job went to: destroying that pipeline with purge finds its folders this way, since
-not every driver can list the jobs it holds. Age-based cleanup (worker-pool path) leaves
-folders holding it alone."""
+"""A file in each event folder written on the Jobs path, naming (one a line) every pipeline
+the email's jobs went to, the inbox's aside: the folder goes once each of them is done with
+it (`release`), and destroying one with purge finds its folders this way, since not every
+driver can list the jobs it holds. Age-based cleanup (worker-pool path) leaves folders
+holding it alone."""
+RELEASE_MARK = ".released."
+"""Prefix of the files `release` writes, one per pipeline done with the folder: an exclusive
+create each, so releases running at once in threads never lose one."""
 
 _MARK_LIMIT = 64 * 1024
 
@@ -179,13 +183,16 @@ def folder_mode(file_mode: int) -> int:
 class TempfileStorage:
     """Attachments are written under `<directory>/<event id>/` and the event carries paths.
 
-    Each folder holds OWNER_MARK; `pipeline` is where this server pushes its emails' jobs
-    (Jobs path only), and each folder is marked with it too. Files get exactly `file_mode`.
+    Each folder holds OWNER_MARK; `pipelines` are where this server pushes its emails' jobs
+    (Jobs path only, the inbox's aside: the inbox keeps its own copy; one name or several),
+    and each folder is marked with them too. Files get exactly `file_mode`.
     """
 
-    def __init__(self, directory: Path, pipeline: str | None = None, *, file_mode: int) -> None:
+    def __init__(
+        self, directory: Path, pipelines: str | Sequence[str] | None = None, *, file_mode: int
+    ) -> None:
         self.directory = directory.resolve()
-        self._pipeline = pipeline
+        self._pipelines = [pipelines] if isinstance(pipelines, str) else pipelines
         self._file_mode = file_mode
         self._folder_mode = folder_mode(file_mode)
 
@@ -230,8 +237,8 @@ class TempfileStorage:
         self, folder: Path, event_id: str, attachments: Sequence[ParsedPart]
     ) -> tuple[Attachment, ...]:
         write_new_file(folder / OWNER_MARK, event_id.encode("utf-8"))
-        if self._pipeline is not None:
-            write_new_file(folder / PIPELINE_MARK, self._pipeline.encode("utf-8"))
+        if self._pipelines is not None:
+            write_new_file(folder / PIPELINE_MARK, _mark_text(self._pipelines))
         stored = []
         for index, attachment in enumerate(attachments, start=1):
             path = folder / safe_filename(attachment.filename, index)
@@ -256,12 +263,42 @@ class TempfileStorage:
             report("attachment folder left alone", id=repr(event_id), found=verdict.value)
         return False
 
+    def release(self, event_id: str) -> bool:
+        """One pipeline's job for the email is gone (acked or purged); the folder goes with
+        the last of the pipelines its mark names (at once when it names none). True if it went.
+
+        The id is checked as `remove` does; a folder without a pipeline mark is left alone.
+        """
+        if ownership(self.directory, event_id) is not Ownership.OURS:
+            return self.remove(event_id)
+        folder = self.directory / event_id
+        mark = _read_mark(folder / PIPELINE_MARK)
+        if mark is None:
+            return False
+        try:
+            write_new_file(folder / f"{RELEASE_MARK}{uuid.uuid4()}", b"")
+            released = sum(name.startswith(RELEASE_MARK) for name in os.listdir(folder))
+        except FileNotFoundError:
+            return False  # a release running at once deleted it
+        return released >= len(_mark_names(mark)) and _delete(folder)
+
+    def keep_for(self, event_id: str, pipelines: Sequence[str]) -> None:
+        """The email's pushes stopped after `pipelines` stored their jobs (the client got
+        451): the folder stays for those alone, or goes when there are none."""
+        if not pipelines:
+            self.remove(event_id)
+        elif ownership(self.directory, event_id) is Ownership.OURS:
+            mark = self.directory / event_id / PIPELINE_MARK
+            mark.unlink(missing_ok=True)
+            write_new_file(mark, _mark_text(pipelines))
+
     def remove_pipeline(self, pipeline: str) -> int:
-        """Delete the folders marked with `pipeline` (destroyed with purge); returns how many."""
+        """A pipeline destroyed with purge releases the folders marked with it; returns how
+        many went (those it was the last pipeline of)."""
         return sum(
-            _delete(folder)
+            self.release(folder.name)
             for folder in self._own_folders()
-            if _read_mark(folder / PIPELINE_MARK) == pipeline
+            if pipeline in _mark_names(_read_mark(folder / PIPELINE_MARK) or "")
         )
 
     def remove_older_than(self, age: float) -> int:
@@ -295,6 +332,14 @@ class TempfileStorage:
                 entries=len(names) - len(owned),
             )
         return owned
+
+
+def _mark_text(pipelines: Sequence[str]) -> bytes:
+    return "".join(f"{name}\n" for name in pipelines).encode("utf-8")
+
+
+def _mark_names(mark: str) -> list[str]:
+    return mark.splitlines()
 
 
 def _delete(folder: Path) -> bool:

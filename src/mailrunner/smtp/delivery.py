@@ -11,6 +11,7 @@ import enum
 import time
 from typing import ClassVar, Protocol
 
+import orjson
 import structlog
 
 from mailrunner.config import SmtpJobsConfig
@@ -70,14 +71,24 @@ class JobsRpc(Protocol):
     async def push(self, job: Job, *, push_timeout: float) -> None: ...
 
 
-def email_job(event: EmailEvent, settings: SmtpJobsConfig) -> Job:
-    """An accepted email as a job: name `smtp.email`, id = event id, payload = event JSON."""
+def email_job(
+    event: EmailEvent,
+    settings: SmtpJobsConfig,
+    *,
+    pipeline: str | None = None,
+    payload: bytes | None = None,
+) -> Job:
+    """An accepted email as a job: name `smtp.email`, id = event id, payload = event JSON
+    (`payload` when the caller built it already), for `pipeline` (default: the shorthand's)."""
+    target = pipeline or settings.pipeline
+    if target is None:
+        raise ValueError("email_job: no pipeline named (smtp.jobs.pipelines lists several)")
     return Job(
         id=event.id,
         name=EMAIL_JOB,
-        payload=event.to_json(),
+        payload=event.to_json() if payload is None else payload,
         options=JobOptions(
-            pipeline=settings.pipeline,
+            pipeline=target,
             priority=settings.priority,
             delay=settings.delay,
             auto_ack=settings.auto_ack,
@@ -86,58 +97,99 @@ def email_job(event: EmailEvent, settings: SmtpJobsConfig) -> Job:
     )
 
 
+def event_payloads(event: EmailEvent, include_raw: bool) -> tuple[bytes, bytes]:
+    """The event JSON for the pipelines (raw bytes only with `include_raw`) and for the inbox
+    (always with them): one dict, dumped once more only when the two differ."""
+    data = event.to_dict()
+    with_raw = orjson.dumps(data)
+    if include_raw or "raw" not in data["message"]:
+        return with_raw, with_raw
+    del data["message"]["raw"]
+    return orjson.dumps(data), with_raw
+
+
 class JobsDelivery:
-    """The Jobs path: 250 only after the pipeline has stored the job."""
+    """The Jobs path: every pipeline of `smtp.jobs.pipelines`, then the inbox's, each push
+    after the previous one stored its job; 250 only once all have.
+
+    The inbox comes last so that a message whose client got 451 is never in it. A push that
+    fails after others stored theirs leaves those jobs (the client's retry may duplicate them:
+    at least once, as everywhere) and their attachment files, marked for them alone.
+    """
 
     def __init__(
-        self, rpc: JobsRpc, settings: SmtpJobsConfig, attachments: TempfileStorage | None = None
+        self,
+        rpc: JobsRpc,
+        settings: SmtpJobsConfig,
+        *,
+        include_raw: bool = False,
+        inbox: str | None = None,
+        attachments: TempfileStorage | None = None,
     ) -> None:
         self._rpc = rpc
         self._settings = settings
+        self._include_raw = include_raw
         self._attachments = attachments
-        self.destination = f"jobs pipeline {settings.pipeline}"
+        self._pipelines = settings.targets
+        self._inbox = inbox
+        names = [*self._pipelines, *([inbox] if inbox is not None else [])]
+        self.destination = f"jobs pipeline{'s' if len(names) > 1 else ''} {', '.join(names)}"
 
     async def deliver(self, event: EmailEvent) -> Outcome:
+        # without other pipelines, the one dump the inbox needs is all
+        payload, inbox_payload = event_payloads(event, self._include_raw or not self._pipelines)
+        stored: list[str] = []
+        try:
+            for pipeline in self._pipelines:
+                await self._push(event, payload, pipeline)
+                stored.append(pipeline)
+            if self._inbox is not None:
+                await self._push(event, inbox_payload, self._inbox)
+                stored.append(self._inbox)
+        except OutcomeUnknown:
+            raise
+        except Exception:
+            await self._keep_attachments_for(event, stored)
+            raise
+        log.debug("email pushed to jobs", uuid=event.uuid, id=event.id, pipelines=stored)
+        return Outcome.ACCEPTED
+
+    async def _push(self, event: EmailEvent, payload: bytes, pipeline: str) -> None:
         timeout = self._settings.push_timeout
+        job = email_job(event, self._settings, pipeline=pipeline, payload=payload)
         try:
             async with asyncio.timeout(timeout + PUSH_GRACE) as bound:
                 with verdict_listener(_extender(bound)):
-                    await self._rpc.push(email_job(event, self._settings), push_timeout=timeout)
+                    await self._rpc.push(job, push_timeout=timeout)
         except TimeoutError:
             reason = f"no outcome within {timeout}s + {PUSH_GRACE}s"
-            self._outcome_unknown(event, reason)
-            raise DeliveryTimeout(f"push to {self._settings.pipeline} gave {reason}") from None
+            self._outcome_unknown(event, pipeline, reason)
+            raise DeliveryTimeout(f"push to {pipeline} gave {reason}") from None
         except OutcomeUnknown as error:
-            self._outcome_unknown(event, f"{type(error).__name__}: {error}")
+            self._outcome_unknown(event, pipeline, f"{type(error).__name__}: {error}")
             raise
-        except Exception:
-            await self._forget_attachments(event)
-            raise
-        log.debug(
-            "email pushed to jobs", uuid=event.uuid, id=event.id, pipeline=self._settings.pipeline
-        )
-        return Outcome.ACCEPTED
 
-    def _outcome_unknown(self, event: EmailEvent, reason: str) -> None:
+    def _outcome_unknown(self, event: EmailEvent, pipeline: str, reason: str) -> None:
         """The push may have stored the job, or may yet (the bound ran out without an answer,
         a broker holds an unconfirmed publish, a remote node's COMMIT outlasted the request):
         the client still gets 451 and sends the message again (at least once, never lost), and
-        the files stay for the job that may exist (the folder, marked with the pipeline, goes
-        with `destroy --purge` if the job never shows up)."""
+        the files stay for the job that may exist (the folder, marked with every pipeline,
+        goes with `destroy --purge` if the jobs never show up)."""
         log.warning(
             "push outcome unknown: attachments kept",
             uuid=event.uuid,
             id=event.id,
-            pipeline=self._settings.pipeline,
+            pipeline=pipeline,
             reason=reason,
         )
 
-    async def _forget_attachments(self, event: EmailEvent) -> None:
-        """A refused message leaves no files behind: the client will send it again.
+    async def _keep_attachments_for(self, event: EmailEvent, stored: list[str]) -> None:
+        """A refused message keeps its files only for the pipelines that stored its job (none:
+        the folder goes, the client will send the message again).
 
         Only when the push said it stored nothing (see `_outcome_unknown` otherwise)."""
         if self._attachments is not None and event.attachments:
-            await asyncio.to_thread(self._attachments.remove, event.id)
+            await asyncio.to_thread(self._attachments.keep_for, event.id, stored)
 
 
 def _extender(bound: asyncio.Timeout) -> VerdictListener:

@@ -1,0 +1,168 @@
+"""The inbox's consumer: leases the inbox pipeline's jobs and stores each email in the inbox,
+in this process (no worker pool).
+
+A job is acked only once its message is stored, so a locked or full `inbox.db` fails the
+job, which is retried like any other after `retries` attempts lands in the failed list:
+never lost. Inserts are idempotent by event id, so a job delivered twice stores one message.
+
+Attachments in tempfile mode: the event points at files that belong to the other
+pipelines' jobs and go when the last of those is acked, possibly before this consumer gets
+to the email. They are read while they exist, and otherwise taken from the raw message (the
+inbox job always carries it), parsed again as the ingress parsed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+import structlog
+
+from mailrunner.errors import DriverError
+from mailrunner.inbox.message import StoredMessage, attachment_content
+from mailrunner.inbox.service import Inbox
+from mailrunner.jobs.driver import Lease
+from mailrunner.jobs.service import Pipeline
+from mailrunner.mime.parse import ParseOptions, parse
+from mailrunner.tasks import cancel_and_wait
+
+log = structlog.get_logger("mailrunner.inbox")
+
+RESERVE_WAIT = 1.0
+DRIVER_RETRY_DELAY = 1.0
+RETRY_DELAY = 1.0
+"""Seconds before a job whose message could not be stored is due again."""
+
+
+class BadInboxJob(ValueError):
+    """A job in the inbox pipeline that is not an email event with its raw bytes."""
+
+
+def stored_message(payload: bytes, max_preview_bytes: int, options: ParseOptions) -> StoredMessage:
+    """The message an inbox job carries, its attachments read from their files or, where a
+    file is gone, from the raw message. Blocks (files, parsing): run it on a thread."""
+    try:
+        event = orjson.loads(payload)
+        raw = base64.b64decode(event["message"]["raw"], validate=True)
+    except (ValueError, KeyError, TypeError) as error:
+        raise BadInboxJob(f"not an email event with message.raw: {error!r}") from None
+    entries = event.get("attachments") or []
+    position = {id(entry): index for index, entry in enumerate(entries)}
+    parsed: list[bytes] = []
+
+    def content(entry: Mapping[str, Any]) -> bytes:
+        try:
+            return attachment_content(entry)
+        except OSError:
+            if not parsed:
+                parsed.extend(part.content for part in parse(raw, options).attachments)
+            return parsed[position[id(entry)]]
+
+    try:
+        return StoredMessage.from_event(event, raw, content, max_preview_bytes)
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise BadInboxJob(f"the event cannot be kept: {error!r}") from None
+
+
+class InboxConsumer:
+    """Stores the inbox pipeline's jobs, a reserved batch at a time, one after another.
+
+    `files_read` is told each event id once its attachment files were read into the message
+    (the app frees those no other pipeline holds: a retry takes them from the raw message).
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        inbox: Inbox,
+        options: ParseOptions,
+        files_read: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self._inbox = inbox
+        self._options = options
+        self._files_read = files_read
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.pipeline.consuming = True
+        self._task = asyncio.create_task(self._loop(), name=f"inbox-{self.pipeline.name}")
+        log.info("inbox consuming", pipeline=self.pipeline.name, path=str(self._inbox.path))
+
+    async def stop(self) -> None:
+        self.pipeline.consuming = False
+        if self._task is not None:
+            await cancel_and_wait(self._task, f"inbox consumer of {self.pipeline.name}")
+
+    async def _loop(self) -> None:
+        settings = self.pipeline.settings
+        while True:
+            await self.pipeline.resumed.wait()
+            try:
+                leases = await self.pipeline.driver.reserve(settings.prefetch, RESERVE_WAIT)
+            except DriverError as error:
+                log.error("cannot reserve jobs", pipeline=self.pipeline.name, error=str(error))
+                await asyncio.sleep(DRIVER_RETRY_DELAY)
+                continue
+            await self._settle_all(leases)
+
+    async def _settle_all(self, leases: list[Lease]) -> None:
+        """Store the batch in order; once one fails on the inbox (locked, full), the rest go
+        back unattempted instead of each waiting out the same lock."""
+        pending = list(leases)
+        try:
+            while pending:
+                if self.pipeline.paused:
+                    break
+                stored = await self._settle(pending[0])
+                del pending[0]
+                if not stored:
+                    break
+        except DriverError as error:
+            log.error("cannot settle inbox job", pipeline=self.pipeline.name, error=str(error))
+        finally:
+            # a cancel (stop) lands here too: nothing leased stays held until its timeout
+            await asyncio.shield(self._give_back(pending))
+
+    async def _give_back(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            try:
+                await lease.release()
+            except DriverError as error:
+                log.warning("inbox job not given back", id=lease.job.id, error=str(error))
+
+    async def _settle(self, lease: Lease) -> bool:
+        """Store one job's message and ack it; False when the inbox could not store it (the
+        job is retried, or failed after `retries`)."""
+        job = lease.job
+        try:
+            message = await asyncio.to_thread(
+                stored_message, job.payload, self._inbox.settings.max_preview_bytes, self._options
+            )
+            if self._files_read is not None:
+                await self._files_read(job.id)
+            await self._inbox.add(message)
+        except BadInboxJob as error:
+            await self._nack(lease, str(error), retry=False)
+            return True
+        except Exception as error:  # InboxLocked, a full disk: retried like any failed job
+            await self._nack(lease, str(error), retry=True)
+            return False
+        await lease.ack()
+        return True
+
+    async def _nack(self, lease: Lease, error: str, *, retry: bool) -> None:
+        """Retry the job after RETRY_DELAY while attempts remain, else move it to the failed
+        list, where `jobs failed retry` brings it back."""
+        requeue = retry and lease.attempt < self.pipeline.settings.retries
+        await lease.nack(requeue=requeue, delay=RETRY_DELAY if requeue else 0.0, error=error)
+        log.warning(
+            "inbox could not store a message: job retried" if requeue else "inbox job failed",
+            pipeline=self.pipeline.name,
+            id=lease.job.id,
+            attempt=lease.attempt,
+            error=error,
+        )
