@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
-from mailrunner.api.routes import UI_ROUTES
 from api_support import Api, start_jobs_node
 
+from mailrunner.api.routes import UI_ROUTES
 from support.server import RunningServer
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
