@@ -28,8 +28,6 @@ from pydantic import (
 )
 
 from mailrunner.errors import ConfigError
-from mailrunner.inbox.message import DEFAULT_MAX_PREVIEW_BYTES
-from mailrunner.inbox.store import DEFAULT_MAX_MESSAGES
 from mailrunner.jobs.deadline import DEFAULT_PUSH_TIMEOUT, MAX_PUSH_TIMEOUT, MIN_PUSH_TIMEOUT
 from mailrunner.jobs.model import MAX_DELAY
 
@@ -44,6 +42,10 @@ DEFAULT_PREFETCH = 10
 DEFAULT_RETRIES = 5
 DEFAULT_VISIBILITY_TIMEOUT = 30.0
 """Seconds a lease lasts unless extended (consumers extend it every third of it)."""
+DEFAULT_INBOX_MAX_MESSAGES = 10_000
+"""Messages the inbox keeps unless configured; the oldest go first."""
+DEFAULT_INBOX_MAX_PREVIEW_BYTES = 2 * 1024 * 1024
+"""Bytes of each text and HTML body the inbox keeps for its preview and search."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -441,9 +443,9 @@ class InboxConfig(_Model):
     enabled: bool = True
     pipeline: str = Field(default="inbox", min_length=1)
     path: Path | None = None
-    max_messages: int = Field(default=DEFAULT_MAX_MESSAGES, ge=1)
+    max_messages: int = Field(default=DEFAULT_INBOX_MAX_MESSAGES, ge=1)
     max_age: Duration | None = Field(default=None, gt=0)
-    max_preview_bytes: int = Field(default=DEFAULT_MAX_PREVIEW_BYTES, ge=1024)
+    max_preview_bytes: int = Field(default=DEFAULT_INBOX_MAX_PREVIEW_BYTES, ge=1024)
 
 
 class RpcConfig(_Model):

@@ -13,15 +13,16 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from mailrunner.inbox.message import StoredMessage
 from mailrunner.inbox.query import parse as parse_query
-from mailrunner.inbox.store import Stats
+from mailrunner.inbox.store import InboxStore, Stats
 from mailrunner.jobs.model import Job, JobOptions
 from support.sample_mail import TEMP_FAILURE, WITH_ATTACHMENT
 from support.server import RunningServer
@@ -146,6 +147,63 @@ def test_the_same_event_pushed_twice_is_stored_once(start_server: Start) -> None
         "both inbox jobs acked",
     )
     assert stats(server).count == 1
+
+
+def queue_batch(server: RunningServer) -> list[str]:
+    """With the inbox paused: three emails and, second, a job that is no email event; the
+    event ids of the emails."""
+    server.call(server.app.jobs.pause("inbox"))
+    assert send(server)[0] == 250
+    server.call(server.app.jobs.push(Job("junk", "smtp.email", b"{}", JobOptions("inbox"))))
+    for _ in range(2):
+        assert send(server)[0] == 250
+    return job_ids(server, "smtp-emails")
+
+
+def test_a_reserved_batch_is_stored_in_one_transaction_and_a_bad_job_fails_alone(
+    start_server: Start,
+) -> None:
+    server = start_with_inbox(start_server, jobs={"pipelines": {"inbox": {"driver": "memory"}}})
+    assert server.app.inbox is not None
+    store: InboxStore = server.app.inbox.store
+    batches: list[int] = []
+    insert_many = store.insert_many
+
+    def counting(messages: Sequence[StoredMessage]) -> list[bool]:
+        batches.append(len(messages))
+        return insert_many(messages)
+
+    store.insert_many = counting  # type: ignore[method-assign]
+    event_ids = queue_batch(server)
+    server.call(server.app.jobs.resume("inbox"))
+
+    wait_until(lambda: stats(server).count == 3, "the three emails in the inbox")
+    assert batches == [3], "one transaction for the whole reserved batch"
+    assert failed_ids(server, "inbox") == ["junk"]
+    page = server.call(server.app.inbox.list(parse_query(""), 10))
+    assert sorted(summary.id for summary in page.messages) == sorted(event_ids)
+
+
+def test_a_locked_inbox_retries_every_job_of_the_batch_and_loses_none(
+    start_server: Start,
+) -> None:
+    inbox_pipeline = {"driver": "memory", "retries": 2}
+    server = start_with_inbox(start_server, jobs={"pipelines": {"inbox": inbox_pipeline}})
+    event_ids = queue_batch(server)
+
+    with locked(server.config.inbox_path):
+        server.call(server.app.jobs.resume("inbox"))
+        wait_until(
+            lambda: sorted(failed_ids(server, "inbox")) == sorted([*event_ids, "junk"]),
+            "every job of the batch in the failed list",
+            timeout=WAIT_SECONDS * 3,
+        )
+        assert stats(server).count == 0
+    failed = {job.job.id: job for job in server.call(server.app.jobs.list_failed("inbox"))}
+    assert [failed[event_id].attempts for event_id in event_ids] == [2, 2, 2], "retried"
+    assert failed["junk"].attempts == 1, "no retry for a job that is no email"
+    assert server.call(server.app.jobs.retry_failed("inbox")) == 4
+    wait_until(lambda: stats(server).count == 3, "the retried batch stored in the inbox")
 
 
 def tempfile_server(start_server: Start, tmp_path: Path) -> RunningServer:

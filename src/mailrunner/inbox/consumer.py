@@ -68,7 +68,7 @@ def stored_message(payload: bytes, max_preview_bytes: int, options: ParseOptions
 
 
 class InboxConsumer:
-    """Stores the inbox pipeline's jobs, a reserved batch at a time, one after another.
+    """Stores the inbox pipeline's jobs, a reserved batch at a time in one transaction.
 
     `files_read` is told each event id once its attachment files were read into the message
     (the app frees those no other pipeline holds: a retry takes them from the raw message).
@@ -110,22 +110,61 @@ class InboxConsumer:
             await self._settle_all(leases)
 
     async def _settle_all(self, leases: list[Lease]) -> None:
-        """Store the batch in order; once one fails on the inbox (locked, full), the rest go
-        back unattempted instead of each waiting out the same lock."""
+        """Store the batch's messages in one transaction (one sync to disk), then ack them;
+        when the inbox cannot store them (locked, full), every job of the batch is retried,
+        or failed after `retries`: never lost."""
         pending = list(leases)
         try:
-            while pending:
-                if self.pipeline.paused:
-                    break
-                stored = await self._settle(pending[0])
-                del pending[0]
-                if not stored:
-                    break
+            if self.pipeline.paused:
+                return
+            try:
+                stored = await self._store(pending)
+            except DriverError:
+                raise
+            except Exception as error:  # InboxLocked, a full disk: retried like any failed job
+                for lease in list(pending):
+                    await self._nack(lease, str(error), retry=True)
+                    pending.remove(lease)
+                return
+            for lease in stored:
+                await lease.ack()
+                pending.remove(lease)
         except DriverError as error:
             log.error("cannot settle inbox job", pipeline=self.pipeline.name, error=str(error))
         finally:
             # a cancel (stop) lands here too: nothing leased stays held until its timeout
             await asyncio.shield(self._give_back(pending))
+
+    async def _store(self, pending: list[Lease]) -> list[Lease]:
+        """Keep the messages of `pending`'s jobs, all in one transaction; the leases whose
+        message is now kept. A job that is no email event fails at once and leaves
+        `pending`."""
+        messages = await asyncio.to_thread(self._read_all, pending)
+        readable: list[tuple[Lease, StoredMessage]] = []
+        for lease, message in zip(list(pending), messages, strict=True):
+            if isinstance(message, BadInboxJob):
+                await self._nack(lease, str(message), retry=False)
+                pending.remove(lease)
+                continue
+            if self._files_read is not None:
+                await self._files_read(lease.job.id)
+            readable.append((lease, message))
+        await self._inbox.add_many([message for _, message in readable])
+        return [lease for lease, _ in readable]
+
+    def _read_all(self, leases: list[Lease]) -> list[StoredMessage | BadInboxJob]:
+        """Each job's message, or why it is none. Blocks (files, parsing): run on a thread."""
+        found: list[StoredMessage | BadInboxJob] = []
+        for lease in leases:
+            try:
+                found.append(
+                    stored_message(
+                        lease.job.payload, self._inbox.settings.max_preview_bytes, self._options
+                    )
+                )
+            except BadInboxJob as error:
+                found.append(error)
+        return found
 
     async def _give_back(self, leases: list[Lease]) -> None:
         for lease in leases:
@@ -133,26 +172,6 @@ class InboxConsumer:
                 await lease.release()
             except DriverError as error:
                 log.warning("inbox job not given back", id=lease.job.id, error=str(error))
-
-    async def _settle(self, lease: Lease) -> bool:
-        """Store one job's message and ack it; False when the inbox could not store it (the
-        job is retried, or failed after `retries`)."""
-        job = lease.job
-        try:
-            message = await asyncio.to_thread(
-                stored_message, job.payload, self._inbox.settings.max_preview_bytes, self._options
-            )
-            if self._files_read is not None:
-                await self._files_read(job.id)
-            await self._inbox.add(message)
-        except BadInboxJob as error:
-            await self._nack(lease, str(error), retry=False)
-            return True
-        except Exception as error:  # InboxLocked, a full disk: retried like any failed job
-            await self._nack(lease, str(error), retry=True)
-            return False
-        await lease.ack()
-        return True
 
     async def _nack(self, lease: Lease, error: str, *, retry: bool) -> None:
         """Retry the job after RETRY_DELAY while attempts remain, else move it to the failed

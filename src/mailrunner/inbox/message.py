@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from mailrunner.config import DEFAULT_INBOX_MAX_PREVIEW_BYTES
 from mailrunner.inbox.html_text import html_to_text
 
-DEFAULT_MAX_PREVIEW_BYTES = 2 * 1024 * 1024
 SNIPPET_CHARS = 200
 
 
@@ -69,7 +69,7 @@ class StoredMessage:
         event: Mapping[str, Any],
         raw: bytes,
         attachment_bytes: Callable[[Mapping[str, Any]], bytes] | None = None,
-        max_preview_bytes: int = DEFAULT_MAX_PREVIEW_BYTES,
+        max_preview_bytes: int = DEFAULT_INBOX_MAX_PREVIEW_BYTES,
     ) -> StoredMessage:
         """Build from a decoded EMAIL_RECEIVED event (schema v1) and the exact bytes received.
 

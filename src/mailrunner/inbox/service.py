@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,18 +118,26 @@ class Inbox:
     # --- writes ---------------------------------------------------------------------------
 
     async def add(self, message: StoredMessage) -> bool:
-        """Keep `message` (False if its id is already kept), apply retention, and publish
-        the new message and any it pushed out. InboxLocked when the write lock stayed taken:
-        nothing was stored, the caller retries."""
+        """Keep one message: `add_many` of one."""
+        (inserted,) = await self.add_many([message])
+        return inserted
+
+    async def add_many(self, messages: Sequence[StoredMessage]) -> list[bool]:
+        """Keep `messages` in one transaction (one sync to disk for all), apply retention
+        once, and publish each new message and any they pushed out; for each message, False
+        if its id was already kept. InboxLocked when the write lock stayed taken: nothing
+        was stored, the caller retries them all."""
         store = self.store
 
-        def insert() -> tuple[bool, list[str]]:
-            inserted = store.insert(message)
-            return inserted, store.enforce_retention() if inserted else []
+        def insert() -> tuple[list[bool], list[str]]:
+            inserted = store.insert_many(messages)
+            return inserted, store.enforce_retention() if any(inserted) else []
 
         inserted, removed = await asyncio.to_thread(insert)
-        if inserted and self.feed.listening:
-            self.feed.publish("message", summary_json(_summary_of(message)))
+        if self.feed.listening:
+            for message, new in zip(messages, inserted, strict=True):
+                if new:
+                    self.feed.publish("message", summary_json(_summary_of(message)))
         self._deleted(removed)
         return inserted
 

@@ -26,13 +26,13 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from mailrunner.config import DEFAULT_INBOX_MAX_MESSAGES
 from mailrunner.files import create_directories, write_new_file
 from mailrunner.inbox.errors import FtsUnavailable, InboxError, InboxLocked
 from mailrunner.inbox.message import StoredMessage
 from mailrunner.inbox.query import Query
 from mailrunner.inbox.sql import SCHEMA, sql_time, where
 
-DEFAULT_MAX_MESSAGES = 10_000
 BUSY_TIMEOUT = 5.0
 """Seconds a statement waits for another connection's lock before `InboxLocked`."""
 
@@ -110,7 +110,7 @@ class InboxStore:
         self,
         path: Path,
         *,
-        max_messages: int | None = DEFAULT_MAX_MESSAGES,
+        max_messages: int | None = DEFAULT_INBOX_MAX_MESSAGES,
         max_age: float | None = None,
         busy_timeout: float = BUSY_TIMEOUT,
     ) -> None:
