@@ -32,6 +32,11 @@ def by_testid(name: str) -> str:
     return f'[data-testid="{name}"]'
 
 
+def shown(name: str) -> Callable[[Any], list[Any]]:
+    """A wait condition: the elements of data-testid `name`, once there are any."""
+    return lambda driver: driver.find_elements("css selector", by_testid(name))
+
+
 def waiter(driver: Any, timeout: float = WAIT_SECONDS) -> Callable[[Callable[[Any], Any]], Any]:
     """WebDriverWait(...).until, polling every 20 ms so a timing taken with it is close."""
     return WebDriverWait(driver, timeout, poll_frequency=0.02).until
@@ -49,7 +54,7 @@ def row_ids(driver: Any) -> list[str]:
 def open_inbox(driver: Any, server: InboxServer) -> None:
     """Load the inbox page and wait until its /events stream is open on the server."""
     driver.get(server.api_url + "/")
-    waiter(driver)(lambda d: d.find_elements("css selector", by_testid("search")))
+    waiter(driver)(shown("search"))
     wait_until(lambda: server.inbox.feed.listening, "the page's /events stream to open")
 
 
@@ -89,9 +94,9 @@ def test_mail_arrives_live_opens_safely_downloads_and_deletes(
     driver.save_screenshot(str(tmp_path / "2-search.png"))
 
     driver.find_element("css selector", by_testid("message-row")).click()
-    until(lambda d: d.find_elements("css selector", by_testid("message-subject")))
+    until(shown("message-subject"))
     assert driver.find_element("css selector", by_testid("message-subject")).text == "Invoice 0042"
-    frame = until(lambda d: d.find_elements("css selector", by_testid("preview-frame")))[0]
+    frame = until(shown("preview-frame"))[0]
     driver.switch_to.frame(frame)
     image = until(lambda d: d.find_elements("css selector", "img[alt=logo]"))[0]
     until(lambda d: d.execute_script("return arguments[0].complete", image))
@@ -103,7 +108,7 @@ def test_mail_arrives_live_opens_safely_downloads_and_deletes(
     driver.save_screenshot(str(tmp_path / "3-message.png"))
 
     driver.find_element("css selector", by_testid("tab-attachments")).click()
-    links = until(lambda d: d.find_elements("css selector", by_testid("attachment-link")))
+    links = until(shown("attachment-link"))
     names = {link.text: link for link in links}
     assert set(names) == {"logo.png", "invoice-0042.pdf"}
     link = names["invoice-0042.pdf"]
@@ -112,11 +117,7 @@ def test_mail_arrives_live_opens_safely_downloads_and_deletes(
     driver.save_screenshot(str(tmp_path / "4-attachments.png"))
 
     driver.find_element("css selector", by_testid("delete")).click()
-    until(
-        lambda d: (
-            d.current_url.endswith("#/") and d.find_elements("css selector", by_testid("search"))
-        )
-    )
+    until(lambda d: d.current_url.endswith("#/") and shown("search")(d))
     assert inbox_server.request("GET", f"/messages/{message_id}").status == 404
     until(lambda d: message_id not in row_ids(d))
     driver.save_screenshot(str(tmp_path / "5-deleted.png"))
@@ -155,7 +156,7 @@ def test_readable_at_phone_width(inbox_server: InboxServer, browser: Any, tmp_pa
     )
     for route, ready in routes:
         browser.get(inbox_server.api_url + route)
-        waiter(browser)(lambda d, ready=ready: d.find_elements("css selector", by_testid(ready)))
+        waiter(browser)(shown(ready))
         browser.save_screenshot(str(tmp_path / f"phone-{ready}.png"))
         assert browser.execute_script(no_scroll), f"{route} scrolls sideways at 390 px"
     assert severe_console_entries(browser) == []

@@ -88,7 +88,8 @@ def rich_message(subject: str) -> bytes:
         f"document.body.setAttribute('data-mark','{SCRIPT_MARK}')</script>",
         subtype="html",
     )
-    html_part = message.get_payload()[1]  # type: ignore[index]
+    html_part = message.get_body(("html",))
+    assert html_part is not None
     html_part.add_related(
         LOGO, "image", "png", cid="<logo@shop>", disposition="inline", filename="logo.png"
     )
