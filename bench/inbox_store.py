@@ -4,7 +4,8 @@ The store is filled with 10,000 messages of about 1.5 KB of text each (a tenth w
 part, a tenth with an attachment, some with Japanese text), spread over 30 days. Each query
 below then asks for the first page of 50 with the total (as the UI does) many times, and the
 last page is asked for once more without a query. Inserts are timed as they happen: one
-durable transaction each, as the inbox consumer makes them.
+durable transaction each, then BATCH per transaction, as the inbox consumer stores a reserved
+batch of jobs.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["sqlite_push.py", "smtp_jobs.py"]
+BENCHMARKS = ["sqlite_push.py", "smtp_jobs.py", "inbox_store.py"]
 
 
 def main() -> int:
