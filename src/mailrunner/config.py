@@ -1,6 +1,7 @@
 """The whole YAML configuration as frozen pydantic models.
 
-Defaults live in the models, so the embedded default file only has to name the pipeline.
+Defaults live in the models, so the embedded default file only has to name what differs
+(the inbox alone, no other pipeline).
 Unknown keys and bad values stop start-up with every problem named by its key path,
 because a typo that is silently dropped is a production incident later.
 """

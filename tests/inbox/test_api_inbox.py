@@ -32,8 +32,8 @@ def test_the_list_is_newest_first_with_summaries_pages_and_searches(
         "id", "received_at", "from", "to", "subject", "size", "attachments", "read", "snippet"
     }  # fmt: skip
     assert TIME_FORMAT.fullmatch(summary["received_at"]), summary["received_at"]
-    # the envelope sender (a@example.com) is shown when no header names it
-    assert (summary["from"], summary["subject"]) == ("carol@example.com, a@example.com", "Invoice")
+    # the From header, not the envelope sender (a@example.com) beside it
+    assert (summary["from"], summary["subject"]) == ("carol@example.com", "Invoice")
     assert (summary["size"], summary["attachments"], summary["read"]) == (len(WITH_PDF), 1, False)
     assert summary["snippet"] == "please pay"
     page = inbox_server.ok("GET", "/messages?limit=1&offset=1")

@@ -135,7 +135,10 @@ def _join_unique(header_addresses: list[Mapping[str, str]], envelope: list[str])
 
 
 def _senders(event: Mapping[str, Any]) -> str:
-    return _join_unique(event["message"]["from"], [event["envelope"]["from"]])
+    """The From header as people read it; the envelope sender only when there is none (a
+    bounce address beside every From would be noise in the list, and `from:` means From)."""
+    header = event["message"]["from"]
+    return _join_unique(header, [] if header else [event["envelope"]["from"]])
 
 
 def _recipients(event: Mapping[str, Any]) -> str:
