@@ -50,6 +50,7 @@ def test_beyond_max_messages_the_oldest_go_first(start_server: Start) -> None:
     for gone in ids[:2]:
         with pytest.raises(urllib.error.HTTPError) as answer:
             get(server, f"/messages/{gone}")
+        answer.value.close()
         assert answer.value.code == 404
 
 
