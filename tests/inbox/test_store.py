@@ -132,22 +132,15 @@ def test_a_built_event_keeps_cc_bcc_html_text_and_attachment_bytes(store: InboxS
     assert found(store, "evil") == set(), "script content is not text"
 
 
-def test_an_attachment_given_by_path_is_read_into_the_store(tmp_path: Path) -> None:
-    kept_file = tmp_path / "a.bin"
-    kept_file.write_bytes(b"\x00\x01 file bytes")
-    entry = {"filename": None, "content_type": "application/octet-stream", "size": 14,
-             "content_id": "<c1>", "inline": True, "path": str(kept_file)}  # fmt: skip
-    kept = StoredMessage.from_event(event_dict(attachments=[entry]), b"raw")
-    kept_file.unlink()
-    with InboxStore(tmp_path / "inbox.db") as store:
-        store.insert(kept)
-        assert store.attachment(kept.id, 0) == (
-            None,
-            "application/octet-stream",
-            b"\x00\x01 file bytes",
-        )
-        (summary,) = store.list(parse("has:attachment"), 10).messages
-        assert summary.attachments == 1
+def test_an_attachment_given_by_path_is_never_read_from_that_path(tmp_path: Path) -> None:
+    """Any API client can push to the inbox pipeline: a path in the event must not become a
+    way to read the server's files."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not for the inbox")
+    entry = {"filename": None, "content_type": "application/octet-stream", "size": 17,
+             "content_id": None, "inline": False, "path": str(secret)}  # fmt: skip
+    with pytest.raises(ValueError, match="not in the event"):
+        StoredMessage.from_event(event_dict(attachments=[entry]), b"raw")
 
 
 def test_bodies_are_capped_for_preview_and_the_raw_bytes_kept_whole(store: InboxStore) -> None:

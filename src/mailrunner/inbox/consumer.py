@@ -42,8 +42,9 @@ class BadInboxJob(ValueError):
 
 
 def stored_message(payload: bytes, max_preview_bytes: int, options: ParseOptions) -> StoredMessage:
-    """The message an inbox job carries, its attachments read from their files or, where a
-    file is gone, from the raw message. Blocks (files, parsing): run it on a thread."""
+    """The message an inbox job carries; attachments the event holds as files (tempfile
+    mode) are taken from the raw message, never read from the path a job names (see
+    `attachment_content`). Blocks (parsing): run it on a thread."""
     try:
         event = orjson.loads(payload)
         raw = base64.b64decode(event["message"]["raw"], validate=True)
@@ -54,12 +55,11 @@ def stored_message(payload: bytes, max_preview_bytes: int, options: ParseOptions
     parsed: list[bytes] = []
 
     def content(entry: Mapping[str, Any]) -> bytes:
-        try:
+        if "content" in entry:
             return attachment_content(entry)
-        except OSError:
-            if not parsed:
-                parsed.extend(part.content for part in parse(raw, options).attachments)
-            return parsed[position[id(entry)]]
+        if not parsed:
+            parsed.extend(part.content for part in parse(raw, options).attachments)
+        return parsed[position[id(entry)]]
 
     try:
         return StoredMessage.from_event(event, raw, content, max_preview_bytes)

@@ -14,7 +14,6 @@ import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
@@ -74,8 +73,8 @@ class StoredMessage:
         """Build from a decoded EMAIL_RECEIVED event (schema v1) and the exact bytes received.
 
         `attachment_bytes` returns one attachment entry's content; the default decodes its
-        base64 `content` or reads the file at its `path`. OSError and ValueError (a missing
-        file, bad base64) propagate: the message cannot be kept whole.
+        base64 `content`. ValueError (no content, bad base64) propagates: the message cannot
+        be kept whole.
         """
         read = attachment_bytes or attachment_content
         message = event["message"]
@@ -107,10 +106,13 @@ class StoredMessage:
 
 
 def attachment_content(entry: Mapping[str, Any]) -> bytes:
-    """An event attachment's bytes: its base64 `content`, or the file at its `path`."""
-    if "content" in entry:
-        return base64.b64decode(entry["content"], validate=True)
-    return Path(entry["path"]).read_bytes()
+    """An event attachment's bytes, from its base64 `content`. An entry with a `path` has
+    none: its bytes come from the raw message (`inbox.consumer`), never from a file a job
+    names — any API client can push to the inbox pipeline, so reading that path would
+    serve it any file the server can read."""
+    if "content" not in entry:
+        raise ValueError("the attachment's bytes are not in the event")
+    return base64.b64decode(entry["content"], validate=True)
 
 
 def cap_utf8(text: str, max_bytes: int) -> str:
