@@ -76,6 +76,14 @@ def test_a_message_reaches_the_other_pipeline_and_the_inbox_store(start_server: 
     assert (listed["total"], listed["messages"][0]["id"]) == (1, event_id), "the API reads it"
 
 
+def test_smtp_jobs_delay_holds_the_other_pipelines_jobs_not_the_inbox(start_server: Start) -> None:
+    server = start_with_inbox(start_server, smtp={"jobs": {"delay": "1h"}})
+
+    assert send(server)[0] == 250
+    wait_until(lambda: stats(server).count == 1, "the message in the inbox at once")
+    assert server.call(server.app.jobs.stat("smtp-emails")).delayed == 1
+
+
 def test_pipelines_are_pushed_in_order_and_a_later_failure_keeps_the_inbox_out(
     start_server: Start,
 ) -> None:

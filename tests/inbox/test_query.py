@@ -90,6 +90,11 @@ def test_inside_quotes_keys_and_negation_are_text(query: str) -> None:
         ("re:hello", 0, "unknown key 're:'"),
         ("before:yesterday", 7, "'yesterday' is not an ISO date (YYYY-MM-DD) or datetime"),
         ("a after:2024-13-01", 8, "'2024-13-01' is not an ISO date (YYYY-MM-DD) or datetime"),
+        (
+            "before:0001-01-01T00:00+14:00",
+            7,
+            "'0001-01-01T00:00+14:00' is out of the range of dates",
+        ),
         ("from:", 5, "'from:' needs a value"),
         ("from: alice", 5, "'from:' needs a value"),
         ('subject:""', 8, "empty value"),

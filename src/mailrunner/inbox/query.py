@@ -194,4 +194,7 @@ def _instant(value: str, value_at: int) -> datetime:
         ) from None
     if instant.tzinfo is None:
         return instant.replace(tzinfo=UTC)
-    return instant.astimezone(UTC)
+    try:
+        return instant.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is before the first representable instant
+        raise QueryError(value_at, f"'{value}' is out of the range of dates") from None

@@ -77,9 +77,11 @@ def email_job(
     *,
     pipeline: str | None = None,
     payload: bytes | None = None,
+    delay: float | None = None,
 ) -> Job:
     """An accepted email as a job: name `smtp.email`, id = event id, payload = event JSON
-    (`payload` when the caller built it already), for `pipeline` (default: the shorthand's)."""
+    (`payload` when the caller built it already), for `pipeline` (default: the shorthand's),
+    due after `delay` (default: `smtp.jobs.delay`)."""
     target = pipeline or settings.pipeline
     if target is None:
         raise ValueError("email_job: no pipeline named (smtp.jobs.pipelines lists several)")
@@ -90,7 +92,7 @@ def email_job(
         options=JobOptions(
             pipeline=target,
             priority=settings.priority,
-            delay=settings.delay,
+            delay=settings.delay if delay is None else delay,
             auto_ack=settings.auto_ack,
         ),
         headers={"uuid": [event.uuid], "email_id": [event.id]},
@@ -144,7 +146,8 @@ class JobsDelivery:
                 await self._push(event, payload, pipeline)
                 stored.append(pipeline)
             if self._inbox is not None:
-                await self._push(event, inbox_payload, self._inbox)
+                # at once: smtp.jobs.delay is for the user's consumers, not the inbox
+                await self._push(event, inbox_payload, self._inbox, delay=0.0)
                 stored.append(self._inbox)
         except OutcomeUnknown:
             raise
@@ -154,9 +157,11 @@ class JobsDelivery:
         log.debug("email pushed to jobs", uuid=event.uuid, id=event.id, pipelines=stored)
         return Outcome.ACCEPTED
 
-    async def _push(self, event: EmailEvent, payload: bytes, pipeline: str) -> None:
+    async def _push(
+        self, event: EmailEvent, payload: bytes, pipeline: str, delay: float | None = None
+    ) -> None:
         timeout = self._settings.push_timeout
-        job = email_job(event, self._settings, pipeline=pipeline, payload=payload)
+        job = email_job(event, self._settings, pipeline=pipeline, payload=payload, delay=delay)
         try:
             async with asyncio.timeout(timeout + PUSH_GRACE) as bound:
                 with verdict_listener(_extender(bound)):
