@@ -8,13 +8,12 @@ younger than that is still in use by a worker and must stay.
 from __future__ import annotations
 
 import os
-import smtplib
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support.sample_mail import WITH_ATTACHMENT
+from support.sample_mail import WITH_ATTACHMENT, accepted_id
 from support.server import RunningServer
 from support.waiting import wait_until
 
@@ -26,13 +25,7 @@ while it is at most about half that old, and an old folder goes within WAIT_SECO
 
 def send(server: RunningServer) -> str:
     """Send an email with one attachment; returns the event id the 250 reply names."""
-    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
-        client.ehlo("client.example")
-        client.mail("a@example.com")
-        client.rcpt("b@example.com")
-        code, reply = client.data(WITH_ATTACHMENT)
-    assert code == 250, reply
-    return reply.decode().rsplit(" ", 1)[-1]
+    return accepted_id(server, WITH_ATTACHMENT)
 
 
 def attachment(folder: Path) -> bytes:

@@ -5,7 +5,6 @@ for what went and the live feed names it."""
 from __future__ import annotations
 
 import json
-import smtplib
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from support.sample_mail import accepted_id
 from support.server import RunningServer
 from support.waiting import wait_until
 
@@ -22,13 +22,7 @@ Start = Callable[..., RunningServer]
 def send(server: RunningServer, subject: str) -> str:
     """Send one message; the event id the 250 names."""
     message = f"Subject: {subject}\r\nFrom: a@example.com\r\nTo: b@example.com\r\n\r\nbody\r\n"
-    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
-        client.ehlo("client.example")
-        client.mail("a@example.com")
-        client.rcpt("b@example.com")
-        code, reply = client.data(message.encode())
-    assert code == 250, reply
-    return reply.decode().split()[-1]
+    return accepted_id(server, message.encode())
 
 
 def get(server: RunningServer, path: str) -> Any:

@@ -28,3 +28,14 @@ def timed_send(server: RunningServer) -> tuple[tuple[int, bytes], float]:
         started = time.monotonic()
         reply = client.data(WITH_ATTACHMENT)
         return reply, time.monotonic() - started
+
+
+def accepted_id(server: RunningServer, message: bytes) -> str:
+    """Send `message` from a@example.com to b@example.com; the event id its 250 names."""
+    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+        client.ehlo("client.example")
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        code, reply = client.data(message)
+    assert code == 250, reply
+    return reply.decode().rsplit(" ", 1)[-1]
