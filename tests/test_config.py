@@ -17,8 +17,8 @@ from mailrunner.config import (
     mask_url,
     mask_urls_in,
     masked_dump,
-    parse_duration,
 )
+from mailrunner.durations import parse_duration
 from support.processes import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

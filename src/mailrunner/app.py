@@ -37,6 +37,7 @@ from mailrunner.mime.parse import ParseOptions
 from mailrunner.mime.parse_threads import ParseThreads
 from mailrunner.pool.pool import WorkerPool
 from mailrunner.smtp.delivery import Delivery, JobsDelivery, JobsRpc, PoolDelivery
+from mailrunner.smtp.faults import FaultBook
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.server import SmtpServer
 from mailrunner.wire.protocol import JOBS_MODE, SMTP_MODE
@@ -89,6 +90,7 @@ class App:
         self.delivery = delivery or _delivery(
             config, self.remote_jobs or self.jobs, self.smtp_pool, storage
         )
+        self.faults = FaultBook(smtp.faults)
         handler = SmtpHandler(
             HandlerSettings(max_recipients=smtp.max_recipients),
             _event_builder(config, storage, self._parse_executor),
@@ -107,6 +109,7 @@ class App:
             max_request=_request_limit(config.smtp.max_message_size),
             declare_policy=DeclarePolicy(config),
             inbox=self.inbox,
+            faults=self.faults if smtp.faults_api or smtp.faults else None,
         )
 
     async def start(self) -> None:

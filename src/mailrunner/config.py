@@ -28,7 +28,9 @@ from pydantic import (
     model_validator,
 )
 
+from mailrunner.durations import Duration
 from mailrunner.errors import ConfigError
+from mailrunner.faults import MAX_FAULT_RULES, FaultRule
 from mailrunner.jobs.deadline import DEFAULT_PUSH_TIMEOUT, MAX_PUSH_TIMEOUT, MIN_PUSH_TIMEOUT
 from mailrunner.jobs.model import MAX_DELAY
 
@@ -48,25 +50,10 @@ DEFAULT_INBOX_MAX_MESSAGES = 10_000
 DEFAULT_INBOX_MAX_PREVIEW_BYTES = 2 * 1024 * 1024
 """Bytes of each text and HTML body the inbox keeps for its preview and search."""
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 """The names of this machine an API without a token may listen on and answer to."""
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def parse_duration(value: object) -> float:
-    """Accept `60s`, `5m`, `1h`, `250ms` or a number of seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError("must be a duration like 30s, 5m, 1h or a number of seconds")
-    if seconds < 0:
-        raise ValueError("must not be negative")
-    return seconds
 
 
 def _check_host_port(value: object) -> str:
@@ -91,7 +78,6 @@ def _url_of(*schemes: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 HostPort = Annotated[str, BeforeValidator(_check_host_port)]
 
 
@@ -278,6 +264,10 @@ class SmtpConfig(_Model):
     use_jobs: bool = True
     jobs: SmtpJobsConfig = Field(default_factory=SmtpJobsConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
+    faults: tuple[FaultRule, ...] = Field(default=(), max_length=MAX_FAULT_RULES)
+    """Fault rules active from start (docs/testing.md); they also turn the faults API on."""
+    faults_api: bool = False
+    """Mount `/faults`, so tests can add and remove rules while the server runs."""
 
 
 class _PipelineBase(_Model):

@@ -96,6 +96,11 @@ class Metrics:
             "Jobs pushed, by pipeline and result (ok, error)",
             ["pipeline", "result"],
         )
+        self.smtp_faults = counter(
+            "mailrunner_smtp_faults_injected",
+            "Fault rules that acted, by stage and action (docs/testing.md)",
+            ["stage", "action"],
+        )
         self._gauges = _Gauges()
         self.registry.register(self._gauges)
         self._accepted = self.smtp_messages.labels("accepted", "250")

@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mailrunner.api.bodies import read_body
+from mailrunner.api.faults_http import FaultsApi
 from mailrunner.api.inbox_http import InboxApi
 from mailrunner.api.openapi import openapi_document
 from mailrunner.api.routes import JSON, ROUTES, UI_ROUTES, Route
@@ -72,6 +73,7 @@ from mailrunner.jobs.deadline import CALLER_MARGIN, DEFAULT_PUSH_TIMEOUT
 from mailrunner.jobs.service import JobsService
 from mailrunner.metrics import QUEUE_STATES, GaugeSnapshot, Metrics, worker_counts
 from mailrunner.pool.pool import WorkerInfo, WorkerPool
+from mailrunner.smtp.faults import FaultBook
 from mailrunner.smtp.server import SmtpServer
 
 log = structlog.get_logger("mailrunner.api")
@@ -158,6 +160,7 @@ class ApiServer:
         max_request: int,
         declare_policy: DeclarePolicy,
         inbox: Inbox | None = None,
+        faults: FaultBook | None = None,
     ) -> None:
         self._config = config
         self._guard = RequestGuard(config)
@@ -176,6 +179,7 @@ class ApiServer:
         self._handlers = (
             self,
             InboxApi(inbox, self._feed),
+            FaultsApi(faults),
             UiHandlers(config.token, self._guard, self._sessions),
         )
         self._by_path = {(route.method, route.path): route for route in (*ROUTES, *UI_ROUTES)}

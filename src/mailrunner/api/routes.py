@@ -13,6 +13,7 @@ from urllib.parse import quote
 from pydantic import BaseModel
 
 from mailrunner.api import schemas
+from mailrunner.faults import FaultRule
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -198,6 +199,12 @@ EVENTS: Route[str] = Route(
     content_type=EVENT_STREAM,
 )
 
+FAULTS = "/faults"
+ADD_FAULT = _post(FAULTS, "add_fault", "Add a fault rule", schemas.FaultAdded, FaultRule)
+LIST_FAULTS = _get(FAULTS, "list_faults", "Fault rules, with matches left", schemas.FaultsResponse)
+DELETE_FAULT = _delete(f"{FAULTS}/{{id}}", "delete_fault", "Remove a fault rule", _OK)
+CLEAR_FAULTS = _delete(FAULTS, "clear_faults", "Remove every fault rule", _COUNT)
+
 ROUTES: tuple[Route[Any], ...] = (
     PUSH,
     PUSH_BATCH,
@@ -231,6 +238,10 @@ ROUTES: tuple[Route[Any], ...] = (
     MESSAGE_HTML,
     ATTACHMENT,
     EVENTS,
+    ADD_FAULT,
+    LIST_FAULTS,
+    DELETE_FAULT,
+    CLEAR_FAULTS,
 )
 """Every route of the API, in the order /openapi.json lists them."""
 

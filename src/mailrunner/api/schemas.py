@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from mailrunner.faults import FaultRule
 from mailrunner.jobs.deadline import (
     CALLER_MARGIN,
     DEFAULT_PUSH_TIMEOUT,
@@ -325,6 +326,31 @@ class MessageSummaryWire(Wire):
 class MessagesResponse(Wire):
     total: int = Field(description="Messages the query selects, on every page")
     messages: list[MessageSummaryWire]
+
+
+class WaitResponse(Wire):
+    """`GET /messages/wait`: the first match, or none and what did arrive meanwhile."""
+
+    message: MessageSummaryWire | None
+    timed_out: bool
+    seen: list[MessageSummaryWire] | None = Field(
+        default=None, description="On a timeout: the messages received since `since`"
+    )
+
+
+class FaultAdded(Wire):
+    id: str
+
+
+class FaultWire(FaultRule):
+    """One rule as `GET /faults` lists it: its id and how many matches it has left."""
+
+    id: str
+    remaining: int | None = Field(description="Matches left; null for a rule without `times`")
+
+
+class FaultsResponse(Wire):
+    faults: list[FaultWire]
 
 
 class ErrorResponse(Wire):
