@@ -191,23 +191,44 @@ class Driver(ABC):
     async def stat(self) -> QueueStat:
         """Counts of queued (due, not leased), delayed, reserved and failed jobs."""
 
-    @abstractmethod
+    # peek, failed, retry_failed and purge_failed answer an empty request (a limit of 0, ids
+    # []) here, without asking the store, so that every driver answers it alike and at once.
+
     async def peek(self, limit: int) -> list[Job]:
         """Up to `limit` stored jobs in the order they would be served, without leasing."""
+        return await self._peek(limit) if limit > 0 else []
 
-    @abstractmethod
     async def failed(self, limit: int) -> list[FailedJob]:
         """Up to `limit` jobs of the failed list, oldest failure first."""
+        return await self._failed(limit) if limit > 0 else []
 
-    @abstractmethod
     async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
         """Make failed jobs (all, or those in `ids`) due again with attempts reset; how many."""
+        return 0 if ids is not None and not ids else await self._retry_failed(ids)
 
-    @abstractmethod
     async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
         """Delete failed jobs (all, or those in `ids`); returns the ids of the jobs that went,
         each once, so that what they point at (attachment folders) can be freed by id without
         reading their payloads first. Ids that were not failed are not returned."""
+        if ids is not None and not ids:
+            return []
+        return list(dict.fromkeys(await self._purge_failed(ids)))  # a failed list may repeat ids
+
+    @abstractmethod
+    async def _peek(self, limit: int) -> list[Job]:
+        """`peek`, asked only for a `limit` of 1 or more."""
+
+    @abstractmethod
+    async def _failed(self, limit: int) -> list[FailedJob]:
+        """`failed`, asked only for a `limit` of 1 or more."""
+
+    @abstractmethod
+    async def _retry_failed(self, ids: Sequence[str] | None) -> int:
+        """`retry_failed`, asked only for every failed job (None) or for some (`ids` not empty)."""
+
+    @abstractmethod
+    async def _purge_failed(self, ids: Sequence[str] | None) -> list[str]:
+        """`purge_failed`, asked like `_retry_failed`; it may name an id more than once."""
 
     @abstractmethod
     async def destroy(self) -> None:

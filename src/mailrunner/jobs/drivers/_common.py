@@ -74,12 +74,6 @@ def time_left(pipeline: str, deadline: float, doing: str = "storing") -> float:
     return remaining
 
 
-def selects_nothing(ids: Sequence[str] | None) -> bool:
-    """Whether a failed-list selection is empty (`[]`), unlike `None` (every failed job):
-    the driver answers at once instead of reading its failed list."""
-    return ids is not None and not ids
-
-
 def selection(ids: Sequence[str] | None) -> Callable[[str], bool]:
     """Whether a failed job's id is chosen by `ids` (`None`: every one)."""
     if ids is None:

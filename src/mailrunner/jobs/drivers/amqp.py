@@ -42,7 +42,6 @@ from mailrunner.jobs.drivers._common import (
     not_open,
     reserve_until,
     selection,
-    selects_nothing,
     time_left,
 )
 from mailrunner.jobs.model import FailedJob, Job, QueueStat
@@ -64,6 +63,7 @@ _GONE = (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.Connectio
 _FAILED = (AMQPError, RuntimeError)
 
 _T = TypeVar("_T")
+_Pick = Callable[[AbstractIncomingMessage], Awaitable[None] | None]
 
 
 @dataclass(slots=True)
@@ -122,11 +122,11 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
                         self.exchange_name, aio_pika.ExchangeType.DIRECT, durable=True
                     )
                     await self._declare_queues()
-                    bodies = await self._browse(self.catalog_name, None, lambda message: None)
+                    catalog = await self._browse(self.catalog_name, None)
         except BaseException:
             await self.close()
             raise
-        self._delays.update(int(body) for body in bodies if body.isdigit() and int(body) > 0)
+        self._delays.update(int(m.body) for m in catalog if m.body.isdigit() and int(m.body) > 0)
 
     async def _declare_queues(self) -> None:
         priority: dict[str, Any] = {"x-max-priority": _MAX_PRIORITY}
@@ -427,42 +427,32 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         delayed = sum([await self._count(self._delay_name(ms)) for ms in sorted(self._delays)])
         return QueueStat(queued=queued, delayed=delayed, reserved=len(self._leases), failed=failed)
 
-    async def peek(self, limit: int) -> list[Job]:
+    async def _peek(self, limit: int) -> list[Job]:
         raise DriverError(f"pipeline {self.name}: the amqp driver cannot peek (AMQP cannot)")
 
     async def _browse(
-        self,
-        name: str,
-        limit: int | None,
-        pick: Callable[[AbstractIncomingMessage], Awaitable[None] | None],
-    ) -> list[bytes]:
+        self, name: str, limit: int | None, pick: _Pick | None = None
+    ) -> list[AbstractIncomingMessage]:
         """Up to `limit` messages of `name`, `pick` acting on each (it may ack), taken on a channel
         of its own: closing it puts back in place what was not acked."""
-        bodies: list[bytes] = []
+        messages: list[AbstractIncomingMessage] = []
         async with self._own_channel() as channel:
             declaring = channel.declare_queue(name, durable=True, passive=True)
             queue = await self._call(f"reading {name}", declaring)
-            while limit is None or len(bodies) < limit:
+            while limit is None or len(messages) < limit:
                 getting = queue.get(no_ack=False, fail=False, timeout=self._timeout)
                 message = await self._call(f"reading {name}", getting)
                 if message is None:
                     break
-                bodies.append(message.body)
-                outcome = pick(message)
+                messages.append(message)
+                outcome = None if pick is None else pick(message)
                 if outcome is not None:
                     await self._call(f"changing {name}", outcome)
-        return bodies
+        return messages
 
-    async def failed(self, limit: int) -> list[FailedJob]:
-        if limit <= 0:
-            return []
-        entries: list[FailedJob] = []
-        await self._browse(
-            self.failed_name,
-            limit,
-            lambda message: entries.append(failed_job_of(message, self.name)),
-        )
-        return entries
+    async def _failed(self, limit: int) -> list[FailedJob]:
+        messages = await self._browse(self.failed_name, limit)
+        return [failed_job_of(message, self.name) for message in messages]
 
     async def _take_failed(
         self, ids: Sequence[str] | None, act: Callable[[Job], Awaitable[None]] | None = None
@@ -480,19 +470,18 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
             job, _ = job_of(message, self.name)
             return take(message, job) if wanted(job.id) else None
 
-        if not selects_nothing(ids):
-            await self._browse(self.failed_name, None, pick)
+        await self._browse(self.failed_name, None, pick)
         return taken
 
-    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
+    async def _retry_failed(self, ids: Sequence[str] | None) -> int:
         async def retry(job: Job) -> None:
             await self._publish(job_message(job, 0))
             self._changed.set()
 
         return len(await self._take_failed(ids, retry))
 
-    async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        return list(dict.fromkeys(await self._take_failed(ids)))  # a failed list may repeat ids
+    async def _purge_failed(self, ids: Sequence[str] | None) -> list[str]:
+        return await self._take_failed(ids)
 
     async def destroy(self) -> None:
         """Delete every queue and declare them afresh; leases held here are gone unsettled."""

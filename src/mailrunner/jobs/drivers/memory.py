@@ -143,7 +143,7 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
         count = Counter(entry.state(now) for entry in self.entries.values())
         return QueueStat(count["queued"], count["delayed"], count["reserved"], count["failed"])
 
-    async def peek(self, limit: int) -> list[Job]:
+    async def _peek(self, limit: int) -> list[Job]:
         now = time.monotonic()
         waiting = sorted(
             (e for e in self.entries.values() if e.failed is None and not e.leased(now)),
@@ -151,7 +151,7 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
         )
         return [e.job for e in waiting[:limit]]
 
-    async def failed(self, limit: int) -> list[FailedJob]:
+    async def _failed(self, limit: int) -> list[FailedJob]:
         failed = [e.failed for e in self.entries.values() if e.failed is not None]
         return sorted(failed, key=lambda f: f.failed_at)[:limit]
 
@@ -164,14 +164,14 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
         self.failed_count -= len(entries)
         return entries
 
-    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
+    async def _retry_failed(self, ids: Sequence[str] | None) -> int:
         entries = self._take_failed(ids)
         for entry in entries:
             entry.attempts, entry.due_at = 0, time.monotonic()
         self._changed.set()
         return len(entries)
 
-    async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
+    async def _purge_failed(self, ids: Sequence[str] | None) -> list[str]:
         return [self.entries.pop(entry.job.id).job.id for entry in self._take_failed(ids)]
 
     async def destroy(self) -> None:

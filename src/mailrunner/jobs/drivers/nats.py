@@ -30,7 +30,6 @@ from mailrunner.jobs.drivers._common import (
     broker_errors,
     not_open,
     selection,
-    selects_nothing,
     time_left,
 )
 from mailrunner.jobs.drivers._nats_leases import Holdings
@@ -397,15 +396,13 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
             failed=failed.state.messages,
         )
 
-    async def peek(self, limit: int) -> list[Job]:
+    async def _peek(self, limit: int) -> list[Job]:
         raise DriverError(f"pipeline {self.name}: the nats driver cannot peek")
 
     async def _failed_messages(
         self, ids: Sequence[str] | None = None
     ) -> list[tuple[int, FailedJob]]:
         """The failed stream's messages `ids` chooses, oldest first, with their sequences."""
-        if selects_nothing(ids):
-            return []
         _nc, js = self._client()
         chosen = selection(ids)
         entries: list[tuple[int, FailedJob]] = []
@@ -427,24 +424,21 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
                 seq = raw.seq + 1
         return entries
 
-    async def failed(self, limit: int) -> list[FailedJob]:
-        if limit <= 0:
-            return []
+    async def _failed(self, limit: int) -> list[FailedJob]:
         return [entry for _seq, entry in (await self._failed_messages())[:limit]]
 
-    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
+    async def _retry_failed(self, ids: Sequence[str] | None) -> int:
         chosen = await self._failed_messages(ids)
         for seq, entry in chosen:
             await self._publish(self.subject, entry.job, wire.encode(entry.job, 0))
             await self._delete_failed(seq)
         return len(chosen)
 
-    async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        removed: dict[str, None] = {}  # ordered and each once: a failed list may repeat an id
-        for seq, entry in await self._failed_messages(ids):
+    async def _purge_failed(self, ids: Sequence[str] | None) -> list[str]:
+        chosen = await self._failed_messages(ids)
+        for seq, _entry in chosen:
             await self._delete_failed(seq)
-            removed[entry.job.id] = None
-        return list(removed)
+        return [entry.job.id for _seq, entry in chosen]
 
     async def _delete_failed(self, seq: int) -> None:
         _nc, js = self._client()

@@ -38,7 +38,6 @@ from mailrunner.jobs.drivers._common import (
     node_id,
     not_open,
     reserve_until,
-    selects_nothing,
     store_capabilities,
     stored_fields,
     time_left,
@@ -278,15 +277,11 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def stat(self) -> QueueStat:
         return QueueStat(*await self._run("stat", [], "counting jobs"))
 
-    async def peek(self, limit: int) -> list[Job]:
-        if limit <= 0:
-            return []
+    async def _peek(self, limit: int) -> list[Job]:
         rows = await self._run("peek", [limit], "peeking at jobs")
         return [self._job(row) for row in rows]
 
-    async def failed(self, limit: int) -> list[FailedJob]:
-        if limit <= 0:
-            return []
+    async def _failed(self, limit: int) -> list[FailedJob]:
         rows = await self._run("failed", [limit], "listing failed jobs")
         return [
             FailedJob(
@@ -295,17 +290,13 @@ class RedisDriver(Driver, LeaseKeeper[str]):
             for row in rows
         ]
 
-    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        if selects_nothing(ids):
-            return 0
+    async def _retry_failed(self, ids: Sequence[str] | None) -> int:
         count = int(await self._run("retry_failed", _chosen(ids), "retrying failed jobs"))
         if count:
             self._changed.set()
         return count
 
-    async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        if selects_nothing(ids):
-            return []
+    async def _purge_failed(self, ids: Sequence[str] | None) -> list[str]:
         removed = await self._run("purge_failed", _chosen(ids), "purging failed jobs")
         return [_text(job_id) for job_id in removed]
 

@@ -270,7 +270,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         )
         return QueueStat(int(queued), int(delayed), int(reserved), int(failed))
 
-    async def peek(self, limit: int) -> list[Job]:
+    async def _peek(self, limit: int) -> list[Job]:
         rows = await self._query(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE pipeline = :pipeline AND failed_at IS NULL"
             " AND (lease IS NULL OR available_at <= :now)"
@@ -279,7 +279,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         )
         return [_job(self.name, row) for row in rows]
 
-    async def failed(self, limit: int) -> list[FailedJob]:
+    async def _failed(self, limit: int) -> list[FailedJob]:
         rows = await self._query(
             f"SELECT last_error, attempts, failed_at, {_JOB_COLUMNS} FROM jobs"
             " WHERE pipeline = ? AND failed_at IS NOT NULL ORDER BY failed_at, seq LIMIT ?",
@@ -304,9 +304,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
             db.execute(f"DELETE FROM jobs WHERE {where}", values)
         return removed
 
-    async def retry_failed(self, ids: Sequence[str] | None = None) -> int:
-        if _common.selects_nothing(ids):
-            return 0
+    async def _retry_failed(self, ids: Sequence[str] | None) -> int:
         where, values = self._failed_where(ids)
         count = await self._execute(
             "UPDATE jobs SET failed_at = NULL, attempts = 0, lease = NULL, available_at = ?"
@@ -316,9 +314,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         self._changed.set()
         return count
 
-    async def purge_failed(self, ids: Sequence[str] | None = None) -> list[str]:
-        if _common.selects_nothing(ids):
-            return []
+    async def _purge_failed(self, ids: Sequence[str] | None) -> list[str]:
         return await self._run(self._purge_failed_sync, ids)
 
     async def destroy(self) -> None:
