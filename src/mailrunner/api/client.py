@@ -180,15 +180,33 @@ def call_once(
     query: Mapping[str, int | str] | None = None,
     timeout: float,
 ) -> R:
-    """`ApiClient.send` for a program that makes one call and has no event loop (the CLI):
-    the same request and the same answer or error, over one blocking connection."""
+    """`ApiClient.send` for a program that makes one call and has no event loop: the same
+    request and the same answer or error, over one blocking connection."""
+    return _validated(
+        route, fetch_once(base_url, token, route, body, params=params, query=query, timeout=timeout)
+    )
+
+
+def fetch_once(
+    base_url: str,
+    token: str | None,
+    route: Route[Any],
+    body: BaseModel | None = None,
+    *,
+    params: Mapping[str, str] | None = None,
+    query: Mapping[str, int | str] | None = None,
+    timeout: float,
+) -> Any:
+    """`call_once`'s answer as the server sent it (the JSON decoded, the text, or the bytes
+    of a binary route), not validated: for a program that only shows it (the CLI), which so
+    builds no model validator at all; errors are raised as by `call_once`."""
     base_url = base_url.rstrip("/")
     method, path, sent = _request_of(route, body, params, query)
     try:
         reply = request_once(method, base_url + path, sent, _auth(token), timeout)
     except NoAnswer as error:
         raise _unreachable(base_url, method, path, error) from None
-    return _answer_of(route, reply)
+    return _data_of(route, reply)
 
 
 def _auth(token: str | None) -> dict[str, str]:
@@ -211,6 +229,11 @@ def _request_of(
 def _answer_of(route: Route[R], reply: Reply) -> R:
     """The route's response model of `reply` (the bytes as sent for a binary route), or the
     error it carries."""
+    return _validated(route, _data_of(route, reply))
+
+
+def _data_of(route: Route[Any], reply: Reply) -> Any:
+    """What `reply` carries, decoded by its type; the error it carries raised."""
     if reply.content_type == JSON:
         data = orjson.loads(reply.body)
     elif route.content_type in BINARY_TYPES and reply.status < 400:
@@ -219,6 +242,10 @@ def _answer_of(route: Route[R], reply: Reply) -> R:
         data = reply.body.decode(reply.charset, "replace")
     if reply.status >= 400:
         raise _error(reply.status, data)
+    return data
+
+
+def _validated(route: Route[R], data: Any) -> R:
     model = route.response
     if isinstance(model, type) and issubclass(model, BaseModel):
         return model.model_validate(data)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from mailrunner.api.client import call_once
+from mailrunner.api.client import fetch_once
 from mailrunner.errors import ApiUnavailable, ConfigError, MailrunnerError
 
 if TYPE_CHECKING:
@@ -113,15 +113,13 @@ def call_api(
     this one answer anyway, and asyncio would cost it more start-up than the call takes."""
     url = server_url(options["server"], options["config_path"])
     try:
-        answer = call_once(
+        return fetch_once(
             url, options["token"], route, body, params=params, query=query, timeout=API_TIMEOUT
         )
     except ApiUnavailable as error:
         fail(f"{error} (is the server running? see --server, ${RPC_ENV})", EXIT_USAGE)
     except MailrunnerError as error:
         fail(str(error))
-    dump = getattr(answer, "model_dump", None)  # a response model; pydantic is loaded by now
-    return answer if dump is None else dump(mode="json")
 
 
 def show(
