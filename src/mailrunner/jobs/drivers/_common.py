@@ -10,13 +10,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.files import create_directories, write_new_file
 from mailrunner.jobs.driver import Lease
-from mailrunner.jobs.model import Capabilities, Job
+from mailrunner.jobs.model import Capabilities, Job, JobOptions
 
 log = structlog.get_logger("mailrunner.jobs")
 
@@ -105,14 +106,20 @@ async def reserve_until(
 def stored_fields(job: Job) -> tuple[str, str, bytes, str, int, int]:
     """A job as a store keeps it (sqlite columns, redis hash fields): id, name, payload,
     headers as JSON, priority, auto_ack as 0 or 1."""
-    return (
-        job.id,
-        job.name,
-        job.payload,
-        json.dumps(job.headers),
-        job.options.priority,
-        int(job.options.auto_ack),
-    )
+    headers = json.dumps(job.headers)
+    return job.id, job.name, job.payload, headers, job.options.priority, int(job.options.auto_ack)
+
+
+def stored_job(pipeline: str, fields: Sequence[Any]) -> Job:
+    """`stored_fields` read back, typed as sqlite gives them or all bytes as redis does."""
+    job_id, name, payload, headers, priority, auto_ack = fields
+    options = JobOptions(pipeline, priority=int(priority), auto_ack=int(auto_ack) == 1)
+    return Job(text(job_id), text(name), bytes(payload), options, json.loads(headers))
+
+
+def text(value: str | bytes) -> str:
+    """A stored string: sqlite gives str, redis UTF-8 bytes."""
+    return value if isinstance(value, str) else value.decode("utf-8")
 
 
 NODE_ID_FILE = "node-id"

@@ -56,12 +56,8 @@ def decode(headers: Headers | None, payload: bytes, pipeline: str) -> Job:
 
 def decode_failed(headers: Headers | None, payload: bytes, pipeline: str) -> FailedJob:
     headers = headers or {}
-    return FailedJob(
-        decode(headers, payload, pipeline),
-        json.loads(headers.get(ERROR, '""')),
-        attempts(headers),
-        float(headers.get(FAILED_AT, "0")),
-    )
+    error, failed_at = json.loads(headers.get(ERROR, '""')), float(headers.get(FAILED_AT, "0"))
+    return FailedJob(decode(headers, payload, pipeline), error, attempts(headers), failed_at)
 
 
 def attempts(headers: Headers | None) -> int:

@@ -16,12 +16,7 @@ from pathlib import Path
 from mailrunner.config import MemoryPipelineConfig
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
-from mailrunner.jobs.drivers._common import (
-    reserve_until,
-    selection,
-    store_capabilities,
-    time_left,
-)
+from mailrunner.jobs.drivers._common import reserve_until, selection, store_capabilities, time_left
 from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
 _ORDER = itertools.count()

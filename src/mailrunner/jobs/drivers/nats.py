@@ -26,6 +26,7 @@ from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers import _nats_wire as wire
 from mailrunner.jobs.drivers._common import (
+    Raised,
     broker_capabilities,
     broker_errors,
     not_open,
@@ -53,6 +54,8 @@ _UNREACHABLE = (  # nats-py's TimeoutError is a TimeoutError, which is an OSErro
     nats.js.errors.NoStreamResponseError,
     OSError,
 )
+_OPENING = (nats.errors.Error, OSError)
+"""What `open` raises as DriverUnavailable: any nats error then leaves the pipeline unusable."""
 
 
 def _cancelled_by_caller() -> bool:
@@ -93,7 +96,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         async def quiet(error: Exception) -> None:
             log.debug("nats client error", pipeline=self.name, error=str(error))
 
-        try:
+        with self._errors("connecting", _OPENING, failed=()):
             nc = await nats.connect(
                 self._settings.addr,
                 allow_reconnect=True,
@@ -103,23 +106,17 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
                 pending_size=0,  # never buffer a publish while disconnected: no late delivery
                 error_cb=quiet,
             )
-        except (nats.errors.Error, OSError) as error:
-            raise DriverUnavailable(
-                f"pipeline {self.name}: cannot reach nats at {self.addr}: {error}"
-            ) from error
         try:
-            js = nc.jetstream(timeout=_CALL_TIMEOUT)
-            await self._declare(js)
-            await self._puller.start(nc)
-            for reply in await self._holdings.left_behind():
-                await nc.publish(reply, b"-NAK")
-            await nc.flush(_CALL_TIMEOUT)
-        except (nats.errors.Error, OSError) as error:
+            with self._errors(f"setting up stream {self.stream}", _OPENING, failed=()):
+                js = nc.jetstream(timeout=_CALL_TIMEOUT)
+                await self._declare(js)
+                await self._puller.start(nc)
+                for reply in await self._holdings.left_behind():
+                    await nc.publish(reply, b"-NAK")
+                await nc.flush(_CALL_TIMEOUT)
+        except DriverUnavailable:
             await nc.close()
-            raise DriverUnavailable(
-                f"pipeline {self.name}: cannot set up stream {self.stream} on {self.addr}: "
-                + str(error)
-            ) from error
+            raise
         self.capabilities = broker_capabilities(max_payload=max(0, nc.max_payload - _HEADER_ROOM))
         self._nc, self._js = nc, js
         self._holdings.start()
@@ -175,9 +172,11 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
             raise DriverUnavailable(f"pipeline {self.name}: nats at {self.addr} is unreachable")
         return self._nc, self._js
 
-    def _errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
+    def _errors(
+        self, doing: str, unreachable: Raised = _UNREACHABLE, failed: Raised = Exception
+    ) -> contextlib.AbstractContextManager[None]:
         where = f"pipeline {self.name}: nats at {self.addr}"
-        return broker_errors(where, doing, unreachable=_UNREACHABLE, failed=Exception)
+        return broker_errors(where, doing, unreachable=unreachable, failed=failed)
 
     # --- push ----------------------------------------------------------------------------
 
@@ -312,12 +311,8 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
 
     def _valid(self, lease: DriverLease[Msg]) -> bool:
         held = self._holdings.current(lease.handle)
-        return (
-            self._nc is not None
-            and held is not None
-            and held.state == "leased"
-            and time.monotonic() < held.until
-        )
+        leased = held is not None and held.state == "leased" and time.monotonic() < held.until
+        return self._nc is not None and leased
 
     async def _answer(self, call: Callable[[], Awaitable[Any]]) -> None:
         """Answer a delivery (nak, in_progress, term) and flush it, only while connected."""
@@ -389,12 +384,8 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         ack_pending = consumer.num_ack_pending or 0
         delayed = min(delayed, ack_pending)
         due = min(due, ack_pending - delayed)
-        return QueueStat(
-            queued=(consumer.num_pending or 0) + due,
-            delayed=delayed,
-            reserved=ack_pending - delayed - due,
-            failed=failed.state.messages,
-        )
+        queued = (consumer.num_pending or 0) + due
+        return QueueStat(queued, delayed, ack_pending - delayed - due, failed.state.messages)
 
     async def _peek(self, limit: int) -> list[Job]:
         raise DriverError(f"pipeline {self.name}: the nats driver cannot peek")

@@ -40,9 +40,11 @@ from mailrunner.jobs.drivers._common import (
     reserve_until,
     store_capabilities,
     stored_fields,
+    stored_job,
+    text,
     time_left,
 )
-from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
+from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
 
@@ -120,10 +122,6 @@ async def _storage(client: Redis) -> tuple[str, int]:
     return "" if durable else why, int(bulk) if bulk.isdigit() else _DEFAULT_MAX_BULK
 
 
-def _text(value: bytes) -> str:
-    return value.decode("utf-8")
-
-
 def _chosen(ids: Sequence[str] | None) -> list[str]:
     """A failed-list script's selection: every failed job, or those in `ids`."""
     return ["all"] if ids is None else ["ids", *ids]
@@ -180,10 +178,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         log_reclaimed("redis", self.name, reclaimed)
         if why_not:
             log.warning(
-                "redis pipeline is not durable",
-                pipeline=self.name,
-                addr=self.addr,
-                reason=why_not,
+                "redis pipeline is not durable", pipeline=self.name, addr=self.addr, reason=why_not
             )
         self.capabilities = store_capabilities(durable=not why_not, max_payload=max_payload)
         self._client, self._scripts, self._clock = client, scripts, clock
@@ -243,7 +238,8 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         args: list[str | int] = [max(0, limit), visibility_ms, token_base]
         rows, next_due_ms = await self._run("reserve", args, "reserving jobs")
         leases: list[Lease] = [
-            DriverLease(self, self._job(row[:6]), int(row[6]), _text(row[7])) for row in rows
+            DriverLease(self, stored_job(self.name, row[:6]), int(row[6]), text(row[7]))
+            for row in rows
         ]
         return leases, None if next_due_ms < 0 else next_due_ms / 1000
 
@@ -279,15 +275,15 @@ class RedisDriver(Driver, LeaseKeeper[str]):
 
     async def _peek(self, limit: int) -> list[Job]:
         rows = await self._run("peek", [limit], "peeking at jobs")
-        return [self._job(row) for row in rows]
+        return [stored_job(self.name, row) for row in rows]
 
     async def _failed(self, limit: int) -> list[FailedJob]:
         rows = await self._run("failed", [limit], "listing failed jobs")
         return [
             FailedJob(
-                self._job(row[:6]), _text(row[6] or b""), int(row[7] or 0), int(row[8] or 0) / 1000
+                stored_job(self.name, job), text(error or b""), int(tries or 0), int(at or 0) / 1000
             )
-            for row in rows
+            for *job, error, tries, at in rows
         ]
 
     async def _retry_failed(self, ids: Sequence[str] | None) -> int:
@@ -298,12 +294,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
 
     async def _purge_failed(self, ids: Sequence[str] | None) -> list[str]:
         removed = await self._run("purge_failed", _chosen(ids), "purging failed jobs")
-        return [_text(job_id) for job_id in removed]
+        return [text(job_id) for job_id in removed]
 
     async def destroy(self) -> None:
         await self._run("destroy", [], "deleting the pipeline's jobs")
-
-    def _job(self, row: Sequence[bytes]) -> Job:
-        job_id, name, payload, headers, priority, auto_ack = row
-        options = JobOptions(self.name, priority=int(priority), auto_ack=auto_ack == b"1")
-        return Job(_text(job_id), _text(name), payload, options, json.loads(headers))

@@ -33,7 +33,7 @@ from mailrunner.jobs.driver import (
     current_verdict_listener,
 )
 from mailrunner.jobs.drivers import _common
-from mailrunner.jobs.model import FailedJob, Job, JobOptions, QueueStat
+from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
 T = TypeVar("T")
 
@@ -200,7 +200,8 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
                     " WHERE seq = ?",
                     (token, now + self.visibility_timeout, seq),
                 )
-                leases.append(DriverLease(self, _job(self.name, job_columns), attempts + 1, token))
+                job = _common.stored_job(self.name, job_columns)
+                leases.append(DriverLease(self, job, attempts + 1, token))
         return leases
 
     async def reserve(self, limit: int, wait: float) -> list[Lease]:
@@ -277,7 +278,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
             " ORDER BY available_at > :now, priority, seq LIMIT :limit",
             {"pipeline": self.name, "now": time.time(), "limit": limit},
         )
-        return [_job(self.name, row) for row in rows]
+        return [_common.stored_job(self.name, row) for row in rows]
 
     async def _failed(self, limit: int) -> list[FailedJob]:
         rows = await self._query(
@@ -285,7 +286,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
             " WHERE pipeline = ? AND failed_at IS NOT NULL ORDER BY failed_at, seq LIMIT ?",
             (self.name, limit),
         )
-        return [FailedJob(_job(self.name, row[3:]), row[0], row[1], row[2]) for row in rows]
+        return [FailedJob(_common.stored_job(self.name, row[3:]), *row[:3]) for row in rows]
 
     def _failed_where(self, ids: Sequence[str] | None) -> tuple[str, list[Any]]:
         """The WHERE clause choosing this pipeline's failed jobs (all, or those in `ids`)."""
@@ -476,9 +477,3 @@ def _insert_rows(count: int) -> str:
 
 def _row(pipeline: str, job: Job, now: float) -> tuple[Any, ...]:
     return (pipeline, *_common.stored_fields(job), now + job.options.delay, now)
-
-
-def _job(pipeline: str, columns: Sequence[Any]) -> Job:
-    job_id, name, payload, headers, priority, auto_ack = columns
-    options = JobOptions(pipeline=pipeline, priority=priority, auto_ack=bool(auto_ack))
-    return Job(job_id, name, bytes(payload), options, json.loads(headers))
