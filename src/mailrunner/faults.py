@@ -8,11 +8,19 @@ whole configuration.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
-from mailrunner.durations import Duration
+from mailrunner.durations import parse_duration
 
 
 class _Rule(BaseModel):
@@ -26,7 +34,18 @@ FaultAction = Literal["reply", "disconnect", "delay"]
 MAX_FAULT_DELAY = 300.0
 MAX_FAULT_RULES = 1000
 """Rules one server holds at most, configured and added through the API together."""
+FaultDelay = Annotated[float, Field(gt=0, le=MAX_FAULT_DELAY), BeforeValidator(parse_duration)]
+"""Seconds, or a duration as `2s`. Not `Duration` with Field bounds: the bounds must come
+before the parsing validator, or /openapi.json shows them as `gt`/`le`, which no JSON Schema
+reader knows."""
 _FAULT_REPLY = re.compile(r"^\s*([45]\d\d)(?:\s+([45]\.\d{1,3}\.\d{1,3}))?(?:\s+(.*?))?\s*$", re.S)
+
+
+def _no_bool(value: object) -> object:
+    """`times: true` reads as "always", which is `null`: refused, not taken as 1 time."""
+    if value is True or value is False:
+        raise ValueError("must be a number of matches, or null for until removed")
+    return value
 
 
 class FaultReply(_Rule):
@@ -74,13 +93,24 @@ class FaultRule(_Rule):
     match: str = Field(default="*", min_length=1, max_length=400)
     action: FaultAction = "reply"
     reply: FaultReply | None = None
-    delay: Duration | None = Field(default=None, gt=0, le=MAX_FAULT_DELAY)
-    times: int | None = Field(default=1, ge=1)
+    delay: FaultDelay | None = None
+    times: Annotated[int, Field(ge=1), BeforeValidator(_no_bool)] | None = 1
 
     @model_validator(mode="after")
     def _action_fields(self) -> FaultRule:
-        if (self.action == "reply") != (self.reply is not None):
-            raise ValueError("reply is required with action 'reply', and only with it")
-        if (self.action == "delay") != (self.delay is not None):
-            raise ValueError("delay is required with action 'delay', and only with it")
+        for field in ("reply", "delay"):
+            given = getattr(self, field) is not None
+            if self.action == field and not given:
+                raise ValueError(f"{field} is required with action {field!r}")
+            if self.action != field and given:
+                raise ValueError(f"{field} is not allowed with action {self.action!r}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _keep_unlimited(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`times: null` means until removed, not "not given" (that is 1 time): it stays in
+        the JSON even for a client that leaves out empty fields, as ApiClient does."""
+        data: dict[str, Any] = handler(self)
+        if self.times is None:
+            data["times"] = None
+        return data

@@ -164,6 +164,12 @@ parameters = { "path.name" = "fuzz" }
 include-path = "/workers/{pool}"
 include-method = "GET"
 parameters = { "path.pool" = "jobs" }
+
+# A wait answers when its timeout ends, up to 300 s: longer than each case's request timeout.
+# It is sent with timeout 0, an immediate answer (the waits are tested in test_wait_api.py).
+[[operations]]
+include-path = "/messages/wait"
+parameters = { "query.timeout" = 0 }
 """
 
 
@@ -176,6 +182,7 @@ def test_schemathesis_finds_no_server_error(
         workers=1,
         pipelines={"fuzz": {"driver": "memory"}},
         inbox={"enabled": True},
+        smtp={"faults_api": True},  # /faults is fuzzed, not a 404 at every case
     )
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG, encoding="utf-8")
