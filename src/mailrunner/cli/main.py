@@ -1,5 +1,5 @@
 """The `mailrunner` command line: serve, check a configuration, and the groups that talk to a
-running server (jobs, workers, connections, messages) or send a test email.
+running server (jobs, workers, connections, messages, faults) or send a test email.
 
 A command's module is imported only when that command runs: the server's modules (aiosmtpd,
 the broker clients), the API client (aiohttp) and pydantic take longer to import than most
@@ -20,6 +20,7 @@ _COMMANDS = {
     "workers": "mailrunner.cli.remote:workers",
     "connections": "mailrunner.cli.remote:connections",
     "messages": "mailrunner.cli.messages:messages",
+    "faults": "mailrunner.cli.faults:faults",
     "send": "mailrunner.cli.send:send",
 }
 """Command name -> `module:attribute` of its click command."""
