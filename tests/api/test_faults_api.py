@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from api_support import Api
 
 from mailrunner.config import config_from_mapping
@@ -227,3 +228,11 @@ def test_openapi_lists_the_faults_routes(start_server: StartServer) -> None:
     delay = rule["properties"]["delay"]["anyOf"][0]
     assert (delay["exclusiveMinimum"], delay["maximum"]) == (0, 300), "JSON Schema keywords"
     assert "FaultReply" in document["components"]["schemas"]
+
+
+def test_the_configuration_example_of_the_docs_starts_a_server(start_server: StartServer) -> None:
+    page = (Path(__file__).parents[2] / "docs" / "faults.md").read_text(encoding="utf-8")
+    example = yaml.safe_load(page.split("```yaml\n", 1)[1].split("```", 1)[0])
+    api = Api(start_server(record=False, **example).api_url)
+
+    assert len(listed(api)) == len(example["smtp"]["faults"])
