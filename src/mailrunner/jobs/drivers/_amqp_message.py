@@ -66,21 +66,16 @@ def job_message(
 ) -> aio_pika.Message:
     """A job as a persistent message with `attempts` earlier deliveries; `front` puts it ahead
     of its priority's queued jobs; `failure` (an error) makes it a failed-list entry."""
-    headers: dict[str, Any] = {
-        _ID: job.id,
-        _NAME: job.name,
-        _HEADERS: json.dumps(job.headers),
-        _PRIORITY: job.options.priority,
-        _AUTO_ACK: job.options.auto_ack,
-        _ATTEMPTS: attempts,
-    }
+    options = job.options
+    headers: dict[str, Any] = {_ID: job.id, _NAME: job.name, _HEADERS: json.dumps(job.headers)}
+    headers |= {_PRIORITY: options.priority, _AUTO_ACK: options.auto_ack, _ATTEMPTS: attempts}
     if failure is not None:
         headers |= {_ERROR: failure, _FAILED_AT: round(time.time() * 1000)}
     return aio_pika.Message(
         body=job.payload,
         headers=headers,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=broker_priority(job.options.priority) + int(front),
+        priority=broker_priority(options.priority) + int(front),
         message_id=uuid.uuid4().hex,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -36,7 +37,6 @@ from mailrunner.jobs.drivers._amqp_message import (
     settling_delay_ms,
 )
 from mailrunner.jobs.drivers._common import (
-    Raised,
     broker_capabilities,
     broker_errors,
     not_open,
@@ -84,6 +84,10 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         self.name = name
         self.visibility_timeout = settings.visibility_timeout
         self.addr = mask_url(config.addr)
+        self._where = f"pipeline {name}: rabbitmq at {self.addr}"
+        self._errors = functools.partial(
+            broker_errors, self._where, unreachable=_UNREACHABLE, failed=_FAILED
+        )
         self.capabilities = broker_capabilities(priority=True, delay=True, max_payload=_MAX_PAYLOAD)
         self.queue_name = config.queue or f"mailrunner.{name}"
         self.exchange_name = config.exchange or self.queue_name
@@ -210,12 +214,6 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
             )
         return channel
 
-    def _errors(
-        self, doing: str, unreachable: Raised = _UNREACHABLE, failed: Raised = _FAILED
-    ) -> contextlib.AbstractContextManager[None]:
-        where = f"pipeline {self.name}: rabbitmq at {self.addr}"
-        return broker_errors(where, doing, unreachable=unreachable, failed=failed)
-
     async def _call(self, doing: str, call: Awaitable[_T]) -> _T:
         """One broker call, bounded by `config.timeout`; failures become DriverErrors."""
         with self._errors(doing):
@@ -237,7 +235,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
             await target.publish(message, queue or self.routing_key, mandatory=True)
         except (PublishError, DeliveryError) as error:
             raise DriverError(
-                f"pipeline {self.name}: rabbitmq at {self.addr} refused a message for "
+                f"{self._where} refused a message for "
                 f"{queue or self.routing_key!r} or returned it as unroutable: {error!r}"
             ) from None
 
@@ -285,12 +283,12 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
                 total=self.unwithdrawn_publishes,
             )
             raise PushOutcomeUnknown(
-                f"pipeline {self.name}: rabbitmq at {self.addr} did not confirm the push within "
+                f"{self._where} did not confirm the push within "
                 f"{VERDICT_GRACE}s of its deadline; what was sent may still be stored"
             )
         self._changed.set()
         for error in [result for result in results if isinstance(result, BaseException)][:1]:
-            with self._errors("pushing", _UNREACHABLE[1:], Exception):
+            with self._errors("pushing", unreachable=_UNREACHABLE[1:], failed=Exception):
                 raise error
 
     # --- reserve and leases --------------------------------------------------------------

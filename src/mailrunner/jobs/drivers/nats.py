@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +27,6 @@ from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers import _nats_wire as wire
 from mailrunner.jobs.drivers._common import (
-    Raised,
     broker_capabilities,
     broker_errors,
     not_open,
@@ -76,6 +76,10 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         self.name = name
         self.visibility_timeout = float(settings.visibility_timeout)
         self.addr = mask_url(settings.config.addr)
+        self._where = f"pipeline {name}: nats at {self.addr}"
+        self._errors = functools.partial(
+            broker_errors, self._where, unreachable=_UNREACHABLE, failed=Exception
+        )
         self.capabilities = broker_capabilities(max_payload=None)  # open() sets max_payload
         self._settings = settings.config
         self.stream = settings.config.stream or _token(name)
@@ -96,7 +100,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         async def quiet(error: Exception) -> None:
             log.debug("nats client error", pipeline=self.name, error=str(error))
 
-        with self._errors("connecting", _OPENING, failed=()):
+        with self._errors("connecting", unreachable=_OPENING, failed=()):
             nc = await nats.connect(
                 self._settings.addr,
                 allow_reconnect=True,
@@ -107,7 +111,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
                 error_cb=quiet,
             )
         try:
-            with self._errors(f"setting up stream {self.stream}", _OPENING, failed=()):
+            with self._errors(f"setting up stream {self.stream}", unreachable=_OPENING, failed=()):
                 js = nc.jetstream(timeout=_CALL_TIMEOUT)
                 await self._declare(js)
                 await self._puller.start(nc)
@@ -169,14 +173,8 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         if self._nc is None or self._js is None:
             raise not_open(self.name, "nats")
         if not self._nc.is_connected:
-            raise DriverUnavailable(f"pipeline {self.name}: nats at {self.addr} is unreachable")
+            raise DriverUnavailable(f"{self._where} is unreachable")
         return self._nc, self._js
-
-    def _errors(
-        self, doing: str, unreachable: Raised = _UNREACHABLE, failed: Raised = Exception
-    ) -> contextlib.AbstractContextManager[None]:
-        where = f"pipeline {self.name}: nats at {self.addr}"
-        return broker_errors(where, doing, unreachable=unreachable, failed=failed)
 
     # --- push ----------------------------------------------------------------------------
 
@@ -190,7 +188,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
                     await self._publish_jobs(jobs, deadline, stored)
                 except TimeoutError:
                     raise PushTimeout(
-                        f"pipeline {self.name}: nats at {self.addr} did not confirm the push "
+                        f"{self._where} did not confirm the push "
                         f"within {VERDICT_GRACE}s of its deadline"
                     ) from None
         except BaseException as error:
@@ -217,8 +215,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
                 stored.append(ack.seq)
         if time.monotonic() > deadline:
             raise PushTimeout(
-                f"pipeline {self.name}: nats at {self.addr} confirmed the push after its "
-                "deadline; the jobs were deleted again"
+                f"{self._where} confirmed the push after its deadline; the jobs were deleted again"
             )
 
     # --- pulling -------------------------------------------------------------------------

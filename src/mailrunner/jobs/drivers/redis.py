@@ -6,12 +6,12 @@ Keys, deadlines (Redis's clock decides), durability and restarts: docs/jobs.md#r
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,7 +31,6 @@ from mailrunner.errors import DriverUnavailable, PushOutcomeUnknown, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
 from mailrunner.jobs.drivers._common import (
-    Raised,
     broker_errors,
     lease_prefix,
     log_reclaimed,
@@ -134,6 +133,10 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         self.name = name
         self.visibility_timeout = settings.visibility_timeout
         self.addr = mask_url(settings.config.addr)
+        self._where = f"pipeline {name}: redis at {self.addr}"
+        self._errors = functools.partial(
+            broker_errors, self._where, unreachable=_UNREACHABLE, failed=RedisError
+        )
         self.capabilities = store_capabilities(durable=False)
         """Provisional until `open()` has asked the server how it stores."""
         self._settings = settings.config
@@ -188,12 +191,6 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         if client is not None:
             await client.aclose()
 
-    def _errors(
-        self, doing: str, unreachable: Raised = _UNREACHABLE
-    ) -> AbstractContextManager[None]:
-        where = f"pipeline {self.name}: redis at {self.addr}"
-        return broker_errors(where, doing, unreachable=unreachable, failed=RedisError)
-
     async def _run(self, script: str, args: Sequence[str | int | bytes], doing: str) -> Any:
         if not self._scripts:
             raise not_open(self.name, "redis")
@@ -218,14 +215,11 @@ class RedisDriver(Driver, LeaseKeeper[str]):
                 stored = await self._run("push", args, "storing jobs")
         except TimeoutError:
             raise PushOutcomeUnknown(
-                f"pipeline {self.name}: redis at {self.addr} did not answer the push "
+                f"{self._where} did not answer the push "
                 f"within {VERDICT_GRACE}s of its deadline; it may be stored"
             ) from None
         if stored < 0:
-            raise PushTimeout(
-                f"pipeline {self.name}: redis at {self.addr} got the push after its deadline "
-                "and stored nothing"
-            )
+            raise PushTimeout(f"{self._where} got the push after its deadline and stored nothing")
         if stored:
             self._changed.set()
 

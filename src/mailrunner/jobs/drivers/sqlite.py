@@ -94,7 +94,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
         self._data_dir = data_dir
         self._node = ""
         self.commits = 0
-        self._max_batch = max_batch
+        self.max_batch = max_batch
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
         self._committer: _GroupCommitter | None = None
@@ -155,7 +155,7 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
             raise DriverUnavailable(
                 f"pipeline {self.name}: cannot open {self.path}: {error}"
             ) from error
-        self._committer = _GroupCommitter(self, connection, self._max_batch)
+        self._committer = _GroupCommitter(self, connection)
         _common.log_reclaimed("sqlite", self.name, reclaimed)
 
     async def close(self) -> None:
@@ -359,12 +359,10 @@ class _GroupCommitter:
     """The push side of the driver: its own thread and connection, committing back to back
     without waiting for the event loop between transactions."""
 
-    def __init__(
-        self, driver: SqliteDriver, connection: sqlite3.Connection, max_batch: int
-    ) -> None:
+    def __init__(self, driver: SqliteDriver, connection: sqlite3.Connection) -> None:
         self._driver = driver
         self._connection = connection
-        self._max_batch = max_batch
+        self._max_batch = driver.max_batch
         self._loop = asyncio.get_running_loop()
         self._queue: queue.SimpleQueue[_PendingPush | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
