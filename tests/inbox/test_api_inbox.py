@@ -231,7 +231,7 @@ def test_the_inbox_routes_are_in_the_openapi_document(inbox_server: InboxServer)
         assert f"/messages/{{id}}{path}" in paths
     assert "/events" in paths
     listed = paths["/messages"]["get"]
-    assert [p["name"] for p in listed["parameters"]] == ["q", "limit", "offset"]
+    assert [p["name"] for p in listed["parameters"]] == ["q", "since", "limit", "offset"]
     assert listed["security"] == [{"bearer": []}]
     assert "position" in str(paths["/messages"]["get"]["responses"]["422"])
     assert not any(path.startswith("/ui") for path in paths)

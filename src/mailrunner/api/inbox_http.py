@@ -6,18 +6,29 @@ behind the same middlewares (trust, token or session, JSON-only changes, error s
 
 from __future__ import annotations
 
+import asyncio
 import re
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
 from mailrunner.api.bodies import read_body
 from mailrunner.api.routes import BINARY, EVENT_STREAM, RFC822
-from mailrunner.api.schemas import MAX_LIST_LIMIT, CountResponse, EmptyRequest, OkResponse
+from mailrunner.api.schemas import (
+    DEFAULT_WAIT_TIMEOUT,
+    MAX_LIST_LIMIT,
+    MAX_WAIT_TIMEOUT,
+    WAIT_SEEN_LIMIT,
+    CountResponse,
+    EmptyRequest,
+    OkResponse,
+)
+from mailrunner.durations import parse_duration
 from mailrunner.errors import InvalidJob, NotFound
 from mailrunner.inbox.feed import Feed
 from mailrunner.inbox.preview import HTML_CSP, REMOTE_HTML_CSP
-from mailrunner.inbox.query import Query, parse
+from mailrunner.inbox.query import Query, Received, Term, parse
 from mailrunner.inbox.service import Inbox, summary_json
 
 DEFAULT_PAGE = 50
@@ -49,6 +60,31 @@ def _query(request: web.Request) -> Query:
     return parse(request.query.get("q", ""))
 
 
+def _timeout(request: web.Request) -> float:
+    """The `timeout` parameter: seconds (or `10s`, `1m`), up to MAX_WAIT_TIMEOUT."""
+    text = request.query.get("timeout")
+    if text is None:
+        return DEFAULT_WAIT_TIMEOUT
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT_TIMEOUT:
+        raise InvalidJob(f"timeout must be seconds from 0 to {MAX_WAIT_TIMEOUT:g}, not {text!r}")
+    return seconds
+
+
+def _instant(text: str) -> datetime:
+    """An ISO 8601 time, UTC unless it carries an offset; InvalidJob naming `since`."""
+    try:
+        instant = datetime.fromisoformat(text)
+        return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidJob(
+            f"since must be an inbox message id or an ISO 8601 time, not {text!r}"
+        ) from None
+
+
 def _message_id(request: web.Request) -> str:
     """The `{id}` of the path: an event UUID as events write it, else 404."""
     message_id = request.match_info["id"]
@@ -75,13 +111,48 @@ class InboxApi:
             raise NotFound("the inbox is off on this server (inbox.enabled, jobs)")
         return self._inbox_or_none
 
+    async def _since(self, request: web.Request) -> Term | None:
+        """The `since` parameter as a term: after a message (by id) or at or after a time.
+        A message not in the inbox is 422: "after it" cannot be told without its place
+        (deleted, or not stored yet: give a time instead)."""
+        text = request.query.get("since")
+        if text is None:
+            return None
+        if not _UUID.fullmatch(text):
+            return Received(_instant(text), before=False)
+        after = await self._inbox.position(text)
+        if after is None:
+            raise InvalidJob(f"since: no message {text} in the inbox")
+        return after
+
     async def list_messages(self, request: web.Request) -> web.Response:
         query = _query(request)
+        since = await self._since(request)
+        if since is not None:
+            query = Query((*query.terms, since))
         limit = _int_query(request, "limit", DEFAULT_PAGE, 1, MAX_LIST_LIMIT)
         offset = _int_query(request, "offset", 0, 0, 2**62)
         page = await self._inbox.list(query, limit, offset)
         messages = [summary_json(summary) for summary in page.messages]
         return web.json_response({"total": page.total, "messages": messages})
+
+    async def wait_messages(self, request: web.Request) -> web.Response:
+        """The first match since `since` (default: now), once it is stored; on a timeout,
+        `seen`: what did arrive since then, whatever `q` says, for the caller to report."""
+        arrived = datetime.now(UTC)
+        inbox = self._inbox
+        query = _query(request)
+        timeout = _timeout(request)
+        since = await self._since(request) or Received(arrived, before=False)
+        try:
+            async with asyncio.timeout(timeout):
+                found = await inbox.wait(Query((*query.terms, since)))
+            return web.json_response({"message": summary_json(found), "timed_out": False})
+        except TimeoutError:
+            pass
+        seen = await inbox.oldest(Query((since,)), WAIT_SEEN_LIMIT)
+        answer = {"message": None, "timed_out": True, "seen": [summary_json(s) for s in seen]}
+        return web.json_response(answer)
 
     async def clear_messages(self, request: web.Request) -> web.Response:
         await _read_empty(request)

@@ -10,7 +10,12 @@ from pydantic import BaseModel
 
 from mailrunner import __version__
 from mailrunner.api.routes import JSON, Route
-from mailrunner.api.schemas import MAX_LIST_LIMIT, ErrorResponse
+from mailrunner.api.schemas import (
+    DEFAULT_WAIT_TIMEOUT,
+    MAX_LIST_LIMIT,
+    MAX_WAIT_TIMEOUT,
+    ErrorResponse,
+)
 
 _ERROR_STATUSES = {
     401: "rpc.token is set and the bearer token is missing or wrong",
@@ -21,14 +26,29 @@ _ERROR_STATUSES = {
     " attachment; or the inbox is off",
     409: "a pipeline of that name exists with other settings, or the pool is at max_workers"
     " or down to its last worker",
-    422: "the request is malformed, or q is not a valid search query (position says where)",
-    503: "the driver or pool is unavailable, or timed out",
+    422: "the request is malformed, or q is not a valid search query (position says where),"
+    " or since names no message in the inbox",
+    503: "the driver or pool is unavailable, or timed out; or the inbox closed during a wait"
+    " (the server is stopping)",
 }
 _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
     "offset": {"type": "integer", "minimum": 0},
     "q": {"type": "string", "description": "A search query, as in the web UI's search box"},
     "remote": {"type": "string", "enum": ["1"], "description": "Let remote images load"},
+    "since": {
+        "type": "string",
+        "description": "Only messages received after this inbox message id, or at or after"
+        " this ISO 8601 time (UTC unless it has an offset; to the millisecond)."
+        " A wait's default is the request's arrival",
+    },
+    "timeout": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": MAX_WAIT_TIMEOUT,
+        "default": DEFAULT_WAIT_TIMEOUT,
+        "description": "Seconds to wait (10s, 1m are read too)",
+    },
 }
 """Every query parameter a route names, by name."""
 _BODY_STATUSES = {

@@ -159,7 +159,15 @@ LIST_MESSAGES = _get(
     "list_messages",
     "Messages in the inbox, newest first; q is a search query (422 with its position)",
     schemas.MessagesResponse,
-    query=("q", "limit", "offset"),
+    query=("q", "since", "limit", "offset"),
+)
+WAIT_MESSAGES = _get(
+    "/messages/wait",
+    "wait_messages",
+    "The oldest message received since `since` that q selects, as soon as it is stored;"
+    " after `timeout` seconds, none and what did arrive",
+    schemas.WaitResponse,
+    query=("q", "since", "timeout"),
 )
 CLEAR_MESSAGES = _delete(
     "/messages", "clear_messages", "Delete all messages, or those q selects", _COUNT, query=("q",)
@@ -230,6 +238,7 @@ ROUTES: tuple[Route[Any], ...] = (
     OPENAPI,
     LIST_MESSAGES,
     CLEAR_MESSAGES,
+    WAIT_MESSAGES,  # before GET_MESSAGE, whose /messages/{id} would take "wait"
     GET_MESSAGE,
     DELETE_MESSAGE,
     MARK_READ,

@@ -328,13 +328,30 @@ class MessagesResponse(Wire):
     messages: list[MessageSummaryWire]
 
 
+DEFAULT_WAIT_TIMEOUT = 30.0
+"""Seconds `GET /messages/wait` waits when the caller does not say."""
+MAX_WAIT_TIMEOUT = 300.0
+"""The longest wait one request may ask for: an HTTP request held longer meets proxies' and
+clients' own timeouts; a caller that needs more asks again with the same `since`."""
+WAIT_REPLY_GRACE = 5.0
+"""Seconds a caller of `GET /messages/wait` allows beyond its `timeout` for the answer: the
+last look and the `seen` list are read after the wait ends, then the answer travels back."""
+WAIT_SEEN_LIMIT = 100
+"""At most this many messages in a timed-out wait's `seen` (the oldest): enough to tell a
+test why nothing matched; `GET /messages?since=` has them all."""
+
+
 class WaitResponse(Wire):
     """`GET /messages/wait`: the first match, or none and what did arrive meanwhile."""
 
-    message: MessageSummaryWire | None
+    message: MessageSummaryWire | None = Field(
+        description="The oldest message received since `since` that `q` selects"
+    )
     timed_out: bool
     seen: list[MessageSummaryWire] | None = Field(
-        default=None, description="On a timeout: the messages received since `since`"
+        default=None,
+        description=f"Only on a timeout: the messages received since `since`, oldest first,"
+        f" at most {WAIT_SEEN_LIMIT}",
     )
 
 

@@ -75,7 +75,18 @@ class Received:
     before: bool
 
 
-Term = Text | HasAttachment | ReadState | Received
+@dataclass(frozen=True, slots=True)
+class After:
+    """Messages received after one message, in the inbox's one order: `received_at`, then
+    the order they were stored in (two messages may share a millisecond). Not written in
+    the search language: the API's `since=<message id>`, resolved by `InboxStore.position`,
+    so that "after it" never depends on when the inbox happened to store each message."""
+
+    received_at: datetime
+    seq: int
+
+
+Term = Text | HasAttachment | ReadState | Received | After
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,13 +5,17 @@ The store's calls run through `asyncio.to_thread`, so a slow disk or another pro
 write lock never stalls the event loop. Every change that removes messages (a delete, a
 clear, retention) is published as a `deleted` event, and every new message as a `message`
 event with its summary, built only while someone listens.
+
+`wait` (`GET /messages/wait`) is woken by `add_many` itself, not through the feed: a waiter
+costs nothing while no mail comes (the feed's listeners start the periodic stats), and it
+is armed before its first look, so a message stored in between wakes it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from mailrunner.inbox.errors import InboxError
 from mailrunner.inbox.feed import Feed
 from mailrunner.inbox.message import StoredMessage
 from mailrunner.inbox.preview import content_id_key, embed_images, referenced_ids
-from mailrunner.inbox.query import Query
+from mailrunner.inbox.query import After, Query
 from mailrunner.inbox.sql import sql_time
 from mailrunner.inbox.store import Attachment, InboxStore, Page, Summary
 
@@ -72,6 +76,8 @@ class Inbox:
         self.feed = Feed()
         self._store: InboxStore | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._waiters: set[asyncio.Event] = set()
+        self._closed = False
 
     @property
     def store(self) -> InboxStore:
@@ -91,7 +97,9 @@ class Inbox:
             self._sweeper = asyncio.create_task(self._sweep(self.settings.max_age))
 
     async def close(self) -> None:
-        """End every /events stream at once, then close the store."""
+        """End every /events stream and every wait at once, then close the store."""
+        self._closed = True
+        self._wake()
         await self.feed.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -134,6 +142,8 @@ class Inbox:
             return inserted, store.enforce_retention() if any(inserted) else []
 
         inserted, removed = await asyncio.to_thread(insert)
+        if any(inserted):
+            self._wake()
         if self.feed.listening:
             for message, new in zip(messages, inserted, strict=True):
                 if new:
@@ -158,7 +168,51 @@ class Inbox:
         self._deleted(ids)
         return ids
 
+    # --- waiting for mail -----------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """How many waits are armed: a caller (a test) that must not send before a wait is
+        listening can tell when one is."""
+        return len(self._waiters)
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            waiter.set()
+
+    @contextlib.contextmanager
+    def _armed(self) -> Iterator[asyncio.Event]:
+        """An event set by every store from now on (and by `close`), while the block runs."""
+        arrived = asyncio.Event()
+        self._waiters.add(arrived)
+        try:
+            yield arrived
+        finally:
+            self._waiters.discard(arrived)
+
+    async def wait(self, query: Query) -> Summary:
+        """The oldest message `query` selects, as soon as it is stored (bound the wait with
+        `asyncio.timeout`); InboxError if the inbox closes meanwhile: the server is stopping,
+        which is no answer to what arrived. Looks again each time messages are stored, never
+        on a clock."""
+        with self._armed() as arrived:
+            while not self._closed:
+                arrived.clear()  # before the look: a store during it wakes the next wait
+                found = await asyncio.to_thread(self.store.oldest, query, 1)
+                if found:
+                    return found[0]
+                await arrived.wait()
+        raise InboxError(f"inbox {self.path} closed while waiting: the server is stopping")
+
     # --- reads ----------------------------------------------------------------------------
+
+    async def oldest(self, query: Query, limit: int) -> list[Summary]:
+        """The first `limit` messages `query` selects, oldest first."""
+        return await asyncio.to_thread(self.store.oldest, query, limit)
+
+    async def position(self, message_id: str) -> After | None:
+        """The term selecting the messages received after this one; None if it is not kept."""
+        return await asyncio.to_thread(self.store.position, message_id)
 
     async def list(self, query: Query, limit: int, offset: int = 0) -> Page:
         """The messages `query` selects, newest first: how many in all, and one page."""

@@ -34,7 +34,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import assert_never
 
-from mailrunner.inbox.query import Field, HasAttachment, Query, ReadState, Received, Term, Text
+from mailrunner.inbox.query import (
+    After,
+    Field,
+    HasAttachment,
+    Query,
+    ReadState,
+    Received,
+    Term,
+    Text,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -168,4 +177,6 @@ def _clause(term: Term) -> tuple[str, list[object]]:
         return "is_read = ?", [int(term.read)]
     if isinstance(term, Received):
         return ("received_at < ?" if term.before else "received_at >= ?"), [sql_time(term.at)]
+    if isinstance(term, After):
+        return "(received_at, seq) > (?, ?)", [sql_time(term.received_at), term.seq]
     assert_never(term)

@@ -30,7 +30,7 @@ from mailrunner.config import DEFAULT_INBOX_MAX_MESSAGES
 from mailrunner.files import create_directories, write_new_file
 from mailrunner.inbox.errors import FtsUnavailable, InboxError, InboxLocked
 from mailrunner.inbox.message import StoredMessage
-from mailrunner.inbox.query import Query
+from mailrunner.inbox.query import After, Query
 from mailrunner.inbox.sql import SCHEMA, sql_time, where
 
 BUSY_TIMEOUT = 5.0
@@ -43,6 +43,7 @@ search for a 1- or 2-character word scans every body, which at 10,000 messages i
 
 _LOCK_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _NEWEST_FIRST = "received_at DESC, seq DESC"
+_OLDEST_FIRST = "received_at, seq"
 _SUMMARY_COLUMNS = (
     "id, received_at, sender, recipients, subject, size, attachment_count, is_read, snippet"
 )
@@ -277,6 +278,26 @@ class InboxStore:
         return removed
 
     # --- reads ----------------------------------------------------------------------------
+
+    def oldest(self, query: Query, limit: int) -> list[Summary]:
+        """The first `limit` messages `query` selects, oldest first (`received_at`, then the
+        order they were stored in): what a wait for a message looks for."""
+        clause, parameters = where(query)
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM messages WHERE {clause}"
+                f" ORDER BY {_OLDEST_FIRST} LIMIT ?",
+                [*parameters, limit],
+            ).fetchall()
+        return [_summary(row) for row in rows]
+
+    def position(self, message_id: str) -> After | None:
+        """The term selecting the messages received after this one; None if it is not kept."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT received_at, seq FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+        return None if row is None else After(datetime.fromisoformat(row[0]), row[1])
 
     def list(self, query: Query, limit: int, offset: int = 0) -> Page:
         """The messages `query` selects, newest first: their number and one page of them.
