@@ -92,6 +92,15 @@ class InboxServer:
         assert self.server.call(self.inbox.add(message)) is True
         return message.id
 
+    def waits(self) -> int:
+        """How many `GET /messages/wait` are armed on the server: send only once one is."""
+
+        async def count() -> int:
+            return self.inbox.waiting
+
+        result: int = self.server.call(count())
+        return result
+
     def request(
         self,
         method: str,

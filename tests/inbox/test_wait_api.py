@@ -63,21 +63,13 @@ def ids(summaries: list[dict[str, Any]]) -> list[str]:
     return [summary["id"] for summary in summaries]
 
 
-def waiting_count(inbox_server: InboxServer) -> int:
-    async def count() -> int:
-        return inbox_server.inbox.waiting
-
-    result: int = inbox_server.server.call(count())
-    return result
-
-
 def in_flight(inbox_server: InboxServer, path: str) -> Callable[[], Response]:
     """Start `GET path` on a thread and return once the server's wait is armed; the returned
     function joins it and gives the answer."""
     answers: list[Response] = []
     thread = threading.Thread(target=lambda: answers.append(inbox_server.request("GET", path)))
     thread.start()
-    wait_until(lambda: waiting_count(inbox_server) == 1, "the wait to be armed on the server")
+    wait_until(lambda: inbox_server.waits() == 1, "the wait to be armed on the server")
 
     def answer() -> Response:
         thread.join(WAIT_SECONDS * 2)
@@ -95,7 +87,7 @@ def test_a_wait_in_flight_returns_the_message_sent_meanwhile(inbox_server: Inbox
     body = response.json()
     assert body == {"message": body["message"], "timed_out": False}, "no `seen` on a match"
     assert (body["message"]["id"], body["message"]["subject"]) == (sent, "welcome aboard")
-    assert waiting_count(inbox_server) == 0, "the waiter is gone once answered"
+    assert inbox_server.waits() == 0, "the waiter is gone once answered"
 
 
 def test_a_match_already_there_is_answered_at_once(inbox_server: InboxServer) -> None:

@@ -2,7 +2,8 @@
 
 Each command is one route of the API (api/routes.py), like the `jobs` commands: a table or
 `key: value` lines for people, the server's JSON with --json. A QUERY is the search language
-of the web UI's search box (`from:alice has:attachment invoice`).
+of the web UI's search box (`from:alice has:attachment invoice`). `wait` is for scripts and
+tests: it prints the message's JSON, and its exit status tells a match (0) from a timeout (3).
 """
 
 from __future__ import annotations
@@ -13,9 +14,29 @@ from typing import Any
 import click
 
 from mailrunner.api import routes
-from mailrunner.api.schemas import MAX_LIST_LIMIT
-from mailrunner.cli.common import api_options, call_api, server_options, show
+from mailrunner.api.client import call_once
+from mailrunner.api.schemas import (
+    DEFAULT_WAIT_TIMEOUT,
+    MAX_LIST_LIMIT,
+    WAIT_REPLY_GRACE,
+    WAIT_SEEN_LIMIT,
+    WaitResponse,
+)
+from mailrunner.cli.common import (
+    EXIT_USAGE,
+    RPC_ENV,
+    api_options,
+    call_api,
+    fail,
+    server_options,
+    server_url,
+    show,
+)
+from mailrunner.durations import parse_duration
+from mailrunner.errors import ApiUnavailable, MailrunnerError
 
+EXIT_TIMED_OUT = 3
+"""`messages wait`: no message matched within --timeout (the server answered; no error)."""
 LIST_COLUMNS = ("id", "received_at", "from", "to", "subject", "size", "attachments", "read")
 SHOWN_FIELDS = ("id", "received_at", "remote_addr", "read")
 """Fields of the event `show` prints as they are, before the message's own."""
@@ -112,3 +133,65 @@ def clear(query: str, **options: Any) -> None:
     """Delete every message, or those QUERY selects."""
     data = call_api(options, routes.CLEAR_MESSAGES, query={"q": query} if query else None)
     show(data, options["as_json"])
+
+
+@messages.command()
+@query_argument
+@click.option(
+    "--timeout",
+    "wait_for",
+    default=f"{DEFAULT_WAIT_TIMEOUT:g}s",
+    show_default=True,
+    help="How long to wait, like 10s or 2m (at most 5m).",
+)
+@click.option(
+    "--since",
+    metavar="ID|TIME",
+    help="Only messages received after this message, or at or after this ISO 8601 time"
+    " (UTC unless it has an offset); default: now.",
+)
+@server_options
+def wait(query: str, wait_for: str, since: str | None, **options: Any) -> None:
+    """Wait for the first message QUERY selects (any message without one) and print its
+    summary as JSON. Exits 3 when none comes within --timeout, listing on standard error
+    what did arrive."""
+    try:
+        seconds = parse_duration(wait_for)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--timeout") from None
+    asked = {"timeout": f"{seconds:.3f}"}
+    if query:
+        asked["q"] = query
+    if since:
+        asked["since"] = since
+    answer = _wait(options, asked, seconds + WAIT_REPLY_GRACE)
+    if answer.message is not None:
+        show(answer.message.model_dump(mode="json"), True)
+        return
+    seen = answer.seen or []
+    more = f" (the first {WAIT_SEEN_LIMIT})" if len(seen) == WAIT_SEEN_LIMIT else ""
+    click.echo(
+        f"mailrunner: no message matched {query or 'anything'!r} within {wait_for};"
+        f" {len(seen)} arrived since{more}{':' if seen else ''}",
+        err=True,
+    )
+    for summary in seen:
+        click.echo(
+            f"  {summary.received_at}  {summary.id}  {summary.from_} → {summary.to}"
+            f"  {summary.subject}",
+            err=True,
+        )
+    sys.exit(EXIT_TIMED_OUT)
+
+
+def _wait(options: dict[str, Any], asked: dict[str, str], answer_within: float) -> WaitResponse:
+    """`call_api`, with the HTTP request's own timeout past the wait's."""
+    url = server_url(options["server"], options["config_path"])
+    try:
+        return call_once(
+            url, options["token"], routes.WAIT_MESSAGES, query=asked, timeout=answer_within
+        )
+    except ApiUnavailable as error:
+        fail(f"{error} (is the server running? see --server, ${RPC_ENV})", EXIT_USAGE)
+    except MailrunnerError as error:
+        fail(str(error))
