@@ -265,7 +265,7 @@ class SmtpConfig(_Model):
     jobs: SmtpJobsConfig = Field(default_factory=SmtpJobsConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
     faults: tuple[FaultRule, ...] = Field(default=(), max_length=MAX_FAULT_RULES)
-    """Fault rules active from start (docs/testing.md); they also turn the faults API on."""
+    """Fault rules active from start (docs/faults.md); they also turn the faults API on."""
     faults_api: bool = False
     """Mount `/faults`, so tests can add and remove rules while the server runs."""
 

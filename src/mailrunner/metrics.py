@@ -98,7 +98,7 @@ class Metrics:
         )
         self.smtp_faults = counter(
             "mailrunner_smtp_faults_injected",
-            "Fault rules that acted, by stage and action (docs/testing.md)",
+            "Fault rules that acted, by stage and action (docs/faults.md)",
             ["stage", "action"],
         )
         self._gauges = _Gauges()

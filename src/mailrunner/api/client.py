@@ -7,10 +7,11 @@ the bytes travel is the transport's business (api/transport.py).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import is_dataclass
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mailrunner.api import routes
 from mailrunner.api.routes import BINARY_TYPES, JSON, Route
@@ -148,7 +149,7 @@ class ApiClient:
         await self.send(routes.RESUME, params={"name": pipeline})
 
     async def stat(self, pipeline: str) -> PipelineStat:
-        return (await self.send(routes.STAT, params={"name": pipeline})).root
+        return await self.send(routes.STAT, params={"name": pipeline})
 
     async def peek(self, pipeline: str, limit: int = 10) -> list[Job]:
         answer = await self.send(routes.PEEK, params={"name": pipeline}, query={"limit": limit})
@@ -249,6 +250,10 @@ def _validated(route: Route[R], data: Any) -> R:
     model = route.response
     if isinstance(model, type) and issubclass(model, BaseModel):
         return model.model_validate(data)
+    if model is not None and is_dataclass(model):
+        # a service's own result type (PipelineStat): checked as it is, no wire copy of it
+        validated: R = TypeAdapter(model).validate_python(data)
+        return validated
     answer: R = data
     return answer
 

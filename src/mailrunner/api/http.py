@@ -45,7 +45,6 @@ from mailrunner.api.schemas import (
     PushRequest,
     PushResponse,
     PushResultWire,
-    StatResponse,
     WorkerResponse,
     WorkersResponse,
     WorkerWire,
@@ -330,7 +329,7 @@ class ApiServer:
 
     async def stat(self, request: web.Request) -> web.Response:
         stat = await self._jobs.stat(request.match_info["name"])
-        return _json(StatResponse(stat))
+        return web.json_response(stat.to_dict())
 
     async def peek(self, request: web.Request) -> web.Response:
         jobs = await self._jobs.peek(request.match_info["name"], _limit(request, 10))
@@ -438,7 +437,7 @@ class ApiServer:
                 stat = await self._jobs.stat(name)
             except MailrunnerError:
                 continue
-            stats.append(StatResponse(stat).model_dump(mode="json"))
+            stats.append(stat.to_dict())
         return {"pipelines": stats}
 
     async def openapi(self, request: web.Request) -> web.Response:

@@ -4,9 +4,10 @@ the document cannot drift from either."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import is_dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from mailrunner import __version__
 from mailrunner.api.routes import JSON, Route
@@ -62,8 +63,13 @@ def openapi_document(routes: Iterable[Route[Any]]) -> dict[str, Any]:
     components: dict[str, Any] = {}
     paths: dict[str, Any] = {}
 
-    def ref(model: type[BaseModel]) -> dict[str, str]:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    def ref(model: type[Any]) -> dict[str, str]:
+        """A model's or a dataclass's (PipelineStat) schema, once, among the components."""
+        template = "#/components/schemas/{model}"
+        if issubclass(model, BaseModel):
+            schema = model.model_json_schema(ref_template=template)
+        else:
+            schema = TypeAdapter(model).json_schema(ref_template=template)
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
         return {"$ref": f"#/components/schemas/{model.__name__}"}
@@ -115,7 +121,7 @@ def openapi_document(routes: Iterable[Route[Any]]) -> dict[str, Any]:
 def _ok_content(route: Route[Any], ref: Any) -> dict[str, Any]:
     """A model's schema; an untyped answer is any object in JSON, else text."""
     response = route.response
-    if isinstance(response, type) and issubclass(response, BaseModel):
+    if isinstance(response, type) and (issubclass(response, BaseModel) or is_dataclass(response)):
         return {JSON: {"schema": ref(response)}}
     untyped = {"type": "object"} if route.content_type == JSON else {"type": "string"}
     return {route.content_type: {"schema": untyped}}

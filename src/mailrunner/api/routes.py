@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from mailrunner.api import schemas
 from mailrunner.faults import FaultRule
+from mailrunner.jobs.model import PipelineStat
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -113,7 +114,7 @@ DESTROY = _post(
 )
 PAUSE = _post(f"{_PIPELINE}/pause", "pause", "Pause consuming", _OK, _NONE)
 RESUME = _post(f"{_PIPELINE}/resume", "resume", "Resume consuming", _OK, _NONE)
-STAT = _get(f"{_PIPELINE}/stat", "stat", "Pipeline stat", schemas.StatResponse)
+STAT = _get(f"{_PIPELINE}/stat", "stat", "Pipeline stat", PipelineStat)
 PEEK = _get(
     f"{_PIPELINE}/peek", "peek", "Jobs in serving order", schemas.PeekResponse, query=("limit",)
 )

@@ -11,14 +11,13 @@ import base64
 import binascii
 import contextlib
 import functools
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
-    RootModel,
     create_model,
     model_validator,
 )
@@ -30,9 +29,8 @@ from mailrunner.jobs.deadline import (
     MAX_PUSH_TIMEOUT,
     MIN_PUSH_TIMEOUT,
 )
-from mailrunner.jobs.model import MAX_DELAY, FailedJob, Job, JobOptions, PipelineStat
+from mailrunner.jobs.model import MAX_DELAY, FailedJob, Job, JobOptions
 
-T = TypeVar("T")
 MAX_LIST_LIMIT = 1000
 """`peek` and `failed` return at most this many jobs per call: each may be an email's whole
 event, so one request cannot ask the server to load its whole store into memory."""
@@ -220,17 +218,6 @@ class DestroyRequest(Wire):
 
 class OkResponse(Wire):
     ok: Literal[True] = True
-
-
-class _Root(RootModel[T], Generic[T]):
-    """A RootModel built on first validation, like Wire: `RootModel[X]` itself would build
-    its validator as the module is imported."""
-
-    model_config = ConfigDict(defer_build=True)
-
-
-class StatResponse(_Root[PipelineStat]):
-    """The service's own stat object, as `JobsService.stat` returns it."""
 
 
 class PeekResponse(Wire):
