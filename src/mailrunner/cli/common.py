@@ -106,15 +106,17 @@ def call_api(
     *,
     params: Mapping[str, str] | None = None,
     query: Mapping[str, int | str] | None = None,
+    timeout: float = API_TIMEOUT,
 ) -> Any:
     """The answer to one call of `route` on the server of `options` (--server, --token, -c),
     as the JSON it sent (the bytes of a binary answer, the text of a text one); unreachable
     exits 2, an error answer exits 1. Blocking, without an event loop: the command waits for
-    this one answer anyway, and asyncio would cost it more start-up than the call takes."""
+    this one answer anyway, and asyncio would cost it more start-up than the call takes.
+    `timeout` bounds the wait for the answer (a long-poll's must outlast the poll)."""
     url = server_url(options["server"], options["config_path"])
     try:
         return fetch_once(
-            url, options["token"], route, body, params=params, query=query, timeout=API_TIMEOUT
+            url, options["token"], route, body, params=params, query=query, timeout=timeout
         )
     except ApiUnavailable as error:
         fail(f"{error} (is the server running? see --server, ${RPC_ENV})", EXIT_USAGE)

@@ -14,26 +14,19 @@ from typing import Any
 import click
 
 from mailrunner.api import routes
-from mailrunner.api.client import call_once
 from mailrunner.api.schemas import (
     DEFAULT_WAIT_TIMEOUT,
     MAX_LIST_LIMIT,
     WAIT_REPLY_GRACE,
     WAIT_SEEN_LIMIT,
-    WaitResponse,
 )
 from mailrunner.cli.common import (
-    EXIT_USAGE,
-    RPC_ENV,
     api_options,
     call_api,
-    fail,
     server_options,
-    server_url,
     show,
 )
 from mailrunner.durations import parse_duration
-from mailrunner.errors import ApiUnavailable, MailrunnerError
 
 EXIT_TIMED_OUT = 3
 """`messages wait`: no message matched within --timeout (the server answered; no error)."""
@@ -164,11 +157,13 @@ def wait(query: str, wait_for: str, since: str | None, **options: Any) -> None:
         asked["q"] = query
     if since:
         asked["since"] = since
-    answer = _wait(options, asked, seconds + WAIT_REPLY_GRACE)
-    if answer.message is not None:
-        show(answer.message.model_dump(mode="json"), True)
+    answer = call_api(
+        options, routes.WAIT_MESSAGES, query=asked, timeout=seconds + WAIT_REPLY_GRACE
+    )
+    if answer["message"] is not None:
+        show(answer["message"], True)
         return
-    seen = answer.seen or []
+    seen = answer.get("seen") or []
     more = f" (the first {WAIT_SEEN_LIMIT})" if len(seen) == WAIT_SEEN_LIMIT else ""
     click.echo(
         f"mailrunner: no message matched {query or 'anything'!r} within {wait_for};"
@@ -177,21 +172,8 @@ def wait(query: str, wait_for: str, since: str | None, **options: Any) -> None:
     )
     for summary in seen:
         click.echo(
-            f"  {summary.received_at}  {summary.id}  {summary.from_} → {summary.to}"
-            f"  {summary.subject}",
+            f"  {summary['received_at']}  {summary['id']}  {summary['from']} → {summary['to']}"
+            f"  {summary['subject']}",
             err=True,
         )
     sys.exit(EXIT_TIMED_OUT)
-
-
-def _wait(options: dict[str, Any], asked: dict[str, str], answer_within: float) -> WaitResponse:
-    """`call_api`, with the HTTP request's own timeout past the wait's."""
-    url = server_url(options["server"], options["config_path"])
-    try:
-        return call_once(
-            url, options["token"], routes.WAIT_MESSAGES, query=asked, timeout=answer_within
-        )
-    except ApiUnavailable as error:
-        fail(f"{error} (is the server running? see --server, ${RPC_ENV})", EXIT_USAGE)
-    except MailrunnerError as error:
-        fail(str(error))
