@@ -97,7 +97,7 @@ class App:
             self.delivery,
             self.metrics,
         )
-        self.smtp = SmtpServer(smtp, handler, self.metrics)
+        self.smtp = SmtpServer(smtp, handler, self.metrics, self.faults)
         pools = {pool.name: pool for pool in (self.smtp_pool, self.jobs_pool) if pool is not None}
         self.api = ApiServer(
             config.rpc,

@@ -12,8 +12,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+import structlog
+
 from mailrunner.errors import InvalidJob
 from mailrunner.faults import MAX_FAULT_RULES, FaultRule, FaultStage
+from mailrunner.metrics import Metrics
+
+log = structlog.get_logger("mailrunner.smtp")
 
 
 @dataclass(slots=True)
@@ -74,3 +79,19 @@ class FaultBook:
                         del self._faults[fault.id]
                 return rule
         return None
+
+
+def record_injected(rule: FaultRule, metrics: Metrics, connection_id: str) -> None:
+    """Count and log a rule that acted. Only the rule's own values are logged: the address or
+    message it met is the client's mail, which the log never holds."""
+    metrics.smtp_faults.labels(rule.stage, rule.action).inc()
+    log.info(
+        "fault injected",
+        uuid=connection_id,
+        stage=rule.stage,
+        action=rule.action,
+        match=rule.match,
+        reply=rule.reply.line if rule.reply is not None else None,
+        delay=rule.delay,
+        times=rule.times,
+    )

@@ -19,7 +19,7 @@ import uuid
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import structlog
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
@@ -27,10 +27,12 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
 from mailrunner import __version__
 from mailrunner.config import AuthConfig
 from mailrunner.events import Authentication
+from mailrunner.faults import FaultRule, FaultStage
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
 from mailrunner.smtp.addresses import plain_path
 from mailrunner.smtp.data_reader import DataOutcome, DataScanner, InflightBudget, read_data
+from mailrunner.smtp.faults import FaultBook, record_injected
 
 log = structlog.get_logger("mailrunner.smtp")
 
@@ -42,6 +44,16 @@ _DATA_REFUSALS = {
     DataOutcome.TOO_MUCH: replies.R552_TOO_BIG,
     DataOutcome.NO_ROOM: replies.R452_NO_STORAGE,
 }
+_FAULT_STAGES: dict[str, FaultStage] = {
+    "HELO": "helo",
+    "EHLO": "helo",
+    "MAIL": "mail",
+    "RCPT": "rcpt",
+    "DATA": "data",
+}
+"""The hooks a fault rule may answer in the handler's place, by the stage the rule names."""
+_CLOSING_CODE = "421"
+"""A reply with this code closes the connection (RFC 5321 3.8), an injected one too."""
 
 
 class ConnectionRegistry(Protocol):
@@ -91,7 +103,7 @@ def _text(data: bytes | None) -> str | None:
 
 
 class MailrunnerSMTP(SMTP):
-    """One SMTP connection."""
+    """One SMTP connection; `faults` are the server's fault rules (none for one made alone)."""
 
     def __init__(
         self,
@@ -100,6 +112,8 @@ class MailrunnerSMTP(SMTP):
         registry: ConnectionRegistry,
         metrics: Metrics,
         budget: InflightBudget,
+        *,
+        faults: FaultBook | None = None,
     ) -> None:
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         super().__init__(
@@ -119,6 +133,7 @@ class MailrunnerSMTP(SMTP):
         self._registry = registry
         self._metrics = metrics
         self._budget = budget
+        self._faults = faults if faults is not None else FaultBook()
         self._command = ""
         self._owes_reply = False
         self._in_command = False
@@ -169,14 +184,57 @@ class MailrunnerSMTP(SMTP):
 
         aiosmtpd calls the MAIL hook once it has checked the syntax and SIZE against
         `data_size_limit`; a SIZE beyond what the in-flight budget has left is refused there.
+        A fault rule acts first, before any of our checks: the test that set it decides the
+        reply, not the state of the server.
         """
-        if command == "MAIL" and (refusal := self._no_room_for(args[1])) is not None:
-            return refusal
         self._owes_reply = True
         try:
+            fault = self._fault_for(command, args)
+            if fault is not None and (reply := await self._inject(fault)) is not None:
+                return [reply] if command == "EHLO" else reply  # EHLO's hook answers lines
+            if command == "MAIL" and (refusal := self._no_room_for(args[1])) is not None:
+                return refusal
             return await super()._call_handler_hook(command, *args)
         finally:
             self._owes_reply = False
+
+    # --- faults ----------------------------------------------------------------------------
+
+    def _fault_for(self, command: str, args: tuple[Any, ...]) -> FaultRule | None:
+        """The fault rule that meets this command, its count used: the HELO name or address
+        is its first argument; at DATA, any recipient."""
+        stage = _FAULT_STAGES.get(command)
+        if stage is None:
+            return None
+        assert self.envelope is not None
+        return self._faults.take(stage, self.envelope.rcpt_tos if stage == "data" else args[:1])
+
+    async def _inject(self, rule: FaultRule) -> str | None:
+        """Do what `rule` says: None once its delay has passed (the command then goes on as
+        if no rule existed), else the reply that answers the command. A disconnect, a 421
+        and any reply at connect end the connection instead of returning."""
+        record_injected(rule, self._metrics, self.mail_session.connection_id)
+        if rule.delay is not None:
+            await asyncio.sleep(rule.delay)
+            self._reset_timeout()  # the client's idle time starts when it is answered
+            return None
+        if rule.reply is None:
+            await self._hang_up(None)
+        reply = rule.reply.line
+        if rule.stage == "connect" or reply.startswith(_CLOSING_CODE):
+            await self._hang_up(reply)
+        return reply
+
+    async def _hang_up(self, reply: str | None) -> NoReturn:
+        """Send `reply` (none for a disconnect) and close; the command never finishes, as
+        when a client hangs up: `connection_lost` cancels this connection's task. Not
+        `close_with`: an injected text is the test's, never a format string."""
+        if reply is not None:
+            await self.push(reply)
+        assert self.transport is not None
+        self.transport.close()
+        await self.loop.create_future()  # never set
+        raise AssertionError("connection_lost cancels the task before this")
 
     # --- connection life -------------------------------------------------------------------
 
@@ -200,6 +258,11 @@ class MailrunnerSMTP(SMTP):
             self.close_with(refusal)
             return
         log.debug("connection opened", uuid=self.mail_session.connection_id)
+        fault = self._faults.take("connect", (self.mail_session.remote_host,))
+        if fault is not None:
+            self._owes_reply = True  # the greeting
+            await self._inject(fault)
+            self._owes_reply = False
         await super()._handle_client()
 
     def data_received(self, data: bytes) -> None:

@@ -17,6 +17,7 @@ from mailrunner.errors import ConfigError
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
 from mailrunner.smtp.data_reader import InflightBudget
+from mailrunner.smtp.faults import FaultBook
 from mailrunner.smtp.handler import SmtpHandler
 from mailrunner.smtp.protocol import MailrunnerSMTP, ProtocolSettings
 
@@ -70,10 +71,18 @@ def _info(connection: MailrunnerSMTP) -> ConnectionInfo:
 class SmtpServer:
     """Owns the listening socket and the set of live connections."""
 
-    def __init__(self, config: SmtpConfig, handler: SmtpHandler, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: SmtpConfig,
+        handler: SmtpHandler,
+        metrics: Metrics,
+        faults: FaultBook | None = None,
+    ) -> None:
+        """`faults`: the book the API adds rules to (the App's); a server of its own has none."""
         self._config = config
         self._handler = handler
         self._metrics = metrics
+        self._faults = faults if faults is not None else FaultBook()
         self._settings = ProtocolSettings(
             hostname=config.hostname,
             read_timeout=config.read_timeout,
@@ -184,7 +193,9 @@ class SmtpServer:
             self._drained.set()
 
     def _new_connection(self) -> MailrunnerSMTP:
-        return MailrunnerSMTP(self._handler, self._settings, self, self._metrics, self._budget)
+        return MailrunnerSMTP(
+            self._handler, self._settings, self, self._metrics, self._budget, faults=self._faults
+        )
 
     async def start(self) -> None:
         host, port = split_host_port(self._config.addr)
