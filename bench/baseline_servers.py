@@ -5,8 +5,11 @@
 (c) smtp+parser: mailrunner's own SMTP listener (protocol class, connection registry, logs
     at warning) with the same parse-then-250 handler: no event, no job, no pipeline. Against
     (c), the ratio shows what building the event and storing the job costs on its own.
+(d) smtp-only: the same listener (its chunked DATA reader) answering 250 without parsing: the
+    ceiling bench/large_messages.py holds mailrunner against, since nothing after SMTP runs.
 
-Usage: baseline_servers.py {aiosmtpd|aiosmtpd+parser|smtp+parser} PORT. Serves until killed.
+Usage: baseline_servers.py {aiosmtpd|aiosmtpd+parser|smtp+parser|smtp-only} PORT. Serves until
+killed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from mailrunner.smtp.server import SmtpServer
 
 
 class OnlyOk:
-    """(a): the cheapest possible handler: every message gets 250."""
+    """(a) and (d): the cheapest possible handler: every message gets 250."""
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         return "250 OK"
@@ -48,9 +51,9 @@ async def serve_aiosmtpd(handler: Any, port: int) -> None:
         await server.serve_forever()
 
 
-async def serve_mailrunner_smtp(port: int) -> None:
+async def serve_mailrunner_smtp(handler: Any, port: int) -> None:
     configure(LogsConfig(level="warning"))
-    server = SmtpServer(SmtpConfig(addr=f"127.0.0.1:{port}"), ParseThenOk(), Metrics())  # type: ignore[arg-type]
+    server = SmtpServer(SmtpConfig(addr=f"127.0.0.1:{port}"), handler, Metrics())
     await server.start()
     await asyncio.Event().wait()
 
@@ -61,7 +64,9 @@ async def serve(kind: str, port: int) -> None:
     elif kind == "aiosmtpd+parser":
         await serve_aiosmtpd(ParseThenOk(), port)
     elif kind == "smtp+parser":
-        await serve_mailrunner_smtp(port)
+        await serve_mailrunner_smtp(ParseThenOk(), port)
+    elif kind == "smtp-only":
+        await serve_mailrunner_smtp(OnlyOk(), port)
     else:
         raise SystemExit(f"unknown baseline {kind!r}")
 

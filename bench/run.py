@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["sqlite_push.py", "smtp_jobs.py", "inbox_store.py"]
+BENCHMARKS = ["sqlite_push.py", "smtp_jobs.py", "inbox_store.py", "large_messages.py"]
 
 
 def main() -> int:

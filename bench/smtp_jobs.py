@@ -104,23 +104,35 @@ async def read_reply(reader: asyncio.StreamReader) -> bytes:
             return line
 
 
-async def connection(port: int, stop_at: float, measure_from: float, latencies: list[float]) -> int:
+async def open_session(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection past its greeting and EHLO, ready for MAIL."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     await read_reply(reader)
     writer.write(b"EHLO bench.client\r\n")
     await read_reply(reader)
+    return reader, writer
+
+
+async def send_timed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    """Sends MESSAGE (MAIL, RCPT and DATA pipelined); seconds from the final dot to the 250."""
+    writer.write(b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.com>\r\nDATA\r\n")
+    for _ in range(3):
+        await read_reply(reader)
+    writer.write(MESSAGE + b".\r\n")
+    started = time.monotonic()
+    reply = await read_reply(reader)
+    if not reply.startswith(b"250"):
+        raise RuntimeError(f"message refused: {reply!r}")
+    return time.monotonic() - started
+
+
+async def connection(port: int, stop_at: float, measure_from: float, latencies: list[float]) -> int:
+    reader, writer = await open_session(port)
     sent = 0
     while time.monotonic() < stop_at:
-        writer.write(b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.com>\r\nDATA\r\n")
-        for _ in range(3):
-            await read_reply(reader)
-        writer.write(MESSAGE + b".\r\n")
-        started = time.monotonic()
-        reply = await read_reply(reader)
-        if not reply.startswith(b"250"):
-            raise RuntimeError(f"message refused: {reply!r}")
-        if started >= measure_from:
-            latencies.append(time.monotonic() - started)
+        latency = await send_timed(reader, writer)
+        if time.monotonic() - latency >= measure_from:
+            latencies.append(latency)
             sent += 1
     writer.write(b"QUIT\r\n")
     writer.close()
