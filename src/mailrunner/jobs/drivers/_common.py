@@ -8,9 +8,10 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
@@ -20,10 +21,6 @@ from mailrunner.jobs.driver import Lease
 from mailrunner.jobs.model import Capabilities, Job, JobOptions
 
 log = structlog.get_logger("mailrunner.jobs")
-
-Take = Callable[[], Awaitable[tuple[list[Lease], float | None]]]
-"""One attempt at leasing: the leases, and seconds until the next job is due (None: none is
-waiting, or the driver cannot tell)."""
 
 
 def store_capabilities(*, durable: bool, max_payload: int | None = None) -> Capabilities:
@@ -82,25 +79,34 @@ def selection(ids: Sequence[str] | None) -> Callable[[str], bool]:
     return frozenset(ids).__contains__
 
 
-async def reserve_until(
-    take: Take, changed: asyncio.Event, wait: float, poll: float
-) -> list[Lease]:
-    """`Driver.reserve`'s wait: call `take` until it leases something or `wait` seconds have
-    passed, sleeping in between until `changed` is set (a push or a give-back here), the next
-    job is due, or `poll` seconds pass (what other nodes push cannot set `changed`)."""
-    give_up = time.monotonic() + wait
-    while True:
-        changed.clear()
-        leases, next_due = await take()
-        remaining = give_up - time.monotonic()
-        if leases or remaining <= 0:
-            return leases
-        pause = min(remaining, poll)
-        if next_due is not None:
-            pause = min(pause, next_due + 0.001)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(pause):
-                await changed.wait()
+class WaitingReserve(ABC):
+    """`Driver.reserve` for a driver that leases in one call (`_take`): take until something is
+    leased or `wait` seconds have passed, sleeping in between until `_changed` is set (a push
+    or a give-back here), the next job is due, or `idle_poll` seconds pass (what other nodes
+    push cannot set `_changed`)."""
+
+    idle_poll: ClassVar[float]
+    _changed: asyncio.Event
+
+    @abstractmethod
+    async def _take(self, limit: int) -> tuple[list[Lease], float | None]:
+        """One attempt at leasing: the leases, and seconds until the next job is due (None:
+        none is waiting, or the driver cannot tell)."""
+
+    async def reserve(self, limit: int, wait: float) -> list[Lease]:
+        give_up = time.monotonic() + wait
+        while True:
+            self._changed.clear()
+            leases, next_due = await self._take(limit)
+            remaining = give_up - time.monotonic()
+            if leases or remaining <= 0:
+                return leases
+            pause = min(remaining, self.idle_poll)
+            if next_due is not None:
+                pause = min(pause, next_due + 0.001)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._changed.wait()
 
 
 def stored_fields(job: Job) -> tuple[str, str, bytes, str, int, int]:
@@ -114,10 +120,10 @@ def stored_job(pipeline: str, fields: Sequence[Any]) -> Job:
     """`stored_fields` read back, typed as sqlite gives them or all bytes as redis does."""
     job_id, name, payload, headers, priority, auto_ack = fields
     options = JobOptions(pipeline, priority=int(priority), auto_ack=int(auto_ack) == 1)
-    return Job(text(job_id), text(name), bytes(payload), options, json.loads(headers))
+    return Job(_text(job_id), _text(name), bytes(payload), options, json.loads(headers))
 
 
-def text(value: str | bytes) -> str:
+def _text(value: str | bytes) -> str:
     """A stored string: sqlite gives str, redis UTF-8 bytes."""
     return value if isinstance(value, str) else value.decode("utf-8")
 

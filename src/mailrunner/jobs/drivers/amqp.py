@@ -28,22 +28,8 @@ from mailrunner.config import AmqpPipelineConfig, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushOutcomeUnknown
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
-from mailrunner.jobs.drivers._amqp_message import (
-    MAX_DELAY_MS,
-    delay_ms,
-    failed_job_of,
-    job_message,
-    job_of,
-    settling_delay_ms,
-)
-from mailrunner.jobs.drivers._common import (
-    broker_capabilities,
-    broker_errors,
-    not_open,
-    reserve_until,
-    selection,
-    time_left,
-)
+from mailrunner.jobs.drivers import _amqp_message as wire
+from mailrunner.jobs.drivers import _common
 from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
@@ -52,8 +38,6 @@ _MAX_PRIORITY = 255
 """RabbitMQ's largest `x-max-priority`."""
 _MAX_PAYLOAD = 128 * 1024 * 1024
 """RabbitMQ's default `max_message_size` (3.8 to 3.13); AMQP cannot ask for the real one."""
-_IDLE_POLL = 0.05
-"""How often a waiting reserve asks again: basic.get cannot wait, other nodes cannot wake it."""
 _RECONNECT_INTERVAL = 1.0
 _CLOSE_SLICE = 0.2
 """Seconds closing the connection gets at least: enough to send Close and shut the socket."""
@@ -76,8 +60,11 @@ class _Delivery:
     timer: asyncio.TimerHandle | None = None
 
 
-class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
+class AmqpDriver(_common.WaitingReserve, Driver, LeaseKeeper[_Delivery]):
     """One pipeline's jobs in one RabbitMQ queue (`config.queue`)."""
+
+    idle_poll = 0.05
+    """How often a waiting reserve asks again: basic.get cannot wait, other nodes cannot wake it."""
 
     def __init__(self, name: str, settings: AmqpPipelineConfig, data_dir: Path) -> None:
         config = settings.config
@@ -86,9 +73,11 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         self.addr = mask_url(config.addr)
         self._where = f"pipeline {name}: rabbitmq at {self.addr}"
         self._errors = functools.partial(
-            broker_errors, self._where, unreachable=_UNREACHABLE, failed=_FAILED
+            _common.broker_errors, self._where, unreachable=_UNREACHABLE, failed=_FAILED
         )
-        self.capabilities = broker_capabilities(priority=True, delay=True, max_payload=_MAX_PAYLOAD)
+        self.capabilities = _common.broker_capabilities(
+            priority=True, delay=True, max_payload=_MAX_PAYLOAD
+        )
         self.queue_name = config.queue or f"mailrunner.{name}"
         self.exchange_name = config.exchange or self.queue_name
         self.routing_key = config.routing_key or self.queue_name
@@ -207,7 +196,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
     def _open_channel(self) -> AbstractChannel:
         connection, channel = self._connection, self._channel
         if connection is None or channel is None:
-            raise not_open(self.name, "amqp")
+            raise _common.not_open(self.name, "amqp")
         if not connection.connected.is_set() or channel.is_closed:
             raise DriverUnavailable(
                 f"pipeline {self.name}: the connection to rabbitmq at {self.addr} is down"
@@ -239,30 +228,32 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
                 f"{queue or self.routing_key!r} or returned it as unroutable: {error!r}"
             ) from None
 
-    def _route(self, delay_ms: int) -> str | None:
-        """Where a job due in `delay_ms` goes: its delay queue, or (0) the exchange."""
-        return self._delay_name(delay_ms) if delay_ms else None
+    def _route(self, ms: int) -> str | None:
+        """Where a job due in `ms` goes: its delay queue, or (0) the exchange."""
+        return self._delay_name(ms) if ms else None
 
     # --- push ----------------------------------------------------------------------------
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
-        time_left(self.name, deadline, "publishing")
+        _common.time_left(self.name, deadline, "publishing")
         self._open_channel()
         if not jobs:
             return
-        delays = {delay_ms(job.options.delay) for job in jobs} - {0}
-        if delays and max(delays) > MAX_DELAY_MS:
+        delays = {wire.delay_ms(job.options.delay) for job in jobs} - {0}
+        if delays and max(delays) > wire.MAX_DELAY_MS:
             raise DriverError(
                 f"pipeline {self.name}: a delay of {max(delays)} ms is beyond the longest the"
-                f" amqp driver holds ({MAX_DELAY_MS} ms, about 49.7 days); nothing was sent"
+                f" amqp driver holds ({wire.MAX_DELAY_MS} ms, about 49.7 days); nothing was sent"
             )
         for ms in sorted(delays):
             await self._declare_delay(ms)
-        time_left(self.name, deadline, "publishing")
+        _common.time_left(self.name, deadline, "publishing")
         # Tasks in job order: aiormq writes publishes in the order they take its channel lock.
         tasks = [
             asyncio.create_task(
-                self._publish(job_message(job, 0), self._route(delay_ms(job.options.delay)))
+                self._publish(
+                    wire.job_message(job, 0), self._route(wire.delay_ms(job.options.delay))
+                )
             )
             for job in jobs
         ]
@@ -293,9 +284,6 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
 
     # --- reserve and leases --------------------------------------------------------------
 
-    async def reserve(self, limit: int, wait: float) -> list[Lease]:
-        return await reserve_until(lambda: self._take(limit), self._changed, wait, _IDLE_POLL)
-
     async def _take(self, limit: int) -> tuple[list[Lease], None]:
         """Up to `limit` deliveries; AMQP cannot tell when a delayed job is due."""
         self._open_channel()
@@ -306,7 +294,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
             )
             if message is None:
                 break
-            job, earlier = job_of(message, self.name)
+            job, earlier = wire.job_of(message, self.name)
             lease = DriverLease(
                 self, job, earlier + 1 + int(bool(message.redelivered)), _Delivery(message)
             )
@@ -390,13 +378,13 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
         if the copy is not confirmed, give the original back."""
         try:
             if failure is not None:
-                message = job_message(job, attempts, failure=failure)
+                message = wire.job_message(job, attempts, failure=failure)
                 await self._call("failing a job", self._publish(message, self.failed_name))
             else:
-                ms = settling_delay_ms(job, delay)
+                ms = wire.settling_delay_ms(job, delay)
                 if ms:
                     await self._declare_delay(ms)
-                message = job_message(job, attempts, front=front)
+                message = wire.job_message(job, attempts, front=front)
                 await self._call("requeueing a job", self._publish(message, self._route(ms)))
         except BaseException:
             with contextlib.suppress(Exception):
@@ -450,13 +438,13 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
 
     async def _failed(self, limit: int) -> list[FailedJob]:
         messages = await self._browse(self.failed_name, limit)
-        return [failed_job_of(message, self.name) for message in messages]
+        return [wire.failed_job_of(message, self.name) for message in messages]
 
     async def _take_failed(
         self, ids: Sequence[str] | None, act: Callable[[Job], Awaitable[None]] | None = None
     ) -> list[str]:
         """Ack away the failed jobs `ids` chooses, after `act` on each; their ids, in order."""
-        wanted, taken = selection(ids), list[str]()
+        wanted, taken = _common.selection(ids), list[str]()
 
         async def take(message: AbstractIncomingMessage, job: Job) -> None:
             if act is not None:
@@ -465,7 +453,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
             taken.append(job.id)
 
         def pick(message: AbstractIncomingMessage) -> Awaitable[None] | None:
-            job, _ = job_of(message, self.name)
+            job, _ = wire.job_of(message, self.name)
             return take(message, job) if wanted(job.id) else None
 
         await self._browse(self.failed_name, None, pick)
@@ -473,7 +461,7 @@ class AmqpDriver(Driver, LeaseKeeper[_Delivery]):
 
     async def _retry_failed(self, ids: Sequence[str] | None) -> int:
         async def retry(job: Job) -> None:
-            await self._publish(job_message(job, 0))
+            await self._publish(wire.job_message(job, 0))
             self._changed.set()
 
         return len(await self._take_failed(ids, retry))

@@ -16,7 +16,7 @@ from pathlib import Path
 from mailrunner.config import MemoryPipelineConfig
 from mailrunner.errors import DriverError
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
-from mailrunner.jobs.drivers._common import reserve_until, selection, store_capabilities, time_left
+from mailrunner.jobs.drivers._common import WaitingReserve, selection, store_capabilities, time_left
 from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
 _ORDER = itertools.count()
@@ -43,10 +43,12 @@ class _Entry:
         return (self.job.options.priority, self.order)
 
 
-class MemoryDriver(Driver, LeaseKeeper[str]):
+class MemoryDriver(WaitingReserve, Driver, LeaseKeeper[str]):
     """Jobs in a dict; a reserve scans for the best due job (fine for in-process volumes)."""
 
     capabilities = store_capabilities(durable=False)
+    idle_poll = math.inf
+    """No poll: every change comes through this object and sets `_changed`."""
 
     def __init__(self, name: str, settings: MemoryPipelineConfig, data_dir: Path) -> None:
         self.name = name
@@ -116,7 +118,7 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
             entry.failed = FailedJob(entry.job, nack.error, entry.attempts, time.time())
             self.failed_count += 1
 
-    async def _lease(self, limit: int) -> tuple[list[Lease], float | None]:
+    async def _take(self, limit: int) -> tuple[list[Lease], float | None]:
         """The leases, and seconds until the next job (or lease expiry) is due."""
         now = time.monotonic()
         leases: list[Lease] = []
@@ -128,10 +130,6 @@ class MemoryDriver(Driver, LeaseKeeper[str]):
             leases.append(DriverLease(self, entry.job, entry.attempts, entry.token))
         pending = [e.due_at - now for e in self.entries.values() if e.failed is None]
         return leases, max(0.0, min(pending)) if pending else None
-
-    async def reserve(self, limit: int, wait: float) -> list[Lease]:
-        # No poll: every change comes through this object and sets `_changed`.
-        return await reserve_until(lambda: self._lease(limit), self._changed, wait, math.inf)
 
     async def stat(self) -> QueueStat:
         now = time.monotonic()

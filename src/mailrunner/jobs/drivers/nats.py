@@ -25,14 +25,8 @@ from mailrunner.config import NatsPipelineConfig, mask_url
 from mailrunner.errors import DriverError, DriverUnavailable, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
+from mailrunner.jobs.drivers import _common
 from mailrunner.jobs.drivers import _nats_wire as wire
-from mailrunner.jobs.drivers._common import (
-    broker_capabilities,
-    broker_errors,
-    not_open,
-    selection,
-    time_left,
-)
 from mailrunner.jobs.drivers._nats_leases import Holdings
 from mailrunner.jobs.drivers._nats_pull import PULL_MARGIN, Puller
 from mailrunner.jobs.model import FailedJob, Job, QueueStat
@@ -78,9 +72,9 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         self.addr = mask_url(settings.config.addr)
         self._where = f"pipeline {name}: nats at {self.addr}"
         self._errors = functools.partial(
-            broker_errors, self._where, unreachable=_UNREACHABLE, failed=Exception
+            _common.broker_errors, self._where, unreachable=_UNREACHABLE, failed=Exception
         )
-        self.capabilities = broker_capabilities(max_payload=None)  # open() sets max_payload
+        self.capabilities = _common.broker_capabilities(max_payload=None)  # open() sets max_payload
         self._settings = settings.config
         self.stream = settings.config.stream or _token(name)
         self.subject = settings.config.subject or f"mailrunner.jobs.{_token(name)}"
@@ -121,7 +115,9 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         except DriverUnavailable:
             await nc.close()
             raise
-        self.capabilities = broker_capabilities(max_payload=max(0, nc.max_payload - _HEADER_ROOM))
+        self.capabilities = _common.broker_capabilities(
+            max_payload=max(0, nc.max_payload - _HEADER_ROOM)
+        )
         self._nc, self._js = nc, js
         self._holdings.start()
 
@@ -171,7 +167,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
 
     def _client(self) -> tuple[Client, JetStreamContext]:
         if self._nc is None or self._js is None:
-            raise not_open(self.name, "nats")
+            raise _common.not_open(self.name, "nats")
         if not self._nc.is_connected:
             raise DriverUnavailable(f"{self._where} is unreachable")
         return self._nc, self._js
@@ -179,7 +175,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
     # --- push ----------------------------------------------------------------------------
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
-        time_left(self.name, deadline)
+        _common.time_left(self.name, deadline)
         _nc, js = self._client()
         stored: list[int] = []
         try:
@@ -206,7 +202,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
         to `stored` (deleted again if the push fails)."""
         wall_deadline = time.time() + (deadline - time.monotonic())
         for job in jobs:
-            remaining = time_left(self.name, deadline, f"storing job {job.id}")
+            remaining = _common.time_left(self.name, deadline, f"storing job {job.id}")
             headers = wire.encode(job, 0, delay=job.options.delay, deadline=wall_deadline)
             _nc, js = self._client()  # disconnected: fail now, never buffer
             timeout = remaining + VERDICT_GRACE
@@ -392,7 +388,7 @@ class NatsDriver(Driver, LeaseKeeper[Msg]):
     ) -> list[tuple[int, FailedJob]]:
         """The failed stream's messages `ids` chooses, oldest first, with their sequences."""
         _nc, js = self._client()
-        chosen = selection(ids)
+        chosen = _common.selection(ids)
         entries: list[tuple[int, FailedJob]] = []
         with self._errors("listing failed jobs"):
             info = await js.stream_info(self.failed_stream)

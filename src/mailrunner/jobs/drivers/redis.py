@@ -30,25 +30,11 @@ from mailrunner.config import RedisPipelineConfig, mask_url
 from mailrunner.errors import DriverUnavailable, PushOutcomeUnknown, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
 from mailrunner.jobs.driver import Driver, DriverLease, Lease, LeaseKeeper, Nack
-from mailrunner.jobs.drivers._common import (
-    broker_errors,
-    lease_prefix,
-    log_reclaimed,
-    node_id,
-    not_open,
-    reserve_until,
-    store_capabilities,
-    stored_fields,
-    stored_job,
-    text,
-    time_left,
-)
+from mailrunner.jobs.drivers import _common
 from mailrunner.jobs.model import FailedJob, Job, QueueStat
 
 log = structlog.get_logger("mailrunner.jobs")
 
-_IDLE_POLL = 0.05
-"""How often a waiting reserve asks Redis again: pushes from other nodes cannot wake it."""
 _CLOCK_RESYNC = 60.0
 """Seconds between measurements of Redis's clock against ours."""
 _DEFAULT_MAX_BULK = 512 * 1024 * 1024
@@ -126,8 +112,11 @@ def _chosen(ids: Sequence[str] | None) -> list[str]:
     return ["all"] if ids is None else ["ids", *ids]
 
 
-class RedisDriver(Driver, LeaseKeeper[str]):
+class RedisDriver(_common.WaitingReserve, Driver, LeaseKeeper[str]):
     """One pipeline's jobs in one Redis database (`config.addr`), keyed by `stream`."""
+
+    idle_poll = 0.05
+    """How often a waiting reserve asks Redis again: pushes from other nodes cannot wake it."""
 
     def __init__(self, name: str, settings: RedisPipelineConfig, data_dir: Path) -> None:
         self.name = name
@@ -135,13 +124,13 @@ class RedisDriver(Driver, LeaseKeeper[str]):
         self.addr = mask_url(settings.config.addr)
         self._where = f"pipeline {name}: redis at {self.addr}"
         self._errors = functools.partial(
-            broker_errors, self._where, unreachable=_UNREACHABLE, failed=RedisError
+            _common.broker_errors, self._where, unreachable=_UNREACHABLE, failed=RedisError
         )
-        self.capabilities = store_capabilities(durable=False)
+        self.capabilities = _common.store_capabilities(durable=False)
         """Provisional until `open()` has asked the server how it stores."""
         self._settings = settings.config
         self._data_dir = data_dir
-        self._node = ""  # `node_id`, read by `open()`
+        self._node = ""  # `_common.node_id`, read by `open()`
         base = f"{settings.config.key_prefix}:{{{settings.config.stream or name}}}:"
         self._job_prefix = base + "job:"  # then the keys every script gets (redis_prelude.lua):
         self._keys = [base + key for key in ("queue", "delayed", "leased", "failed", "seq")]
@@ -155,7 +144,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
     async def open(self) -> None:
         if self._client is not None:
             return
-        self._node = self._node or await asyncio.to_thread(node_id, self._data_dir)
+        self._node = self._node or await asyncio.to_thread(_common.node_id, self._data_dir)
         timeout = self._settings.timeout
         try:  # a client that fails instead of waiting: no retries, every call bounded
             client = Redis.from_url(
@@ -173,17 +162,17 @@ class RedisDriver(Driver, LeaseKeeper[str]):
                 why_not, max_payload = await _storage(client)
                 reclaimed = await scripts["reclaim"](
                     keys=self._keys,
-                    args=[self._job_prefix, f"{self._node}/", lease_prefix(self._node)],
+                    args=[self._job_prefix, f"{self._node}/", _common.lease_prefix(self._node)],
                 )
         except BaseException:
             await client.aclose()
             raise
-        log_reclaimed("redis", self.name, reclaimed)
+        _common.log_reclaimed("redis", self.name, reclaimed)
         if why_not:
             log.warning(
                 "redis pipeline is not durable", pipeline=self.name, addr=self.addr, reason=why_not
             )
-        self.capabilities = store_capabilities(durable=not why_not, max_payload=max_payload)
+        self.capabilities = _common.store_capabilities(durable=not why_not, max_payload=max_payload)
         self._client, self._scripts, self._clock = client, scripts, clock
 
     async def close(self) -> None:
@@ -193,17 +182,17 @@ class RedisDriver(Driver, LeaseKeeper[str]):
 
     async def _run(self, script: str, args: Sequence[str | int | bytes], doing: str) -> Any:
         if not self._scripts:
-            raise not_open(self.name, "redis")
+            raise _common.not_open(self.name, "redis")
         with self._errors(doing):
             return await self._scripts[script](keys=self._keys, args=[self._job_prefix, *args])
 
     # --- push ----------------------------------------------------------------------------
 
     async def push(self, jobs: Sequence[Job], *, deadline: float) -> None:
-        remaining = time_left(self.name, deadline)
+        remaining = _common.time_left(self.name, deadline)
         client, clock = self._client, self._clock
         if client is None or clock is None:
-            raise not_open(self.name, "redis")
+            raise _common.not_open(self.name, "redis")
         try:
             async with asyncio.timeout(remaining + VERDICT_GRACE):
                 if time.monotonic() - clock.measured_at > _CLOCK_RESYNC:
@@ -211,7 +200,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
                         self._clock = clock = await _measure_clock(client)
                 args: list[str | int | bytes] = [clock.server_ms(deadline)]  # rounded down
                 for job in jobs:  # seven per job
-                    args += (*stored_fields(job), round(job.options.delay * 1000))
+                    args += (*_common.stored_fields(job), round(job.options.delay * 1000))
                 stored = await self._run("push", args, "storing jobs")
         except TimeoutError:
             raise PushOutcomeUnknown(
@@ -225,20 +214,17 @@ class RedisDriver(Driver, LeaseKeeper[str]):
 
     # --- reserve and leases --------------------------------------------------------------
 
-    async def _lease(self, limit: int) -> tuple[list[Lease], float | None]:
+    async def _take(self, limit: int) -> tuple[list[Lease], float | None]:
         """One reserve script: the leases, and seconds until the next job is due (or None)."""
         visibility_ms = max(1, round(self.visibility_timeout * 1000))
-        token_base = lease_prefix(self._node) + uuid.uuid4().hex  # the script numbers each
+        token_base = _common.lease_prefix(self._node) + uuid.uuid4().hex  # the script numbers each
         args: list[str | int] = [max(0, limit), visibility_ms, token_base]
         rows, next_due_ms = await self._run("reserve", args, "reserving jobs")
-        leases: list[Lease] = [
-            DriverLease(self, stored_job(self.name, row[:6]), int(row[6]), text(row[7]))
-            for row in rows
-        ]
+        leases: list[Lease] = []
+        for *fields, attempt, token in rows:
+            job = _common.stored_job(self.name, fields)
+            leases.append(DriverLease(self, job, int(attempt), token.decode()))
         return leases, None if next_due_ms < 0 else next_due_ms / 1000
-
-    async def reserve(self, limit: int, wait: float) -> list[Lease]:
-        return await reserve_until(lambda: self._lease(limit), self._changed, wait, _IDLE_POLL)
 
     async def _on_lease(self, action: str, lease: DriverLease[str], *args: str | int) -> None:
         """A lease's script: a no-op unless its token is still the job's current one."""
@@ -269,16 +255,17 @@ class RedisDriver(Driver, LeaseKeeper[str]):
 
     async def _peek(self, limit: int) -> list[Job]:
         rows = await self._run("peek", [limit], "peeking at jobs")
-        return [stored_job(self.name, row) for row in rows]
+        return [_common.stored_job(self.name, row) for row in rows]
 
     async def _failed(self, limit: int) -> list[FailedJob]:
         rows = await self._run("failed", [limit], "listing failed jobs")
-        return [
-            FailedJob(
-                stored_job(self.name, job), text(error or b""), int(tries or 0), int(at or 0) / 1000
+        failed: list[FailedJob] = []
+        for *fields, error, tries, at in rows:
+            job = _common.stored_job(self.name, fields)
+            failed.append(
+                FailedJob(job, (error or b"").decode(), int(tries or 0), int(at or 0) / 1000)
             )
-            for *job, error, tries, at in rows
-        ]
+        return failed
 
     async def _retry_failed(self, ids: Sequence[str] | None) -> int:
         count = int(await self._run("retry_failed", _chosen(ids), "retrying failed jobs"))
@@ -288,7 +275,7 @@ class RedisDriver(Driver, LeaseKeeper[str]):
 
     async def _purge_failed(self, ids: Sequence[str] | None) -> list[str]:
         removed = await self._run("purge_failed", _chosen(ids), "purging failed jobs")
-        return [text(job_id) for job_id in removed]
+        return [job_id.decode() for job_id in removed]
 
     async def destroy(self) -> None:
         await self._run("destroy", [], "deleting the pipeline's jobs")

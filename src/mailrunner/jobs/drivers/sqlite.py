@@ -63,8 +63,6 @@ _ROWS_PER_INSERT = 100
 BUSY_TIMEOUT = COMMIT_WAIT
 """Seconds a statement waits for another connection's lock (a push: at most until its
 deadline); a push's caller is asked to wait up to COMMIT_WAIT for its COMMIT."""
-_IDLE_POLL = 0.25
-"""How often an idle reserve looks for jobs pushed by other processes into the same file."""
 
 
 @dataclass(slots=True, eq=False)
@@ -80,10 +78,12 @@ class _PendingPush:
         return self.future.cancelled() or time.monotonic() >= self.deadline
 
 
-class SqliteDriver(Driver, LeaseKeeper[str]):
+class SqliteDriver(_common.WaitingReserve, Driver, LeaseKeeper[str]):
     """One pipeline's rows in a SQLite file (`config.path`, default `<data_dir>/jobs.db`)."""
 
     capabilities = _common.store_capabilities(durable=True)
+    idle_poll = 0.25
+    """How often an idle reserve looks for jobs pushed by other processes into the same file."""
 
     def __init__(
         self, name: str, settings: SqlitePipelineConfig, data_dir: Path, *, max_batch: int = 1000
@@ -203,11 +203,6 @@ class SqliteDriver(Driver, LeaseKeeper[str]):
                 job = _common.stored_job(self.name, job_columns)
                 leases.append(DriverLease(self, job, attempts + 1, token))
         return leases
-
-    async def reserve(self, limit: int, wait: float) -> list[Lease]:
-        return await _common.reserve_until(
-            lambda: self._take(limit), self._changed, wait, _IDLE_POLL
-        )
 
     async def _take(self, limit: int) -> tuple[list[Lease], float | None]:
         """One reserve transaction (none while another process writes), and when nothing was
