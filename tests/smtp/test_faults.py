@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from mailrunner.faults import FaultStage
 from support.faults import (
@@ -293,6 +294,28 @@ def test_each_acting_rule_counts_in_the_metric(server: RunningServer) -> None:
         ("rcpt", "reply"): 2,
         ("data", "disconnect"): 1,
     }
+
+
+def test_an_acting_rule_logs_one_line_of_its_own_values_and_none_of_the_message(
+    server: RunningServer,
+) -> None:
+    add_fault(server, stage="data", match="b@*", reply=REFUSAL)
+    secret = b"Subject: the secret subject\r\n\r\nthe secret body\r\n"
+    with (
+        capture_logs() as logs,
+        smtp_client(server) as client,
+        pytest.raises(smtplib.SMTPDataError),
+    ):
+        client.sendmail("a@example.com", ["b@example.com"], secret)
+    (line,) = [entry for entry in logs if entry["event"] == "fault injected"]
+    assert line["log_level"] == "info"
+    assert {key: line[key] for key in ("stage", "action", "match", "reply")} == {
+        "stage": "data",
+        "action": "reply",
+        "match": "b@*",
+        "reply": REFUSAL,
+    }
+    assert "secret" not in repr(logs), "the log holds the refused message's contents"
 
 
 FIRST = b"EHLO client.example\r\n"

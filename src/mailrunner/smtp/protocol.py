@@ -214,6 +214,7 @@ class MailrunnerSMTP(SMTP):
         if no rule existed), else the reply that answers the command. A disconnect, a 421
         and any reply at connect end the connection instead of returning."""
         record_injected(rule, self._metrics, self.mail_session.connection_id)
+        # a rule has `delay` exactly when its action is delay, `reply` when it is reply
         if rule.delay is not None:
             await asyncio.sleep(rule.delay)
             self._reset_timeout()  # the client's idle time starts when it is answered
