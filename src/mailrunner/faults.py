@@ -11,6 +11,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -90,7 +91,11 @@ class FaultRule(_Rule):
     `delay` (seconds, at most 300) for `delay`; neither is allowed for another action."""
 
     stage: FaultStage
-    match: str = Field(default="*", min_length=1, max_length=400)
+    match: Annotated[str, AfterValidator(str.lower)] = Field(
+        default="*", min_length=1, max_length=400
+    )
+    """Lowercased as given, like the values it is compared with: `Bounce@*` cannot be a
+    rule that silently never fits."""
     action: FaultAction = "reply"
     reply: FaultReply | None = None
     delay: FaultDelay | None = None

@@ -224,6 +224,7 @@ def test_a_rule_without_times_lasts_until_deleted(server: RunningServer) -> None
             {"local_hostname": "bad.example"},
         ),
         ("mail", "bounce@*", {"sender": "Bounce@Example.COM"}, {"sender": "nobounce@example.com"}),
+        ("mail", "Bounce@*", {"sender": "bounce@example.com"}, {"sender": "nobounce@example.com"}),
         (
             "rcpt",
             "*@bounce.example",
