@@ -23,7 +23,7 @@ import mailrunner
 SRC = Path(mailrunner.__file__).parent
 SDK = "mailrunner.worker"
 WIRE = "mailrunner.wire"
-CLIENTS = ("mailrunner.cli",)
+CLIENTS = ("mailrunner.cli", "mailrunner.testing")
 """Programs that talk to the server and may also use the SDK (to read events)."""
 API_CLIENT = "mailrunner.api.client"
 SERVER = (
