@@ -17,10 +17,10 @@ import structlog
 
 from mailrunner.config import LogsConfig, mask_urls_in
 
-_AIOSMTPD_LOGGER = "mail.log"
+AIOSMTPD_LOGGER = "mail.log"
 
 
-def _mask_urls(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def mask_urls(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A structlog processor: no URL userinfo in any string value of the line."""
     for key, value in event.items():
         if isinstance(value, str):
@@ -48,7 +48,7 @@ def configure(config: LogsConfig, stream: Any = None) -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                _mask_urls,
+                mask_urls,
                 renderer,
             ],
         )
@@ -56,7 +56,7 @@ def configure(config: LogsConfig, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger(_AIOSMTPD_LOGGER).setLevel(max(level, logging.ERROR))
+    logging.getLogger(AIOSMTPD_LOGGER).setLevel(max(level, logging.ERROR))
     structlog.configure(
         processors=[
             *shared,

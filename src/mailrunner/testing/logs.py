@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import structlog
 
 # the serving process's own names for these, so the two setups cannot drift apart
-from mailrunner.logs import _AIOSMTPD_LOGGER, _mask_urls
+from mailrunner.logs import AIOSMTPD_LOGGER, mask_urls
 
 
 class _Routing:
@@ -37,7 +37,7 @@ class _Routing:
             self._servers += 1
             if self._servers > 1:
                 return
-            aiosmtpd = logging.getLogger(_AIOSMTPD_LOGGER)
+            aiosmtpd = logging.getLogger(AIOSMTPD_LOGGER)
             self._aiosmtpd_level = aiosmtpd.level
             if aiosmtpd.level == logging.NOTSET:
                 aiosmtpd.setLevel(logging.ERROR)
@@ -50,7 +50,7 @@ class _Routing:
             self._servers -= 1
             if self._servers > 0:
                 return
-            logging.getLogger(_AIOSMTPD_LOGGER).setLevel(self._aiosmtpd_level)
+            logging.getLogger(AIOSMTPD_LOGGER).setLevel(self._aiosmtpd_level)
             if self._owns_structlog:
                 structlog.reset_defaults()
 
@@ -74,7 +74,7 @@ def _configure_structlog() -> None:
         processors=[
             structlog.stdlib.filter_by_level,
             structlog.processors.format_exc_info,
-            _mask_urls,
+            mask_urls,
             structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0, sort_keys=False),
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
