@@ -172,20 +172,12 @@ class ApiClient:
 
 
 def call_once(
-    base_url: str,
-    token: str | None,
-    route: Route[R],
-    body: BaseModel | None = None,
-    *,
-    params: Mapping[str, str] | None = None,
-    query: Mapping[str, int | str] | None = None,
-    timeout: float,
+    base_url: str, token: str | None, route: Route[R], body: BaseModel | None = None, **request: Any
 ) -> R:
     """`ApiClient.send` for a program that makes one call and has no event loop: the same
-    request and the same answer or error, over one blocking connection."""
-    return _validated(
-        route, fetch_once(base_url, token, route, body, params=params, query=query, timeout=timeout)
-    )
+    request and the same answer or error, over one blocking connection. `request` holds
+    `fetch_once`'s keywords (`params`, `query`, `timeout`)."""
+    return _validated(route, fetch_once(base_url, token, route, body, **request))
 
 
 def fetch_once(

@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel
 
@@ -94,18 +94,11 @@ class Mailbox:
         self._fail = fail
         self._faults: list[str] = []
 
-    def _call(
-        self,
-        route: Route[R],
-        body: BaseModel | None = None,
-        *,
-        params: Mapping[str, str] | None = None,
-        query: Mapping[str, int | str] | None = None,
-        timeout: float = CALL_TIMEOUT,
-    ) -> R:
-        return call_once(
-            self.api_url, self._token, route, body, params=params, query=query, timeout=timeout
-        )
+    def _call(self, route: Route[R], body: BaseModel | None = None, **request: Any) -> R:
+        """One call of `route` on this mailbox's server; `request` as `call_once` takes it
+        (`params`, `query`, `timeout`: CALL_TIMEOUT unless given)."""
+        request.setdefault("timeout", CALL_TIMEOUT)
+        return call_once(self.api_url, self._token, route, body, **request)
 
     # --- messages ------------------------------------------------------------------------
 
