@@ -122,9 +122,17 @@ class PoolConfig(_Model):
         return self.max_workers or MAX_WORKERS_FACTOR * self.num_workers
 
 
+LoopChoice = Literal["auto", "asyncio", "uvloop"]
+"""`server.loop`: which event loop runs the server (see `mailrunner.loops`)."""
+
+
 class ServerConfig(_Model):
+    """`command` and `env` start worker processes; `loop` picks the event loop (`auto`:
+    uvloop when installed, else asyncio)."""
+
     command: str | list[str] | None = None
     env: dict[str, str] = {}
+    loop: LoopChoice = "auto"
 
 
 class AuthConfig(_Model):

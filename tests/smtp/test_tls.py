@@ -1,5 +1,7 @@
 """STARTTLS: offered with a certificate, demanded with `required`, refused cleanly without.
 
+The TLS sessions run on both event loops: aiosmtpd wraps the loop's transport in asyncio's
+SSL protocol, which uvloop's transports must carry as asyncio's do.
 The certificate is a throwaway self-signed one made with the openssl command line tool;
 clients are told to trust exactly it.
 """
@@ -20,7 +22,7 @@ from aiosmtplib.protocol import SMTPProtocol
 
 from support.processes import run_cli
 from support.requirements import REQUIRE_TOOLS
-from support.server import RunningServer
+from support.server import LOOPS, RunningServer, on_loop
 from support.waiting import WAIT_SECONDS
 
 MESSAGE = b"Subject: over tls\r\nFrom: a@example.com\r\n\r\nsecret body\r\n"
@@ -49,15 +51,19 @@ def trusting(cert: Path) -> ssl.SSLContext:
     return context
 
 
-@pytest.fixture
+@pytest.fixture(params=LOOPS)
 def tls_server(
-    start_server: Callable[..., RunningServer], certificate: tuple[Path, Path]
+    start_server: Callable[..., RunningServer],
+    certificate: tuple[Path, Path],
+    request: pytest.FixtureRequest,
 ) -> Callable[..., RunningServer]:
+    """Servers with the certificate, each test once per event loop."""
     cert, key = certificate
+    loop = on_loop(request.param)
 
     def start(required: bool = False) -> RunningServer:
         tls = {"cert_file": str(cert), "key_file": str(key), "required": required}
-        return start_server(smtp={"tls": tls})
+        return start_server(server=loop, smtp={"tls": tls})
 
     return start
 

@@ -4,6 +4,7 @@ asyncio clients (aiosmtplib) drive it over real TCP exactly as users do."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -15,9 +16,23 @@ import pytest
 from mailrunner.app import App
 from mailrunner.config import config_from_mapping
 from mailrunner.events import EmailEvent
+from mailrunner.loops import UVLOOP_REQUIREMENT, new_event_loop
 from mailrunner.smtp.delivery import Outcome
 from support.events import decode_event
+from support.requirements import unavailable
 from support.waiting import WAIT_SECONDS
+
+LOOPS = ("asyncio", "uvloop")
+"""The event loops `server.loop` can force: tests of loop-sensitive paths run on each, since
+the default (`auto`) covers only the one installed."""
+
+
+def on_loop(kind: str) -> dict[str, Any]:
+    """The `server` overrides that run a server on `kind`; a missing uvloop skips on a laptop
+    and fails in CI, where it is a default dependency."""
+    if kind == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        unavailable(f"uvloop is not installed (pip install '{UVLOOP_REQUIREMENT}')")
+    return {"loop": kind}
 
 
 def with_test_pipeline(smtp_jobs: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +89,7 @@ class RunningServer:
         self.config = config_from_mapping(settings, "test")
         self.delivery = RecordingDelivery()
         self._record = record
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop(self.config.server.loop)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.app = self.call(self._start())

@@ -13,6 +13,7 @@ from mailrunner import config, logs
 from mailrunner.app import App
 from mailrunner.cli.common import config_option, fail, load_or_exit
 from mailrunner.errors import ConfigError, MailrunnerError
+from mailrunner.loops import loop_factory
 from mailrunner.smtp.server import tls_context
 
 
@@ -26,8 +27,10 @@ def serve(config_path: Path | None, pidfile: Path | None) -> None:
     loaded, source = load_or_exit(config_path)
     logs.configure(loaded.logs)
     try:
+        new_loop = loop_factory(loaded.server.loop)
         app = App(loaded, source)
-        asyncio.run(app.serve_until_signalled(pidfile))
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(app.serve_until_signalled(pidfile))
     except (OSError, MailrunnerError) as error:
         fail(f"cannot start: {error}")
 
@@ -45,6 +48,7 @@ def check(config_path: Path | None, as_json: bool) -> None:
     loaded, source = load_or_exit(config_path)
     try:
         tls_context(loaded.smtp.tls)
+        loop_factory(loaded.server.loop)
     except ConfigError as error:
         fail(f"{error} (in {source})")
     effective = config.masked_dump(loaded)
