@@ -245,3 +245,13 @@ def test_openapi_documents_the_wait_and_its_parameters(inbox_server: InboxServer
     assert (parameters["timeout"]["maximum"], parameters["timeout"]["default"]) == (300, 30)
     listed = document["paths"]["/messages"]["get"]["parameters"]
     assert "since" in {entry["name"] for entry in listed}
+
+
+def test_a_wait_whose_client_hangs_up_is_released(inbox_server: InboxServer) -> None:
+    """A client that gives up (a test interrupted, a CLI's Ctrl-C) leaves no waiter behind to
+    hold a task and run a query at every store until its 300 s are over."""
+    connection = http.client.HTTPConnection(inbox_server.host, inbox_server.port, timeout=20)
+    connection.request("GET", wait_path(q="subject:never", timeout="300"))
+    wait_until(lambda: inbox_server.waits() == 1, "the wait to be armed on the server")
+    connection.close()
+    wait_until(lambda: inbox_server.waits() == 0, "the abandoned wait to be released")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -30,6 +31,7 @@ from mailrunner.inbox.feed import Feed
 from mailrunner.inbox.preview import HTML_CSP, REMOTE_HTML_CSP
 from mailrunner.inbox.query import Query, Received, Term, parse
 from mailrunner.inbox.service import Inbox, summary_json
+from mailrunner.inbox.store import Summary
 
 DEFAULT_PAGE = 50
 """Messages per page when the caller does not say: the UI's page."""
@@ -42,6 +44,10 @@ _SSE_HEADERS = {
 }
 _SSE_OPENING = b"retry: 1000\n\n"
 """Sent first, so the client knows the stream is open; EventSource reconnects after 1 s."""
+HANGUP_CHECK = 1.0
+"""How often a wait looks whether its client is still there: aiohttp tells a handler nothing
+when its client hangs up and runs it to its end, so an abandoned wait would hold its waiter
+(and a query at every store) for all of its `timeout`."""
 
 
 def _ok() -> web.Response:
@@ -146,10 +152,13 @@ class InboxApi:
         since = await self._since(request) or Received(arrived, before=False)
         try:
             async with asyncio.timeout(timeout):
-                found = await inbox.wait(Query((*query.terms, since)))
-            return web.json_response({"message": summary_json(found), "timed_out": False})
+                found = await _unless_hung_up(request, inbox.wait(Query((*query.terms, since))))
         except TimeoutError:
             pass
+        else:
+            if found is None:
+                return web.Response()  # the client hung up: nobody reads an answer
+            return web.json_response({"message": summary_json(found), "timed_out": False})
         seen = await inbox.oldest(Query((since,)), WAIT_SEEN_LIMIT)
         answer = {"message": None, "timed_out": True, "seen": [summary_json(s) for s in seen]}
         return web.json_response(answer)
@@ -234,6 +243,20 @@ class InboxApi:
             except ConnectionResetError:
                 pass  # the client went away
         return response
+
+
+async def _unless_hung_up(request: web.Request, waiting: Awaitable[Summary]) -> Summary | None:
+    """What `waiting` gives; None, and `waiting` cancelled, once the client has hung up."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HANGUP_CHECK)
+            if done:
+                return task.result()
+            if request.transport is None or request.transport.is_closing():
+                return None
+    finally:
+        task.cancel()
 
 
 async def _read_empty(request: web.Request) -> None:
