@@ -74,27 +74,26 @@ def test_auto_runs_on_asyncio_where_uvloop_cannot_be_imported(
     assert logged_loops(server) == ["asyncio"]
 
 
+MISSING_UVLOOP = f"server.loop: uvloop is not installed (pip install '{UVLOOP_REQUIREMENT}')"
+
+
 @pytest.mark.usefixtures("hidden_uvloop")
-@pytest.mark.parametrize("command", ["serve", "config check"])
-def test_uvloop_asked_for_where_it_is_missing_stops_with_the_pip_line(
-    tmp_path: Path, command: str
+@pytest.mark.parametrize(
+    ("command", "loop", "problem"),
+    [
+        ("serve", "uvloop", MISSING_UVLOOP),
+        ("config check", "uvloop", MISSING_UVLOOP),
+        ("serve", "trio", "server.loop: Input should be 'auto', 'asyncio' or 'uvloop'"),
+    ],
+)
+def test_a_loop_that_cannot_run_stops_start_up_naming_the_key(
+    tmp_path: Path, command: str, loop: str, problem: str
 ) -> None:
-    config = tmp_path / "uvloop.yaml"
-    config.write_text("server: {loop: uvloop}\n")
+    config = tmp_path / "loop.yaml"
+    config.write_text(f"server: {{loop: {loop}}}\n")
     result = run_cli(*command.split(), "-c", str(config), env=dict(os.environ))
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"server.loop: uvloop is not installed (pip install '{UVLOOP_REQUIREMENT}')" in (
-        result.stderr
-    )
-
-
-def test_an_unknown_loop_is_a_configuration_error_naming_the_key(tmp_path: Path) -> None:
-    config = tmp_path / "trio.yaml"
-    config.write_text("server: {loop: trio}\n")
-    result = run_cli("serve", "-c", str(config))
-    assert result.returncode == 1
-    assert "server.loop" in result.stderr
-    assert "'auto', 'asyncio' or 'uvloop'" in result.stderr
+    assert problem in result.stderr
 
 
 async def running_kind() -> str:
