@@ -255,3 +255,40 @@ def test_a_wait_whose_client_hangs_up_is_released(inbox_server: InboxServer) -> 
     wait_until(lambda: inbox_server.waits() == 1, "the wait to be armed on the server")
     connection.close()
     wait_until(lambda: inbox_server.waits() == 0, "the abandoned wait to be released")
+
+
+def test_many_waits_look_one_at_a_time(
+    inbox_server: InboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every store wakes every wait: were each to take a thread for its look, a client holding
+    many open waits would keep the inbox's own writes, and so SMTP's 250s, queued behind
+    them. The looks take turns instead."""
+    store = inbox_server.inbox.store
+    look = store.oldest
+    looking = [0]
+    most = [0]
+    lock = threading.Lock()
+
+    def counted(*args: Any) -> Any:
+        with lock:
+            looking[0] += 1
+            most[0] = max(most[0], looking[0])
+        try:
+            return look(*args)
+        finally:
+            with lock:
+                looking[0] -= 1
+
+    monkeypatch.setattr(store, "oldest", counted)
+    connections = []
+    for _ in range(40):
+        connection = http.client.HTTPConnection(inbox_server.host, inbox_server.port, timeout=20)
+        connection.request("GET", wait_path(q="subject:never", timeout="300"))
+        connections.append(connection)
+    wait_until(lambda: inbox_server.waits() == 40, "the waits to be armed on the server")
+    for number in range(5):
+        send(inbox_server, f"wake {number}")
+    for connection in connections:
+        connection.close()
+    wait_until(lambda: inbox_server.waits() == 0, "the abandoned waits to be released")
+    assert most[0] == 1, f"{most[0]} looks ran at once"

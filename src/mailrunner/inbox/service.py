@@ -77,6 +77,7 @@ class Inbox:
         self._store: InboxStore | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._waiters: set[asyncio.Event] = set()
+        self._looking = asyncio.Lock()
         self._closed = False
 
     @property
@@ -198,7 +199,10 @@ class Inbox:
         with self._armed() as arrived:
             while not self._closed:
                 arrived.clear()  # before the look: a store during it wakes the next wait
-                found = await asyncio.to_thread(self.store.oldest, query, 1)
+                # one look at a time: a store wakes every wait, and a thousand of them each
+                # taking a thread would hold the inbox's own writes (and SMTP's 250s) behind
+                async with self._looking:
+                    found = await asyncio.to_thread(self.store.oldest, query, 1)
                 if found:
                     return found[0]
                 await arrived.wait()
