@@ -75,7 +75,7 @@ def test_a_refused_request_exits_1_and_no_server_exits_2(inbox_server: InboxServ
     assert "since must be an inbox message id or an ISO 8601 time" in refused.stderr
     too_long = run_cli("messages", "wait", "--timeout", "6m", "--server", inbox_server.api_url)
     assert too_long.returncode == 1
-    assert "timeout must be seconds from 0 to 300" in too_long.stderr
+    assert "timeout must be seconds from 0 to 300, not '6m'" in too_long.stderr, "as typed"
     unreachable = run_cli(
         "messages", "wait", "--timeout", "1s", "--server", f"127.0.0.1:{free_port()}"
     )

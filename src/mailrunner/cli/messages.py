@@ -152,7 +152,7 @@ def wait(query: str, wait_for: str, since: str | None, **options: Any) -> None:
         seconds = parse_duration(wait_for)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--timeout") from None
-    asked = {"timeout": f"{seconds:.3f}"}
+    asked = {"timeout": wait_for}  # as typed: the server reads durations, and an error quotes it
     if query:
         asked["q"] = query
     if since:
