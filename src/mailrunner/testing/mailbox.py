@@ -112,6 +112,7 @@ class Mailbox:
     ) -> Email:
         """The first message (oldest) that matches, as soon as it is in the inbox; fails,
         listing what did arrive, when none has within `timeout` seconds."""
+        __tracebackhide__ = True  # a failure points at the test's line, not at this loop
         search = query_of(query, to=to, subject=subject)
         deadline = time.monotonic() + timeout
         while True:
@@ -136,6 +137,7 @@ class Mailbox:
         timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 (wait_for's, whose wait it runs)
     ) -> Email:
         """`wait_for` for a test on an event loop: the loop keeps running (and sending)."""
+        __tracebackhide__ = True
         return await asyncio.to_thread(
             self.wait_for, query, to=to, subject=subject, timeout=timeout
         )
@@ -147,6 +149,7 @@ class Mailbox:
     def assert_no_messages(self, query: str | None = None, *, within: float = 0.5) -> None:
         """Wait `within` seconds, then until the inbox holds every message accepted by then,
         and fail if any matches."""
+        __tracebackhide__ = True
         time.sleep(within)
         self._settle(within + CALL_TIMEOUT)
         arrived = self._summaries(query)
@@ -183,6 +186,7 @@ class Mailbox:
     def _settle(self, timeout: float) -> None:
         """Until no accepted message is still on its way to the inbox: a 250 is sent only
         once the inbox's job is stored, so its pipeline holding none means all are in."""
+        __tracebackhide__ = True
         deadline = time.monotonic() + timeout
         while True:
             stat = self._call(routes.STAT, params={"name": self._inbox_pipeline})
