@@ -14,7 +14,9 @@ import json
 import os
 import signal
 import smtplib
+import socket
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -160,3 +162,27 @@ def test_the_worker_pool_spawns_and_replaces_workers_on_each_loop(
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: worker_pids(server) - {victim} != set(), "a replacement worker")
     assert send(server.host, server.port) == {}
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_stop_cuts_a_session_held_past_the_grace_on_either_loop(
+    start_server: Callable[..., RunningServer], kind: str
+) -> None:
+    """A client stuck mid-DATA must not keep a stopping server alive: after
+    smtp.shutdown_timeout its connection is aborted, whatever transport class the loop made
+    (uvloop's are no asyncio.Transport)."""
+    server = start_server(server=on_loop(kind), smtp={"shutdown_timeout": 0.5})
+    with socket.create_connection((server.host, server.port), timeout=15) as client:
+        reader = client.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        client.sendall(b"HELO held\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n")
+        for _ in range(3):
+            assert reader.readline().startswith(b"250")
+        client.sendall(b"DATA\r\n")
+        assert reader.readline().startswith(b"354")
+        client.sendall(b"Subject: held\r\n\r\nno final dot yet\r\n")
+        stopping = threading.Thread(target=server.stop)
+        stopping.start()
+        assert reader.read() == b"", "the held session got an answer instead of its end"
+        stopping.join(15)
+        assert not stopping.is_alive(), "the server's stop waits on the aborted session"

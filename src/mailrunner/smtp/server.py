@@ -9,6 +9,7 @@ import ipaddress
 import ssl
 import time
 from dataclasses import dataclass, replace
+from typing import cast
 
 import structlog
 
@@ -219,7 +220,8 @@ class SmtpServer:
                     "connections still open after grace, aborting", count=len(self._connections)
                 )
                 for connection in list(self._connections):
-                    if isinstance(connection.transport, asyncio.Transport):
-                        connection.transport.abort()
+                    # uvloop's transports have abort() but are no asyncio.Transport subclass
+                    if connection.transport is not None:
+                        cast("asyncio.Transport", connection.transport).abort()
         await self._server.wait_closed()
         self._server = None
