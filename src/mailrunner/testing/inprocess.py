@@ -19,6 +19,7 @@ from typing import Any
 
 from mailrunner.app import App
 from mailrunner.config import Config, config_from_mapping
+from mailrunner.loops import new_event_loop
 from mailrunner.testing.logs import routed_to_stdlib
 from mailrunner.testing.mailbox import Mailbox
 
@@ -59,7 +60,7 @@ class InProcessServer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop(config.server.loop)
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="mailrunner-server", daemon=True
         )
