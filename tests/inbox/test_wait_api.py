@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import json
 import smtplib
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from urllib.parse import urlencode
 import pytest
 from inbox_api_support import InboxServer, Response, plain
 
+from mailrunner.api import inbox_http
 from mailrunner.inbox.message import StoredMessage
 from mailrunner.inbox.sql import sql_time
 from support.events import BUILDER, arrival, decode_event
@@ -255,6 +257,28 @@ def test_a_wait_whose_client_hangs_up_is_released(inbox_server: InboxServer) -> 
     wait_until(lambda: inbox_server.waits() == 1, "the wait to be armed on the server")
     connection.close()
     wait_until(lambda: inbox_server.waits() == 0, "the abandoned wait to be released")
+
+
+def test_waits_beyond_the_limit_are_refused_with_429(
+    inbox_server: InboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each open wait holds a task and a query per store: one client must not open them
+    without end."""
+    monkeypatch.setattr(inbox_http, "MAX_OPEN_WAITS", 3)
+    connections = []
+    for _ in range(3):
+        connection = http.client.HTTPConnection(inbox_server.host, inbox_server.port, timeout=20)
+        connection.request("GET", wait_path(q="subject:never", timeout="300"))
+        connections.append(connection)
+    wait_until(lambda: inbox_server.waits() == 3, "three waits to be armed on the server")
+    refused = http.client.HTTPConnection(inbox_server.host, inbox_server.port, timeout=20)
+    refused.request("GET", wait_path(q="subject:never", timeout="300"))
+    answer = refused.getresponse()
+    assert answer.status == 429, answer.read()
+    assert "3 waits are open" in json.loads(answer.read())["error"]
+    for connection in (*connections, refused):
+        connection.close()
+    wait_until(lambda: inbox_server.waits() == 0, "the abandoned waits to be released")
 
 
 def test_many_waits_look_one_at_a_time(

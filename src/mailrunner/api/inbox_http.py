@@ -19,6 +19,7 @@ from mailrunner.api.routes import BINARY, EVENT_STREAM, RFC822
 from mailrunner.api.schemas import (
     DEFAULT_WAIT_TIMEOUT,
     MAX_LIST_LIMIT,
+    MAX_OPEN_WAITS,
     MAX_WAIT_TIMEOUT,
     WAIT_SEEN_LIMIT,
     CountResponse,
@@ -26,7 +27,7 @@ from mailrunner.api.schemas import (
     OkResponse,
 )
 from mailrunner.durations import parse_duration
-from mailrunner.errors import InvalidJob, NotFound
+from mailrunner.errors import ApiError, InvalidJob, NotFound
 from mailrunner.inbox.feed import Feed
 from mailrunner.inbox.preview import HTML_CSP, REMOTE_HTML_CSP
 from mailrunner.inbox.query import Query, Received, Term, parse
@@ -149,6 +150,8 @@ class InboxApi:
         inbox = self._inbox
         query = _query(request)
         timeout = _timeout(request)
+        if inbox.waiting >= MAX_OPEN_WAITS:
+            raise ApiError(f"{MAX_OPEN_WAITS} waits are open already: try again later", 429)
         since = await self._since(request) or Received(arrived, before=False)
         try:
             async with asyncio.timeout(timeout):

@@ -323,6 +323,8 @@ clients' own timeouts; a caller that needs more asks again with the same `since`
 WAIT_REPLY_GRACE = 5.0
 """Seconds a caller of `GET /messages/wait` allows beyond its `timeout` for the answer: the
 last look and the `seen` list are read after the wait ends, then the answer travels back."""
+MAX_OPEN_WAITS = 1000
+"""Waits one server holds at once; beyond, 429: each holds a task and a query per store."""
 WAIT_SEEN_LIMIT = 100
 """At most this many messages in a timed-out wait's `seen` (the oldest): enough to tell a
 test why nothing matched; `GET /messages?since=` has them all."""
