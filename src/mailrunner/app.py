@@ -40,6 +40,7 @@ from mailrunner.smtp.delivery import Delivery, JobsDelivery, JobsRpc, PoolDelive
 from mailrunner.smtp.faults import FaultBook
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.server import SmtpServer
+from mailrunner.smtp.spool import Spool
 from mailrunner.wire.protocol import JOBS_MODE, SMTP_MODE
 
 log = structlog.get_logger("mailrunner.app")
@@ -91,11 +92,13 @@ class App:
             config, self.remote_jobs or self.jobs, self.smtp_pool, storage
         )
         self.faults = FaultBook(smtp.faults)
+        self.spool = Spool(config.data_dir, smtp.spool_bytes)
         handler = SmtpHandler(
             HandlerSettings(max_recipients=smtp.max_recipients),
             _event_builder(config, storage, self._parse_executor),
             self.delivery,
             self.metrics,
+            self.spool,
         )
         self.smtp = SmtpServer(smtp, handler, self.metrics, self.faults)
         pools = {pool.name: pool for pool in (self.smtp_pool, self.jobs_pool) if pool is not None}
@@ -116,6 +119,7 @@ class App:
         log.info("configuration loaded", source=self.source)
         # before any driver or storage makes it under the umask: jobs hold mail and credentials
         await asyncio.to_thread(create_directories, self.config.data_dir)
+        await asyncio.to_thread(self.spool.prepare)
         if self._cleanup is not None:
             self._cleanup.start()
         try:
@@ -217,6 +221,7 @@ class App:
 
     async def stop(self) -> None:
         await self.smtp.stop(self.config.smtp.shutdown_timeout)
+        await asyncio.to_thread(self.spool.remove)
         await self._stop_inbox()
         await self.api.stop()
         await self._stop_components()

@@ -264,6 +264,9 @@ class SmtpConfig(_Model):
     max_connections_per_ip: int = Field(default=100, ge=1)
     limit_loopback: bool = False
     max_inflight_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    spool_bytes: int = Field(default=1024 * 1024, ge=0)
+    """DATA beyond this goes to a file in `<data_dir>/spool/<pid>/` as it arrives, so only
+    this much of a message counts against `max_inflight_bytes` (0: every message)."""
     include_raw: bool = False
     auth: AuthConfig = Field(default_factory=AuthConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)

@@ -19,6 +19,8 @@ MIB = 1024 * 1024
 NO_STORAGE = b"452 4.3.1 Insufficient system storage\r\n"
 TOO_BIG = b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
 GO_AHEAD = b"354 End data with <CR><LF>.<CR><LF>\r\n"
+IN_MEMORY = {"spool_bytes": 2 * MIB}
+"""For the budget's tests: messages up to the budget stay in memory, none goes to the spool."""
 
 
 @contextmanager
@@ -161,7 +163,7 @@ def hold_most_of_the_budget(holder: RawSmtp, other: RawSmtp) -> None:
 def test_the_budget_is_shared_by_all_sessions(start_server: Callable[..., RunningServer]) -> None:
     """One session holding most of it leaves the rest for the others, and only that: a SIZE
     above what it leaves is refused at MAIL, a message above it at the final dot."""
-    server = start_server(smtp={"max_inflight_bytes": 2 * MIB, "max_message_size": 0})
+    server = start_server(smtp={"max_inflight_bytes": 2 * MIB, **IN_MEMORY, "max_message_size": 0})
     with session(server) as holder, session(server) as other:
         hold_most_of_the_budget(holder, other)
         other.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
@@ -188,7 +190,9 @@ def test_a_message_that_would_fail_anyway_gets_its_permanent_reply_not_452(
 ) -> None:
     """Over the budget left first, then too big or with a long line: a 452 would only make
     the client retry a message that can never pass."""
-    server = start_server(smtp={"max_inflight_bytes": 2 * MIB, "max_message_size": size_limit})
+    server = start_server(
+        smtp={"max_inflight_bytes": 2 * MIB, **IN_MEMORY, "max_message_size": size_limit}
+    )
     with session(server) as holder, session(server) as client:
         hold_most_of_the_budget(holder, client)
         client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")

@@ -2,7 +2,8 @@
 
 Kept apart from the SMTP handler so the same assembly serves the server, tests and
 benchmarks; large messages are parsed on a thread so one big message cannot stall the
-event loop that serves every other session.
+event loop that serves every other session. A spooled message is parsed from its file and
+read whole (on a thread) only when the event must carry its raw bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from email.utils import format_datetime
 
 from mailrunner.events import Authentication, EmailEvent, Envelope, Message
 from mailrunner.mime.attachments import AttachmentStorage
-from mailrunner.mime.parse import ParsedMessage, ParseOptions, parse
+from mailrunner.mime.parse import ParsedMessage, ParseOptions, parse, parse_file
+from mailrunner.smtp.spool import MessageContent
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +93,12 @@ class EventBuilder:
     """Messages larger than this are parsed on `executor` (None: the loop's default)."""
     executor: Executor | None = None
 
-    async def build(self, arrival: Arrival, raw: bytes) -> EmailEvent:
-        if len(raw) > self.offload_bytes:
-            loop = asyncio.get_running_loop()
-            parsed = await loop.run_in_executor(self.executor, parse, raw, self.options)
-        else:
-            parsed = parse(raw, self.options)
+    async def build(self, arrival: Arrival, content: MessageContent | bytes) -> EmailEvent:
+        if isinstance(content, bytes):
+            content = MessageContent.in_memory(content)
+        parsed = await self._parse(content)
         parsed.headers = with_trace(parsed.headers, trace_value(arrival, self.hostname))
+        raw = await self._raw(content)
         message = self._message(parsed, raw)
         # storing is the last step that can fail, and it removes its own folder when it does:
         # a message refused with 451 leaves no files behind
@@ -111,7 +112,7 @@ class EventBuilder:
                 from_=arrival.mail_from,
                 to=arrival.rcpt_to,
                 helo=arrival.helo,
-                size=len(raw),
+                size=content.size,
             ),
             authentication=arrival.authentication,
             message=message,
@@ -119,7 +120,24 @@ class EventBuilder:
             parse_errors=arrival.errors + tuple(parsed.parse_errors),
         )
 
-    def _message(self, parsed: ParsedMessage, raw: bytes) -> Message:
+    async def _parse(self, content: MessageContent) -> ParsedMessage:
+        loop = asyncio.get_running_loop()
+        if content.path is not None:
+            return await loop.run_in_executor(self.executor, parse_file, content.path, self.options)
+        assert content.data is not None
+        if content.size > self.offload_bytes:
+            return await loop.run_in_executor(self.executor, parse, content.data, self.options)
+        return parse(content.data, self.options)
+
+    async def _raw(self, content: MessageContent) -> bytes | None:
+        """The raw bytes the event carries with `include_raw` (and for the inbox)."""
+        if not self.include_raw:
+            return None
+        if content.data is not None:
+            return content.data
+        return await asyncio.to_thread(content.read_all)
+
+    def _message(self, parsed: ParsedMessage, raw: bytes | None) -> Message:
         return Message(
             id=parsed.message_id,
             subject=parsed.subject,
@@ -130,5 +148,5 @@ class EventBuilder:
             headers=parsed.headers,
             body=parsed.body,
             html_body=parsed.html_body,
-            raw=raw if self.include_raw else None,
+            raw=raw,
         )

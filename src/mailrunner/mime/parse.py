@@ -9,6 +9,7 @@ Nothing here raises: whatever goes wrong is recorded in `parse_errors` and the r
 from __future__ import annotations
 
 import binascii
+import mmap
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from email.feedparser import BytesFeedParser
 from email.message import Message
 from email.policy import compat32
 from email.utils import collapse_rfc2231_value
+from pathlib import Path
+from typing import cast
 
 from mailrunner.events import Address
 from mailrunner.mime.addresses import split_addresses
@@ -107,13 +110,33 @@ class _Leaf:
 
 def parse(raw: bytes, options: ParseOptions = ParseOptions()) -> ParsedMessage:
     """Parse `raw`; never raises, so a message the parser dislikes is still delivered."""
+    return _parse(raw, options, quick_check=True)
+
+
+def parse_file(path: Path, options: ParseOptions = ParseOptions()) -> ParsedMessage:
+    """Parse a spooled message from its file, which must not be empty; blocking.
+
+    The file is mapped, not read: the pre-scan and the chunked feed see its pages, which the
+    kernel drops and reads again as it needs, so the message is never held whole in the
+    process's own memory. Only the walk pre-scans it (`within_every_limit` needs the whole
+    message as bytes, and a spooled message is rarely within every limit anyway).
+    """
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
+        # an mmap offers what the pre-scan and the feed use of bytes: len, slices, find,
+        # rfind, the buffer protocol for re and memoryview
+        return _parse(cast(bytes, mapped), options, quick_check=False)
+
+
+def _parse(raw: bytes, options: ParseOptions, *, quick_check: bool) -> ParsedMessage:
     result = ParsedMessage()
     limits = {
         "max_parts": options.max_parts,
         "max_depth": options.max_depth,
         "max_header_bytes": options.max_header_bytes,
     }
-    plan = None if within_every_limit(raw, **limits) else plan_feed(raw, **limits)
+    within = quick_check and within_every_limit(raw, **limits)
+    plan = None if within else plan_feed(raw, **limits)
     message = parse_in_chunks(raw, spans=None if plan is None else plan.spans)
     _fill_headers(message, result)
     try:

@@ -14,6 +14,9 @@ reader keeps aiosmtpd's rules exactly (a differential test runs both on the same
 
 Refused or over-budget data is drained to its final dot as it arrives, never buffered. Bytes
 a pipelining client sent after the final dot go back into the stream for the next command.
+
+With a spool (`smtp/spool.py`), a message past the spool's threshold moves from the buffer
+to a file as it arrives (`Spill`): only what is held in memory counts against the budget.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ import asyncio
 import enum
 from typing import Protocol, cast
 
+import structlog
 from aiosmtpd.smtp import SMTP
+
+from mailrunner.smtp.spool import MessageContent, Spool, SpoolFile
+
+log = structlog.get_logger("mailrunner.smtp")
 
 CHUNK_BYTES = 256 * 1024
 """What one read may take: an asyncio socket transport receives at most 256 KiB at a time."""
@@ -48,6 +56,7 @@ class DataOutcome(enum.Enum):
     TOO_LONG = "line too long"
     TOO_MUCH = "message too big"
     NO_ROOM = "in-flight budget exhausted"
+    NO_DISK = "spool write failed"
 
 
 class InflightBudget:
@@ -124,7 +133,12 @@ class DataScanner:
     @property
     def draining(self) -> bool:
         """True once the data is refused for good: only its final dot is looked for."""
-        return self.outcome in (DataOutcome.TOO_LONG, DataOutcome.TOO_MUCH)
+        return self.outcome in (DataOutcome.TOO_LONG, DataOutcome.TOO_MUCH, DataOutcome.NO_DISK)
+
+    @property
+    def held(self) -> int:
+        """The octets of the message held in memory now."""
+        return len(self._content)
 
     def feed(self, chunk: bytes) -> bytes | None:
         """Take the next octets; None while the final dot is to come, else what follows it."""
@@ -154,6 +168,16 @@ class DataScanner:
         content = bytes(self._content)
         self._content = bytearray()
         return content
+
+    def take(self) -> bytearray:
+        """Hand over the octets held so far (to the spool) and give them back to the budget."""
+        content = self._content
+        self.release()
+        return content
+
+    def refuse(self, outcome: DataOutcome) -> None:
+        """Refuse the message for a reason found outside the scanner; the rest is drained."""
+        self._refuse(outcome)
 
     def release(self) -> None:
         """Give the held octets back to the budget (the message was handed on or refused)."""
@@ -205,7 +229,58 @@ class DataScanner:
         self.release()
 
 
-async def read_data(reader: asyncio.StreamReader, scanner: DataScanner) -> DataOutcome:
+class Spill:
+    """Moves one message from the scanner's buffer to a spool file once it is larger than the
+    spool's threshold, then in writes of about a read chunk each.
+
+    The file goes as soon as the message is refused, so a refused message is drained without
+    being spooled; `remove()` takes whatever is left once the reply is decided.
+    """
+
+    def __init__(self, spool: Spool, connection_id: str) -> None:
+        self._spool = spool
+        self._connection_id = connection_id
+        self._file: SpoolFile | None = None
+
+    async def offer(self, scanner: DataScanner, final: bool) -> None:
+        """Write what `scanner` holds if it is time to; a failed write refuses the message."""
+        if scanner.outcome is not DataOutcome.COMPLETE:
+            await self.remove()
+            return
+        if self._file is None and scanner.held <= self._spool.threshold:
+            return
+        if self._file is not None and scanner.held < CHUNK_BYTES and not final:
+            return
+        if self._file is None:
+            self._file = self._spool.new_file()
+        try:
+            await self._spool.run(self._file.write, scanner.take())
+        except OSError as error:
+            log.error(
+                "spool write failed: message refused",
+                uuid=self._connection_id,
+                folder=str(self._spool.folder),
+                reason=str(error),
+            )
+            scanner.refuse(DataOutcome.NO_DISK)
+            await self.remove()
+
+    def content(self, scanner: DataScanner) -> MessageContent:
+        """The message after a COMPLETE outcome: its spool file, or the scanner's buffer."""
+        if self._file is not None:
+            return self._file.finish()
+        return MessageContent.in_memory(scanner.content())
+
+    async def remove(self) -> None:
+        """Remove the file, if any, once the writes before are done."""
+        if self._file is not None:
+            file, self._file = self._file, None
+            await self._spool.run(file.remove)
+
+
+async def read_data(
+    reader: asyncio.StreamReader, scanner: DataScanner, spill: Spill | None = None
+) -> DataOutcome:
     """Read through the final dot; the bytes after it are left in `reader`.
 
     The read timeout needs nothing here: the protocol counts every received byte as activity.
@@ -216,6 +291,8 @@ async def read_data(reader: asyncio.StreamReader, scanner: DataScanner) -> DataO
             # aiosmtpd cancels the session on EOF, so this is what its readuntil would raise
             raise asyncio.IncompleteReadError(b"", None)
         after = scanner.feed(chunk)
+        if spill is not None:
+            await spill.offer(scanner, final=after is not None)
         if after is not None:
             if after:
                 unread(reader, after)

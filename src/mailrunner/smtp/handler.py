@@ -15,14 +15,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import TLSSetupException
+from aiosmtpd.smtp import Envelope, TLSSetupException
 
 from mailrunner.errors import MailrunnerError
 from mailrunner.metrics import Metrics
 from mailrunner.mime.build import Arrival, EventBuilder
 from mailrunner.smtp import replies
 from mailrunner.smtp.delivery import Delivery, Outcome
-from mailrunner.smtp.protocol import MailSession
+from mailrunner.smtp.protocol import MailEnvelope, MailSession
+from mailrunner.smtp.spool import MessageContent, Spool
 
 log = structlog.get_logger("mailrunner.smtp")
 
@@ -47,8 +48,17 @@ def _valid_text(text: str, what: str, errors: list[str]) -> str:
     return text
 
 
+def _content_of(envelope: Envelope) -> MessageContent:
+    """Our session hands the message over in `MailEnvelope.message` (maybe spooled); a plain
+    aiosmtpd envelope only has its bytes."""
+    if isinstance(envelope, MailEnvelope) and envelope.message is not None:
+        return envelope.message
+    return MessageContent.in_memory(envelope.original_content or b"")
+
+
 class SmtpHandler:
-    """The aiosmtpd handler of every connection."""
+    """The aiosmtpd handler of every connection; with a `spool`, large messages arrive in its
+    files (the SMTP session reads it from here)."""
 
     def __init__(
         self,
@@ -56,11 +66,13 @@ class SmtpHandler:
         builder: EventBuilder,
         delivery: Delivery,
         metrics: Metrics,
+        spool: Spool | None = None,
     ) -> None:
         self._settings = settings
         self._builder = builder
         self._delivery = delivery
         self._metrics = metrics
+        self.spool = spool
 
     async def handle_HELO(
         self, server: Any, session: MailSession, envelope: Any, hostname: str
@@ -109,10 +121,10 @@ class SmtpHandler:
         envelope.rcpt_options.extend(options)
         return replies.R250_RECIPIENT_OK
 
-    async def handle_DATA(self, server: Any, session: MailSession, envelope: Any) -> str:
+    async def handle_DATA(self, server: Any, session: MailSession, envelope: Envelope) -> str:
         started = time.perf_counter()
         arrival = self._arrival(session, envelope)
-        event = await self._builder.build(arrival, envelope.original_content)
+        event = await self._builder.build(arrival, _content_of(envelope))
         try:
             outcome = await self._delivery.deliver(event)
         except (MailrunnerError, TimeoutError) as error:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailrunner import __version__
 from mailrunner.config import AuthConfig
@@ -31,8 +31,15 @@ from mailrunner.faults import FaultRule, FaultStage
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
 from mailrunner.smtp.addresses import plain_path
-from mailrunner.smtp.data_reader import DataOutcome, DataScanner, InflightBudget, read_data
+from mailrunner.smtp.data_reader import (
+    DataOutcome,
+    DataScanner,
+    InflightBudget,
+    Spill,
+    read_data,
+)
 from mailrunner.smtp.faults import FaultBook, record_injected
+from mailrunner.smtp.spool import MessageContent, Spool
 
 log = structlog.get_logger("mailrunner.smtp")
 
@@ -43,6 +50,7 @@ _DATA_REFUSALS = {
     DataOutcome.TOO_LONG: replies.R500_LINE_TOO_LONG,
     DataOutcome.TOO_MUCH: replies.R552_TOO_BIG,
     DataOutcome.NO_ROOM: replies.R452_NO_STORAGE,
+    DataOutcome.NO_DISK: replies.R451_TEMP,
 }
 _FAULT_STAGES: dict[str, FaultStage] = {
     "HELO": "helo",
@@ -96,6 +104,15 @@ class MailSession(Session):
             host, port = self.peer[0], self.peer[1]
             return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
         return "unknown"
+
+
+class MailEnvelope(Envelope):
+    """aiosmtpd's envelope plus the message as DATA left it: `content` and `original_content`
+    are its bytes only when it stayed in memory (None when spooled), `message` always."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.message: MessageContent | None = None
 
 
 def _text(data: bytes | None) -> str | None:
@@ -154,6 +171,9 @@ class MailrunnerSMTP(SMTP):
         if previous is not None:
             self._mail_session.messages = previous.messages
         return self._mail_session
+
+    def _create_envelope(self) -> MailEnvelope:
+        return MailEnvelope()
 
     @property
     def mail_session(self) -> MailSession:
@@ -334,19 +354,29 @@ class MailrunnerSMTP(SMTP):
         """aiosmtpd's DATA with the chunked reader: the same checks and replies, the same
         envelope for the DATA hook and the same reset after it (decode_data is off, so
         `content` is `original_content`). The budget is released once the hook has handed the
-        message on, or when the message is refused."""
+        message on, or when the message is refused; its spool file, if any, goes then too,
+        whatever the reply (and when the connection is lost or the server stops meanwhile)."""
         if await self._data_refused(arg):
             return
         await self.push(replies.R354_DATA)
         scanner = DataScanner(self.data_size_limit, self._budget)
+        # a handler that takes spooled messages offers its spool (`SmtpHandler` does)
+        spool: Spool | None = getattr(self.event_handler, "spool", None)
+        spill = Spill(spool, self.mail_session.connection_id) if spool is not None else None
         try:
-            outcome = await self._read_data(scanner)
+            outcome = await self._read_data(scanner, spill)
             if outcome is DataOutcome.COMPLETE:
-                status = await self._hand_on(scanner.content())
+                status = await self._hand_on(
+                    spill.content(scanner)
+                    if spill is not None
+                    else MessageContent.in_memory(scanner.content())
+                )
             else:
                 status = _DATA_REFUSALS[outcome]
         finally:
             scanner.release()
+            if spill is not None:
+                await spill.remove()
         self.envelope = self._create_envelope()  # aiosmtpd's _set_post_data_state (untyped)
         await self.push(status)
 
@@ -363,18 +393,19 @@ class MailrunnerSMTP(SMTP):
             return True
         return False
 
-    async def _read_data(self, scanner: DataScanner) -> DataOutcome:
+    async def _read_data(self, scanner: DataScanner, spill: Spill | None) -> DataOutcome:
         try:
-            return await read_data(self._reader, scanner)
+            return await read_data(self._reader, scanner, spill)
         except asyncio.CancelledError:
             log.debug("connection lost during DATA", uuid=self.mail_session.connection_id)
             self._writer.close()
             raise
 
-    async def _hand_on(self, content: bytes) -> str:
-        assert self.envelope is not None
-        self.envelope.content = content
-        self.envelope.original_content = content
+    async def _hand_on(self, content: MessageContent) -> str:
+        assert isinstance(self.envelope, MailEnvelope)
+        self.envelope.content = content.data
+        self.envelope.original_content = content.data
+        self.envelope.message = content
         status = await self._call_handler_hook("DATA")
         return "250 OK" if status is MISSING else str(status)
 
