@@ -369,3 +369,34 @@ def test_an_empty_api_token_is_refused_not_taken_for_a_token() -> None:
     """`token: ${TOKEN:-}` with TOKEN unset must not turn the Host/Origin guard off."""
     with pytest.raises(ConfigError, match=r"rpc\.token"):
         config_from_mapping({**MINIMAL, "rpc": {"token": ""}})
+
+
+def test_hooks_are_off_by_default_with_a_5s_timeout_that_refuses_on_error() -> None:
+    smtp = config_from_mapping(MINIMAL).smtp
+    assert (smtp.hooks, smtp.hooks_timeout, smtp.hooks_on_error) == ((), 5.0, "reject")
+    assert not smtp.runs_pool, "with use_jobs and no hooks the SMTP pool does not run"
+
+
+def test_hooks_run_the_smtp_pool_on_the_jobs_path_too_so_it_needs_a_command() -> None:
+    with pytest.raises(ConfigError, match=r"smtp\.pool\.command: required when .*smtp\.hooks"):
+        config_from_mapping({**MINIMAL, "smtp": {"hooks": ["rcpt"]}})
+    hooked = config_from_mapping(
+        {**MINIMAL, "server": {"command": "python w.py"}, "smtp": {"hooks": ["rcpt", "data"]}}
+    )
+    assert (hooked.smtp.use_jobs, hooked.smtp.runs_pool) == (True, True)
+    assert hooked.smtp.hooks == ("rcpt", "data")
+
+
+@pytest.mark.parametrize(
+    ("smtp", "problem"),
+    [
+        ({"hooks": ["rcpt", "auth"]}, "smtp.hooks.1:"),
+        ({"hooks": ["rcpt", "rcpt"]}, "smtp.hooks: list each stage once"),
+        ({"hooks_timeout": "0s"}, "smtp.hooks_timeout:"),
+        ({"hooks_on_error": "tempfail"}, "smtp.hooks_on_error:"),
+    ],
+)
+def test_bad_hook_settings_are_refused_by_key_path(smtp: dict[str, object], problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_mapping({**MINIMAL, "server": {"command": "w"}, "smtp": smtp})
+    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems

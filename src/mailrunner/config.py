@@ -33,6 +33,7 @@ from mailrunner.errors import ConfigError
 from mailrunner.faults import MAX_FAULT_RULES, FaultRule
 from mailrunner.jobs.deadline import DEFAULT_PUSH_TIMEOUT, MAX_PUSH_TIMEOUT, MIN_PUSH_TIMEOUT
 from mailrunner.jobs.model import MAX_DELAY
+from mailrunner.wire.hooks import HookStage
 
 CONFIG_ENV = "MAILRUNNER_CONFIG"
 LOCAL_CONFIG = Path("mailrunner.yaml")
@@ -49,6 +50,8 @@ DEFAULT_INBOX_MAX_MESSAGES = 10_000
 """Messages the inbox keeps unless configured; the oldest go first."""
 DEFAULT_INBOX_MAX_PREVIEW_BYTES = 2 * 1024 * 1024
 """Bytes of each text and HTML body the inbox keeps for its preview and search."""
+DEFAULT_HOOKS_TIMEOUT = 5.0
+"""Seconds an SMTP client waits for a hook's verdict unless `smtp.hooks_timeout` says."""
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -279,6 +282,27 @@ class SmtpConfig(_Model):
     """Fault rules active from start (docs/faults.md); they also turn the faults API on."""
     faults_api: bool = False
     """Mount `/faults`, so tests can add and remove rules while the server runs."""
+    hooks: tuple[HookStage, ...] = ()
+    """Stages at which a worker of the SMTP pool decides the reply (the pool then starts
+    whatever `use_jobs` says)."""
+    hooks_timeout: Duration = Field(default=DEFAULT_HOOKS_TIMEOUT, gt=0)
+    """Bounds a hook's wait for a free worker, and then for its answer: a worker that does
+    not answer in time is killed and replaced."""
+    hooks_on_error: Literal["reject", "accept"] = "reject"
+    """What a failed hook (timeout, crash, an answer that is no verdict) means for the
+    command: 451 4.3.0, or going on as if accepted."""
+
+    @field_validator("hooks")
+    @classmethod
+    def _hooks_once_each(cls, value: tuple[HookStage, ...]) -> tuple[HookStage, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("list each stage once")
+        return value
+
+    @property
+    def runs_pool(self) -> bool:
+        """The SMTP worker pool runs for the legacy path and for hooks (on either path)."""
+        return not self.use_jobs or bool(self.hooks)
 
 
 class _PipelineBase(_Model):
@@ -515,8 +539,10 @@ class Config(_Model):
     def _pool_commands(self) -> Config:
         """A pool that will run needs a command; found here so `config check` says so too."""
         needed = []
-        if not self.smtp.use_jobs and not (self.smtp.pool.command or self.server.command):
-            needed.append("smtp.pool.command: required when smtp.use_jobs is false")
+        if self.smtp.runs_pool and not (self.smtp.pool.command or self.server.command):
+            needed.append(
+                "smtp.pool.command: required when smtp.use_jobs is false or smtp.hooks is set"
+            )
         if self.jobs.consume and not (self.jobs.pool.command or self.server.command):
             needed.append("jobs.pool.command: required when jobs.consume is not empty")
         if needed:

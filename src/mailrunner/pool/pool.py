@@ -293,17 +293,30 @@ class WorkerPool:
 
     # --- work --------------------------------------------------------------------------------
 
-    async def exec(self, context: bytes, body: bytes = b"") -> tuple[bytes, bytes]:
-        """Run one payload; raises NoFreeWorker, ExecTimeout, WorkerCrashed or WorkerFailed."""
-        worker = await self._allocate()
+    async def exec(
+        self,
+        context: bytes,
+        body: bytes = b"",
+        *,
+        answer_within: float | None = None,
+        allocate_within: float | None = None,
+    ) -> tuple[bytes, bytes]:
+        """Run one payload; raises NoFreeWorker, ExecTimeout, WorkerCrashed or WorkerFailed.
+
+        `answer_within` and `allocate_within` replace exec_timeout and allocate_timeout for
+        this call (an SMTP hook
+        is bounded by `smtp.hooks_timeout`). A worker that does not answer in time is killed,
+        so an answer it sends later is never read as the answer to another payload."""
+        exec_timeout = self.config.exec_timeout if answer_within is None else answer_within
+        worker = await self._allocate(allocate_within)
         try:
-            async with asyncio.timeout(self.config.exec_timeout):
+            async with asyncio.timeout(exec_timeout):
                 answer = await worker.run(context, body)
         except TimeoutError:
             log.warning("worker exec timeout, killing", pool=self.name, pid=worker.pid)
             self._replace(worker)
             raise ExecTimeout(
-                f"{self.name} worker {worker.pid} did not answer within {self.config.exec_timeout}s"
+                f"{self.name} worker {worker.pid} did not answer within {exec_timeout}s"
             ) from None
         except (WireError, WorkerCrashed) as error:
             log.warning("worker broke, replacing", pool=self.name, pid=worker.pid, error=str(error))
@@ -325,16 +338,15 @@ class WorkerPool:
         self._release(worker)
         return parts
 
-    async def _allocate(self) -> WorkerProcess:
+    async def _allocate(self, within: float | None = None) -> WorkerProcess:
         if self._stopping:
             raise PoolStopped(f"the {self.name} pool is stopping")
+        wait = self.config.allocate_timeout if within is None else within
         try:
-            async with asyncio.timeout(self.config.allocate_timeout):
+            async with asyncio.timeout(wait):
                 return await self._next_ready()
         except TimeoutError:
-            raise NoFreeWorker(
-                f"no free {self.name} worker within {self.config.allocate_timeout}s"
-            ) from None
+            raise NoFreeWorker(f"no free {self.name} worker within {wait}s") from None
 
     async def _next_ready(self) -> WorkerProcess:
         while True:

@@ -6,11 +6,12 @@ import this package and nothing of each other, so it uses the standard library o
     frame.py      goridge v3 frames: header, CRC, options, CONTROL frames, blocking I/O
     protocol.py   names both ends spell the same: MAILRUNNER_MODE and its values, the
                   event name and version, the `smtp.email` job name
-    smtp.py       SMTP pool payloads: event out, CONTINUE / CLOSE back
+    smtp.py       SMTP pool payloads: event out, CONTINUE / CLOSE (or a refusal) back
+    hooks.py      SMTP hook payloads: the session so far out, ACCEPT or a 4xx/5xx reply back
     jobs.py       jobs pool payloads: job context out, ack / nack / requeue answer back
     event.py      the EMAIL_RECEIVED event's parts (Address, Envelope, Message, Attachment)
                   that the server builds and encodes and the SDK reads back
     errors.py     WireError, which each side turns into its own errors at its edge
 
-A new frame kind (e.g. SMTP hooks) gets a module of its own beside smtp.py and jobs.py.
+A new frame kind gets a module of its own beside smtp.py, hooks.py and jobs.py.
 """

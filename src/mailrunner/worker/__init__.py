@@ -3,16 +3,24 @@
 A worker speaks goridge frames with the server over stdin/stdout; this package hides that.
 `MAILRUNNER_MODE` says which pool started the process (`current_mode()`):
 
-SMTP pool (`smtp.use_jobs: false`): the SMTP client waits for the answer::
+SMTP pool (`smtp.use_jobs: false`, or `smtp.hooks`): the SMTP client waits for the answer::
 
     import sys
-    from mailrunner.worker import CLOSE, CONTINUE, Email, handle_emails
+    from mailrunner.worker import CLOSE, CONTINUE, Email, Hooks, Reply, serve
+
+    class MyHooks(Hooks):
+        def on_rcpt(self, context):
+            if not context.rcpt.endswith("@example.com"):
+                return Reply(550, "5.1.1", "No such user")
+            return None
 
     def on_email(event: Email) -> str:
         print(event.message.subject, file=sys.stderr)
         return CLOSE if event.envelope.to == ("bye@example.com",) else CONTINUE
 
-    handle_emails(on_email)
+    serve(hooks=MyHooks(), emails=on_email)
+
+`handle_emails(on_email)` is `serve(emails=on_email)`.
 
 Jobs pool (`jobs.consume`): each task is acked, nacked or requeued exactly once::
 
@@ -41,9 +49,10 @@ from mailrunner.wire.protocol import EMAIL_JOB, MODE_ENV
 from mailrunner.wire.smtp import CLOSE, CONTINUE
 from mailrunner.worker.errors import EventError, ProtocolError, TaskAlreadyAnswered, WorkerError
 from mailrunner.worker.event import Address, Attachment, Authentication, Email, Envelope, Message
+from mailrunner.worker.hooks import HookAuth, HookContext, Hooks, Reply
 from mailrunner.worker.jobs import Consumer, Task, emails
 from mailrunner.worker.relay import Payload, Worker, current_mode
-from mailrunner.worker.smtp import EmailHandler, handle_emails
+from mailrunner.worker.smtp import EmailHandler, handle_emails, serve
 
 __all__ = [
     "CLOSE",
@@ -58,9 +67,13 @@ __all__ = [
     "EmailHandler",
     "Envelope",
     "EventError",
+    "HookAuth",
+    "HookContext",
+    "Hooks",
     "Message",
     "Payload",
     "ProtocolError",
+    "Reply",
     "Task",
     "TaskAlreadyAnswered",
     "Worker",
@@ -68,4 +81,5 @@ __all__ = [
     "current_mode",
     "emails",
     "handle_emails",
+    "serve",
 ]
