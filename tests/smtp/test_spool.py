@@ -135,6 +135,25 @@ def test_a_message_under_spool_bytes_writes_nothing_to_the_spool(start_server: S
     assert raw_event(server) == sent
 
 
+def test_spooled_octets_leave_the_in_flight_budget_to_other_sessions(start_server: Start) -> None:
+    """Two messages of 900 KiB at once in a 1 MiB budget: held in memory, the second would
+    get 452 (tests/smtp/test_data_reader.py); spooled, both are accepted."""
+    server = spooling_server(start_server, max_inflight_bytes=1024 * 1024, max_message_size=0)
+    first, second = message(900 * 1024), message(900 * 1024)
+    with raw_smtp(server.port) as holder:
+        holder.start_data()
+        holder.send(first)
+        wait_until(
+            lambda: sum(file.stat().st_size for file in spool_files(server)) >= 800 * 1024,
+            "most of the first message to be spooled",
+        )
+        with smtplib.SMTP(server.host, server.port, timeout=WAIT_SECONDS) as client:
+            client.sendmail("a@example.com", ["b@example.com"], second)
+        holder.send(b".\r\n")
+        assert holder.code() == b"250"
+    assert len(server.delivery.wait_for(2)) == 2
+
+
 def fail_delivery(server: RunningServer) -> None:
     server.delivery.failure = DeliveryError("the test's pipeline is down")
 
