@@ -221,7 +221,7 @@ class App:
 
     async def stop(self) -> None:
         await self.smtp.stop(self.config.smtp.shutdown_timeout)
-        await asyncio.to_thread(self.spool.remove)
+        await self.spool.stop()
         await self._stop_inbox()
         await self.api.stop()
         await self._stop_components()

@@ -254,7 +254,7 @@ class Spill:
         if self._file is None:
             self._file = self._spool.new_file()
         try:
-            await self._spool.run(self._file.write, scanner.take())
+            await self._spool.write(self._file, scanner.take())
         except OSError as error:
             log.error(
                 "spool write failed: message refused",
@@ -275,7 +275,7 @@ class Spill:
         """Remove the file, if any, once the writes before are done."""
         if self._file is not None:
             file, self._file = self._file, None
-            await self._spool.run(file.remove)
+            await self._spool.discard(file)
 
 
 async def read_data(
