@@ -224,8 +224,11 @@ def test_stopping_the_server_mid_data_removes_the_spool(start_server: Start) -> 
         client.start_data()
         client.send(message(300 * 1024))
         wait_for_a_spool_file(server)
-        server.stop()
+        with capture_logs() as logs:
+            server.stop()
     assert not spool_folder(server).exists(), "a stopped server left its spool folder"
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
+    assert errors == [], "the aborted session's spool file was not removed cleanly"
 
 
 def test_leftovers_of_an_earlier_run_go_at_start_and_other_processes_files_stay(
