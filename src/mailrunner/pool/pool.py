@@ -221,14 +221,7 @@ class WorkerPool:
 
     async def _spawn(self) -> WorkerProcess:
         try:
-            process = await asyncio.create_subprocess_exec(
-                *self._command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=self._env,
-                start_new_session=True,
-            )
+            process = await self._start_process()
         except OSError as error:
             raise PoolError(f"cannot start {self.name} worker {self._command}: {error}") from error
         worker = WorkerProcess(process, self.name)
@@ -248,6 +241,29 @@ class WorkerPool:
         self._idle.put_nowait(worker)
         log.debug("worker started", pool=self.name, pid=worker.pid)
         return worker
+
+    async def _start_process(self) -> asyncio.subprocess.Process:
+        """A new worker process. A stop that cancels a respawn while the process is being
+        made must not leave it running unseen (uvloop then finds its transport open when the
+        loop closes): the process is let finish starting, then killed and waited for."""
+        starting = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *self._command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self._env,
+                start_new_session=True,
+            )
+        )
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                process = await starting
+                process.kill()
+                await process.wait()
+            raise
 
     def _background(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)

@@ -30,7 +30,10 @@ class ProcessRelay:
         self._max_payload = max_payload
 
     async def send(self, frame: Frame) -> None:
-        """Write a frame; the payload is written as is, without copying it into the header."""
+        """Write a frame; the payload is written as is, without copying it into the header.
+        WorkerCrashed once the relay is closed: asyncio drops such a write, uvloop raises."""
+        if self._stdin.is_closing():
+            raise WorkerCrashed("the relay to this worker is closed")
         try:
             self._stdin.write(encode_header(frame))
             self._stdin.write(frame.payload)
