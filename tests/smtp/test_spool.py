@@ -24,7 +24,7 @@ from mailrunner.errors import DeliveryError
 from support.faults import add_fault, injected
 from support.raw_smtp import ENVELOPE, RawSmtp, raw_smtp
 from support.sample_mail import TEMP_FAILURE
-from support.server import RunningServer
+from support.server import LOOPS, RunningServer, on_loop
 from support.waiting import WAIT_SECONDS, wait_until
 
 Start = Callable[..., RunningServer]
@@ -214,11 +214,10 @@ def test_a_client_that_disconnects_mid_data_leaves_no_spool_file(start_server: S
     wait_for_an_empty_spool(server)
 
 
-def test_stopping_the_server_mid_data_removes_the_spool(start_server: Start) -> None:
-    # asyncio's loop: closing a uvloop loop after a connection was aborted mid-DATA hangs in
-    # uvloop's close() (with or without the spool), which this test is not about
+@pytest.mark.parametrize("kind", LOOPS)
+def test_stopping_the_server_mid_data_removes_the_spool(start_server: Start, kind: str) -> None:
     server = start_server(
-        server={"loop": "asyncio"}, smtp={"spool_bytes": SPOOL_BYTES, "shutdown_timeout": 0}
+        server=on_loop(kind), smtp={"spool_bytes": SPOOL_BYTES, "shutdown_timeout": 0}
     )
     with raw_smtp(server.port) as client:
         client.start_data()
