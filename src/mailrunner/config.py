@@ -46,6 +46,8 @@ DEFAULT_PREFETCH = 10
 DEFAULT_RETRIES = 5
 DEFAULT_VISIBILITY_TIMEOUT = 30.0
 """Seconds a lease lasts unless extended (consumers extend it every third of it)."""
+DEFAULT_INBOX_PIPELINE = "inbox"
+"""The pipeline the inbox consumes unless configured; a test client assumes it too."""
 DEFAULT_INBOX_MAX_MESSAGES = 10_000
 """Messages the inbox keeps unless configured; the oldest go first."""
 DEFAULT_INBOX_MAX_PREVIEW_BYTES = 2 * 1024 * 1024
@@ -467,7 +469,7 @@ class InboxConfig(_Model):
     """
 
     enabled: bool = True
-    pipeline: str = Field(default="inbox", min_length=1)
+    pipeline: str = Field(default=DEFAULT_INBOX_PIPELINE, min_length=1)
     path: Path | None = None
     max_messages: int = Field(default=DEFAULT_INBOX_MAX_MESSAGES, ge=1)
     max_age: Duration | None = Field(default=None, gt=0)

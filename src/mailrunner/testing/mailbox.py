@@ -28,6 +28,7 @@ from mailrunner.api.schemas import (
     WAIT_REPLY_GRACE,
     MessageSummaryWire,
 )
+from mailrunner.config import DEFAULT_INBOX_PIPELINE
 from mailrunner.errors import NotFound
 from mailrunner.faults import FaultRule, FaultStage
 from mailrunner.testing.email import Email
@@ -39,8 +40,6 @@ CALL_TIMEOUT = 10.0
 SETTLE_POLL = 0.01
 """How often `assert_no_messages` asks whether the inbox has stored every accepted message."""
 R = TypeVar("R")
-INBOX_PIPELINE = "inbox"
-"""The inbox's pipeline unless the server's `inbox.pipeline` names another."""
 
 
 def _assertion_failed(message: str) -> NoReturn:
@@ -83,7 +82,7 @@ class Mailbox:
         api_url: str,
         token: str | None = None,
         *,
-        inbox_pipeline: str = INBOX_PIPELINE,
+        inbox_pipeline: str = DEFAULT_INBOX_PIPELINE,
         fail: Callable[[str], NoReturn] = _assertion_failed,
         since: str | None = None,
     ) -> None:
