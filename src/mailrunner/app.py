@@ -35,10 +35,13 @@ from mailrunner.mime.attachments import (
 from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import ParseOptions
 from mailrunner.mime.parse_threads import ParseThreads
+from mailrunner.pool.hooks import HookRunner
 from mailrunner.pool.pool import WorkerPool
+from mailrunner.smtp import replies
 from mailrunner.smtp.delivery import Delivery, JobsDelivery, JobsRpc, PoolDelivery
 from mailrunner.smtp.faults import FaultBook
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
+from mailrunner.smtp.hooks import SessionHooks
 from mailrunner.smtp.server import SmtpServer
 from mailrunner.smtp.spool import Spool
 from mailrunner.wire.protocol import JOBS_MODE, SMTP_MODE
@@ -85,8 +88,11 @@ class App:
         self.metrics.registry.register(DroppedLate(self.jobs.dropped_late))
         rpc = smtp.jobs.rpc if delivery is None and smtp.use_jobs else None
         self.remote_jobs = ApiClient(rpc.url, rpc.token) if rpc is not None else None
+        # the SMTP pool delivers on the legacy path and answers hooks on either path
         self.smtp_pool = (
-            _pool(config, smtp.pool, SMTP_MODE) if delivery is None and not smtp.use_jobs else None
+            _pool(config, smtp.pool, SMTP_MODE)
+            if smtp.hooks or (delivery is None and not smtp.use_jobs)
+            else None
         )
         self.delivery = delivery or _delivery(
             config, self.remote_jobs or self.jobs, self.smtp_pool, storage
@@ -98,7 +104,8 @@ class App:
             _event_builder(config, storage, self._parse_executor),
             self.delivery,
             self.metrics,
-            self.spool,
+            spool=self.spool,
+            hooks=_session_hooks(config, self.smtp_pool),
         )
         self.smtp = SmtpServer(smtp, handler, self.metrics, self.faults)
         pools = {pool.name: pool for pool in (self.smtp_pool, self.jobs_pool) if pool is not None}
@@ -302,11 +309,21 @@ def _job_hooks(config: Config, storage: AttachmentStorage) -> JobHooks:
     )
 
 
+def _session_hooks(config: Config, smtp_pool: WorkerPool | None) -> SessionHooks | None:
+    """`smtp.hooks` asked of the SMTP pool (which runs whenever hooks are configured)."""
+    smtp = config.smtp
+    if not smtp.hooks:
+        return None
+    assert smtp_pool is not None, "the SMTP pool runs whenever smtp.hooks is set"
+    on_error = None if smtp.hooks_on_error == "accept" else replies.TEMPORARY_FAILURE
+    return SessionHooks(HookRunner(smtp_pool, smtp.hooks, smtp.hooks_timeout, on_error))
+
+
 def _delivery(
     config: Config, jobs: JobsRpc, smtp_pool: WorkerPool | None, storage: AttachmentStorage
 ) -> Delivery:
     """Where accepted email goes: a job pushed (here or to another node), else the pool."""
-    if smtp_pool is not None:
+    if smtp_pool is not None and not config.smtp.use_jobs:
         return PoolDelivery(smtp_pool)
     smtp = config.smtp
     return JobsDelivery(

@@ -1,6 +1,7 @@
 """A worker for hook tests, written with the SDK: the address says how to (mis)behave.
 
-Hooks: MAIL FROM `blocked@…` → 550 5.7.1; RCPT `bob@…` → 550 5.1.1, `slow@…` answers 550
+Hooks: connect → 554 5.7.1 with $REFUSE_CONNECT set; HELO `refused.example` → 550 5.7.1;
+MAIL FROM `blocked@…` → 550 5.7.1; RCPT `bob@…` → 550 5.1.1, `slow@…` answers 550
 only after $SLOW_SECONDS (default 3), `crash@…` dies, `raise@…` raises, `raw-<name>@…`
 answers the raw context RAW[name] (no verdict the SDK would write); DATA of a message over
 $MAX_SIZE bytes → 552 5.3.4. Emails: subject `spam` → 554 5.7.1, else CONTINUE. Each hook
@@ -35,11 +36,11 @@ class TestHooks(Hooks):
 
     def on_connect(self, context: HookContext) -> Reply | None:
         record("connect")
-        return None
+        return Reply(554, "5.7.1", "Not welcome") if os.environ.get("REFUSE_CONNECT") else None
 
     def on_helo(self, context: HookContext) -> Reply | None:
         record("helo")
-        return None
+        return Reply(550, "5.7.1", "Bad HELO") if context.helo == "refused.example" else None
 
     def on_mail(self, context: HookContext) -> Reply | None:
         record("mail")

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import re
 
+NULL_SENDER = "<>"
+"""MAIL FROM:<> as aiosmtpd hands it over; events and hooks carry "" instead."""
+
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
 _PLAIN_PATH = re.compile(rf"<({_DOT_ATOM}@{_DOT_ATOM})>")
@@ -32,3 +35,8 @@ def plain_path(arg: str) -> tuple[str, str] | None:
     if rest[:1] in _FOLDING_SPACE:
         rest = rest.lstrip()
     return match.group(1), rest
+
+
+def sender(address: str) -> str:
+    """The MAIL FROM address as events and hooks carry it: "" for the null sender."""
+    return "" if address == NULL_SENDER else address

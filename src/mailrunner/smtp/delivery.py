@@ -22,8 +22,10 @@ from mailrunner.jobs.driver import VerdictListener, verdict_listener
 from mailrunner.jobs.model import Job, JobOptions
 from mailrunner.mime.attachments import TempfileStorage
 from mailrunner.pool.pool import WorkerPool
+from mailrunner.wire.errors import BadVerdict
+from mailrunner.wire.hooks import Reply
 from mailrunner.wire.protocol import EMAIL_JOB
-from mailrunner.wire.smtp import CLOSE, CONTINUE, decode_decision
+from mailrunner.wire.smtp import CLOSE, CONTINUE, decode_delivery_answer
 
 log = structlog.get_logger("mailrunner.smtp")
 
@@ -39,11 +41,14 @@ class Delivery(Protocol):
     destination: str
     """Where accepted messages go, as the "message accepted" log line names it."""
 
-    async def deliver(self, event: EmailEvent) -> Outcome: ...
+    async def deliver(self, event: EmailEvent) -> Outcome | Reply:
+        """How it went; a `Reply` when the receiving code refused the message (it is then
+        nowhere, and the client gets that reply)."""
 
 
 class PoolDelivery:
-    """The legacy path: the session waits while a worker process handles the event."""
+    """The legacy path: the session waits while a worker process handles the event, which
+    may refuse it with a reply of its own instead of CONTINUE / CLOSE."""
 
     ANSWERS: ClassVar[dict[str, Outcome]] = {
         CONTINUE: Outcome.ACCEPTED,
@@ -54,15 +59,16 @@ class PoolDelivery:
         self._pool = pool
         self.destination = f"{pool.name} worker pool"
 
-    async def deliver(self, event: EmailEvent) -> Outcome:
+    async def deliver(self, event: EmailEvent) -> Outcome | Reply:
         context, body = await self._pool.exec(event.to_json())
-        decision = decode_decision(context, body)
-        if decision is None:
+        try:
+            decision = decode_delivery_answer(context, body)
+        except BadVerdict as error:
             raise BadAnswer(
                 f"worker answered {context[:40]!r} with a {len(body)}-byte body,"
-                " expected CONTINUE or CLOSE and an empty body"
-            )
-        return self.ANSWERS[decision]
+                f" expected CONTINUE, CLOSE or a 4xx/5xx reply and an empty body: {error}"
+            ) from None
+        return decision if isinstance(decision, Reply) else self.ANSWERS[decision]
 
 
 class JobsRpc(Protocol):

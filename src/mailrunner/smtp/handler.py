@@ -1,4 +1,5 @@
-"""aiosmtpd hooks: fill the envelope, enforce limits, turn DATA into an event and deliver it.
+"""aiosmtpd hooks: fill the envelope, enforce limits, ask `smtp.hooks`, turn DATA into an
+event and deliver it.
 
 This is the one place where delivery failures become SMTP replies: anything the delivery
 path raises is answered `451 4.3.0` (the client retries later) and its detail goes only to
@@ -7,6 +8,7 @@ the log.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -18,16 +20,19 @@ import structlog
 from aiosmtpd.smtp import Envelope, TLSSetupException
 
 from mailrunner.errors import MailrunnerError
+from mailrunner.events import EmailEvent
 from mailrunner.metrics import Metrics
+from mailrunner.mime.attachments import TempfileStorage
 from mailrunner.mime.build import Arrival, EventBuilder
 from mailrunner.smtp import replies
+from mailrunner.smtp.addresses import sender
 from mailrunner.smtp.delivery import Delivery, Outcome
+from mailrunner.smtp.hooks import SessionHooks
 from mailrunner.smtp.protocol import MailEnvelope, MailSession
 from mailrunner.smtp.spool import MessageContent, Spool
 
 log = structlog.get_logger("mailrunner.smtp")
 
-NULL_SENDER = "<>"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -58,7 +63,8 @@ def _content_of(envelope: Envelope) -> MessageContent:
 
 class SmtpHandler:
     """The aiosmtpd handler of every connection; with a `spool`, large messages arrive in its
-    files (the SMTP session reads it from here)."""
+    files (the SMTP session reads it from here); with `hooks`, worker code may refuse each
+    stage (after the handler's own checks, before the envelope changes)."""
 
     def __init__(
         self,
@@ -66,19 +72,29 @@ class SmtpHandler:
         builder: EventBuilder,
         delivery: Delivery,
         metrics: Metrics,
+        *,
         spool: Spool | None = None,
+        hooks: SessionHooks | None = None,
     ) -> None:
         self._settings = settings
         self._builder = builder
         self._delivery = delivery
         self._metrics = metrics
         self.spool = spool
+        self._hooks = hooks
+
+    async def handle_CONNECT(self, server: Any, session: MailSession) -> str | None:
+        """None to greet the client, else the reply it gets instead (the connection then
+        closes); the SMTP session calls this once the connection is admitted."""
+        return None if self._hooks is None else await self._hooks.at_connect(session)
 
     async def handle_HELO(
         self, server: Any, session: MailSession, envelope: Any, hostname: str
     ) -> str:
         if _CONTROL.search(hostname):
             return replies.R501_BAD_HELO
+        if self._hooks is not None and (refusal := await self._hooks.at_helo(session, hostname)):
+            return refusal
         session.host_name = hostname
         return f"250 {server.hostname}"
 
@@ -92,6 +108,9 @@ class SmtpHandler:
         if _CONTROL.search(hostname):
             session.host_name = None
             return [replies.R501_BAD_HELO]
+        session.host_name = None  # aiosmtpd set it; the hook sees the earlier one, if any
+        if self._hooks is not None and (refusal := await self._hooks.at_helo(session, hostname)):
+            return [refusal]
         session.host_name = hostname
         kept = [
             line
@@ -106,6 +125,10 @@ class SmtpHandler:
     ) -> str:
         if _CONTROL.search(address):
             return replies.R553_BAD_ADDRESS
+        if self._hooks is not None and (
+            refusal := await self._hooks.at_mail(session, envelope, address, options)
+        ):
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return replies.R250_SENDER_OK
@@ -117,6 +140,10 @@ class SmtpHandler:
             return replies.R553_BAD_ADDRESS
         if len(envelope.rcpt_tos) >= self._settings.max_recipients:
             return replies.R452_TOO_MANY_RECIPIENTS
+        if self._hooks is not None and (
+            refusal := await self._hooks.at_rcpt(session, envelope, address)
+        ):
+            return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return replies.R250_RECIPIENT_OK
@@ -125,6 +152,9 @@ class SmtpHandler:
         started = time.perf_counter()
         arrival = self._arrival(session, envelope)
         event = await self._builder.build(arrival, _content_of(envelope))
+        refusal = await self._data_refusal(session, envelope, event)
+        if refusal is not None:
+            return refusal
         try:
             outcome = await self._delivery.deliver(event)
         except (MailrunnerError, TimeoutError) as error:
@@ -135,6 +165,9 @@ class SmtpHandler:
                 reason=f"{type(error).__name__}: {error}",
             )
             return replies.R451_TEMP
+        if not isinstance(outcome, Outcome):  # the worker refused it
+            await self._discard(event, outcome.line, "worker")
+            return outcome.line
         session.messages += 1
         self._metrics.accepted(event.envelope.size, time.perf_counter() - started)
         if outcome is Outcome.ACCEPTED_CLOSE:
@@ -151,6 +184,24 @@ class SmtpHandler:
         )
         return replies.queued(arrival.event_id)
 
+    async def _data_refusal(
+        self, session: MailSession, envelope: Any, event: EmailEvent
+    ) -> str | None:
+        """The `data` hook's refusal, after which the message goes nowhere."""
+        if self._hooks is None or not self._hooks.runs("data"):
+            return None
+        refusal = await self._hooks.at_data(session, envelope, event.to_json())
+        if refusal is not None:
+            await self._discard(event, refusal, "data hook")
+        return refusal
+
+    async def _discard(self, event: EmailEvent, reply: str, refused_by: str) -> None:
+        """A refused message is nowhere: nothing may point at its attachment files."""
+        storage = self._builder.storage
+        if isinstance(storage, TempfileStorage) and event.attachments:
+            await asyncio.to_thread(storage.remove, event.id)
+        log.info("message refused", uuid=event.uuid, id=event.id, by=refused_by, reply=reply)
+
     async def handle_exception(self, error: Exception) -> str:
         """A failed TLS handshake is the client's doing (aiosmtpd closes that connection);
         anything else here is a bug of ours, logged with its traceback."""
@@ -162,7 +213,7 @@ class SmtpHandler:
 
     def _arrival(self, session: MailSession, envelope: Any) -> Arrival:
         errors: list[str] = []
-        mail_from = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from
+        mail_from = sender(envelope.mail_from)
         return Arrival(
             event_id=str(uuid.uuid4()),
             connection_id=session.connection_id,

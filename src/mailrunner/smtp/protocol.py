@@ -284,7 +284,26 @@ class MailrunnerSMTP(SMTP):
             self._owes_reply = True  # the greeting
             await self._inject(fault)
             self._owes_reply = False
+        refusal = await self._connect_refusal()
+        if refusal is not None:
+            await self.push(refusal)  # not close_with: the text is a worker's, no format string
+            assert self.transport is not None
+            self.transport.close()
+            return
         await super()._handle_client()
+
+    async def _connect_refusal(self) -> str | None:
+        """The reply a `connect` hook gives instead of the greeting (the handler's
+        `handle_CONNECT`, after the fault rules like every hook); None to greet."""
+        ask = getattr(self.event_handler, "handle_CONNECT", None)
+        if ask is None:
+            return None
+        self._owes_reply = True
+        try:
+            refusal: str | None = await ask(self, self.mail_session)
+        finally:
+            self._owes_reply = False
+        return refusal
 
     def data_received(self, data: bytes) -> None:
         """Any bytes from the client count as activity, not just complete commands."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from mailrunner.wire.hooks import Reply
+
 _UNPRINTABLE = re.compile(r"[^\t\x20-\x7e]")
 
 R221_BYE = "221 2.0.0 Bye"
@@ -18,7 +20,9 @@ R421_SESSION_TOO_LONG = "421 4.4.2 {hostname} Error: session too long, closing c
 R421_TOO_MANY_CONNECTIONS = "421 4.7.0 {hostname} Too many connections, try again later"
 R421_SHUTTING_DOWN = "421 4.3.2 {hostname} Service shutting down, try again later"
 R421_CLOSED_BY_ADMIN = "421 4.7.0 {hostname} Connection closed by the administrator"
-R451_TEMP = "451 4.3.0 Temporary failure, try again later"
+TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, try again later")
+"""What a failed hook answers (unless `smtp.hooks_on_error: accept`), as every failure does."""
+R451_TEMP = TEMPORARY_FAILURE.line
 R452_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 R501_BAD_HELO = "501 5.5.4 Invalid domain name: control characters are not allowed"
 R553_BAD_ADDRESS = "553 5.1.3 Invalid address: control characters are not allowed"
