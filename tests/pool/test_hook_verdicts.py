@@ -16,8 +16,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from mailrunner.config import PoolConfig
+from mailrunner.errors import BadAnswer
 from mailrunner.pool.hooks import HookRunner
 from mailrunner.pool.pool import WorkerPool
+from mailrunner.smtp.delivery import PoolDelivery
 from mailrunner.wire.hooks import HOOK_STAGES, HookContext, Reply
 from mailrunner.wire.protocol import SMTP_MODE
 from mailrunner.wire.smtp import CONTINUE, decode_delivery_answer
@@ -179,3 +181,29 @@ async def test_the_same_worker_answers_emails_with_a_refusal_or_continue(tmp_pat
         answers = [decode_delivery_answer(*await pool.exec(e.to_json())) for e in (spam, ham)]
 
     assert answers == [Reply(554, "5.7.1", "Spam"), CONTINUE]
+
+
+BEHAVIOUR_WORKER = Path(__file__).with_name("behaviour_worker.py")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "ACCEPT",  # a hook's verdict where an email's answer was due
+        '{"code":250,"enhanced":"2.0.0","text":"OK"}',
+        '{"code":550,"enhanced":"5.1.1","text":"' + "x" * 3000 + '"}',
+    ],
+    ids=["hook verdict", "2xx", "oversized"],
+)
+async def test_an_email_answered_with_no_decision_nor_refusal_is_a_bad_answer(
+    tmp_path: Path, answer: str
+) -> None:
+    config = PoolConfig(num_workers=1, allocate_timeout=5, exec_timeout=5, destroy_timeout=2)
+    pool = WorkerPool(SMTP_MODE, config, [sys.executable, str(BEHAVIOUR_WORKER)], {})
+    event = await BUILDER.build(arrival(), f"Subject: answer:{answer}\r\n\r\nx\r\n".encode())
+    await pool.start()
+    try:
+        with pytest.raises(BadAnswer, match="expected CONTINUE, CLOSE or a 4xx/5xx reply"):
+            await PoolDelivery(pool).deliver(event)
+    finally:
+        await pool.stop()
