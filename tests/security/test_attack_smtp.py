@@ -63,7 +63,10 @@ def send_data(connection: RawSmtp, message: bytes) -> bytes:
 def test_concurrent_messages_beyond_the_in_flight_budget_get_452_and_the_server_keeps_serving(
     serve: Callable[..., ServeProcess],
 ) -> None:
-    server = serve(smtp={"max_inflight_bytes": 2 * MIB}, logs={"level": "warning"})
+    """DATA held in memory (here all of it: the spool starts beyond these messages)."""
+    server = serve(
+        smtp={"max_inflight_bytes": 2 * MIB, "spool_bytes": 4 * MIB}, logs={"level": "warning"}
+    )
     with client(server) as holder, client(server) as other:
         holder.start_data()
         holder.send(filler("held", MIB * 3 // 2 + 8192))
@@ -84,6 +87,26 @@ def test_concurrent_messages_beyond_the_in_flight_budget_get_452_and_the_server_
         assert send_data(other, filler("retried", MIB)).startswith(b"250 2.0.0 OK: queued as ")
     events = server.wait_events(2)
     assert [event["message"]["subject"] for event in events] == ["held", "retried"]
+
+
+def test_spooled_data_leaves_the_in_flight_budget_to_other_sessions(
+    serve: Callable[..., ServeProcess],
+) -> None:
+    """Beyond smtp.spool_bytes a message goes to disk as it arrives: a client holding a large
+    DATA open keeps only spool_bytes of memory, and the others' messages still fit."""
+    server = serve(
+        smtp={"max_inflight_bytes": 2 * MIB, "spool_bytes": MIB // 4}, logs={"level": "warning"}
+    )
+    with client(server) as holder, client(server) as other:
+        holder.start_data()
+        holder.send(filler("held", MIB * 3 // 2 + 8192))
+        other.send(b"EHLO other.example\r\n")
+        assert other.codes(1) == [b"250"]
+        assert send_data(other, filler("second", MIB)).startswith(b"250 2.0.0 OK: queued as ")
+        holder.send(b".\r\n")
+        assert holder.reply().startswith(b"250 2.0.0 OK: queued as ")
+    events = server.wait_events(2)
+    assert sorted(event["message"]["subject"] for event in events) == ["held", "second"]
 
 
 def test_mail_declaring_a_size_beyond_the_in_flight_budget_is_refused_at_mail(
