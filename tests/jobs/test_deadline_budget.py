@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import annotated_types
@@ -20,7 +19,7 @@ from pydantic import BaseModel
 from mailrunner.api.client import ApiClient
 from mailrunner.api.http import _time_left
 from mailrunner.api.schemas import PushRequest
-from mailrunner.api.transport import Reply
+from mailrunner.api.transport import Reply, Request
 from mailrunner.config import SmtpJobsConfig
 from mailrunner.errors import DeliveryTimeout, PushTimeout
 from mailrunner.events import EmailEvent, Envelope, Message
@@ -90,16 +89,9 @@ def test_the_client_awaits_a_verdict_when_each_way_takes_a_caller_margin() -> No
     requests: list[float] = []
 
     class RecordingTransport:
-        async def request(
-            self,
-            method: str,
-            url: str,
-            body: bytes | None,
-            headers: Mapping[str, str],
-            request_timeout: float | None,
-        ) -> Reply:
-            assert request_timeout is not None, "a push must bound its wait for the node's answer"
-            requests.append(request_timeout)
+        async def request(self, request: Request) -> Reply:
+            assert request.timeout is not None, "a push must bound its wait for the node's answer"
+            requests.append(request.timeout)
             return Reply(200, "application/json", "utf-8", b'{"id": "1"}')
 
         async def close(self) -> None:

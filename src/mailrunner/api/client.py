@@ -24,7 +24,7 @@ from mailrunner.api.schemas import (
     PushRequest,
     declare_request_model,
 )
-from mailrunner.api.transport import NoAnswer, Reply, Transport, request_once
+from mailrunner.api.transport import NoAnswer, Reply, Request, Transport, request_once
 from mailrunner.errors import (
     ApiError,
     ApiUnavailable,
@@ -106,7 +106,7 @@ class ApiClient:
         method, path, sent = _request_of(route, body, params, query)
         try:
             reply = await self._transport.request(
-                method, self.base_url + path, sent, self._headers, request_timeout
+                Request(method, self.base_url + path, sent, self._headers, request_timeout)
             )
         except NoAnswer as error:
             raise _unreachable(self.base_url, method, path, error) from None
@@ -196,7 +196,7 @@ def fetch_once(
     base_url = base_url.rstrip("/")
     method, path, sent = _request_of(route, body, params, query)
     try:
-        reply = request_once(method, base_url + path, sent, _auth(token), timeout)
+        reply = request_once(Request(method, base_url + path, sent, _auth(token)), timeout)
     except NoAnswer as error:
         raise _unreachable(base_url, method, path, error) from None
     return _data_of(route, reply)

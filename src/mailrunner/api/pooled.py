@@ -4,12 +4,11 @@ pushing to a jobs node reuses keep-alive connections instead of opening one per 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
 
 import aiohttp
 
 from mailrunner.api.routes import JSON
-from mailrunner.api.transport import NoAnswer, Reply, reason
+from mailrunner.api.transport import NoAnswer, Reply, Request, reason
 
 
 class PooledTransport:
@@ -19,19 +18,16 @@ class PooledTransport:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
-    async def request(
-        self,
-        method: str,
-        url: str,
-        body: bytes | None,
-        headers: Mapping[str, str],
-        request_timeout: float | None,
-    ) -> Reply:
+    async def request(self, request: Request) -> Reply:
         # aiohttp reads timeout=None as "no bound at all": give the session's when no other
-        per_call = aiohttp.ClientTimeout(total=request_timeout) if request_timeout else None
+        per_call = aiohttp.ClientTimeout(total=request.timeout) if request.timeout else None
         try:
             async with self._client().request(
-                method, url, data=_stream(body), headers=headers, timeout=per_call or self._timeout
+                request.method,
+                request.url,
+                data=_stream(request.body),
+                headers=request.headers,
+                timeout=per_call or self._timeout,
             ) as response:
                 return Reply(
                     response.status,

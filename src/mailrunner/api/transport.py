@@ -28,6 +28,18 @@ class Reply:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Request:
+    """One request as ApiClient sends it (a body as JSON); `timeout` bounds the whole call,
+    None leaving it to the transport's own."""
+
+    method: str
+    url: str
+    body: bytes | None
+    headers: Mapping[str, str]
+    timeout: float | None = None
+
+
 class NoAnswer(Exception):
     """The request got no answer. `sent` is False when it never left (no connection, or
     none in time): then the server did nothing; else it may have carried the request out."""
@@ -38,15 +50,8 @@ class NoAnswer(Exception):
 
 
 class Transport(Protocol):
-    async def request(
-        self,
-        method: str,
-        url: str,
-        body: bytes | None,
-        headers: Mapping[str, str],
-        request_timeout: float | None,
-    ) -> Reply:
-        """Send one request (a body as JSON); raise NoAnswer when none comes."""
+    async def request(self, request: Request) -> Reply:
+        """Send one request; raise NoAnswer when none comes."""
 
     async def close(self) -> None: ...
 
@@ -61,32 +66,23 @@ class OneShotTransport:
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
 
-    async def request(
-        self,
-        method: str,
-        url: str,
-        body: bytes | None,
-        headers: Mapping[str, str],
-        request_timeout: float | None,
-    ) -> Reply:
+    async def request(self, request: Request) -> Reply:
         # here, not at the top: a CLI calls request_once directly and never loads asyncio
         import asyncio  # noqa: PLC0415
 
-        return await asyncio.to_thread(
-            request_once, method, url, body, headers, request_timeout or self._timeout
-        )
+        return await asyncio.to_thread(request_once, request, request.timeout or self._timeout)
 
     async def close(self) -> None:
         """Nothing stays open between requests."""
 
 
-def request_once(
-    method: str, url: str, body: bytes | None, headers: Mapping[str, str], timeout: float
-) -> Reply:
-    """One request on a new connection, blocking: for a CLI that makes one call and needs no
-    event loop, and for OneShotTransport's worker thread."""
+def request_once(request: Request, timeout: float) -> Reply:
+    """One request on a new connection, blocking, bounded by `timeout` (not the request's
+    own): for a CLI that makes one call and needs no event loop, and for OneShotTransport's
+    worker thread."""
+    body, headers = request.body, request.headers
     sent_headers = {**headers, "Content-Type": JSON} if body is not None else dict(headers)
-    parts = urlsplit(url)
+    parts = urlsplit(request.url)
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     connection = kind(parts.hostname or "", parts.port, timeout=timeout)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -96,7 +92,7 @@ def request_once(
         except OSError as error:
             raise NoAnswer(reason(error), sent=False) from None
         try:
-            connection.request(method, target, body=body, headers=sent_headers)
+            connection.request(request.method, target, body=body, headers=sent_headers)
             response = connection.getresponse()
             data = response.read()
         except (OSError, http.client.HTTPException) as error:
