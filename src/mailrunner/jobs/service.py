@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -266,11 +266,8 @@ class JobsService:
             durable=capabilities.durable,
             paused=pipeline.paused,
             consuming=pipeline.consuming,
-            queued=counts.queued,
-            delayed=counts.delayed,
-            reserved=counts.reserved,
-            failed=counts.failed,
             capabilities=capabilities,
+            **asdict(counts),
         )
 
     async def peek(self, name: str, limit: int = 10) -> list[Job]:
