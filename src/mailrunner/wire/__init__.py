@@ -9,6 +9,7 @@ import this package and nothing of each other, so it uses the standard library o
     smtp.py       SMTP pool payloads: event out, CONTINUE / CLOSE (or a refusal) back
     hooks.py      SMTP hook payloads: the session so far out, ACCEPT or a 4xx/5xx reply back
     jobs.py       jobs pool payloads: job context out, ack / nack / requeue answer back
+    context.py    a context that is a JSON object (a job's, a hook's), read field by field
     event.py      the EMAIL_RECEIVED event's parts (Address, Envelope, Message, Attachment)
                   that the server builds and encodes and the SDK reads back
     errors.py     WireError, which each side turns into its own errors at its edge

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
+from mailrunner.wire.context import ContextObject
 from mailrunner.wire.errors import BadContext, BadVerdict
 
 __all__ = [
@@ -150,19 +151,14 @@ def is_hook_context(context: bytes) -> bool:
 
 def decode_context(data: bytes) -> HookContext:
     """Read a hook context; `BadContext` names the field that is missing or mistyped."""
-    try:
-        meta: object = json.loads(data)
-    except ValueError as exc:
-        raise BadContext(f"hook context is not JSON: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise BadContext(f"hook context must be a JSON object, got {type(meta).__name__}")
+    meta = ContextObject.read("hook context", data)
     stage = meta.get("hook")
     if stage not in HOOK_STAGES:
-        raise BadContext(f"hook context: 'hook' must be one of {HOOK_STAGES}, got {stage!r}")
+        raise meta.error("hook", f"one of {HOOK_STAGES}", stage)
     return HookContext(
         hook=stage,
-        uuid=_text(meta, "uuid"),
-        remote_addr=_text(meta, "remote_addr"),
+        uuid=meta.text("uuid"),
+        remote_addr=meta.text("remote_addr"),
         helo=_optional_text(meta, "helo"),
         auth=_auth(meta.get("auth")),
         mail_from=_optional_text(meta, "mail_from"),
@@ -172,23 +168,16 @@ def decode_context(data: bytes) -> HookContext:
     )
 
 
-def _text(meta: dict[str, object], key: str) -> str:
-    value = meta.get(key)
-    if not isinstance(value, str):
-        raise BadContext(f"hook context: {key!r} must be a string, got {value!r}")
-    return value
+def _optional_text(meta: ContextObject, key: str) -> str | None:
+    return None if meta.get(key) is None else meta.text(key)
 
 
-def _optional_text(meta: dict[str, object], key: str) -> str | None:
-    return None if meta.get(key) is None else _text(meta, key)
-
-
-def _texts(meta: dict[str, object], key: str) -> tuple[str, ...]:
+def _texts(meta: ContextObject, key: str) -> tuple[str, ...]:
     value = meta.get(key)
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise BadContext(f"hook context: {key!r} must be a list of strings, got {value!r}")
+        raise meta.error(key, "a list of strings", value)
     return tuple(value)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailrunner.wire.context import ContextObject
 from mailrunner.wire.errors import BadContext
 
 __all__ = [
@@ -79,37 +80,25 @@ def encode_context(context: JobContext) -> bytes:
 
 def decode_context(data: bytes) -> JobContext:
     """Read a job context; `BadContext` names the field that is missing or mistyped."""
-    try:
-        meta: object = json.loads(data)
-    except ValueError as exc:
-        raise BadContext(f"job context is not JSON: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise BadContext(f"job context must be a JSON object, got {type(meta).__name__}")
+    meta = ContextObject.read("job context", data)
     return JobContext(
-        id=_meta_text(meta, "id"),
-        job=_meta_text(meta, "job"),
-        pipeline=_meta_text(meta, "pipeline"),
-        driver=_meta_text(meta, "driver"),
+        id=meta.text("id"),
+        job=meta.text("job"),
+        pipeline=meta.text("pipeline"),
+        driver=meta.text("driver"),
         headers=_meta_headers(meta),
         attempts=_meta_int(meta, "attempts"),
     )
 
 
-def _meta_text(meta: dict[str, object], key: str) -> str:
-    value = meta.get(key)
-    if not isinstance(value, str):
-        raise BadContext(f"job context: {key!r} must be a string, got {value!r}")
-    return value
-
-
-def _meta_int(meta: dict[str, object], key: str) -> int:
+def _meta_int(meta: ContextObject, key: str) -> int:
     value = meta.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadContext(f"job context: {key!r} must be an integer, got {value!r}")
+        raise meta.error(key, "an integer", value)
     return value
 
 
-def _meta_headers(meta: dict[str, object]) -> Headers:
+def _meta_headers(meta: ContextObject) -> Headers:
     """Headers are `{name: [values]}`; null or absent means none."""
     value = meta.get("headers")
     if value is None:
