@@ -23,12 +23,12 @@ from typing import cast
 from mailrunner.events import Address
 from mailrunner.mime.addresses import split_addresses
 from mailrunner.mime.headers import decode_bytes, decode_encoded_words, decode_octets, unfold
-from mailrunner.mime.part import PARSER_POLICY
-from mailrunner.mime.prescan import plan_feed, within_every_limit
+from mailrunner.mime.part import PARSER_POLICY, MimePart
+from mailrunner.mime.prescan import FeedPlan, plan_feed, within_every_limit
+from mailrunner.mime.stream import CLEAN_BASE64, SPILL_BYTES, SpilledBody, plan_stream, restore
 
-_LINE_END = re.compile(r"\r\n?")
 _FEED_CHUNK = 64 * 1024
-_CLEAN_BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]*(?:=[\r\n]*){0,2}")
+_CLEAN_BASE64 = re.compile(CLEAN_BASE64)
 _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to"})
 _NOT_SIMPLE = re.compile(r'["()\\;:\[\]]')
 _ATOM_ADDRESS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
@@ -113,31 +113,41 @@ def parse(raw: bytes, options: ParseOptions = ParseOptions()) -> ParsedMessage:
     return _parse(raw, options, quick_check=True)
 
 
-def parse_file(path: Path, options: ParseOptions = ParseOptions()) -> ParsedMessage:
-    """Parse a spooled message from its file, which must not be empty; blocking.
+def parse_file(
+    path: Path, options: ParseOptions = ParseOptions(), *, spill_over: int = SPILL_BYTES
+) -> ParsedMessage:
+    """Parse a spooled message from its file, which must not be empty; blocking. The result
+    is `parse`'s for the same bytes.
 
     The file is mapped, not read: the pre-scan and the chunked feed see its pages, which the
     kernel drops and reads again as it needs, so the message is never held whole in the
-    process's own memory. Only the walk pre-scans it (`within_every_limit` needs the whole
-    message as bytes, and a spooled message is rarely within every limit anyway).
+    process's own memory, and leaf bodies over `spill_over` bytes are decoded from the
+    pages instead of being fed (`stream`). Only the walk pre-scans it (`within_every_limit`
+    needs the whole message as bytes, and the walk finds the bodies).
     """
     with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         mapped.madvise(mmap.MADV_SEQUENTIAL)
         # an mmap offers what the pre-scan and the feed use of bytes: len, slices, find,
         # rfind, the buffer protocol for re and memoryview
-        return _parse(cast(bytes, mapped), options, quick_check=False)
+        return _parse(cast(bytes, mapped), options, quick_check=False, spill_over=spill_over)
 
 
-def _parse(raw: bytes, options: ParseOptions, *, quick_check: bool) -> ParsedMessage:
+def _parse(
+    raw: bytes, options: ParseOptions, *, quick_check: bool, spill_over: int | None = None
+) -> ParsedMessage:
     result = ParsedMessage()
     limits = {
         "max_parts": options.max_parts,
         "max_depth": options.max_depth,
         "max_header_bytes": options.max_header_bytes,
     }
-    within = quick_check and within_every_limit(raw, **limits)
-    plan = None if within else plan_feed(raw, **limits)
-    message = parse_in_chunks(raw, spans=None if plan is None else plan.spans)
+    plan: FeedPlan | None
+    if spill_over is not None:
+        plan, message = _parse_spilling(raw, limits, spill_over)
+    else:
+        within = quick_check and within_every_limit(raw, **limits)
+        plan = None if within else plan_feed(raw, **limits)
+        message = parse_in_chunks(raw, spans=None if plan is None else plan.spans)
     _fill_headers(message, result)
     try:
         _fill_parts(message, options, result)
@@ -149,8 +159,23 @@ def _parse(raw: bytes, options: ParseOptions, *, quick_check: bool) -> ParsedMes
     return result
 
 
+def _parse_spilling(
+    raw: bytes, limits: dict[str, int], spill_over: int
+) -> tuple[FeedPlan, Message]:
+    """The parse with leaf bodies over `spill_over` bytes left in `raw`; should a stand-in
+    not come back where the walk put it, the ordinary parse (same plan, bodies fed)."""
+    plan, stand_ins = plan_stream(raw, spill_over=spill_over, **limits)
+    message = parse_in_chunks(raw, spans=plan.spans, stand_ins=stand_ins.feed)
+    if not stand_ins.attach(message):
+        message = parse_in_chunks(raw, spans=plan.spans)
+    return plan, message
+
+
 def parse_in_chunks(
-    raw: bytes, chunk: int = _FEED_CHUNK, spans: Sequence[tuple[int, int]] | None = None
+    raw: bytes,
+    chunk: int = _FEED_CHUNK,
+    spans: Sequence[tuple[int, int]] | None = None,
+    stand_ins: Sequence[tuple[int, int, bytes]] = (),
 ) -> Message:
     """The standard parser, fed piece by piece: `message_from_bytes` decodes the whole
     message to one string and splits all of it into lines before parsing, which peaks near
@@ -159,17 +184,30 @@ def parse_in_chunks(
     `spans` (all of `raw` by default) are the byte ranges to feed, as the pre-scan chose
     them. Each starts and ends at a line start; when one ends in a CR and the next begins
     with an LF, the LF that completes the CR is fed between them, so the two stay separate
-    lines instead of merging into one CRLF."""
+    lines instead of merging into one CRLF. Each of `stand_ins` (start, end, text), in
+    order and inside one span (not at its start), feeds its text instead of those bytes."""
     parser = BytesFeedParser(policy=PARSER_POLICY)
-    view = memoryview(raw)
+    replacing = iter(stand_ins)
+    stand_in = next(replacing, None)
     previous_end = 0
     for start, end in spans if spans is not None else [(0, len(raw))]:
         if raw[previous_end - 1 : previous_end] == b"\r" and raw[start : start + 1] == b"\n":
             parser.feed(b"\n")
-        for piece in range(start, end, chunk):
-            parser.feed(bytes(view[piece : min(piece + chunk, end)]))
+        position = start
+        while stand_in is not None and stand_in[0] < end:
+            _feed_range(parser, raw, position, stand_in[0], chunk)
+            parser.feed(stand_in[2])
+            position = stand_in[1]
+            stand_in = next(replacing, None)
+        _feed_range(parser, raw, position, end, chunk)
         previous_end = end
     return parser.close()
+
+
+def _feed_range(parser: BytesFeedParser, raw: bytes, start: int, end: int, chunk: int) -> None:
+    with memoryview(raw) as view:
+        for piece in range(start, end, chunk):
+            parser.feed(bytes(view[piece : min(piece + chunk, end)]))
 
 
 def _fill_headers(message: Message, result: ParsedMessage) -> None:
@@ -328,7 +366,7 @@ def _payload_bytes(leaf: _Leaf, errors: list[str]) -> bytes:
     decoded = clean_base64(part)
     if decoded is not None:
         return decoded
-    payload = part.get_payload(decode=True)
+    payload = _decoded_payload(part)
     errors.extend(f"part {leaf.number}: {type(d).__name__}" for d in part.defects)
     part.defects.clear()
     return payload if isinstance(payload, bytes) else b""
@@ -343,14 +381,37 @@ def clean_base64(part: Message) -> bytes | None:
     exactly `a2b_base64` of the text (which skips line breaks) with no defect to report;
     anything else goes the standard way, defects included.
     """
-    if str(part.get("Content-Transfer-Encoding", "")).lower() != "base64":  # as email reads it
+    if _transfer_encoding(part) != "base64":
         return None
+    spilled = _spilled(part)
+    if spilled is not None:
+        return spilled.clean_base64()
     payload = _undecoded_payload(part)
     if not isinstance(payload, str) or _CLEAN_BASE64.fullmatch(payload) is None:
         return None
     if (len(payload) - payload.count("\n") - payload.count("\r")) % 4:
         return None
     return binascii.a2b_base64(payload)
+
+
+def _transfer_encoding(part: Message) -> str:
+    return str(part.get("Content-Transfer-Encoding", "")).lower()  # as email reads it
+
+
+def _spilled(part: Message) -> SpilledBody | None:
+    return part.spilled if isinstance(part, MimePart) else None
+
+
+def _decoded_payload(part: Message) -> object:
+    """`get_payload(decode=True)`; a spilled body is decoded from the file, or handed back
+    to the part as the text the parser would have made when `email` must decode it."""
+    spilled = _spilled(part)
+    if spilled is not None:
+        decoded = spilled.decoded(_transfer_encoding(part))
+        if decoded is not None:
+            return decoded
+        restore(part)
+    return part.get_payload(decode=True)
 
 
 def _undecoded_payload(part: Message) -> object:
@@ -365,6 +426,7 @@ def _undecoded_payload(part: Message) -> object:
 
 
 def _embedded_message_bytes(part: Message) -> bytes:
+    restore(part)
     inner = _undecoded_payload(part)
     if inner is None:
         raw = part.get_payload(decode=True)
@@ -386,9 +448,11 @@ def _text_of(leaf: _Leaf, errors: list[str]) -> str:
     charset = leaf.part.get_content_charset("us-ascii")  # a charset="" is recorded
     # reading Content-Type's parameters, first done here, may have found them unreadable
     errors.extend(f"part {leaf.number}: {type(d).__name__}" for d in leaf.part.defects)
-    data = _payload_bytes(leaf, errors)
-    text = decode_bytes(data, charset, errors, f"part {leaf.number} ({leaf.content_type})")
-    return _LINE_END.sub("\n", text)
+    where = f"part {leaf.number} ({leaf.content_type})"
+    # the bytes go as soon as they are text: a large body is held twice at most
+    text = decode_bytes(_payload_bytes(leaf, errors), charset, errors, where)
+    # two replaces are `re.sub(r"\r\n?", "\n")` without the list of every line it builds
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _attachment_of(leaf: _Leaf, errors: list[str]) -> ParsedPart:

@@ -19,9 +19,12 @@ import codecs
 from email import errors, utils
 from email.message import Message
 from email.policy import Policy, compat32
-from typing import TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, TypeAlias, TypeVar, overload
 
 from mailrunner.mime.headers import decode_bytes
+
+if TYPE_CHECKING:
+    from mailrunner.mime.stream import SpilledBody
 
 Param: TypeAlias = str | tuple[str | None, str | None, str]
 """A parameter value as `Message.get_param` returns it: text, or RFC 2231's
@@ -42,6 +45,9 @@ class MimePart(Message):
     def __init__(self, policy: Policy = compat32) -> None:
         super().__init__(policy)
         self._parameters: dict[str, tuple[str, list[tuple[str, Param]]]] = {}
+        self.spilled: SpilledBody | None = None
+        """Where the body is in a spooled message the parser was not fed it from
+        (`stream.StandIns`); its payload is then a stand-in line."""
 
     @overload
     def get_param(
