@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from mailrunner.api.bodies import read_body
+from mailrunner.api.feature import enabled
 from mailrunner.api.schemas import (
     CountResponse,
     EmptyRequest,
@@ -35,9 +36,7 @@ class FaultsApi:
 
     @property
     def _book(self) -> FaultBook:
-        if self._book_or_none is None:
-            raise NotFound("the faults API is off on this server (smtp.faults_api)")
-        return self._book_or_none
+        return enabled(self._book_or_none, "the faults API is off on this server (smtp.faults_api)")
 
     async def add_fault(self, request: web.Request) -> web.Response:
         book = self._book

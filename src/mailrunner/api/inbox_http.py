@@ -15,6 +15,7 @@ from urllib.parse import quote
 from aiohttp import hdrs, web
 
 from mailrunner.api.bodies import read_body
+from mailrunner.api.feature import enabled
 from mailrunner.api.routes import BINARY, EVENT_STREAM, RFC822
 from mailrunner.api.schemas import (
     DEFAULT_WAIT_TIMEOUT,
@@ -114,9 +115,7 @@ class InboxApi:
 
     @property
     def _inbox(self) -> Inbox:
-        if self._inbox_or_none is None:
-            raise NotFound("the inbox is off on this server (inbox.enabled, jobs)")
-        return self._inbox_or_none
+        return enabled(self._inbox_or_none, "the inbox is off on this server (inbox.enabled, jobs)")
 
     async def _since(self, request: web.Request) -> Term | None:
         """The `since` parameter as a term: after a message (by id) or at or after a time.
