@@ -89,11 +89,9 @@ def _rule(fields: dict[str, Any]) -> FaultRule:
 def list_faults(**options: Any) -> None:
     """The rules in force, in the order they act, with the matches each has left."""
     data = call_api(options, routes.LIST_FAULTS)
-    if options["as_json"]:
-        show(data, True)
-        return
-    rows = [_row(fault) for fault in data["faults"]]
-    show({"faults": rows}, False, LIST_COLUMNS, "faults")
+    if not options["as_json"]:  # a table reads the reply as a line and a bound as "unlimited"
+        data = {"faults": [_row(fault) for fault in data["faults"]]}
+    show(data, options["as_json"], LIST_COLUMNS, "faults")
 
 
 def _row(fault: dict[str, Any]) -> dict[str, Any]:
