@@ -8,7 +8,8 @@ pre-scan's walk already knows where each leaf body starts and ends, so a body ov
 so the parser strips the line end before a boundary exactly as it would have), and the
 part it lands in is given the body's place in the file instead. Decoding then reads the
 mapped pages (`binascii` decodes base64 and quoted-printable from a view of them, without
-a copy of the text), so a body costs its decoded size and no more.
+a copy of the text): an attachment costs its decoded size, a text body its octets and the
+decoder's buffer for its text.
 
 The stand-ins carry a random nonce, and each must come back as a whole leaf payload: if
 the parser and the walk ever disagreed, `StandIns.attach` says so and the message is parsed
