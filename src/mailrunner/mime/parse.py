@@ -449,9 +449,22 @@ def _text_of(leaf: _Leaf, errors: list[str]) -> str:
     # reading Content-Type's parameters, first done here, may have found them unreadable
     errors.extend(f"part {leaf.number}: {type(d).__name__}" for d in leaf.part.defects)
     where = f"part {leaf.number} ({leaf.content_type})"
+    spilled = _spilled(leaf.part)
+    pieces = (
+        None if spilled is None else spilled.text_pieces(_transfer_encoding(leaf.part), charset)
+    )
+    if pieces is not None:
+        # what _payload_bytes does for these octets besides reading them
+        errors.extend(f"part {leaf.number}: {type(d).__name__}" for d in leaf.part.defects)
+        leaf.part.defects.clear()
+        # pieces end after a line feed: no CRLF is split between two
+        return "".join(_lines_of(decode_bytes(piece, charset, errors, where)) for piece in pieces)
     # the bytes go as soon as they are text: a large body is held twice at most
-    text = decode_bytes(_payload_bytes(leaf, errors), charset, errors, where)
-    # two replaces are `re.sub(r"\r\n?", "\n")` without the list of every line it builds
+    return _lines_of(decode_bytes(_payload_bytes(leaf, errors), charset, errors, where))
+
+
+def _lines_of(text: str) -> str:
+    """`re.sub(r"\r\n?", "\n", text)`, without the list of every line re.sub builds."""
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 

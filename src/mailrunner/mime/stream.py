@@ -19,6 +19,7 @@ again the ordinary way, so the result is always the parser's own.
 from __future__ import annotations
 
 import binascii
+import codecs
 import re
 import secrets
 from collections.abc import Iterator
@@ -36,6 +37,11 @@ CLEAN_BASE64 = r"[A-Za-z0-9+/\r\n]*(?:=[\r\n]*){0,2}"
 its characters other than line breaks are a multiple of four)."""
 _CLEAN_BASE64 = re.compile(CLEAN_BASE64.encode("ascii"))
 _COUNT_CHUNK = 1024 * 1024
+_TEXT_PIECE = 1024 * 1024
+_DECODED_AS_UTF8 = frozenset({"utf-8", "ascii"})
+"""Charsets (as `codecs.lookup` names them) whose text `headers.decode_bytes` decodes as
+UTF-8: decoded line by line, they give the same text and the same errors, since a line feed
+is never part of a character nor of an invalid sequence's replacement."""
 _LEFT_TO_EMAIL = frozenset({"base64", "x-uuencode", "uuencode", "uue", "x-uue"})
 """Transfer encodings of a spilled body `email` decodes from its text (base64 only when it
 is not clean: its defects are `email`'s to find)."""
@@ -73,6 +79,26 @@ class SpilledBody:
             with memoryview(self.raw) as whole, whole[self.start : self.end] as view:
                 return binascii.a2b_qp(view)
         return self._octets()
+
+    def text_pieces(self, transfer_encoding: str, charset: str) -> Iterator[bytes] | None:
+        """The payload's octets in pieces of about `_TEXT_PIECE`, each ending after a line
+        feed, when they are what `decoded` returns and `charset` is read as UTF-8 (a text
+        decoded whole overallocates: two bytes a character for all the octets); else None."""
+        if transfer_encoding in _LEFT_TO_EMAIL or transfer_encoding == "quoted-printable":
+            return None
+        try:
+            codec = codecs.lookup(charset.strip().strip('"').lower()).name
+        except (LookupError, ValueError):
+            return None
+        return self._line_pieces() if codec in _DECODED_AS_UTF8 else None
+
+    def _line_pieces(self) -> Iterator[bytes]:
+        start = self.start
+        while start < self.end:
+            cut = self.raw.find(b"\n", min(start + _TEXT_PIECE, self.end) - 1, self.end)
+            end = self.end if cut < 0 else cut + 1
+            yield self.raw[start:end]
+            start = end
 
     def _octets(self) -> bytes:
         with memoryview(self.raw) as whole, whole[self.start : self.end] as view:
