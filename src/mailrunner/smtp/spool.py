@@ -119,8 +119,9 @@ class Spool:
 
     Not on the event loop: a 256 KiB write into the page cache takes 60 µs, but writeback
     throttling stalled single writes up to 36 ms (p99 12-16 ms) on this project's shared
-    test machine, writing ten 10 MB files at once, and that would stall every session. One thread, so a file's writes and its removal run in the
-    order the session made them, and a file is never closed under a write.
+    test machine, writing ten 10 MB files at once, and that would stall every session. One
+    thread, so a file's writes and its removal run in the order the session made them, and a
+    file is never closed under a write.
     """
 
     def __init__(self, data_dir: Path, threshold: int) -> None:
