@@ -242,11 +242,15 @@ class SmtpJobsConfig(_Model):
 
 
 class TlsConfig(_Model):
-    """STARTTLS: offered when a certificate is configured, demanded when `required`."""
+    """STARTTLS: offered when a certificate is configured, demanded when `required`.
+
+    `implicit_addr` is a second listener that speaks TLS from the first byte (RFC 8314)
+    with the same certificate; its sessions are TLS already, so `required` holds there."""
 
     cert_file: Path | None = None
     key_file: Path | None = None
     required: bool = False
+    implicit_addr: HostPort | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> TlsConfig:
@@ -254,6 +258,8 @@ class TlsConfig(_Model):
             raise ValueError("cert_file and key_file: give both, or neither to turn TLS off")
         if self.required and self.cert_file is None:
             raise ValueError("required: needs cert_file and key_file")
+        if self.implicit_addr is not None and self.cert_file is None:
+            raise ValueError("implicit_addr: needs cert_file and key_file")
         return self
 
 
@@ -293,6 +299,16 @@ class SmtpConfig(_Model):
     hooks_on_error: Literal["reject", "accept"] = "reject"
     """What a failed hook (timeout, crash, an answer that is no verdict) means for the
     command: 451 4.3.0, or going on as if accepted."""
+
+    @model_validator(mode="after")
+    def _two_listeners(self) -> SmtpConfig:
+        """Both listeners on one fixed port could never start (port 0 picks a free one each)."""
+        implicit = self.tls.implicit_addr
+        if implicit is not None and split_host_port(implicit) == split_host_port(self.addr):
+            _, port = split_host_port(implicit)
+            if port:
+                raise ValueError("tls.implicit_addr: must differ from smtp.addr")
+        return self
 
     @field_validator("hooks")
     @classmethod

@@ -60,6 +60,8 @@ _FAULT_STAGES: dict[str, FaultStage] = {
     "DATA": "data",
 }
 """The hooks a fault rule may answer in the handler's place, by the stage the rule names."""
+_TLS_EXTRA = ("sslcontext", "ssl_object", "peercert", "cipher", "compression")
+"""The transport details aiosmtpd keeps in `session.ssl` after STARTTLS (SSLProtocol's)."""
 _CLOSING_CODE = "421"
 """A reply with this code closes the connection (RFC 5321 3.8), an injected one too."""
 
@@ -260,8 +262,14 @@ class MailrunnerSMTP(SMTP):
     # --- connection life -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Called again with the TLS transport after STARTTLS: one session timer only."""
+        """Called again with the TLS transport after STARTTLS: one session timer only.
+
+        aiosmtpd sets `session.ssl` only after STARTTLS; a connection to the implicit-TLS
+        listener is TLS from the first byte, so its transport's TLS details go there too
+        (the trace header's ESMTPS reads it)."""
         super().connection_made(transport)
+        if self.mail_session.ssl is None and transport.get_extra_info("ssl_object") is not None:
+            self.mail_session.ssl = {name: transport.get_extra_info(name) for name in _TLS_EXTRA}
         if self._session_timer is None:
             self._session_timer = self.loop.call_later(
                 self.settings.session_timeout, self._session_expired

@@ -1,5 +1,6 @@
-"""The SMTP listener: accepts connections on our loop, caps them (in all and per address),
-owns the DATA memory budget they share, and drains them on stop."""
+"""The SMTP listeners: accept connections on our loop (plain with STARTTLS, and implicit TLS
+when configured), cap them (in all and per address, both listeners together), own the DATA
+memory budget they share, and drain them on stop."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ _IPV6_CLIENT_PREFIX = 64
 
 
 def tls_context(config: TlsConfig) -> ssl.SSLContext | None:
-    """The server side of STARTTLS, or None when no certificate is configured."""
+    """The server side of STARTTLS and implicit TLS, or None when no certificate is
+    configured."""
     if config.cert_file is None or config.key_file is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -84,13 +86,14 @@ class SmtpServer:
         self._handler = handler
         self._metrics = metrics
         self._faults = faults if faults is not None else FaultBook()
+        self._tls_context = tls_context(config.tls)
         self._settings = ProtocolSettings(
             hostname=config.hostname,
             read_timeout=config.read_timeout,
             session_timeout=config.session_timeout,
             max_message_size=config.max_message_size,
             auth=config.auth,
-            tls_context=tls_context(config.tls),
+            tls_context=self._tls_context,
             require_tls=config.tls.required,
         )
         self._budget = InflightBudget(config.max_inflight_bytes)
@@ -99,6 +102,7 @@ class SmtpServer:
         self._addresses: dict[MailrunnerSMTP, str] = {}
         self._per_address: collections.Counter[str] = collections.Counter()
         self._server: asyncio.Server | None = None
+        self._implicit: asyncio.Server | None = None
         self._drained = asyncio.Event()
 
     @property
@@ -131,8 +135,12 @@ class SmtpServer:
     def address(self) -> tuple[str, int]:
         """Where the listener is bound (the real port when the config said 0)."""
         assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
+        return _bound(self._server)
+
+    @property
+    def implicit_address(self) -> tuple[str, int] | None:
+        """Where the implicit-TLS listener is bound; None when `tls.implicit_addr` is unset."""
+        return _bound(self._implicit) if self._implicit is not None else None
 
     def admit(self, connection: MailrunnerSMTP) -> str | None:
         if len(self._connections) >= self._config.max_connections:
@@ -198,17 +206,44 @@ class SmtpServer:
             self._handler, self._settings, self, self._metrics, self._budget, faults=self._faults
         )
 
+    def _new_implicit_connection(self) -> MailrunnerSMTP:
+        """A session on the implicit-TLS listener: TLS already, so no STARTTLS to offer or
+        demand (the transport's TLS makes the session count as TLS, see `MailrunnerSMTP`)."""
+        settings = replace(self._settings, tls_context=None, require_tls=False)
+        return MailrunnerSMTP(
+            self._handler, settings, self, self._metrics, self._budget, faults=self._faults
+        )
+
     async def start(self) -> None:
         host, port = split_host_port(self._config.addr)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._new_connection, host, port)
         log.info("smtp listening", addr="{}:{}".format(*self.address))
+        if self._config.tls.implicit_addr is None:
+            return
+        host, port = split_host_port(self._config.tls.implicit_addr)
+        try:
+            # a client that never finishes the handshake holds no more than an idle one
+            self._implicit = await loop.create_server(
+                self._new_implicit_connection,
+                host,
+                port,
+                ssl=self._tls_context,
+                ssl_handshake_timeout=self._config.read_timeout,
+            )
+        except BaseException:
+            self._server.close()
+            self._server = None
+            raise
+        log.info("smtp listening", addr="{}:{}".format(*_bound(self._implicit)), tls="implicit")
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; sessions inside a command may finish it, the rest get 421."""
         if self._server is None:
             return
         self._server.close()
+        if self._implicit is not None:
+            self._implicit.close()
         for connection in list(self._connections):
             connection.request_close(replies.R421_SHUTTING_DOWN)
         if self._connections:
@@ -225,3 +260,12 @@ class SmtpServer:
                         cast("asyncio.Transport", connection.transport).abort()
         await self._server.wait_closed()
         self._server = None
+        if self._implicit is not None:
+            await self._implicit.wait_closed()
+            self._implicit = None
+
+
+def _bound(server: asyncio.Server) -> tuple[str, int]:
+    """Where `server` listens (the real port when the config said 0)."""
+    host, port = server.sockets[0].getsockname()[:2]
+    return str(host), int(port)
