@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,6 +149,16 @@ def test_a_plaintext_client_gets_no_greeting_and_the_listener_serves_on(
     with ssl_client(server, certificate) as client:
         assert client.sendmail("a@example.com", ["b@example.com"], MESSAGE) == {}
     assert len(server.delivery.wait_for(1)) == 1
+
+
+def test_a_client_that_never_starts_the_handshake_is_closed_after_the_read_timeout(
+    implicit_server: Start,
+) -> None:
+    server = implicit_server(read_timeout=0.5)
+    with socket.create_connection((server.host, implicit_port(server)), timeout=5) as silent:
+        started = time.monotonic()
+        assert silent.recv(100) == b"", "closed without a byte: there was no TLS to reply in"
+        assert time.monotonic() - started >= 0.4, "the client had its read timeout to begin"
 
 
 def test_max_connections_counts_both_listeners_together(
