@@ -9,46 +9,24 @@ clients are told to trust exactly it.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import smtplib
-import ssl
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtplib
 import pytest
-from aiosmtplib.protocol import SMTPProtocol
 
 from support.processes import run_cli
-from support.requirements import REQUIRE_TOOLS
 from support.server import LOOPS, RunningServer, on_loop
-from support.waiting import WAIT_SECONDS
+from support.tls import connection_lost, self_signed, trusting
 
 MESSAGE = b"Subject: over tls\r\nFrom: a@example.com\r\n\r\nsecret body\r\n"
 
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        if REQUIRE_TOOLS:
-            pytest.fail("openssl is not installed; CI must have it")
-        pytest.skip("openssl is not installed (apt-get install openssl)")
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
-    command = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject]
-    subprocess.run(
-        [*command, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True
-    )
-    return cert, key
-
-
-def trusting(cert: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(cert))
-    context.check_hostname = False
-    return context
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(params=LOOPS)
@@ -96,14 +74,6 @@ def test_a_plain_session_still_works_when_tls_is_only_offered(
         assert client.sendmail("a@example.com", ["b@example.com"], MESSAGE) == {}
     (event,) = server.delivery.wait_for(1)
     assert " with ESMTP id " in event["message"]["headers"]["Received"][0]
-
-
-async def connection_lost(protocol: SMTPProtocol | None) -> None:
-    """A TLS close is a close_notify exchange that outlives quit(); asyncio.run would close
-    the loop under the still-open socket, which Python reports as a leaked transport."""
-    async with asyncio.timeout(WAIT_SECONDS):
-        while protocol is not None and protocol.transport is not None:  # noqa: ASYNC110 (aiosmtplib has no close waiter)
-            await asyncio.sleep(0.01)
 
 
 def test_required_tls_refuses_mail_before_starttls(
