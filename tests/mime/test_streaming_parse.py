@@ -57,13 +57,15 @@ def stand_ins_landed(raw: bytes, options: ParseOptions, spill_over: int) -> int:
     return len(stand_ins.feed) if stand_ins.attach(message) else 0
 
 
-@pytest.mark.parametrize("eml", CASES, ids=[case.stem for case in CASES])
+SPOOLABLE = [case for case in CASES if case.stat().st_size > 0]
+"""A spool file is never empty (an empty DATA stays in memory)."""
+
+
+@pytest.mark.parametrize("eml", SPOOLABLE, ids=[case.stem for case in SPOOLABLE])
 def test_every_corpus_message_parses_from_the_spool_exactly_as_in_memory(
     eml: Path, tmp_path: Path
 ) -> None:
     raw, options = corpus_case(eml)
-    if not raw:
-        pytest.skip("a spool file is never empty (an empty DATA stays in memory)")
     assert parse_file(spooled(tmp_path, raw), options, spill_over=0) == parse(raw, options)
 
 
