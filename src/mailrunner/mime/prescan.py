@@ -88,7 +88,13 @@ def within_every_limit(
 
 def plan_feed(raw: bytes, *, max_parts: int, max_depth: int, max_header_bytes: int) -> FeedPlan:
     """Walk `raw` as the feed parser will and return what to feed it; never raises."""
-    scan = _Scan(raw, max_depth=max_depth, max_header_bytes=max_header_bytes)
+    return walk(_Scan(raw, max_depth=max_depth, max_header_bytes=max_header_bytes), max_parts)
+
+
+def walk(scan: _Scan, max_parts: int) -> FeedPlan:
+    """Walk the message `scan` reads, entity by entity, as the feed parser will, stopping at
+    `max_parts`; what to feed it. A subclass of `_Scan` may note more on the way (the leaf
+    bodies `mime.stream` spills)."""
     stack = [scan.entity(_Child(level=0, default_type=_TEXT, starts_at=0))]
     while stack:
         child = next(stack[-1], None)

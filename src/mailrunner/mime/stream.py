@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from email.message import Message
 
 from mailrunner.mime.part import MimePart
-from mailrunner.mime.prescan import _TEXT, FeedPlan, _Child, _Scan
+from mailrunner.mime.prescan import FeedPlan, _Child, _Scan, walk
 
 SPILL_BYTES = 64 * 1024
 """Leaf bodies of a spooled message longer than this are read from the file, not fed to
@@ -201,18 +201,7 @@ def plan_stream(
     """`prescan.plan_feed`, and stand-ins for the leaf bodies over `spill_over` bytes that
     lie inside one fed span (never at its start, where feeding joins the spans)."""
     scan = _BodyScan(raw, max_depth=max_depth, max_header_bytes=max_header_bytes)
-    stack = [scan.entity(_Child(level=0, default_type=_TEXT, starts_at=0))]
-    while stack:
-        child = next(stack[-1], None)
-        if child is None:
-            stack.pop()
-        elif scan.parts >= max_parts:
-            scan.truncate(child.starts_at, f"MIME parts over {max_parts}")
-            break
-        else:
-            scan.parts += 1
-            stack.append(scan.entity(child))
-    plan = scan.plan()
+    plan = walk(scan, max_parts)
     bodies = [
         (start, end)
         for start, end in scan.bodies
