@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -142,13 +143,39 @@ class ServerConfig(_Model):
 
 class AuthConfig(_Model):
     """AUTH PLAIN and LOGIN: `capture` accepts any credentials and records them in the
-    event; `off` advertises no AUTH and answers 502 to it."""
+    event; `verify` checks them against `credentials_file` (one `user:bcrypt-hash` a line,
+    re-read when it changes); `hook` asks a worker of the SMTP pool (its `auth` stage);
+    `off` advertises no AUTH and answers 502 to it.
 
-    mode: Literal["capture", "off"] = "capture"
+    `required`: MAIL before a successful AUTH gets 530. `max_failures`: more failed AUTHs
+    than this from one client address within a minute close the connection with 421
+    (loopback exempt unless `smtp.limit_loopback`). `allow_insecure`: verify credentials
+    sent in the clear (without TLS AUTH gets 538 in `verify` and `hook` modes)."""
+
+    mode: Literal["capture", "verify", "hook", "off"] = "capture"
+    credentials_file: Path | None = None
+    required: bool = False
+    max_failures: int = Field(default=5, ge=1)
+    allow_insecure: bool = False
+
+    @model_validator(mode="after")
+    def _credentials_for_verify(self) -> AuthConfig:
+        if self.mode == "verify" and self.credentials_file is None:
+            raise ValueError("mode verify: needs credentials_file")
+        if self.mode != "verify" and self.credentials_file is not None:
+            raise ValueError("credentials_file: only read in mode verify")
+        if self.required and self.mode in ("capture", "off"):
+            raise ValueError(f"required: needs mode verify or hook, not {self.mode}")
+        return self
 
     @property
     def capture(self) -> bool:
         return self.mode == "capture"
+
+    @property
+    def checks(self) -> bool:
+        """Credentials are checked (verify or hook), not just recorded."""
+        return self.mode in ("verify", "hook")
 
 
 def _check_file_mode(value: object) -> int:
@@ -170,10 +197,16 @@ FileMode = Annotated[int, BeforeValidator(_check_file_mode)]
 
 
 class AttachmentStorageConfig(_Model):
-    """`file_mode` is for consumers that run as another user (e.g. 0640 with a shared group);
+    """`memory` carries attachments in the event; `tempfile` stores every attachment as a
+    file under `temp_dir` and the event carries its path; `auto` (claim-check) does that only
+    for messages over `claim_check_bytes`, and keeps their raw message (`include_raw`) as a
+    file too, so a big message is a small job. Consumers must see `temp_dir`.
+
+    `file_mode` is for consumers that run as another user (e.g. 0640 with a shared group);
     the default keeps mail readable by this server's user only."""
 
-    mode: Literal["memory", "tempfile"] = "memory"
+    mode: Literal["memory", "tempfile", "auto"] = "memory"
+    claim_check_bytes: int = Field(default=256 * 1024, ge=0)
     temp_dir: Path | None = None
     cleanup_after: Duration = 3600.0
     file_mode: FileMode = 0o600
@@ -263,6 +296,23 @@ class TlsConfig(_Model):
         return self
 
 
+class ProxyProtocolConfig(_Model):
+    """HAProxy's PROXY protocol (v1 and v2) from the load balancers in `trusted`: a
+    connection from a trusted address must start with the header, and the address it names
+    is the client's for everything after; no other connection may send one."""
+
+    enabled: bool = False
+    trusted: tuple[IPvAnyNetwork, ...] = ()
+    timeout: Duration = Field(default=5.0, gt=0)
+    """How long a trusted connection may take to send its header."""
+
+    @model_validator(mode="after")
+    def _someone_trusted(self) -> ProxyProtocolConfig:
+        if self.enabled and not self.trusted:
+            raise ValueError("trusted: list the load balancers' addresses (CIDR) to enable it")
+        return self
+
+
 class SmtpConfig(_Model):
     addr: HostPort = "127.0.0.1:1025"
     hostname: str = Field(default="localhost", min_length=1)
@@ -281,6 +331,7 @@ class SmtpConfig(_Model):
     include_raw: bool = False
     auth: AuthConfig = Field(default_factory=AuthConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
+    proxy_protocol: ProxyProtocolConfig = Field(default_factory=ProxyProtocolConfig)
     attachment_storage: AttachmentStorageConfig = Field(default_factory=AttachmentStorageConfig)
     parse: ParseConfig = Field(default_factory=ParseConfig)
     use_jobs: bool = True
@@ -319,8 +370,9 @@ class SmtpConfig(_Model):
 
     @property
     def runs_pool(self) -> bool:
-        """The SMTP worker pool runs for the legacy path and for hooks (on either path)."""
-        return not self.use_jobs or bool(self.hooks)
+        """The SMTP worker pool runs for the legacy path and for hooks (on either path),
+        AUTH's `hook` mode included."""
+        return not self.use_jobs or bool(self.hooks) or self.auth.mode == "hook"
 
 
 class _PipelineBase(_Model):

@@ -48,19 +48,25 @@ def _attachment_dict(attachment: Attachment) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Authentication:
-    """A captured AUTH exchange; the password is data for the event, never for a log."""
+    """An AUTH exchange: captured (any credentials, the password kept for the event, never
+    for a log) or checked (`verified` is then True or False and no password is kept)."""
 
     mechanism: str
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    verified: bool | None = None
+    """None when the server only captured the exchange (`smtp.auth.mode: capture`)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "attempted": True,
             "mechanism": self.mechanism,
             "username": self.username,
             "password": self.password,
         }
+        if self.verified is not None:
+            data["verified"] = self.verified
+        return data
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from mailrunner.mime.attachments import MemoryStorage
 from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import ParseOptions
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
-from mailrunner.smtp.protocol import MailSession
+from mailrunner.smtp.session import MailSession
 from support.server import RecordingDelivery
 
 METRICS = Metrics()

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from mailrunner.config import AuthConfig
 from mailrunner.metrics import Metrics
 from mailrunner.smtp.data_reader import InflightBudget
-from mailrunner.smtp.protocol import MailrunnerSMTP, ProtocolSettings
+from mailrunner.smtp.protocol import MailrunnerSMTP
+from mailrunner.smtp.session import ProtocolSettings
 
 SETTLE_STEPS = 100
 """Loop iterations a session gets to consume what it was fed; it needs two or three."""

@@ -28,7 +28,7 @@ from mailrunner.smtp import replies
 from mailrunner.smtp.addresses import sender
 from mailrunner.smtp.delivery import Delivery, Outcome
 from mailrunner.smtp.hooks import SessionHooks
-from mailrunner.smtp.protocol import MailEnvelope, MailSession
+from mailrunner.smtp.session import MailEnvelope, MailSession
 from mailrunner.smtp.spool import MessageContent, Spool
 
 log = structlog.get_logger("mailrunner.smtp")

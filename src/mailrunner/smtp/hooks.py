@@ -13,7 +13,7 @@ from typing import Any
 
 from mailrunner.pool.hooks import HookRunner
 from mailrunner.smtp.addresses import sender
-from mailrunner.smtp.protocol import MailSession
+from mailrunner.smtp.session import MailSession
 from mailrunner.wire.hooks import HookAuth, HookContext, HookStage
 
 

@@ -12,25 +12,19 @@ pyproject.toml pins `aiosmtpd>=1.4.6,<1.5`.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import collections
-import ssl
-import uuid
-from base64 import b64decode
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP
 
 from mailrunner import __version__
-from mailrunner.config import AuthConfig
-from mailrunner.events import Authentication
 from mailrunner.faults import FaultRule, FaultStage
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
 from mailrunner.smtp.addresses import plain_path
+from mailrunner.smtp.auth_commands import AuthCommands
 from mailrunner.smtp.data_reader import (
     DataOutcome,
     DataScanner,
@@ -39,6 +33,7 @@ from mailrunner.smtp.data_reader import (
     read_data,
 )
 from mailrunner.smtp.faults import FaultBook, record_injected
+from mailrunner.smtp.session import MailEnvelope, MailSession, ProtocolSettings
 from mailrunner.smtp.spool import MessageContent, Spool
 
 log = structlog.get_logger("mailrunner.smtp")
@@ -75,53 +70,7 @@ class ConnectionRegistry(Protocol):
     def forget(self, connection: MailrunnerSMTP) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolSettings:
-    hostname: str
-    read_timeout: float
-    session_timeout: float
-    max_message_size: int
-    auth: AuthConfig
-    tls_context: ssl.SSLContext | None = None
-    require_tls: bool = False
-
-
-class MailSession(Session):
-    """aiosmtpd's session plus what the event needs: connection id and captured AUTH."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, connection_id: str | None = None) -> None:
-        super().__init__(loop)
-        self.connection_id = connection_id or str(uuid.uuid4())
-        self.auth: Authentication | None = None
-        self.close_after_reply = False
-        self.messages = 0
-
-    @property
-    def remote_host(self) -> str:
-        return str(self.peer[0]) if isinstance(self.peer, tuple) else "unknown"
-
-    @property
-    def remote_addr(self) -> str:
-        if isinstance(self.peer, tuple):
-            host, port = self.peer[0], self.peer[1]
-            return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-        return "unknown"
-
-
-class MailEnvelope(Envelope):
-    """aiosmtpd's envelope plus the message as DATA left it: `content` and `original_content`
-    are its bytes only when it stayed in memory (None when spooled), `message` always."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.message: MessageContent | None = None
-
-
-def _text(data: bytes | None) -> str | None:
-    return None if data is None else data.decode("utf-8", "replace")
-
-
-class MailrunnerSMTP(SMTP):
+class MailrunnerSMTP(AuthCommands):
     """One SMTP connection; `faults` are the server's fault rules (none for one made alone)."""
 
     def __init__(
@@ -464,54 +413,3 @@ class MailrunnerSMTP(SMTP):
         self.envelope = self._create_envelope()
         status: str = await super().handle_exception(error)
         return status
-
-    # --- AUTH capture ----------------------------------------------------------------------
-
-    async def smtp_AUTH(self, arg: str) -> None:
-        if not self.settings.auth.capture:
-            await self.push(replies.R502_AUTH_OFF)
-            return
-        await super().smtp_AUTH(arg)
-
-    def _record_auth(self, mechanism: str, username: bytes | None, password: bytes | None) -> None:
-        self.mail_session.auth = Authentication(
-            mechanism=mechanism, username=_text(username), password=_text(password)
-        )
-
-    async def _decoded_argument(self, args: list[str], challenge: str) -> bytes | None:
-        """The initial response if the client sent one, else the answer to a challenge."""
-        if len(args) > 1:
-            try:
-                return b64decode(args[1].encode(), validate=True)
-            except (binascii.Error, ValueError):
-                await self.push(replies.R501_AUTH_BASE64)
-                return None
-        answer = await self.challenge_auth(challenge)
-        return None if answer is MISSING else bytes(answer)
-
-    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
-        """Capture any PLAIN credentials; a cancelled exchange is still an attempt."""
-        self._record_auth("PLAIN", None, None)
-        blob = await self._decoded_argument(args, "")
-        if blob is None:
-            return AuthResult(success=False, handled=True)
-        pieces = blob.split(b"\x00")
-        if len(pieces) != 3:
-            await self.push(replies.R501_AUTH_SPLIT)
-            return AuthResult(success=False, handled=True)
-        _, login, password = pieces
-        self._record_auth("PLAIN", login, password)
-        return AuthResult(success=True, auth_data=LoginPassword(login, password))
-
-    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
-        """Capture any LOGIN credentials, keeping the username if the password never comes."""
-        self._record_auth("LOGIN", None, None)
-        login = await self._decoded_argument(args, "Username:")
-        if login is None:
-            return AuthResult(success=False, handled=True)
-        self._record_auth("LOGIN", login, None)
-        password = await self.challenge_auth("Password:")
-        if password is MISSING:
-            return AuthResult(success=False, handled=True)
-        self._record_auth("LOGIN", login, bytes(password))
-        return AuthResult(success=True, auth_data=LoginPassword(login, bytes(password)))

@@ -21,7 +21,8 @@ from mailrunner.smtp import replies
 from mailrunner.smtp.data_reader import InflightBudget
 from mailrunner.smtp.faults import FaultBook
 from mailrunner.smtp.handler import SmtpHandler
-from mailrunner.smtp.protocol import MailrunnerSMTP, ProtocolSettings
+from mailrunner.smtp.protocol import MailrunnerSMTP
+from mailrunner.smtp.session import ProtocolSettings
 
 log = structlog.get_logger("mailrunner.smtp")
 

@@ -61,6 +61,9 @@ class Message:
     html_body: str
     raw: bytes | None = field(default=None, repr=False)
     """The exact bytes received; None unless the server runs with `smtp.include_raw`."""
+    raw_path: str | None = None
+    """The exact bytes received, as a file: `include_raw` with claim-check (`smtp.
+    attachment_storage.mode: auto`) for a message over `claim_check_bytes`; never with `raw`."""
 
     def header(self, name: str) -> str | None:
         """Return the first value of header `name`, matched case-insensitively, or None."""
@@ -84,6 +87,8 @@ class Message:
         }
         if self.raw is not None:
             data["raw"] = base64.b64encode(self.raw).decode("ascii")
+        if self.raw_path is not None:
+            data["raw_path"] = self.raw_path
         return data
 
 

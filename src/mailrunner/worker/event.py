@@ -38,6 +38,8 @@ class Authentication:
     mechanism: str | None
     username: str | None
     password: str | None = field(repr=False)
+    verified: bool | None = None
+    """True or False when the server checked the credentials; None when it only captured them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,9 @@ class _Fields:
             raise EventError(f"{self.where(key)}: expected true or false, got {_kind(value)}")
         return value
 
+    def optional_flag(self, key: str) -> bool | None:
+        return None if self._data.get(key) is None else self.flag(key)
+
     def items(self, key: str) -> Iterator[tuple[object, str]]:
         """Yield each element of a JSON array with its path."""
         value = self.get(key)
@@ -203,7 +208,11 @@ def _read_envelope(fields: _Fields) -> Envelope:
 def _read_auth(fields: _Fields) -> Authentication:
     text = fields.optional_text
     return Authentication(
-        fields.flag("attempted"), text("mechanism"), text("username"), text("password")
+        fields.flag("attempted"),
+        text("mechanism"),
+        text("username"),
+        text("password"),
+        fields.optional_flag("verified"),
     )
 
 
@@ -219,6 +228,7 @@ def _read_message(fields: _Fields) -> Message:
         body=fields.text("body"),
         html_body=fields.text("html_body"),
         raw=fields.optional_base64("raw"),
+        raw_path=fields.optional_text("raw_path"),
     )
 
 
