@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiosmtpd.smtp import Envelope, Session
 
-from mailrunner.config import AuthConfig
+from mailrunner.config import AuthConfig, ProxyProtocolConfig
 from mailrunner.events import Authentication
-from mailrunner.smtp.spool import MessageContent
+from mailrunner.smtp.spool import MessageContent, Spool
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,9 @@ class ProtocolSettings:
     auth: AuthConfig
     tls_context: ssl.SSLContext | None = None
     require_tls: bool = False
+    spool: Spool | None = None
+    """Where DATA beyond `smtp.spool_bytes` goes; None keeps every message in memory."""
+    proxy: ProxyProtocolConfig = field(default_factory=ProxyProtocolConfig)
 
 
 class MailSession(Session):
