@@ -105,10 +105,9 @@ class App:
             _event_builder(config, storage, self._parse_executor),
             self.delivery,
             self.metrics,
-            spool=self.spool,
             hooks=_session_hooks(config, self.smtp_pool),
         )
-        self.smtp = SmtpServer(smtp, handler, self.metrics, self.faults)
+        self.smtp = SmtpServer(smtp, handler, self.metrics, self.faults, spool=self.spool)
         pools = {pool.name: pool for pool in (self.smtp_pool, self.jobs_pool) if pool is not None}
         self.api = ApiServer(
             config.rpc,

@@ -29,7 +29,7 @@ from mailrunner.smtp.addresses import sender
 from mailrunner.smtp.delivery import Delivery, Outcome
 from mailrunner.smtp.hooks import SessionHooks
 from mailrunner.smtp.session import MailEnvelope, MailSession
-from mailrunner.smtp.spool import MessageContent, Spool
+from mailrunner.smtp.spool import MessageContent
 
 log = structlog.get_logger("mailrunner.smtp")
 
@@ -62,8 +62,7 @@ def _content_of(envelope: Envelope) -> MessageContent:
 
 
 class SmtpHandler:
-    """The aiosmtpd handler of every connection; with a `spool`, large messages arrive in its
-    files (the SMTP session reads it from here); with `hooks`, worker code may refuse each
+    """The aiosmtpd handler of every connection; with `hooks`, worker code may refuse each
     stage (after the handler's own checks, before the envelope changes)."""
 
     def __init__(
@@ -73,14 +72,12 @@ class SmtpHandler:
         delivery: Delivery,
         metrics: Metrics,
         *,
-        spool: Spool | None = None,
         hooks: SessionHooks | None = None,
     ) -> None:
         self._settings = settings
         self._builder = builder
         self._delivery = delivery
         self._metrics = metrics
-        self.spool = spool
         self._hooks = hooks
 
     async def handle_CONNECT(self, server: Any, session: MailSession) -> str | None:
@@ -198,7 +195,7 @@ class SmtpHandler:
     async def _discard(self, event: EmailEvent, reply: str, refused_by: str) -> None:
         """A refused message is nowhere: nothing may point at its attachment files."""
         storage = self._builder.storage
-        if isinstance(storage, TempfileStorage) and event.attachments:
+        if isinstance(storage, TempfileStorage) and event.has_files:
             await asyncio.to_thread(storage.remove, event.id)
         log.info("message refused", uuid=event.uuid, id=event.id, by=refused_by, reply=reply)
 

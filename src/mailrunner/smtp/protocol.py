@@ -34,7 +34,7 @@ from mailrunner.smtp.data_reader import (
 )
 from mailrunner.smtp.faults import FaultBook, record_injected
 from mailrunner.smtp.session import MailEnvelope, MailSession, ProtocolSettings
-from mailrunner.smtp.spool import MessageContent, Spool
+from mailrunner.smtp.spool import MessageContent
 
 log = structlog.get_logger("mailrunner.smtp")
 
@@ -336,8 +336,7 @@ class MailrunnerSMTP(AuthCommands):
             return
         await self.push(replies.R354_DATA)
         scanner = DataScanner(self.data_size_limit, self._budget)
-        # a handler that takes spooled messages offers its spool (`SmtpHandler` does)
-        spool: Spool | None = getattr(self.event_handler, "spool", None)
+        spool = self.settings.spool
         spill = Spill(spool, self.mail_session.connection_id) if spool is not None else None
         try:
             outcome = await self._read_data(scanner, spill)

@@ -23,6 +23,7 @@ from mailrunner.smtp.faults import FaultBook
 from mailrunner.smtp.handler import SmtpHandler
 from mailrunner.smtp.protocol import MailrunnerSMTP
 from mailrunner.smtp.session import ProtocolSettings
+from mailrunner.smtp.spool import Spool
 
 log = structlog.get_logger("mailrunner.smtp")
 
@@ -81,8 +82,11 @@ class SmtpServer:
         handler: SmtpHandler,
         metrics: Metrics,
         faults: FaultBook | None = None,
+        *,
+        spool: Spool | None = None,
     ) -> None:
-        """`faults`: the book the API adds rules to (the App's); a server of its own has none."""
+        """`faults`: the book the API adds rules to (the App's); a server of its own has none.
+        `spool`: where messages beyond its threshold go; without one all stay in memory."""
         self._config = config
         self._handler = handler
         self._metrics = metrics
@@ -96,6 +100,8 @@ class SmtpServer:
             auth=config.auth,
             tls_context=self._tls_context,
             require_tls=config.tls.required,
+            spool=spool,
+            proxy=config.proxy_protocol,
         )
         self._budget = InflightBudget(config.max_inflight_bytes)
         self._connections: set[MailrunnerSMTP] = set()
