@@ -83,6 +83,12 @@ class EmailEvent:
     attachments: tuple[Attachment, ...] = ()
     parse_errors: tuple[str, ...] = ()
 
+    @property
+    def has_files(self) -> bool:
+        """Whether the event points at files of this server's (attachments in tempfile mode,
+        a claim-checked message's `raw_path`): a refused message must take them with it."""
+        return self.message.raw_path is not None or any(a.path for a in self.attachments)
+
     def to_dict(self) -> dict[str, Any]:
         """The event as orjson encodes it: raw bytes and attachment contents as
         `orjson.Fragment`s of their base64 (see `_base64_json`), not as `str`."""

@@ -199,7 +199,7 @@ class JobsDelivery:
         the folder goes, the client will send the message again).
 
         Only when the push said it stored nothing (see `_outcome_unknown` otherwise)."""
-        if self._attachments is not None and event.attachments:
+        if self._attachments is not None and event.has_files:
             await asyncio.to_thread(self._attachments.keep_for, event.id, stored)
 
 
