@@ -39,10 +39,19 @@ R421_TOO_MANY_FROM_ADDRESS = (
 R354_DATA = "354 End data with <CR><LF>.<CR><LF>"
 R501_DATA_SYNTAX = "501 Syntax: DATA"
 R503_NEED_RCPT = "503 Error: need RCPT command"
+# BDAT (RFC 3030)
+R501_BDAT_SYNTAX = "501 5.5.4 Syntax: BDAT <size> [LAST]"
+R503_DATA_AFTER_BDAT = "503 5.5.1 DATA after BDAT in one transaction: the transaction is reset"
+R554_NO_RECIPIENTS = "554 5.5.1 No valid recipients"
 
 
 def queued(event_id: str) -> str:
     return f"250 2.0.0 OK: queued as {event_id}"
+
+
+def chunk_received(octets: int) -> str:
+    """A BDAT chunk that is not the last one, read and kept."""
+    return f"250 2.0.0 {octets} octets received"
 
 
 REWRITES: dict[str, str] = {
