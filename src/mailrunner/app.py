@@ -85,6 +85,7 @@ class App:
         self.inbox = Inbox(config.inbox, config.inbox_path) if config.runs_inbox else None
         self._inbox_consumer: InboxConsumer | None = None
         self._free_inbox_only_files = _inbox_only_files(config, storage)
+        self._claim_checks = _claim_checks(storage)
         self.metrics.registry.register(UnwithdrawnPublishes(self.jobs.unwithdrawn_publishes))
         self.metrics.registry.register(DroppedLate(self.jobs.dropped_late))
         rpc = smtp.jobs.rpc if delivery is None and smtp.use_jobs else None
@@ -127,6 +128,7 @@ class App:
         # before any driver or storage makes it under the umask: jobs hold mail and credentials
         await asyncio.to_thread(create_directories, self.config.data_dir)
         await asyncio.to_thread(self.spool.prepare)
+        _warn_unless_storage_is_shared(self.config)
         if self._cleanup is not None:
             self._cleanup.start()
         try:
@@ -158,6 +160,7 @@ class App:
             self.inbox,
             _parse_options(self.config),
             self._free_inbox_only_files,
+            raw_files=self._claim_checks,
         )
         self._inbox_consumer.start()
 
@@ -167,6 +170,9 @@ class App:
         inbox's jobs always carry the raw message."""
         smtp = self.config.smtp
         if not smtp.use_jobs or smtp.jobs.rpc is not None:
+            return
+        if smtp.attachment_storage.mode == "auto" and isinstance(self.delivery, JobsDelivery):
+            self._limit_claim_checked_payloads()
             return
         limits = [
             (fits, name)
@@ -196,6 +202,26 @@ class App:
             advertised=fits,
         )
         self.smtp.limit_message_size(fits)
+
+    def _limit_claim_checked_payloads(self) -> None:
+        """With claim-check a big message is a small job (attachments and raw bytes are
+        paths), so SIZE stays; only text bodies still grow a job, and a message whose event
+        outgrows the smallest max_payload is refused (552) by itself instead of lowering
+        SIZE for all."""
+        assert isinstance(self.delivery, JobsDelivery)
+        payloads = [
+            (max_payload, name)
+            for name in self.config.smtp.jobs.targets
+            if (max_payload := self.jobs.pipeline(name).driver.capabilities.max_payload) is not None
+        ]
+        if payloads:
+            max_payload, pipeline = min(payloads)
+            self.delivery.limit_payload(max_payload)
+            log.info(
+                "SIZE kept with claim-check: events over max_payload are refused",
+                pipeline=pipeline,
+                max_payload=max_payload,
+            )
 
     def _pushed_to(self) -> list[tuple[str, bool]]:
         """Every pipeline accepted email goes to here, and whether its jobs carry raw bytes."""
@@ -288,12 +314,54 @@ def _pool(config: Config, pool: PoolConfig, mode: str) -> WorkerPool:
 
 
 def _attachment_storage(config: Config) -> AttachmentStorage:
+    """With `auto`, the inbox's pipeline holds a claim-checked message's folder too: its job
+    carries `raw_path` instead of the raw bytes, so the folder waits for it."""
     storage = config.smtp.attachment_storage
     if storage.mode == "memory":
         return MemoryStorage()
     smtp = config.smtp
-    pipelines = smtp.jobs.targets if smtp.use_jobs else None
-    return TempfileStorage(config.attachments_dir, pipelines, file_mode=storage.file_mode)
+    auto = storage.mode == "auto"
+    inbox = [config.inbox.pipeline] if auto and _pushes_to_inbox(config) else []
+    pipelines = [*smtp.jobs.targets, *inbox] if smtp.use_jobs else None
+    return TempfileStorage(
+        config.attachments_dir,
+        pipelines,
+        file_mode=storage.file_mode,
+        claim_check_bytes=storage.claim_check_bytes if auto else None,
+    )
+
+
+def _claim_checks(storage: AttachmentStorage) -> TempfileStorage | None:
+    """The storage that keeps large messages' raw bytes as files (`auto`), else None."""
+    if isinstance(storage, TempfileStorage) and storage.claim_check_bytes is not None:
+        return storage
+    return None
+
+
+_REMOTE_DRIVERS = frozenset({"redis", "amqp", "nats"})
+
+
+def _warn_unless_storage_is_shared(config: Config) -> None:
+    """Events that carry paths reach consumers on other hosts through a broker or another
+    node: those consumers must see `temp_dir` (the same path, mounted), said once at start."""
+    smtp = config.smtp
+    if smtp.attachment_storage.mode == "memory" or not smtp.use_jobs:
+        return
+    remote = sorted(
+        name
+        for name in smtp.jobs.targets
+        if (pipeline := config.pipelines.get(name)) is not None
+        and pipeline.driver in _REMOTE_DRIVERS
+    )
+    if not remote and smtp.jobs.rpc is None:
+        return
+    log.warning(
+        "events carry file paths: consumers must see temp_dir",
+        mode=smtp.attachment_storage.mode,
+        temp_dir=str(config.attachments_dir),
+        pipelines=remote or None,
+        rpc=str(smtp.jobs.rpc.url) if smtp.jobs.rpc is not None else None,
+    )
 
 
 def _age_cleanup(config: Config, storage: AttachmentStorage) -> CleanupTask | None:
@@ -349,8 +417,11 @@ def _inbox_only_files(
 ) -> Callable[[str], Awaitable[None]] | None:
     """Attachment files no pipeline but the inbox's got go once the inbox consumer has read
     them (a retry of its job takes them from the raw message); with other pipelines they go
-    with those pipelines' jobs."""
-    if config.smtp.jobs.targets or not isinstance(storage, TempfileStorage):
+    with those pipelines' jobs. With `auto` the inbox's pipeline is one of those the folder
+    waits for (`_attachment_storage`), and its consumer releases it like the others."""
+    if not isinstance(storage, TempfileStorage):
+        return None
+    if config.smtp.jobs.targets and _claim_checks(storage) is None:
         return None
     return partial(_release_email_attachments, storage)
 

@@ -9,6 +9,12 @@ Attachments in tempfile mode: the event points at files that belong to the other
 pipelines' jobs and go when the last of those is acked, possibly before this consumer gets
 to the email. They are read while they exist, and otherwise taken from the raw message (the
 inbox job always carries it), parsed again as the ingress parsed it.
+
+A claim-checked message (`auto`, over `claim_check_bytes`) has its raw bytes in a file,
+`message.raw_path`, in the same folder as its attachments; the folder waits for the inbox's
+job too, and is released once the message is stored. The file is found by the event id in
+this server's own attachment folders (`TempfileStorage.raw_file`), never at the path the job
+names: anyone who may push a job could name any file.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,6 +33,7 @@ from mailrunner.inbox.message import StoredMessage, attachment_content
 from mailrunner.inbox.service import Inbox
 from mailrunner.jobs.driver import Lease
 from mailrunner.jobs.service import Pipeline
+from mailrunner.mime.attachments import TempfileStorage
 from mailrunner.mime.parse import ParseOptions, parse
 from mailrunner.tasks import cancel_and_wait
 
@@ -41,14 +49,20 @@ class BadInboxJob(ValueError):
     """A job in the inbox pipeline that is not an email event with its raw bytes."""
 
 
-def stored_message(payload: bytes, max_preview_bytes: int, options: ParseOptions) -> StoredMessage:
+def stored_message(
+    payload: bytes,
+    max_preview_bytes: int,
+    options: ParseOptions,
+    raw_files: TempfileStorage | None = None,
+) -> StoredMessage:
     """The message an inbox job carries; attachments the event holds as files (tempfile
     mode) are taken from the raw message, never read from the path a job names (see
-    `attachment_content`). Blocks (parsing): run it on a thread."""
+    `attachment_content`), and so is a claim-checked raw message (`raw_files`). Blocks
+    (files, parsing): run it on a thread."""
     try:
         event = orjson.loads(payload)
-        raw = base64.b64decode(event["message"]["raw"], validate=True)
-    except (ValueError, KeyError, TypeError) as error:
+        raw = _raw_bytes(event, raw_files)
+    except (ValueError, KeyError, TypeError, OSError) as error:
         raise BadInboxJob(f"not an email event with message.raw: {error!r}") from None
     entries = event.get("attachments") or []
     position = {id(entry): index for index, entry in enumerate(entries)}
@@ -67,11 +81,23 @@ def stored_message(payload: bytes, max_preview_bytes: int, options: ParseOptions
         raise BadInboxJob(f"the event cannot be kept: {error!r}") from None
 
 
+def _raw_bytes(event: Mapping[str, Any], raw_files: TempfileStorage | None) -> bytes:
+    """`message.raw`, or the claim-checked file of the event's id when the event names one."""
+    message = event["message"]
+    if "raw" in message or "raw_path" not in message or raw_files is None:
+        return base64.b64decode(message["raw"], validate=True)
+    path: Path | None = raw_files.raw_file(str(event["id"]))
+    if path is None:
+        raise FileNotFoundError(f"no raw message of event {event['id']!r} in {raw_files.directory}")
+    return path.read_bytes()
+
+
 class InboxConsumer:
     """Stores the inbox pipeline's jobs, a reserved batch at a time in one transaction.
 
-    `files_read` is told each event id once its attachment files were read into the message
-    (the app frees those no other pipeline holds: a retry takes them from the raw message).
+    `files_read` is told each event id once its message is stored (the app frees the files
+    no other pipeline holds: a retry takes attachments from the raw message); `raw_files` is
+    where claim-checked messages keep their raw bytes (mode `auto`).
     """
 
     def __init__(
@@ -80,11 +106,14 @@ class InboxConsumer:
         inbox: Inbox,
         options: ParseOptions,
         files_read: Callable[[str], Awaitable[None]] | None = None,
+        *,
+        raw_files: TempfileStorage | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._inbox = inbox
         self._options = options
         self._files_read = files_read
+        self._raw_files = raw_files
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -146,10 +175,12 @@ class InboxConsumer:
                 await self._nack(lease, str(message), retry=False)
                 pending.remove(lease)
                 continue
-            if self._files_read is not None:
-                await self._files_read(lease.job.id)
             readable.append((lease, message))
         await self._inbox.add_many([message for _, message in readable])
+        if self._files_read is not None:
+            # once stored: a claim-checked message's raw file is all a retry could read
+            for lease, _ in readable:
+                await self._files_read(lease.job.id)
         return [lease for lease, _ in readable]
 
     def _read_all(self, leases: list[Lease]) -> list[StoredMessage | BadInboxJob]:
@@ -159,7 +190,10 @@ class InboxConsumer:
             try:
                 found.append(
                     stored_message(
-                        lease.job.payload, self._inbox.settings.max_preview_bytes, self._options
+                        lease.job.payload,
+                        self._inbox.settings.max_preview_bytes,
+                        self._options,
+                        self._raw_files,
                     )
                 )
             except BadInboxJob as error:

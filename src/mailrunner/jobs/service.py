@@ -96,6 +96,8 @@ class JobsService:
         self._data_dir = config.data_dir
         self._configured = config.pipelines
         self._inbox = config.inbox.pipeline if config.runs_inbox else None
+        self._inbox_holds_files = config.smtp.attachment_storage.mode == "auto"
+        """With claim-check the inbox's jobs hold their email's folder too (its raw_path)."""
         self._pipelines: dict[str, Pipeline] = {}
         self._consumers = consumers
         self._hooks = hooks
@@ -286,9 +288,10 @@ class JobsService:
 
     async def purge_failed(self, name: str, ids: Sequence[str] | None = None) -> list[str]:
         """Delete failed jobs (all, or those in `ids`); the ids of those that went. The
-        inbox's jobs never held on to attachment files (it keeps its own copy)."""
+        inbox's jobs hold on to attachment files only with claim-check (`auto`): otherwise
+        it keeps its own copy."""
         removed = await self.pipeline(name).driver.purge_failed(ids)
-        if name != self._inbox:
+        if name != self._inbox or self._inbox_holds_files:
             for job_id in removed:
                 await self._hooks.job_removed(job_id)
         return removed

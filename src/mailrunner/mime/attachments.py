@@ -2,8 +2,12 @@
 
 `tempfile` mode keeps multi-megabyte attachments out of the event (and out of the queue);
 files are fsynced before the event is handed on, because a consumer may read them after a
-crash of this server. Paths come only from this server: folders are named by event ids it
-generated, and one is deleted only when `ownership` finds this server's marker in it.
+crash of this server. `auto` (claim-check) does so only for messages over
+`claim_check_bytes`, and keeps their raw message (when the event carries it) in the same
+folder as RAW_FILE, the spool file itself where the message was spooled: a big message is
+a small job, and whatever removes the folder removes all of it. Paths come only from this
+server: folders are named by event ids it generated, and one is deleted only when
+`ownership` finds this server's marker in it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import stat
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +37,7 @@ from mailrunner.files import (
     write_new_file,
 )
 from mailrunner.mime.parse import ParsedPart
+from mailrunner.smtp.spool import MessageContent
 from mailrunner.tasks import cancel_and_wait
 
 log = structlog.get_logger("mailrunner.attachments")
@@ -39,15 +45,39 @@ log = structlog.get_logger("mailrunner.attachments")
 _UNSAFE = re.compile(r"[^\w.+@-]+")
 
 
-class AttachmentStorage(Protocol):
-    """Turns the parser's attachment parts into what the event carries.
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the event carries of a message's attachments and raw bytes: the raw message in
+    the event (`raw`), as a file (`raw_path`), or not at all (neither)."""
 
-    `store` is all or nothing: when it raises or is cancelled, nothing it wrote is left.
+    attachments: tuple[Attachment, ...]
+    raw: bytes | None = None
+    raw_path: str | None = None
+
+
+class AttachmentStorage(Protocol):
+    """Turns the parser's attachment parts (and the raw message) into what the event carries.
+
+    `store` and `store_message` are all or nothing: when one raises or is cancelled, nothing
+    it wrote is left.
     """
 
     async def store(
         self, event_id: str, attachments: Sequence[ParsedPart]
     ) -> tuple[Attachment, ...]: ...
+
+    async def store_message(
+        self, event_id: str, attachments: Sequence[ParsedPart], raw: MessageContent | None
+    ) -> Stored:
+        """The attachments, and `raw` (the message, when the event carries it) as this
+        storage keeps a message of its size."""
+
+
+async def _inline_raw(raw: MessageContent | None) -> bytes | None:
+    """The raw bytes for the event itself; a spooled message is read whole on a thread."""
+    if raw is None or raw.data is not None:
+        return None if raw is None else raw.data
+    return await asyncio.to_thread(raw.read_all)
 
 
 def _carried(
@@ -66,6 +96,11 @@ class MemoryStorage:
         self, event_id: str, attachments: Sequence[ParsedPart]
     ) -> tuple[Attachment, ...]:
         return tuple(_carried(part, content=part.content) for part in attachments)
+
+    async def store_message(
+        self, event_id: str, attachments: Sequence[ParsedPart], raw: MessageContent | None
+    ) -> Stored:
+        return Stored(await self.store(event_id, attachments), await _inline_raw(raw))
 
 
 NAME_MAX = 255
@@ -108,6 +143,9 @@ the email's jobs went to, the inbox's aside: the folder goes once each of them i
 it (`release`), and destroying one with purge finds its folders this way, since not every
 driver can list the jobs it holds. Age-based cleanup (worker-pool path) leaves folders
 holding it alone."""
+RAW_FILE = "message.eml"
+"""The raw message's file in a claim-checked event folder: attachment files are named
+`NNN-...` (`safe_filename`) and marks start with a dot, so it is never one of theirs."""
 RELEASE_MARK = ".released."
 """Prefix of the files `release` writes, one per pipeline done with the folder: an exclusive
 create each, so releases running at once in threads never lose one."""
@@ -186,23 +224,68 @@ class TempfileStorage:
     Each folder holds OWNER_MARK; `pipelines` are where this server pushes its emails' jobs
     (Jobs path only, the inbox's aside: the inbox keeps its own copy; one name or several),
     and each folder is marked with them too. Files get exactly `file_mode`.
+
+    With `claim_check_bytes` (mode `auto`), a message up to that size is kept as
+    `MemoryStorage` keeps it; a larger one has its attachments and its raw message stored
+    here (`store_message`). Without it (mode `tempfile`), attachments always are, and the raw
+    message stays in the event.
     """
 
     def __init__(
-        self, directory: Path, pipelines: str | Sequence[str] | None = None, *, file_mode: int
+        self,
+        directory: Path,
+        pipelines: str | Sequence[str] | None = None,
+        *,
+        file_mode: int,
+        claim_check_bytes: int | None = None,
     ) -> None:
         self.directory = directory.resolve()
         self._pipelines = [pipelines] if isinstance(pipelines, str) else pipelines
         self._file_mode = file_mode
         self._folder_mode = folder_mode(file_mode)
+        self.claim_check_bytes = claim_check_bytes
+
+    async def store_message(
+        self, event_id: str, attachments: Sequence[ParsedPart], raw: MessageContent | None
+    ) -> Stored:
+        """As `store`, the raw message too (as RAW_FILE) when the message is claim-checked;
+        a message at most `claim_check_bytes` long is left in the event whole."""
+        if self.claim_check_bytes is None or raw is None:
+            return Stored(await self.store(event_id, attachments), await _inline_raw(raw))
+        if raw.size <= self.claim_check_bytes:
+            return await MemoryStorage().store_message(event_id, attachments, raw)
+        stored = await self._store(event_id, attachments, raw)
+        return Stored(stored, raw_path=str(self.directory / event_id / RAW_FILE))
+
+    def claim_checks(self, size: int) -> bool:
+        """Whether a message of `size` octets has its attachments stored here."""
+        return self.claim_check_bytes is None or size > self.claim_check_bytes
+
+    def raw_file(self, event_id: str) -> Path | None:
+        """The raw message of a claim-checked event this server stored, None when there is
+        none. Only a folder this server wrote for `event_id` is read (`ownership`): the path
+        a job names is never trusted, the job's pusher may be anyone."""
+        if ownership(self.directory, event_id) is not Ownership.OURS:
+            return None
+        path = self.directory / event_id / RAW_FILE
+        return path if path.is_file() and not path.is_symlink() else None
 
     async def store(
         self, event_id: str, attachments: Sequence[ParsedPart]
     ) -> tuple[Attachment, ...]:
         """Write every file, or none: a failure removes the event's folder and is raised."""
-        if not attachments:
+        if self.claim_check_bytes is not None:
+            return (await self.store_message(event_id, attachments, None)).attachments
+        return await self._store(event_id, attachments, None)
+
+    async def _store(
+        self, event_id: str, attachments: Sequence[ParsedPart], raw: MessageContent | None
+    ) -> tuple[Attachment, ...]:
+        if not attachments and raw is None:
             return ()
-        writing = asyncio.ensure_future(asyncio.to_thread(self._write_all, event_id, attachments))
+        writing = asyncio.ensure_future(
+            asyncio.to_thread(self._write_all, event_id, attachments, raw)
+        )
         try:
             return await asyncio.shield(writing)
         except asyncio.CancelledError:
@@ -219,7 +302,7 @@ class TempfileStorage:
             await asyncio.to_thread(self.remove, event_id)
 
     def _write_all(
-        self, event_id: str, attachments: Sequence[ParsedPart]
+        self, event_id: str, attachments: Sequence[ParsedPart], raw: MessageContent | None
     ) -> tuple[Attachment, ...]:
         if not _is_event_id(event_id):
             raise ValueError(f"attachment folders are named by event ids (UUIDs), not {event_id!r}")
@@ -227,14 +310,18 @@ class TempfileStorage:
         folder = self.directory / event_id
         create_directory(folder, self._folder_mode)
         try:
-            return self._fill(folder, event_id, attachments)
+            return self._fill(folder, event_id, attachments, raw)
         except BaseException:
             # this call created the folder (an exclusive mkdir), so it is ours to take back
             _delete(folder)
             raise
 
     def _fill(
-        self, folder: Path, event_id: str, attachments: Sequence[ParsedPart]
+        self,
+        folder: Path,
+        event_id: str,
+        attachments: Sequence[ParsedPart],
+        raw: MessageContent | None,
     ) -> tuple[Attachment, ...]:
         write_new_file(folder / OWNER_MARK, event_id.encode("utf-8"))
         if self._pipelines is not None:
@@ -244,6 +331,8 @@ class TempfileStorage:
             path = folder / safe_filename(attachment.filename, index)
             write_new_file(path, attachment.content, self._file_mode)
             stored.append(_carried(attachment, path=str(path)))
+        if raw is not None:
+            raw.hand_over(folder / RAW_FILE, self._file_mode)  # last: a rename, no failure after
         fsync_directory(folder)
         return tuple(stored)
 

@@ -3,7 +3,8 @@
 Kept apart from the SMTP handler so the same assembly serves the server, tests and
 benchmarks; large messages are parsed on a thread so one big message cannot stall the
 event loop that serves every other session. A spooled message is parsed from its file and
-read whole (on a thread) only when the event must carry its raw bytes.
+read whole (on a thread) only when the event must carry its raw bytes in itself; when the
+storage claim-checks it, the spool file becomes the event's `raw_path` instead.
 """
 
 from __future__ import annotations
@@ -98,11 +99,12 @@ class EventBuilder:
             content = MessageContent.in_memory(content)
         parsed = await self._parse(content)
         parsed.headers = with_trace(parsed.headers, trace_value(arrival, self.hostname))
-        raw = await self._raw(content)
-        message = self._message(parsed, raw)
         # storing is the last step that can fail, and it removes its own folder when it does:
         # a message refused with 451 leaves no files behind
-        attachments = await self.storage.store(arrival.event_id, parsed.attachments)
+        stored = await self.storage.store_message(
+            arrival.event_id, parsed.attachments, content if self.include_raw else None
+        )
+        message = self._message(parsed, stored.raw, stored.raw_path)
         return EmailEvent(
             id=arrival.event_id,
             uuid=arrival.connection_id,
@@ -116,7 +118,7 @@ class EventBuilder:
             ),
             authentication=arrival.authentication,
             message=message,
-            attachments=attachments,
+            attachments=stored.attachments,
             parse_errors=arrival.errors + tuple(parsed.parse_errors),
         )
 
@@ -129,15 +131,7 @@ class EventBuilder:
             return await loop.run_in_executor(self.executor, parse, content.data, self.options)
         return parse(content.data, self.options)
 
-    async def _raw(self, content: MessageContent) -> bytes | None:
-        """The raw bytes the event carries with `include_raw` (and for the inbox)."""
-        if not self.include_raw:
-            return None
-        if content.data is not None:
-            return content.data
-        return await asyncio.to_thread(content.read_all)
-
-    def _message(self, parsed: ParsedMessage, raw: bytes | None) -> Message:
+    def _message(self, parsed: ParsedMessage, raw: bytes | None, raw_path: str | None) -> Message:
         return Message(
             id=parsed.message_id,
             subject=parsed.subject,
@@ -149,4 +143,5 @@ class EventBuilder:
             body=parsed.body,
             html_body=parsed.html_body,
             raw=raw,
+            raw_path=raw_path,
         )

@@ -106,14 +106,24 @@ def email_job(
 
 
 def event_payloads(event: EmailEvent, include_raw: bool) -> tuple[bytes, bytes]:
-    """The event JSON for the pipelines (raw bytes only with `include_raw`) and for the inbox
-    (always with them): one dict, dumped once more only when the two differ."""
+    """The event JSON for the pipelines (raw bytes, or a claim-checked `raw_path`, only with
+    `include_raw`) and for the inbox (always with them): one dict, dumped once more only when
+    the two differ."""
     data = event.to_dict()
     with_raw = orjson.dumps(data)
-    if include_raw or "raw" not in data["message"]:
+    if include_raw or not _RAW_FIELDS & data["message"].keys():
         return with_raw, with_raw
-    del data["message"]["raw"]
+    for name in _RAW_FIELDS:
+        data["message"].pop(name, None)
     return orjson.dumps(data), with_raw
+
+
+_RAW_FIELDS = frozenset({"raw", "raw_path"})
+
+
+TOO_BIG_FOR_PIPELINE = Reply(552, "5.3.4", "Message too big for the pipeline")
+"""A claim-checked message whose event still outgrows a pipeline's max_payload (its text
+bodies stay in the event): every retry would fail the same way, so it is refused for good."""
 
 
 class JobsDelivery:
@@ -140,12 +150,21 @@ class JobsDelivery:
         self._attachments = attachments
         self._pipelines = settings.targets
         self._inbox = inbox
+        self._payload_limit: int | None = None
         names = [*self._pipelines, *([inbox] if inbox is not None else [])]
         self.destination = f"jobs pipeline{'s' if len(names) > 1 else ''} {', '.join(names)}"
 
-    async def deliver(self, event: EmailEvent) -> Outcome:
+    def limit_payload(self, limit: int) -> None:
+        """Refuse (552) a message whose event is over `limit` bytes before any push: with
+        claim-check SIZE stays as configured, and only a message with large text bodies can
+        still make a job bigger than a pipeline carries."""
+        self._payload_limit = limit
+
+    async def deliver(self, event: EmailEvent) -> Outcome | Reply:
         # without other pipelines, the one dump the inbox needs is all
         payload, inbox_payload = event_payloads(event, self._include_raw or not self._pipelines)
+        if self._payload_limit is not None and len(payload) > self._payload_limit:
+            return TOO_BIG_FOR_PIPELINE
         stored: list[str] = []
         try:
             for pipeline in self._pipelines:

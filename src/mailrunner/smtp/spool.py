@@ -2,7 +2,9 @@
 
 DATA beyond `smtp.spool_bytes` goes to a file as it arrives, so a large message costs the
 in-flight memory budget only the reader's chunk, not its size. The file lives until the
-reply to DATA is decided, whatever it is: the SMTP session removes it.
+reply to DATA is decided, whatever it is: the SMTP session removes it, unless it was handed
+over first (`MessageContent.hand_over`: renamed where something keeps the bytes, the
+claim-check's event folder), in which case the removal leaves it alone.
 
 Each process spools into `<data_dir>/spool/<pid>/`, so processes sharing a data directory
 never touch each other's files. At start a process empties the folder of its own pid (left
@@ -21,12 +23,18 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
-from mailrunner.files import PRIVATE_DIRECTORY, PRIVATE_FILE, create_directories
+from mailrunner.files import (
+    PRIVATE_DIRECTORY,
+    PRIVATE_FILE,
+    create_directories,
+    fsync_directory,
+    write_new_file,
+)
 
 log = structlog.get_logger("mailrunner.smtp")
 
@@ -48,6 +56,8 @@ class MessageContent:
     size: int
     data: bytes | None = None
     path: Path | None = None
+    spooled: SpoolFile | None = field(default=None, compare=False, repr=False)
+    """The spool file `path` is, told when the file is handed over."""
 
     @classmethod
     def in_memory(cls, data: bytes) -> MessageContent:
@@ -72,6 +82,23 @@ class MessageContent:
             while piece := file.read(chunk):
                 yield piece
 
+    def hand_over(self, destination: Path, mode: int) -> None:
+        """Make `destination` (which must not exist) hold the message with exactly `mode`,
+        durably (fsynced, its folder too); blocking, run it on a thread.
+
+        A spooled message's file is renamed there, not copied, and the spool's removal after
+        the reply then leaves it alone; only when `destination` is on another file system
+        (EXDEV) is it copied, the spool file left to that removal. A message in memory is
+        written out.
+        """
+        if self.path is None:
+            assert self.data is not None
+            write_new_file(destination, self.data, mode)
+            return
+        if self.spooled is not None and self.spooled.take(destination, mode):
+            return
+        _copy_new(self.path, destination, mode)
+
 
 class SpoolFile:
     """One message being written to the spool; every call but `finish` runs on the spool's
@@ -85,6 +112,7 @@ class SpoolFile:
         self.path = path
         self.size = 0
         self._descriptor: int | None = None
+        self._handed_over = False
 
     def write(self, data: bytes | bytearray) -> None:
         """Append `data`, creating the file (0600) on the first call; raises OSError (ENOSPC,
@@ -100,17 +128,68 @@ class SpoolFile:
     def finish(self) -> MessageContent:
         """Close the file (no write pending); its content is the message until `remove()`."""
         self._close()
-        return MessageContent(size=self.size, path=self.path)
+        return MessageContent(size=self.size, path=self.path, spooled=self)
+
+    def take(self, destination: Path, mode: int) -> bool:
+        """Rename the finished file to `destination` (no file there: a hard link, then the
+        spool's name removed, so nothing planted there is replaced) with exactly `mode`,
+        fsynced; False, the file left here, when `destination` is on another file system.
+        From then on `remove()` does nothing: the file is no longer the spool's."""
+        descriptor = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(descriptor, mode)
+            os.fsync(descriptor)  # a consumer may read it after a crash of this server
+        finally:
+            os.close(descriptor)
+        try:
+            os.link(self.path, destination)  # unlike rename, never replaces what is there
+        except OSError as error:
+            if error.errno not in _NO_LINK:
+                raise
+            return False
+        self._handed_over = True
+        os.unlink(self.path)
+        fsync_directory(destination.parent)
+        return True
 
     def remove(self) -> None:
-        """Close and delete; a reader that opened the file meanwhile still reads it whole."""
+        """Close and delete, unless handed over; a reader that opened the file meanwhile still
+        reads it whole."""
         self._close()
-        self.path.unlink(missing_ok=True)
+        if not self._handed_over:
+            self.path.unlink(missing_ok=True)
 
     def _close(self) -> None:
         if self._descriptor is not None:
             os.close(self._descriptor)
             self._descriptor = None
+
+
+_COPY_CHUNK = 1024 * 1024
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP})
+"""Why a spool file cannot become the destination's name: another file system (`temp_dir`
+elsewhere), or one without hard links. The message is copied then."""
+
+
+def _copy_new(source: Path, destination: Path, mode: int) -> None:
+    """Copy `source` to a new file (exclusive create, never through a symlink) with exactly
+    `mode`, fsynced with its folder; a piece at a time, never the whole message in memory.
+    A failed copy removes what it wrote."""
+    descriptor = os.open(destination, _NEW_SPOOL_FILE, mode)
+    try:
+        os.fchmod(descriptor, mode)
+        with source.open("rb") as file:
+            while piece := file.read(_COPY_CHUNK):
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+    except BaseException:
+        os.close(descriptor)
+        destination.unlink(missing_ok=True)
+        raise
+    os.close(descriptor)
+    fsync_directory(destination.parent)
 
 
 class Spool:

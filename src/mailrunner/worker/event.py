@@ -27,7 +27,15 @@ from mailrunner.wire.event import Address, Envelope, Message
 from mailrunner.wire.protocol import EVENT_NAME, EVENT_VERSION
 from mailrunner.worker.errors import EventError
 
-__all__ = ["Address", "Attachment", "Authentication", "Email", "Envelope", "Message"]
+__all__ = [
+    "Address",
+    "Attachment",
+    "Authentication",
+    "Email",
+    "Envelope",
+    "Message",
+    "raw_bytes",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,19 @@ class Attachment(wire_event.Attachment):
         raise EventError(f"attachment {self.filename!r} has neither content nor path")
 
 
+def raw_bytes(message: Message) -> bytes:
+    """The exact bytes the server received, wherever it put them: in the event (`raw`), or
+    in a file (`raw_path`: claim-check, `smtp.attachment_storage.mode: auto`, for a message
+    over `claim_check_bytes`; the file is there until the job is acked). Raises `EventError`
+    when the server ran without `smtp.include_raw`."""
+    if message.raw is not None:
+        return message.raw
+    if message.raw_path is not None:
+        with open(message.raw_path, "rb") as stored:
+            return stored.read()
+    raise EventError("the event carries no raw message (the server runs without include_raw)")
+
+
 @dataclass(frozen=True, slots=True)
 class Email:
     """One accepted message, as delivered to a worker or carried by an `smtp.email` job."""
@@ -81,6 +102,10 @@ class Email:
         except ValueError as exc:
             raise EventError(f"event is not valid JSON: {exc}") from exc
         return _read_email(_Fields(decoded, ""))
+
+    def raw_bytes(self) -> bytes:
+        """The exact bytes received, from `message.raw` or the file at `message.raw_path`."""
+        return raw_bytes(self.message)
 
 
 # --- reading --------------------------------------------------------------------------------
