@@ -1,0 +1,255 @@
+"""Claim-check (`smtp.attachment_storage.mode: auto`) on every driver: a 10 MB message is a
+small job whose attachment and raw message are files a consumer reads (written with the SDK,
+`claim_check_worker.py`), the spool file handed over rather than copied; a small message
+travels whole; a refused message leaves no file; an acked job takes its files with it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import smtplib
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from support.brokers import AMQP_ADDR, amqp_queue, delete_streams
+from support.requirements import require_broker, unavailable
+from support.server import RunningServer
+from support.waiting import wait_until
+
+HERE = Path(__file__).parent
+WORKER = HERE / "claim_check_worker.py"
+HOOKS_WORKER = HERE.parent / "pool" / "hooks_worker.py"
+ATTACHMENT = random.Random(15).randbytes(7_000_000)
+"""Base64 in 76-character lines makes it 9.6 MB: with the text part, a 10 MB message."""
+SMALL_JOB = 1024 * 1024
+
+
+def mime(subject: str, attachment: bytes) -> bytes:
+    encoded = base64.encodebytes(attachment).replace(b"\n", b"\r\n")
+    return (
+        (
+            f"From: a@example.com\r\nTo: b@example.com\r\nSubject: {subject}\r\n"
+            'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+            "--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+            "--b1\r\nContent-Type: application/octet-stream\r\n"
+            'Content-Disposition: attachment; filename="data.bin"\r\n'
+            "Content-Transfer-Encoding: base64\r\n\r\n"
+        ).encode()
+        + encoded
+        + b"--b1--\r\n"
+    )
+
+
+BIG = mime("big", ATTACHMENT)
+SMALL = mime("small", b"tiny attachment")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def send(server: RunningServer, message: bytes) -> tuple[int, str]:
+    """The reply to DATA and, when accepted, the event id it names."""
+    with smtplib.SMTP(server.host, server.port, timeout=60) as client:
+        client.ehlo("client.example")
+        client.mail("a@example.com", [f"SIZE={len(message)}"])
+        client.rcpt("b@example.com")
+        code, reply = client.data(message)
+    return code, reply.decode().rpartition(" ")[2]
+
+
+def event_folders(server: RunningServer) -> list[Path]:
+    folder = server.config.attachments_dir
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def spooled(server: RunningServer) -> list[str]:
+    return sorted(os.listdir(server.app.spool.folder))
+
+
+# --- pipelines -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_pipeline() -> dict[str, Any]:
+    return {"driver": "sqlite"}
+
+
+@pytest.fixture
+def redis_pipeline() -> Iterator[dict[str, Any]]:
+    require_broker("redis", "127.0.0.1", 6379)
+    prefix = f"mailrunner-test-{uuid.uuid4().hex[:12]}"
+    yield {"driver": "redis", "config": {"addr": "redis://127.0.0.1:6379/0", "key_prefix": prefix}}
+    with redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5.0) as client:
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+
+
+@pytest.fixture
+def amqp_pipeline() -> Iterator[dict[str, Any]]:
+    for queue in amqp_queue():
+        yield {"driver": "amqp", "config": {"addr": AMQP_ADDR, "queue": queue}}
+
+
+@pytest.fixture
+def nats_pipeline() -> Iterator[dict[str, Any]]:
+    require_broker("nats", "127.0.0.1", 4222)
+    stream = f"claim_{uuid.uuid4().hex[:12]}"
+    yield {"driver": "nats", "config": {"stream": stream, "subject": f"mailrunner.{stream}"}}
+    delete_streams(4222, stream)
+
+
+DRIVERS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("amqp", id="amqp", marks=pytest.mark.amqp),
+    pytest.param("nats", id="nats", marks=pytest.mark.nats),
+]
+
+
+def claim_check_server(
+    start_server: Callable[..., RunningServer],
+    pipeline: dict[str, Any],
+    log: Path,
+    **smtp: Any,
+) -> RunningServer:
+    """A server in `auto` mode with include_raw, its pipeline consumed by the SDK worker."""
+    return start_server(
+        record=False,
+        server={"command": [sys.executable, str(WORKER)], "env": {"CLAIM_LOG": str(log)}},
+        smtp={"include_raw": True, "attachment_storage": {"mode": "auto"}, **smtp},
+        jobs={
+            "pipelines": {"smtp-emails": pipeline},
+            "consume": ["smtp-emails"],
+            "pool": {"num_workers": 1},
+        },
+    )
+
+
+def consumed(log: Path, event_id: str) -> dict[str, Any]:
+    """What the worker found in the job of `event_id`, once it has handled it."""
+    found: list[dict[str, Any]] = []
+
+    def handled() -> bool:
+        lines = log.read_text().splitlines() if log.exists() else []
+        found[:] = [entry for line in lines if (entry := json.loads(line))["id"] == event_id]
+        return bool(found)
+
+    wait_until(handled, f"the worker to handle {event_id}", 60)
+    return found[0]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_10_mb_message_is_a_small_job_whose_files_hold_the_exact_bytes(
+    start_server: Callable[..., RunningServer],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    driver: str,
+) -> None:
+    pipeline = request.getfixturevalue(f"{driver}_pipeline")
+    log = tmp_path / "consumed.jsonl"
+    server = claim_check_server(start_server, pipeline, log)
+    assert len(BIG) > server.config.smtp.spool_bytes, "the message must be spooled"
+
+    code, event_id = send(server, BIG)
+    assert code == 250
+    assert spooled(server) == [], "the spool file was handed over (or removed) before 250"
+    big = consumed(log, event_id)
+    assert big["payload_bytes"] < SMALL_JOB, f"a {len(BIG)}-byte message made a large job"
+    assert big["raw_inline"] is False
+    assert big["raw_sha256"] == sha256(BIG), "raw_path holds exactly the bytes received"
+    assert big["raw_mode"] == 0o600
+    assert big["raw_links"] == 1, "the spool file was renamed, not linked twice nor left"
+    assert Path(big["raw_path"]).parent == server.config.attachments_dir.resolve() / event_id
+    (attachment,) = big["attachments"]
+    assert attachment["inline"] is False
+    assert (attachment["size"], attachment["sha256"]) == (len(ATTACHMENT), sha256(ATTACHMENT))
+    assert attachment["mode"] == 0o600
+    assert Path(attachment["path"]).parent == Path(big["raw_path"]).parent
+
+    code, small_id = send(server, SMALL)
+    assert code == 250
+    small = consumed(log, small_id)
+    assert small["raw_inline"] is True
+    assert small["raw_path"] is None
+    assert small["raw_sha256"] == sha256(SMALL)
+    assert [a["inline"] for a in small["attachments"]] == [True], "small messages stay whole"
+
+    wait_until(lambda: event_folders(server) == [], "the acked job's folder to go")
+
+
+def test_when_temp_dir_is_on_another_file_system_the_raw_message_is_copied(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        unavailable("no /dev/shm on another file system than the test's tmp dir")
+    temp_dir = shm / f"mailrunner-test-{uuid.uuid4().hex}"
+    log = tmp_path / "consumed.jsonl"
+    try:
+        server = claim_check_server(
+            start_server,
+            {"driver": "sqlite"},
+            log,
+            attachment_storage={"mode": "auto", "temp_dir": str(temp_dir)},
+        )
+        code, event_id = send(server, BIG)
+        assert code == 250
+        assert spooled(server) == [], "the spool file went after the copy"
+        big = consumed(log, event_id)
+        assert big["raw_sha256"] == sha256(BIG)
+        assert big["raw_mode"] == 0o600
+        assert Path(big["raw_path"]).is_relative_to(temp_dir.resolve())
+        wait_until(lambda: event_folders(server) == [], "the acked job's folder to go")
+    finally:
+        for path in sorted(temp_dir.rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+        if temp_dir.exists():
+            temp_dir.rmdir()
+
+
+def test_a_message_the_data_hook_refuses_leaves_no_file(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    server = start_server(
+        record=False,
+        smtp={
+            "include_raw": True,
+            "attachment_storage": {"mode": "auto"},
+            "hooks": ["data"],
+            "pool": {"command": [sys.executable, str(HOOKS_WORKER)], "num_workers": 1},
+        },
+        server={"env": {"MAX_SIZE": "1000000"}},
+    )
+    code, _ = send(server, BIG)
+    assert code == 552, "hooks_worker refuses messages over MAX_SIZE"
+    assert event_folders(server) == [], "the refused message's files went with it"
+    assert spooled(server) == []
+    assert send(server, SMALL)[0] == 250
+
+
+def test_a_message_whose_push_is_refused_answers_451_and_leaves_no_file(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    server = start_server(
+        record=False,
+        smtp={"include_raw": True, "attachment_storage": {"mode": "auto"}},
+        jobs={"pipelines": {"smtp-emails": {"driver": "memory", "config": {"max_queued": 1}}}},
+    )
+    code, first = send(server, BIG)
+    assert code == 250
+    assert [folder.name for folder in event_folders(server)] == [first]
+    code, _ = send(server, BIG)
+    assert code == 451, "the full pipeline refused the second job"
+    assert [folder.name for folder in event_folders(server)] == [first], "nothing of the second"
+    assert spooled(server) == []
