@@ -39,12 +39,14 @@ from mailrunner.mime.parse_threads import ParseThreads
 from mailrunner.pool.hooks import HookRunner
 from mailrunner.pool.pool import WorkerPool
 from mailrunner.smtp import replies
+from mailrunner.smtp.authenticators import auth_checks
 from mailrunner.smtp.delivery import Delivery, JobsDelivery, JobsRpc, PoolDelivery
 from mailrunner.smtp.faults import FaultBook
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.hooks import SessionHooks
 from mailrunner.smtp.server import SmtpServer
 from mailrunner.smtp.spool import Spool
+from mailrunner.wire.hooks import AUTH_STAGE, HookName
 from mailrunner.wire.protocol import JOBS_MODE, SMTP_MODE
 
 log = structlog.get_logger("mailrunner.app")
@@ -93,7 +95,7 @@ class App:
         # the SMTP pool delivers on the legacy path and answers hooks on either path
         self.smtp_pool = (
             _pool(config, smtp.pool, SMTP_MODE)
-            if smtp.hooks or (delivery is None and not smtp.use_jobs)
+            if smtp.hooks or smtp.auth.mode == "hook" or (delivery is None and not smtp.use_jobs)
             else None
         )
         self.delivery = delivery or _delivery(
@@ -101,14 +103,22 @@ class App:
         )
         self.faults = FaultBook(smtp.faults)
         self.spool = Spool(config.data_dir, smtp.spool_bytes)
+        session_hooks = _session_hooks(config, self.smtp_pool)
         handler = SmtpHandler(
             HandlerSettings(max_recipients=smtp.max_recipients),
             _event_builder(config, storage, self._parse_executor),
             self.delivery,
             self.metrics,
-            hooks=_session_hooks(config, self.smtp_pool),
+            hooks=session_hooks,
         )
-        self.smtp = SmtpServer(smtp, handler, self.metrics, self.faults, spool=self.spool)
+        self.smtp = SmtpServer(
+            smtp,
+            handler,
+            self.metrics,
+            self.faults,
+            spool=self.spool,
+            auth=auth_checks(smtp, session_hooks),
+        )
         pools = {pool.name: pool for pool in (self.smtp_pool, self.jobs_pool) if pool is not None}
         self.api = ApiServer(
             config.rpc,
@@ -382,13 +392,24 @@ def _job_hooks(config: Config, storage: AttachmentStorage) -> JobHooks:
 
 
 def _session_hooks(config: Config, smtp_pool: WorkerPool | None) -> SessionHooks | None:
-    """`smtp.hooks` asked of the SMTP pool (which runs whenever hooks are configured)."""
+    """`smtp.hooks` asked of the SMTP pool (which runs whenever hooks are configured), and
+    the `auth` stage in `smtp.auth.mode: hook`."""
     smtp = config.smtp
-    if not smtp.hooks:
+    auth: tuple[HookName, ...] = (AUTH_STAGE,) if smtp.auth.mode == "hook" else ()
+    stages = (*smtp.hooks, *auth)
+    if not stages:
         return None
-    assert smtp_pool is not None, "the SMTP pool runs whenever smtp.hooks is set"
+    assert smtp_pool is not None, "the SMTP pool runs whenever smtp.hooks or auth hooks are set"
     on_error = None if smtp.hooks_on_error == "accept" else replies.TEMPORARY_FAILURE
-    return SessionHooks(HookRunner(smtp_pool, smtp.hooks, smtp.hooks_timeout, on_error))
+    return SessionHooks(
+        HookRunner(
+            smtp_pool,
+            stages,
+            smtp.hooks_timeout,
+            on_error,
+            auth_on_error=replies.TEMPORARY_FAILURE,
+        )
+    )
 
 
 def _delivery(

@@ -243,7 +243,7 @@ def test_the_sdk_refuses_to_build_a_reply_the_server_would_refuse(
 
 BAD_CONTEXTS = {
     "not JSON": b"{hook",
-    "unknown stage": b'{"hook":"auth","uuid":"u","remote_addr":"a"}',
+    "unknown stage": b'{"hook":"quit","uuid":"u","remote_addr":"a"}',
     "missing uuid": b'{"hook":"rcpt","remote_addr":"a"}',
     "auth without verified": b'{"hook":"rcpt","uuid":"u","remote_addr":"a","auth":{}}',
     "recipients as text": b'{"hook":"rcpt","uuid":"u","remote_addr":"a","recipients":"b"}',

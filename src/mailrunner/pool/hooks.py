@@ -17,28 +17,38 @@ import structlog
 from mailrunner.errors import PoolError
 from mailrunner.pool.pool import WorkerPool
 from mailrunner.wire.errors import BadVerdict
-from mailrunner.wire.hooks import HookContext, HookStage, Reply, decode_verdict, encode_context
+from mailrunner.wire.hooks import (
+    AUTH_STAGE,
+    HookContext,
+    HookName,
+    Reply,
+    decode_verdict,
+    encode_context,
+)
 
 log = structlog.get_logger("mailrunner.hooks")
 
 
 class HookRunner:
     """Asks `pool`'s workers for verdicts at `stages`; `on_error` is the verdict of a hook
-    that failed (the SMTP side passes its 451, or None to accept)."""
+    that failed (the SMTP side passes its 451, or None to accept); at `auth` a failed hook is
+    `auth_on_error` whatever `on_error` says, since accepting would let anyone in."""
 
     def __init__(
         self,
         pool: WorkerPool,
-        stages: Collection[HookStage],
+        stages: Collection[HookName],
         timeout: float,
         on_error: Reply | None,
+        auth_on_error: Reply | None = None,
     ) -> None:
         self._pool = pool
         self._stages = frozenset(stages)
         self._timeout = timeout
         self._on_error = on_error
+        self._auth_on_error = auth_on_error
 
-    def runs(self, stage: HookStage) -> bool:
+    def runs(self, stage: HookName) -> bool:
         """Whether `stage` is configured: the SMTP side asks nothing at the others."""
         return stage in self._stages
 
@@ -54,11 +64,14 @@ class HookRunner:
             )
             return decode_verdict(answer, answer_body)
         except (PoolError, BadVerdict) as error:
+            on_error = self._on_error
+            if context.hook == AUTH_STAGE and self._auth_on_error is not None:
+                on_error = self._auth_on_error
             log.warning(
                 "hook failed",
                 stage=context.hook,
                 uuid=context.uuid,
                 reason=f"{type(error).__name__}: {error}",
-                answered=self._on_error.line if self._on_error is not None else "accept",
+                answered=on_error.line if on_error is not None else "accept",
             )
-            return self._on_error
+            return on_error

@@ -1,17 +1,35 @@
 """AUTH PLAIN and LOGIN as mailrunner answers them, a part of the SMTP protocol class
 (`MailrunnerSMTP` inherits it) kept apart because it is one concern: what a client's
-credentials are taken to be. aiosmtpd parses the AUTH command and calls `auth_<MECHANISM>`."""
+credentials are taken to be. aiosmtpd parses the AUTH command and calls `auth_<MECHANISM>`.
+
+`smtp.auth.mode: capture` accepts any credentials and keeps them for the event; `verify` and
+`hook` check them (`ProtocolSettings.auth_checks`) and keep only the username. Where they are
+checked, AUTH is neither offered nor accepted (538) on a session without TLS unless
+`allow_insecure`: a client told about AUTH in the clear would send its password in the clear.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import binascii
-from base64 import b64decode
+from base64 import b64decode, b64encode
+from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
+import structlog
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, _Missing
 
 from mailrunner.events import Authentication
 from mailrunner.smtp import replies
-from mailrunner.smtp.session import MailSession, ProtocolSettings
+from mailrunner.smtp.session import AuthChecks, MailSession, ProtocolSettings
+
+log = structlog.get_logger("mailrunner.auth")
+
+_AUTH_KEYWORD = "250-AUTH "
+"""The EHLO line that offers AUTH (aiosmtpd's, never the last line: `250 HELP` is)."""
+
+
+class _TooLong(Exception):
+    """A client's answer to a challenge was longer than a command line may be."""
 
 
 class AuthCommands(SMTP):
@@ -20,15 +38,145 @@ class AuthCommands(SMTP):
     settings: ProtocolSettings
     _mail_session: MailSession
 
+    def request_close(self, reply: str) -> None:
+        """`MailrunnerSMTP`'s: close with `reply` once the command in progress has answered."""
+        raise NotImplementedError
+
+    # --- whether AUTH is on offer ----------------------------------------------------------
+
+    @property
+    def _needs_tls_for_auth(self) -> bool:
+        """Credentials are checked and this session is not TLS (neither after STARTTLS nor
+        on the implicit listener: both set `session.ssl`), and clear text is not allowed."""
+        auth = self.settings.auth
+        return auth.checks and not auth.allow_insecure and self._mail_session.ssl is None
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        """EHLO leaves out AUTH where it would be refused with 538."""
+        result = await super()._call_handler_hook(command, *args)
+        if command == "EHLO" and isinstance(result, list) and self._needs_tls_for_auth:
+            result = [line for line in result if not line.startswith(_AUTH_KEYWORD)]
+        return result
+
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        """`smtp.auth.required`: MAIL, RCPT and DATA (and HELP, VRFY) before a successful
+        AUTH get 530 (aiosmtpd asks this before each)."""
+        if self.settings.auth.required and not self._mail_session.authenticated:
+            log.info("authentication required", uuid=self._mail_session.connection_id)
+            await self.push(replies.R530_AUTH_REQUIRED)
+            return True
+        return False
+
     async def smtp_AUTH(self, arg: str) -> None:
-        if not self.settings.auth.capture:
+        if self.settings.auth.mode == "off":
             await self.push(replies.R502_AUTH_OFF)
             return
+        checks = self.settings.auth_checks
+        if checks is not None:
+            if self._needs_tls_for_auth:
+                await self.push(replies.R538_AUTH_NEEDS_TLS)
+                return
+            if checks.failures.locked(self._mail_session.remote_host):
+                self._lock_out()
+                return
         await super().smtp_AUTH(arg)
 
+    # --- mechanisms ------------------------------------------------------------------------
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """A cancelled or malformed exchange is still an attempt (recorded)."""
+        self._record_auth("PLAIN", None, None)
+        try:
+            blob = await self._decoded_argument(args, "")
+        except _TooLong:
+            return await self._decide("PLAIN", b"", None)
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        pieces = blob.split(b"\x00")
+        if len(pieces) != 3:
+            await self.push(replies.R501_AUTH_SPLIT)
+            return AuthResult(success=False, handled=True)
+        _, login, password = pieces
+        return await self._decide("PLAIN", login, password)
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """Keeps the username if the password never comes."""
+        self._record_auth("LOGIN", None, None)
+        try:
+            login = await self._decoded_argument(args, "Username:")
+        except _TooLong:
+            return await self._decide("LOGIN", b"", None)
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        self._record_auth("LOGIN", login, None)
+        try:
+            password = await self.challenge_auth("Password:")
+        except _TooLong:
+            return await self._decide("LOGIN", login, None)
+        if isinstance(password, _Missing):
+            return AuthResult(success=False, handled=True)
+        return await self._decide("LOGIN", login, password)
+
+    async def _decide(self, mechanism: str, login: bytes, password: bytes | None) -> AuthResult:
+        """Capture the credentials, or check them; `password` None: the client's answer was
+        too long to be read (wrong credentials where they are checked)."""
+        checks = self.settings.auth_checks
+        if checks is None:
+            if password is None:
+                await self.push(replies.R501_AUTH_TOO_LONG)
+                return AuthResult(success=False, handled=True)
+            self._record_auth(mechanism, login, password)
+            return AuthResult(success=True, auth_data=LoginPassword(login, password))
+        refusal = (
+            replies.R535_AUTH_INVALID
+            if password is None
+            else await checks.authenticator.check(self._mail_session, mechanism, login, password)
+        )
+        username = _text(login)
+        if refusal is None:
+            self._mail_session.auth = Authentication(mechanism, username, verified=True)
+            log.info("authenticated", uuid=self._mail_session.connection_id, username=username)
+            return AuthResult(success=True, auth_data=username)
+        return self._refused(checks, mechanism, username, refusal)
+
+    def _refused(
+        self, checks: AuthChecks, mechanism: str, username: str | None, refusal: str
+    ) -> AuthResult:
+        """A refusal of credentials (5xx) counts against the client's address; one too many
+        closes the connection with 421 instead. A 4xx (a failed hook) is no guess: not
+        counted."""
+        self._mail_session.auth = Authentication(mechanism, username, verified=False)
+        host = self._mail_session.remote_host
+        log.info(
+            "authentication failed",
+            uuid=self._mail_session.connection_id,
+            username=username,
+            remote_host=host,
+        )
+        if refusal.startswith("5") and checks.failures.failed(host):
+            self._lock_out()
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, message=refusal)
+
+    def _lock_out(self) -> None:
+        log.warning(
+            "too many failed authentications, closing",
+            uuid=self._mail_session.connection_id,
+            remote_host=self._mail_session.remote_host,
+            max_failures=self.settings.auth.max_failures,
+        )
+        self.request_close(replies.R421_AUTH_FAILURES)
+
+    # --- reading the exchange --------------------------------------------------------------
+
     def _record_auth(self, mechanism: str, username: bytes | None, password: bytes | None) -> None:
+        """What the event says of the attempt so far; the password only when captured."""
+        capture = self.settings.auth.capture
         self._mail_session.auth = Authentication(
-            mechanism=mechanism, username=_text(username), password=_text(password)
+            mechanism=mechanism,
+            username=_text(username),
+            password=_text(password) if capture else None,
+            verified=None if capture else False,
         )
 
     async def _decoded_argument(self, args: list[str], challenge: str) -> bytes | None:
@@ -40,34 +188,48 @@ class AuthCommands(SMTP):
                 await self.push(replies.R501_AUTH_BASE64)
                 return None
         answer = await self.challenge_auth(challenge)
-        return None if answer is MISSING else bytes(answer)
+        return None if isinstance(answer, _Missing) else answer
 
-    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
-        """Capture any PLAIN credentials; a cancelled exchange is still an attempt."""
-        self._record_auth("PLAIN", None, None)
-        blob = await self._decoded_argument(args, "")
-        if blob is None:
-            return AuthResult(success=False, handled=True)
-        pieces = blob.split(b"\x00")
-        if len(pieces) != 3:
-            await self.push(replies.R501_AUTH_SPLIT)
-            return AuthResult(success=False, handled=True)
-        _, login, password = pieces
-        self._record_auth("PLAIN", login, password)
-        return AuthResult(success=True, auth_data=LoginPassword(login, password))
+    async def challenge_auth(
+        self,
+        challenge: str | bytes,
+        encode_to_b64: bool = True,
+        log_client_response: bool = False,
+    ) -> _Missing | bytes:
+        """aiosmtpd's, but the answer is read within the command line limit: a longer one (a
+        10 KB password) is read to its end in bounded pieces and raises `_TooLong`, where
+        aiosmtpd's readline would fail and leave the rest of it to be read as commands. The
+        answer is never logged (`log_client_response` is ignored)."""
+        data = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (b64encode(data) if encode_to_b64 else data))
+        blob = (await self._answer_line()).strip()
+        if blob == b"*":
+            await self.push(replies.R501_AUTH_ABORTED)
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            await self.push(replies.R501_AUTH_BASE64)
+            return MISSING
 
-    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
-        """Capture any LOGIN credentials, keeping the username if the password never comes."""
-        self._record_auth("LOGIN", None, None)
-        login = await self._decoded_argument(args, "Username:")
-        if login is None:
-            return AuthResult(success=False, handled=True)
-        self._record_auth("LOGIN", login, None)
-        password = await self.challenge_auth("Password:")
-        if password is MISSING:
-            return AuthResult(success=False, handled=True)
-        self._record_auth("LOGIN", login, bytes(password))
-        return AuthResult(success=True, auth_data=LoginPassword(login, bytes(password)))
+    async def _answer_line(self) -> bytes:
+        reader: asyncio.StreamReader = self._reader
+        try:
+            return await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as error:  # the client left mid-line
+            return error.partial
+        except asyncio.LimitOverrunError as error:
+            consumed = error.consumed
+        while True:
+            await reader.read(consumed)
+            try:
+                await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as error:
+                consumed = error.consumed
+                continue
+            except asyncio.IncompleteReadError:
+                pass
+            raise _TooLong
 
 
 def _text(data: bytes | None) -> str | None:

@@ -112,7 +112,7 @@ class SmtpHandler:
         kept = [
             line
             for line in responses
-            if server.settings.auth.capture or not line.startswith("250-AUTH")
+            if server.settings.auth.mode != "off" or not line.startswith("250-AUTH")
         ]
         kept.insert(1, "250-PIPELINING")
         return kept

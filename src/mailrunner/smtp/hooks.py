@@ -14,7 +14,7 @@ from typing import Any
 from mailrunner.pool.hooks import HookRunner
 from mailrunner.smtp.addresses import sender
 from mailrunner.smtp.session import MailSession
-from mailrunner.wire.hooks import HookAuth, HookContext, HookStage
+from mailrunner.wire.hooks import AUTH_STAGE, HookAuth, HookContext, HookName
 
 
 def _unicode(text: str) -> str:
@@ -22,16 +22,17 @@ def _unicode(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def session_context(stage: HookStage, session: MailSession, envelope: Any) -> HookContext:
+def session_context(stage: HookName, session: MailSession, envelope: Any) -> HookContext:
     """What the session has settled so far; the stage's own argument is added by the caller."""
     auth = session.auth
+    hook_auth = None if auth is None else HookAuth(auth.username, verified=bool(auth.verified))
     mail_from = getattr(envelope, "mail_from", None)
     return HookContext(
         hook=stage,
         uuid=session.connection_id,
         remote_addr=session.remote_addr,
         helo=None if session.host_name is None else _unicode(session.host_name),
-        auth=None if auth is None else HookAuth(username=auth.username, verified=False),
+        auth=hook_auth,
         mail_from=None if mail_from is None else _unicode(sender(mail_from)),
         mail_options=tuple(_unicode(o) for o in getattr(envelope, "mail_options", ())),
         recipients=tuple(_unicode(r) for r in getattr(envelope, "rcpt_tos", ())),
@@ -69,7 +70,17 @@ class SessionHooks:
         """`event_json` is the event as it will be delivered: the hook's body."""
         return await self._ask(session_context("data", session, envelope), event_json)
 
-    def runs(self, stage: HookStage) -> bool:
+    async def at_auth(self, session: MailSession, username: str, password: str) -> str | None:
+        """`smtp.auth.mode: hook`: the worker checks the credentials; only this stage's context
+        carries the password."""
+        context = dataclasses.replace(
+            session_context(AUTH_STAGE, session, None),
+            auth=HookAuth(username=username, verified=False),
+            password=password,
+        )
+        return await self._ask(context)
+
+    def runs(self, stage: HookName) -> bool:
         """Whether `stage` is asked: the handler builds the event JSON for `data` only then."""
         return self._runner.runs(stage)
 

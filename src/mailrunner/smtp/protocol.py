@@ -95,7 +95,7 @@ class MailrunnerSMTP(AuthCommands):
             auth_require_tls=False,
             tls_context=settings.tls_context,
             require_starttls=settings.require_tls,
-            auth_exclude_mechanism=[] if settings.auth.capture else ["PLAIN", "LOGIN"],
+            auth_exclude_mechanism=[] if settings.auth.mode != "off" else ["PLAIN", "LOGIN"],
         )
         self.settings = settings
         self._registry = registry

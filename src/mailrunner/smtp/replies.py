@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from mailrunner.wire.hooks import Reply
+from mailrunner.wire.hooks import WRONG_CREDENTIALS, Reply
 
 _UNPRINTABLE = re.compile(r"[^\t\x20-\x7e]")
 
@@ -29,6 +29,14 @@ R553_BAD_ADDRESS = "553 5.1.3 Invalid address: control characters are not allowe
 R501_AUTH_BASE64 = "501 5.5.2 Cannot decode base64"
 R501_AUTH_SPLIT = "501 5.5.2 Cannot split AUTH PLAIN value"
 R502_AUTH_OFF = "502 5.5.1 AUTH not available"
+R501_AUTH_ABORTED = "501 5.7.0 Auth aborted"
+R501_AUTH_TOO_LONG = "501 5.5.2 AUTH response line too long"
+R503_AUTH_AGAIN = "503 5.5.1 Already authenticated"
+R530_AUTH_REQUIRED = "530 5.7.0 Authentication required"
+"""RFC 4954 6; aiosmtpd's text exactly (its check_auth_needed sends it for MAIL, RCPT, DATA)."""
+R535_AUTH_INVALID = WRONG_CREDENTIALS.line
+R538_AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
+R421_AUTH_FAILURES = "421 4.7.0 {hostname} Too many failed authentications, try again later"
 R552_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 R500_LINE_TOO_LONG = "500 5.5.2 Line too long: at most 1000 bytes per line (RFC 5321 4.5.3.1.6)"
 R452_NO_STORAGE = "452 4.3.1 Insufficient system storage"
@@ -61,6 +69,7 @@ REWRITES: dict[str, str] = {
     "552 Error: Too much mail data": R552_TOO_BIG,
     "500 Line too long (see RFC5321 4.5.3.1.6)": R500_LINE_TOO_LONG,
     "221 Bye": R221_BYE,
+    "503 Already authenticated": R503_AUTH_AGAIN,
 }
 
 

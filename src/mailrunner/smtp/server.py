@@ -18,11 +18,12 @@ from mailrunner.config import SmtpConfig, TlsConfig, split_host_port
 from mailrunner.errors import ConfigError
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
+from mailrunner.smtp.authenticators import auth_checks
 from mailrunner.smtp.data_reader import InflightBudget
 from mailrunner.smtp.faults import FaultBook
 from mailrunner.smtp.handler import SmtpHandler
 from mailrunner.smtp.protocol import MailrunnerSMTP
-from mailrunner.smtp.session import ProtocolSettings
+from mailrunner.smtp.session import AuthChecks, ProtocolSettings
 from mailrunner.smtp.spool import Spool
 
 log = structlog.get_logger("mailrunner.smtp")
@@ -84,9 +85,11 @@ class SmtpServer:
         faults: FaultBook | None = None,
         *,
         spool: Spool | None = None,
+        auth: AuthChecks | None = None,
     ) -> None:
         """`faults`: the book the API adds rules to (the App's); a server of its own has none.
-        `spool`: where messages beyond its threshold go; without one all stay in memory."""
+        `spool`: where messages beyond its threshold go; without one all stay in memory.
+        `auth`: AUTH's checks (the App's, which has the hooks); else from `config.auth`."""
         self._config = config
         self._handler = handler
         self._metrics = metrics
@@ -102,6 +105,7 @@ class SmtpServer:
             require_tls=config.tls.required,
             spool=spool,
             proxy=config.proxy_protocol,
+            auth_checks=auth if auth is not None else auth_checks(config),
         )
         self._budget = InflightBudget(config.max_inflight_bytes)
         self._connections: set[MailrunnerSMTP] = set()

@@ -8,12 +8,33 @@ import asyncio
 import ssl
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiosmtpd.smtp import Envelope, Session
 
 from mailrunner.config import AuthConfig, ProxyProtocolConfig
 from mailrunner.events import Authentication
+from mailrunner.smtp.auth_limiter import FailureLimiter
 from mailrunner.smtp.spool import MessageContent, Spool
+
+
+class Authenticator(Protocol):
+    """Decides on credentials in `smtp.auth.mode` verify (the credentials file) or hook (a
+    worker); `smtp/authenticators.py` has both."""
+
+    async def check(
+        self, session: MailSession, mechanism: str, username: bytes, password: bytes
+    ) -> str | None:
+        """None when the credentials are good, else the reply that refuses them."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChecks:
+    """What checks AUTH, shared by every connection of a server: who decides on credentials,
+    and the failures counted per client address."""
+
+    authenticator: Authenticator
+    failures: FailureLimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +49,8 @@ class ProtocolSettings:
     spool: Spool | None = None
     """Where DATA beyond `smtp.spool_bytes` goes; None keeps every message in memory."""
     proxy: ProxyProtocolConfig = field(default_factory=ProxyProtocolConfig)
+    auth_checks: AuthChecks | None = None
+    """Set exactly when `auth.checks` (modes verify and hook)."""
 
 
 class MailSession(Session):

@@ -8,6 +8,11 @@ JSON `{"code": 550, "enhanced": "5.1.1", "text": "No such user"}` (4xx or 5xx on
 refuses, it never decides what success says). The SMTP pool's delivery worker may answer the
 same reply JSON instead of CONTINUE / CLOSE (`wire/smtp.py`).
 
+With `smtp.auth.mode: hook` the `auth` stage decides on AUTH: its context also carries the
+client's `password` (the one context that does; none is logged, `repr` leaves it out) and its
+`auth` is `{"username", "verified": false}`. A refusal (535 5.7.8 for wrong credentials) is
+sent as it is; `ACCEPT` authenticates the session.
+
 Both directions are coded here once: the server encodes contexts and decodes verdicts, the SDK
 (`worker/hooks.py`) decodes contexts and encodes verdicts.
 """
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal, get_args
 
 from mailrunner.wire.context import ContextObject
@@ -24,10 +29,13 @@ from mailrunner.wire.errors import BadContext, BadVerdict
 
 __all__ = [
     "ACCEPT",
+    "AUTH_STAGE",
     "HOOK_STAGES",
     "MAX_VERDICT_BYTES",
+    "WRONG_CREDENTIALS",
     "HookAuth",
     "HookContext",
+    "HookName",
     "HookStage",
     "Reply",
     "decode_context",
@@ -40,8 +48,15 @@ __all__ = [
 ]
 
 HookStage = Literal["connect", "helo", "mail", "rcpt", "data"]
+"""The stages `smtp.hooks` lists."""
 HOOK_STAGES: Final[tuple[HookStage, ...]] = get_args(HookStage)
 """In the order a session meets them."""
+AuthStage = Literal["auth"]
+AUTH_STAGE: Final[AuthStage] = "auth"
+"""Asked at AUTH with `smtp.auth.mode: hook` (not listed in `smtp.hooks`)."""
+HookName = HookStage | AuthStage
+"""Every stage a hook context may name."""
+_HOOK_NAMES: Final[tuple[HookName, ...]] = (*HOOK_STAGES, AUTH_STAGE)
 
 ACCEPT: Final = "ACCEPT"
 """The verdict context that lets the command go on as if no hook had run."""
@@ -94,9 +109,15 @@ class Reply:
         return f"{self.code} {self.enhanced} {self.text}"
 
 
+WRONG_CREDENTIALS: Final = Reply(535, "5.7.8", "Authentication credentials invalid")
+"""RFC 4954's refusal of credentials: what the server answers wrong ones in `smtp.auth.mode:
+verify`, and the SDK's `on_auth` unless overridden."""
+
+
 @dataclass(frozen=True, slots=True)
 class HookAuth:
-    """Who the client authenticated as; the password never leaves the SMTP side."""
+    """Who the client authenticated as (at `auth`: who it claims to be, `verified` False); the
+    password is no part of it (only the `auth` stage's context carries one)."""
 
     username: str | None
     verified: bool
@@ -106,7 +127,7 @@ class HookAuth:
 class HookContext:
     """The session as far as the stage `hook`; a field not yet known is None (or empty)."""
 
-    hook: HookStage
+    hook: HookName
     uuid: str
     """Connection UUID, the same as the event's `uuid`."""
     remote_addr: str
@@ -119,6 +140,8 @@ class HookContext:
     """The recipient being decided on: at `rcpt` only."""
     recipients: tuple[str, ...] = ()
     """Recipients accepted so far (at `data`: every one the message goes to)."""
+    password: str | None = field(default=None, repr=False)
+    """The password the client sent: at `auth` only (the worker checks it), never logged."""
 
 
 # --- context: server -> worker --------------------------------------------------------------
@@ -139,6 +162,7 @@ def encode_context(context: HookContext) -> bytes:
             "mail_options": list(context.mail_options),
             "rcpt": context.rcpt,
             "recipients": list(context.recipients),
+            **({"password": context.password} if context.hook == AUTH_STAGE else {}),
         },
         separators=(",", ":"),
     ).encode()
@@ -153,8 +177,8 @@ def decode_context(data: bytes) -> HookContext:
     """Read a hook context; `BadContext` names the field that is missing or mistyped."""
     meta = ContextObject.read("hook context", data)
     stage = meta.get("hook")
-    if stage not in HOOK_STAGES:
-        raise meta.error("hook", f"one of {HOOK_STAGES}", stage)
+    if stage not in _HOOK_NAMES:
+        raise meta.error("hook", f"one of {_HOOK_NAMES}", stage)
     return HookContext(
         hook=stage,
         uuid=meta.text("uuid"),
@@ -165,6 +189,7 @@ def decode_context(data: bytes) -> HookContext:
         mail_options=_texts(meta, "mail_options"),
         rcpt=_optional_text(meta, "rcpt"),
         recipients=_texts(meta, "recipients"),
+        password=_optional_text(meta, "password") if stage == AUTH_STAGE else None,
     )
 
 

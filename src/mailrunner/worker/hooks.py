@@ -19,11 +19,18 @@ killed): decide from memory or a fast lookup. A method that raises answers the c
 from __future__ import annotations
 
 from mailrunner.wire.errors import BadContext
-from mailrunner.wire.hooks import HookAuth, HookContext, Reply, decode_context, encode_verdict
+from mailrunner.wire.hooks import (
+    WRONG_CREDENTIALS,
+    HookAuth,
+    HookContext,
+    Reply,
+    decode_context,
+    encode_verdict,
+)
 from mailrunner.worker.errors import ProtocolError
 from mailrunner.worker.event import Email
 
-__all__ = ["HookAuth", "HookContext", "Hooks", "Reply", "answer_hook"]
+__all__ = ["WRONG_CREDENTIALS", "HookAuth", "HookContext", "Hooks", "Reply", "answer_hook"]
 
 
 class Hooks:
@@ -41,6 +48,15 @@ class Hooks:
 
     def on_helo(self, context: HookContext) -> Reply | None:
         return None
+
+    def on_auth(self, context: HookContext) -> Reply | None:
+        """`smtp.auth.mode: hook`: decide on `context.auth.username` and `context.password`
+        (this stage's context alone carries it; never log it). None authenticates the
+        session; refuse wrong credentials with `Reply(535, "5.7.8", "Authentication
+        credentials invalid")`. A raising method refuses (451 4.3.0), even with
+        `smtp.hooks_on_error: accept`. Refuses by default: a server in hook mode whose
+        workers forgot this method lets nobody in rather than everybody."""
+        return WRONG_CREDENTIALS
 
     def on_mail(self, context: HookContext) -> Reply | None:
         return None
@@ -68,6 +84,7 @@ def answer_hook(hooks: Hooks, context: bytes, body: bytes) -> bytes:
     method = {
         "connect": hooks.on_connect,
         "helo": hooks.on_helo,
+        "auth": hooks.on_auth,
         "mail": hooks.on_mail,
         "rcpt": hooks.on_rcpt,
     }[hook.hook]
