@@ -159,7 +159,7 @@ def ehlo_reply(server: RunningServer) -> bytes:
     size = server.config.smtp.max_message_size
     return (
         f"250-localhost\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n"
-        "250-SMTPUTF8\r\n250-AUTH LOGIN PLAIN\r\n250 HELP\r\n"
+        "250-SMTPUTF8\r\n250-AUTH LOGIN PLAIN\r\n250-CHUNKING\r\n250 HELP\r\n"
     ).encode()
 
 

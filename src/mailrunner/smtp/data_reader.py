@@ -17,6 +17,9 @@ a pipelining client sent after the final dot go back into the stream for the nex
 
 With a spool (`smtp/spool.py`), a message past the spool's threshold moves from the buffer
 to a file as it arrives (`Spill`): only what is held in memory counts against the budget.
+
+BDAT's chunks (RFC 3030) are counted, not scanned: `read_chunk` takes exactly the octets a
+chunk announces into a `ChunkScanner`, within the same budget and spool.
 """
 
 from __future__ import annotations
@@ -112,27 +115,22 @@ def _first_long_line(data: bytes, start: int, stop: int) -> int:
     return -1
 
 
-class DataScanner:
-    """The state of one DATA transaction, fed chunk by chunk; pure, no I/O.
-
-    While the data is acceptable `_carry` is the CRLF that ended the last whole line (at
-    first the one that ended the DATA command) plus the line in progress; once refused it is
-    only the last few octets, enough to find a final dot that straddles two chunks.
-    """
+class MessageBuffer:
+    """The octets of one message held in memory against the budget, and how it ended so far;
+    what DATA's and BDAT's readers share (and what `Spill` moves to the spool)."""
 
     def __init__(self, size_limit: int | None, budget: InflightBudget) -> None:
         self.outcome = DataOutcome.COMPLETE
         # a message the whole budget cannot hold would get 452 at every retry: too big it is
         self._size_limit = min(size_limit or budget.capacity, budget.capacity)
         self._budget = budget
-        self._carry = _CRLF
         self._counted = 0
         self._held = 0
         self._content = bytearray()
 
     @property
     def draining(self) -> bool:
-        """True once the data is refused for good: only its final dot is looked for."""
+        """True once the data is refused for good: only its end is looked for."""
         return self.outcome in (DataOutcome.TOO_LONG, DataOutcome.TOO_MUCH, DataOutcome.NO_DISK)
 
     @property
@@ -140,26 +138,8 @@ class DataScanner:
         """The octets of the message held in memory now."""
         return len(self._content)
 
-    def feed(self, chunk: bytes) -> bytes | None:
-        """Take the next octets; None while the final dot is to come, else what follows it."""
-        data = self._carry + chunk
-        end = data.find(_FINAL_DOT)
-        if end != -1:
-            if not self.draining:
-                self._take(data, end + 2)
-            return data[end + len(_FINAL_DOT) :]
-        if not self.draining:
-            last = data.rfind(_CRLF)
-            self._take(data, last + 2)
-            self._carry = data[last:]
-            if len(self._carry) - len(_CRLF) > _COUNTED_FIRST:
-                self._refuse(DataOutcome.TOO_LONG)
-        if self.draining:
-            self._carry = data[-_TAIL:]
-        return None
-
     def content(self) -> bytes:
-        """The message without its transparency dots (after a COMPLETE outcome).
+        """The message (after a COMPLETE outcome).
 
         The buffer goes as it is copied, so the handler parses a message held once. Handing
         over a BytesIO's own bytes instead avoids the copy but measured a higher peak for a
@@ -185,6 +165,58 @@ class DataScanner:
         self._held = 0
         self._content = bytearray()
 
+    def _keep(self, octets: bytes | memoryview) -> None:
+        """Hold `octets` if the budget has room for them, else refuse the message (NO_ROOM)."""
+        if not self._budget.reserve(len(octets)):
+            self._refuse(DataOutcome.NO_ROOM)
+            return
+        self._held += len(octets)
+        self._content += octets
+
+    def _over_size(self, more: int) -> DataOutcome | None:
+        if self._size_limit and self._counted + more > self._size_limit:
+            return DataOutcome.TOO_MUCH
+        return None
+
+    def _refuse(self, outcome: DataOutcome) -> None:
+        """The first line or size refusal stands; either one replaces an exhausted budget,
+        since that message would be refused again on retry."""
+        if not self.draining:
+            self.outcome = outcome
+        self.release()
+
+
+class DataScanner(MessageBuffer):
+    """The state of one DATA transaction, fed chunk by chunk; pure, no I/O. Its content is
+    the message without its transparency dots.
+
+    While the data is acceptable `_carry` is the CRLF that ended the last whole line (at
+    first the one that ended the DATA command) plus the line in progress; once refused it is
+    only the last few octets, enough to find a final dot that straddles two chunks.
+    """
+
+    def __init__(self, size_limit: int | None, budget: InflightBudget) -> None:
+        super().__init__(size_limit, budget)
+        self._carry = _CRLF
+
+    def feed(self, chunk: bytes) -> bytes | None:
+        """Take the next octets; None while the final dot is to come, else what follows it."""
+        data = self._carry + chunk
+        end = data.find(_FINAL_DOT)
+        if end != -1:
+            if not self.draining:
+                self._take(data, end + 2)
+            return data[end + len(_FINAL_DOT) :]
+        if not self.draining:
+            last = data.rfind(_CRLF)
+            self._take(data, last + 2)
+            self._carry = data[last:]
+            if len(self._carry) - len(_CRLF) > _COUNTED_FIRST:
+                self._refuse(DataOutcome.TOO_LONG)
+        if self.draining:
+            self._carry = data[-_TAIL:]
+        return None
+
     def _take(self, data: bytes, stop: int) -> None:
         """Judge and keep the whole lines `data[2:stop]`; `data` starts with a CRLF."""
         refusal = self._judge(data, stop)
@@ -197,11 +229,7 @@ class DataScanner:
         lines = memoryview(data)[2:stop]
         if data.find(_STUFFED, 0, stop) != -1:
             lines = memoryview(data[:stop].replace(_STUFFED, _CRLF))[2:]
-        if not self._budget.reserve(len(lines)):
-            self._refuse(DataOutcome.NO_ROOM)
-            return
-        self._held += len(lines)
-        self._content += lines
+        self._keep(lines)
 
     def _judge(self, data: bytes, stop: int) -> DataOutcome | None:
         """The refusal the lines `data[2:stop]` earn in aiosmtpd's order, or None."""
@@ -216,17 +244,26 @@ class DataScanner:
             return self._over_size(long_line - 2 + length) or DataOutcome.TOO_LONG
         return DataOutcome.TOO_LONG
 
-    def _over_size(self, more: int) -> DataOutcome | None:
-        if self._size_limit and self._counted + more > self._size_limit:
-            return DataOutcome.TOO_MUCH
-        return None
 
-    def _refuse(self, outcome: DataOutcome) -> None:
-        """The first line or size refusal stands; either one replaces an exhausted budget,
-        since that message would be refused again on retry."""
-        if not self.draining:
-            self.outcome = outcome
-        self.release()
+class ChunkScanner(MessageBuffer):
+    """The chunks of one BDAT transaction (RFC 3030), the message's octets as they are: no
+    dots, no line rules, only their count. Lives from the first chunk to the last.
+
+    A chunk that takes the message past the size limit is refused when announced, so it is
+    drained without being held; a budget that runs out refuses the message too (NO_ROOM):
+    a BDAT refusal ends the transaction, so there is no later chunk to judge.
+    """
+
+    def begin(self, size: int) -> None:
+        """A chunk of `size` octets is announced."""
+        if self.outcome is DataOutcome.COMPLETE and (refusal := self._over_size(size)):
+            self._refuse(refusal)
+        self._counted += size
+
+    def feed(self, piece: bytes) -> None:
+        """Take the next octets of the announced chunk (never more than it has left)."""
+        if self.outcome is DataOutcome.COMPLETE:
+            self._keep(piece)
 
 
 class Spill:
@@ -242,7 +279,7 @@ class Spill:
         self._connection_id = connection_id
         self._file: SpoolFile | None = None
 
-    async def offer(self, scanner: DataScanner, final: bool) -> None:
+    async def offer(self, scanner: MessageBuffer, final: bool) -> None:
         """Write what `scanner` holds if it is time to; a failed write refuses the message."""
         if scanner.outcome is not DataOutcome.COMPLETE:
             await self.remove()
@@ -265,7 +302,7 @@ class Spill:
             scanner.refuse(DataOutcome.NO_DISK)
             await self.remove()
 
-    def content(self, scanner: DataScanner) -> MessageContent:
+    def content(self, scanner: MessageBuffer) -> MessageContent:
         """The message after a COMPLETE outcome: its spool file, or the scanner's buffer."""
         if self._file is not None:
             return self._file.finish()
@@ -297,3 +334,40 @@ async def read_data(
             if after:
                 unread(reader, after)
             return scanner.outcome
+
+
+async def read_chunk(
+    reader: asyncio.StreamReader,
+    scanner: ChunkScanner,
+    size: int,
+    spill: Spill | None = None,
+    *,
+    last: bool = False,
+) -> DataOutcome:
+    """Read exactly the `size` octets of one BDAT chunk into `scanner` (drained if refused);
+    the bytes after them stay in `reader`. With `last`, what the spill still holds back is
+    written, so a spooled message is whole in its file."""
+    scanner.begin(size)
+    left = size
+    while left:
+        piece = await reader.read(min(left, CHUNK_BYTES))
+        if not piece:
+            raise asyncio.IncompleteReadError(b"", left)
+        left -= len(piece)
+        scanner.feed(piece)
+        if spill is not None:
+            await spill.offer(scanner, final=False)
+    if spill is not None and (last or scanner.outcome is not DataOutcome.COMPLETE):
+        await spill.offer(scanner, final=last)
+    return scanner.outcome
+
+
+async def skip_chunk(reader: asyncio.StreamReader, size: int) -> None:
+    """Read and drop a BDAT chunk that was refused before it was read, so the stream stays in
+    step: its bytes are not commands."""
+    left = size
+    while left:
+        piece = await reader.read(min(left, CHUNK_BYTES))
+        if not piece:
+            raise asyncio.IncompleteReadError(b"", left)
+        left -= len(piece)

@@ -5,19 +5,26 @@ keeps that timer running while a handler works, hard-codes some reply texts, lea
 transaction open after a raising hook ("503 nested MAIL"), and answers a cancelled AUTH
 twice. It also collects DATA line by line, one bytearray per line: DATA is read here in
 chunks instead (`smtp/data_reader.py`), within a memory budget the server shares among its
-connections. Each fix lives here because it touches aiosmtpd internals; that is why
-pyproject.toml pins `aiosmtpd>=1.4.6,<1.5`.
+connections. It has no BDAT (RFC 3030 CHUNKING): that is added here on the same reader,
+budget and spool. Its PROXY protocol support greets right after the header and cannot tell
+trusted peers from others: the header is read here instead, before admission (so limits and
+fault rules see the client's address). Each fix lives here because it touches aiosmtpd
+internals; that is why pyproject.toml pins `aiosmtpd>=1.4.6,<1.5`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, Protocol
+import ipaddress
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP
+from aiosmtpd.proxy_protocol import V2_CMD, ProxyData, get_proxy
+from aiosmtpd.smtp import MISSING, SMTP, Envelope
 
 from mailrunner import __version__
 from mailrunner.faults import FaultRule, FaultStage
@@ -26,11 +33,14 @@ from mailrunner.smtp import replies
 from mailrunner.smtp.addresses import plain_path
 from mailrunner.smtp.auth_commands import AuthCommands
 from mailrunner.smtp.data_reader import (
+    ChunkScanner,
     DataOutcome,
     DataScanner,
     InflightBudget,
     Spill,
+    read_chunk,
     read_data,
+    skip_chunk,
 )
 from mailrunner.smtp.faults import FaultBook, record_injected
 from mailrunner.smtp.session import MailEnvelope, MailSession, ProtocolSettings
@@ -39,7 +49,8 @@ from mailrunner.smtp.spool import MessageContent
 log = structlog.get_logger("mailrunner.smtp")
 
 Command = Callable[[str | None], Awaitable[None]]
-_MESSAGE_COMMANDS = frozenset({"MAIL", "RCPT", "DATA"})
+_T = TypeVar("_T")
+_MESSAGE_COMMANDS = frozenset({"MAIL", "RCPT", "DATA", "BDAT"})
 """A refusal of one of these refuses (part of) a message; it counts in the metrics."""
 _DATA_REFUSALS = {
     DataOutcome.TOO_LONG: replies.R500_LINE_TOO_LONG,
@@ -59,6 +70,10 @@ _TLS_EXTRA = ("sslcontext", "ssl_object", "peercert", "cipher", "compression")
 """The transport details aiosmtpd keeps in `session.ssl` after STARTTLS (SSLProtocol's)."""
 _CLOSING_CODE = "421"
 """A reply with this code closes the connection (RFC 5321 3.8), an injected one too."""
+_CHUNKING = "250-CHUNKING"
+"""The EHLO line that offers BDAT (RFC 3030); BINARYMIME is not offered."""
+_BDAT_ARGUMENT = re.compile(r"([0-9]+)(?: +(LAST))?", re.ASCII | re.IGNORECASE)
+"""`BDAT <size> [LAST]` (RFC 3030 2, after the command word and its space)."""
 
 
 class ConnectionRegistry(Protocol):
@@ -68,6 +83,17 @@ class ConnectionRegistry(Protocol):
         """None to admit the connection, else the reply to close it with."""
 
     def forget(self, connection: MailrunnerSMTP) -> None: ...
+
+
+@dataclass(slots=True)
+class _Chunks:
+    """A BDAT transaction between its first chunk and its last: what it holds so far. It
+    belongs to `envelope`; once the session has another one (RSET, EHLO, STARTTLS, a failed
+    command), the transaction is over and what it holds is released."""
+
+    envelope: Envelope
+    scanner: ChunkScanner
+    spill: Spill | None
 
 
 class MailrunnerSMTP(AuthCommands):
@@ -107,6 +133,8 @@ class MailrunnerSMTP(AuthCommands):
         self._in_command = False
         self._closing_reply: str | None = None
         self._session_timer: asyncio.TimerHandle | None = None
+        self._chunks: _Chunks | None = None
+        self._proxied_peer: tuple[str, int] | None = None
         self._smtp_methods = {
             name: self._tracked(name, method) for name, method in self._smtp_methods.items()
         }
@@ -121,6 +149,7 @@ class MailrunnerSMTP(AuthCommands):
         self._mail_session = MailSession(self.loop, connection_id)
         if previous is not None:
             self._mail_session.messages = previous.messages
+            self._mail_session.proxy_data = previous.proxy_data
         return self._mail_session
 
     def _create_envelope(self) -> MailEnvelope:
@@ -140,9 +169,11 @@ class MailrunnerSMTP(AuthCommands):
             self._command = name
             self._in_command = True
             try:
+                await self._drop_stale_chunks()
                 await method(arg)
             finally:
                 self._in_command = False
+            await self._drop_stale_chunks()
             if self._closing_reply is not None:
                 self.close_with(self._closing_reply)
             elif self.mail_session.close_after_reply:
@@ -165,6 +196,8 @@ class MailrunnerSMTP(AuthCommands):
                 return [reply] if command == "EHLO" else reply  # EHLO's hook answers lines
             if command == "MAIL" and (refusal := self._no_room_for(args[1])) is not None:
                 return refusal
+            if command == "EHLO":
+                args[1].insert(-1, _CHUNKING)  # before "250 HELP", aiosmtpd's last line
             return await super()._call_handler_hook(command, *args)
         finally:
             self._owes_reply = False
@@ -217,6 +250,8 @@ class MailrunnerSMTP(AuthCommands):
         listener is TLS from the first byte, so its transport's TLS details go there too
         (the trace header's ESMTPS reads it)."""
         super().connection_made(transport)
+        if self._proxied_peer is not None:  # aiosmtpd took the socket's peer again
+            self._set_peer(self._proxied_peer)
         if self.mail_session.ssl is None and transport.get_extra_info("ssl_object") is not None:
             self.mail_session.ssl = {name: transport.get_extra_info(name) for name in _TLS_EXTRA}
         if self._session_timer is None:
@@ -231,23 +266,78 @@ class MailrunnerSMTP(AuthCommands):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        refusal = self._registry.admit(self)
-        if refusal is not None:
-            self.close_with(refusal)
-            return
-        log.debug("connection opened", uuid=self.mail_session.connection_id)
-        fault = self._faults.take("connect", (self.mail_session.remote_host,))
-        if fault is not None:
-            self._owes_reply = True  # the greeting
-            await self._inject(fault)
+        """Admission and everything after it see the client's address: a trusted load
+        balancer's PROXY header is read first. Whichever way the session ends (a reply, a
+        lost connection, the server stopping), a BDAT transaction's octets are released."""
+        try:
+            if not await self._proxy_header_read():
+                return
+            refusal = self._registry.admit(self)
+            if refusal is not None:
+                self.close_with(refusal)
+                return
+            log.debug("connection opened", uuid=self.mail_session.connection_id)
+            fault = self._faults.take("connect", (self.mail_session.remote_host,))
+            if fault is not None:
+                self._owes_reply = True  # the greeting
+                await self._inject(fault)
+                self._owes_reply = False
+            refusal = await self._connect_refusal()
+            if refusal is not None:
+                # not close_with: the text is a worker's, no format string
+                await self.push(refusal)
+                assert self.transport is not None
+                self.transport.close()
+                return
+            await super()._handle_client()
+        finally:
+            await self._drop_chunks()
+
+    async def _proxy_header_read(self) -> bool:
+        """Read the PROXY header (v1 or v2) a trusted peer must send; False once the
+        connection is closed for want of a valid one in `proxy.timeout`. Other peers send
+        none: from them, a PROXY line is a command like any other (an unknown one).
+
+        The header's source address becomes the session's peer (the event's `remote_addr`,
+        the per-address limit, fault rules, the trace header all read it); a v2 LOCAL or a
+        v1 UNKNOWN header (the balancer's own health check) keeps the socket's."""
+        proxy = self.settings.proxy
+        if not proxy.enabled or not _trusted(self.mail_session.peer, proxy.trusted):
+            return True
+        self._owes_reply = True  # the greeting, once the header is in: its own deadline
+        try:
+            async with asyncio.timeout(proxy.timeout):
+                header = await get_proxy(self._reader)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as error:
+            header = ProxyData(version=None).with_error(type(error).__name__, log_prefix=False)
+        finally:
             self._owes_reply = False
-        refusal = await self._connect_refusal()
-        if refusal is not None:
-            await self.push(refusal)  # not close_with: the text is a worker's, no format string
+        if not header.valid:
+            log.info(
+                "connection closed: no valid PROXY header from a trusted address",
+                uuid=self.mail_session.connection_id,
+                peer=self.mail_session.remote_addr,
+                reason=header.error,
+            )
             assert self.transport is not None
             self.transport.close()
-            return
-        await super()._handle_client()
+            return False
+        self.mail_session.proxy_data = header
+        self._proxied_peer = _source(header)
+        if self._proxied_peer is not None:
+            log.debug(
+                "PROXY header",
+                uuid=self.mail_session.connection_id,
+                peer=self.mail_session.remote_addr,
+                client=f"{self._proxied_peer[0]}:{self._proxied_peer[1]}",
+            )
+            self._set_peer(self._proxied_peer)
+        self._reset_timeout()
+        return True
+
+    def _set_peer(self, peer: tuple[str, int]) -> None:
+        # aiosmtpd annotates `peer` as str; it holds the socket's (host, port) tuple
+        self.mail_session.peer = peer  # type: ignore[assignment]
 
     async def _connect_refusal(self) -> str | None:
         """The reply a `connect` hook gives instead of the greeting (the handler's
@@ -332,6 +422,9 @@ class MailrunnerSMTP(AuthCommands):
         `content` is `original_content`). The budget is released once the hook has handed the
         message on, or when the message is refused; its spool file, if any, goes then too,
         whatever the reply (and when the connection is lost or the server stops meanwhile)."""
+        if self._chunks is not None:
+            await self._end_transaction(replies.R503_DATA_AFTER_BDAT)
+            return
         if await self._data_refused(arg):
             return
         await self.push(replies.R354_DATA)
@@ -339,7 +432,7 @@ class MailrunnerSMTP(AuthCommands):
         spool = self.settings.spool
         spill = Spill(spool, self.mail_session.connection_id) if spool is not None else None
         try:
-            outcome = await self._read_data(scanner, spill)
+            outcome = await self._receive(read_data(self._reader, scanner, spill))
             if outcome is DataOutcome.COMPLETE:
                 status = await self._hand_on(
                     spill.content(scanner)
@@ -368,13 +461,89 @@ class MailrunnerSMTP(AuthCommands):
             return True
         return False
 
-    async def _read_data(self, scanner: DataScanner, spill: Spill | None) -> DataOutcome:
+    async def _receive(self, reading: Awaitable[_T]) -> _T:
+        """Await a read of message octets, closing the writer if the connection goes."""
         try:
-            return await read_data(self._reader, scanner, spill)
+            return await reading
         except asyncio.CancelledError:
-            log.debug("connection lost during DATA", uuid=self.mail_session.connection_id)
+            log.debug(
+                "connection lost during " + self._command, uuid=self.mail_session.connection_id
+            )
             self._writer.close()
             raise
+
+    # --- BDAT (RFC 3030) -------------------------------------------------------------------
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """One chunk: exactly its octets are read right after the command line (a pipelining
+        client sends them there), whatever the reply, so the stream stays in step; only a
+        size that cannot be read leaves them to be taken for commands (501).
+
+        The chunks of one transaction make one message, held within the in-flight budget
+        and spooled past `spool_bytes` as DATA's are; the last goes to the DATA hook as DATA's
+        message does (fault rules, hooks, delivery), so the event is the same. A refused
+        chunk (size, budget, disk) ends the transaction: later chunks already sent find no
+        recipient and are read and dropped (554), as RFC 3030 4 asks."""
+        match = _BDAT_ARGUMENT.fullmatch(arg or "")
+        if match is None:
+            await self.push(replies.R501_BDAT_SYNTAX)
+            return
+        size, last = int(match[1]), match[2] is not None
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self._receive(skip_chunk(self._reader, size))
+            if not (await self.check_helo_needed() or await self.check_auth_needed("BDAT")):
+                await self.push(replies.R554_NO_RECIPIENTS)
+            return
+        chunks = self._chunks or self._start_chunks()
+        outcome = await self._receive(
+            read_chunk(self._reader, chunks.scanner, size, chunks.spill, last=last)
+        )
+        if outcome is not DataOutcome.COMPLETE:
+            await self._end_transaction(_DATA_REFUSALS[outcome])
+        elif not last:
+            await self.push(replies.chunk_received(size))
+        else:
+            try:
+                content = (
+                    chunks.spill.content(chunks.scanner)
+                    if chunks.spill is not None
+                    else MessageContent.in_memory(chunks.scanner.content())
+                )
+                status = await self._hand_on(content)
+            finally:
+                await self._drop_chunks()
+            await self._end_transaction(status)
+
+    def _start_chunks(self) -> _Chunks:
+        assert self.envelope is not None
+        spool = self.settings.spool
+        self._chunks = _Chunks(
+            self.envelope,
+            ChunkScanner(self.data_size_limit, self._budget),
+            Spill(spool, self.mail_session.connection_id) if spool is not None else None,
+        )
+        return self._chunks
+
+    async def _end_transaction(self, status: str) -> None:
+        """Answer the last or a refused chunk (or a DATA among chunks): the transaction is
+        over, a new envelope waits for MAIL (aiosmtpd's post-DATA state)."""
+        await self._drop_chunks()
+        self.envelope = self._create_envelope()
+        await self.push(status)
+
+    async def _drop_stale_chunks(self) -> None:
+        """Release a BDAT transaction the session has left (its envelope was replaced)."""
+        if self._chunks is not None and self._chunks.envelope is not self.envelope:
+            await self._drop_chunks()
+
+    async def _drop_chunks(self) -> None:
+        """Give a BDAT transaction's octets back to the budget and remove its spool file."""
+        chunks, self._chunks = self._chunks, None
+        if chunks is not None:
+            chunks.scanner.release()
+            if chunks.spill is not None:
+                await chunks.spill.remove()
 
     async def _hand_on(self, content: MessageContent) -> str:
         assert isinstance(self.envelope, MailEnvelope)
@@ -412,3 +581,25 @@ class MailrunnerSMTP(AuthCommands):
         self.envelope = self._create_envelope()
         status: str = await super().handle_exception(error)
         return status
+
+
+def _trusted(peer: Any, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether the socket's peer is one of `networks` (an IPv4-mapped address as its IPv4)."""
+    try:
+        address = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+def _source(header: ProxyData) -> tuple[str, int] | None:
+    """The client's address and port a valid header names; None when it names none (v2
+    LOCAL, v1 UNKNOWN, a UNIX socket): the connection is the balancer's own."""
+    if header.command == V2_CMD.LOCAL:
+        return None
+    address = header.src_addr
+    if not isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return None
+    return str(address), int(header.src_port or 0)

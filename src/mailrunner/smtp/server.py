@@ -14,7 +14,7 @@ from typing import cast
 
 import structlog
 
-from mailrunner.config import SmtpConfig, TlsConfig, split_host_port
+from mailrunner.config import ProxyProtocolConfig, SmtpConfig, TlsConfig, split_host_port
 from mailrunner.errors import ConfigError
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
@@ -115,6 +115,7 @@ class SmtpServer:
         self._server: asyncio.Server | None = None
         self._implicit: asyncio.Server | None = None
         self._drained = asyncio.Event()
+        self._stopping = False
 
     @property
     def connections(self) -> list[ConnectionInfo]:
@@ -154,6 +155,10 @@ class SmtpServer:
         return _bound(self._implicit) if self._implicit is not None else None
 
     def admit(self, connection: MailrunnerSMTP) -> str | None:
+        """None to admit, else the reply that refuses. Called once the client's address is
+        known, after a PROXY header: that may be after `stop` has asked the others to go."""
+        if self._stopping:
+            return replies.R421_SHUTTING_DOWN
         if len(self._connections) >= self._config.max_connections:
             log.warning("connection refused: too many connections", limit=len(self._connections))
             return replies.R421_TOO_MANY_CONNECTIONS
@@ -219,8 +224,12 @@ class SmtpServer:
 
     def _new_implicit_connection(self) -> MailrunnerSMTP:
         """A session on the implicit-TLS listener: TLS already, so no STARTTLS to offer or
-        demand (the transport's TLS makes the session count as TLS, see `MailrunnerSMTP`)."""
-        settings = replace(self._settings, tls_context=None, require_tls=False)
+        demand (the transport's TLS makes the session count as TLS, see `MailrunnerSMTP`).
+        No PROXY header either: a balancer sends it before the TLS handshake, which asyncio's
+        TLS listener has begun with the first byte."""
+        settings = replace(
+            self._settings, tls_context=None, require_tls=False, proxy=ProxyProtocolConfig()
+        )
         return MailrunnerSMTP(
             self._handler, settings, self, self._metrics, self._budget, faults=self._faults
         )
@@ -252,6 +261,7 @@ class SmtpServer:
         """Stop accepting; sessions inside a command may finish it, the rest get 421."""
         if self._server is None:
             return
+        self._stopping = True
         self._server.close()
         if self._implicit is not None:
             self._implicit.close()
