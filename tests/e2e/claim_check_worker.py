@@ -26,6 +26,7 @@ def sha256(data: bytes) -> str:
 def account(payload: bytes) -> dict[str, object]:
     email = Email.from_json(payload)
     raw_path = email.message.raw_path
+    carries_raw = email.message.raw is not None or raw_path is not None
     return {
         "id": email.id,
         "payload_bytes": len(payload),
@@ -33,7 +34,7 @@ def account(payload: bytes) -> dict[str, object]:
         "raw_path": raw_path,
         "raw_mode": file_mode(raw_path),
         "raw_links": None if raw_path is None else os.stat(raw_path).st_nlink,
-        "raw_sha256": sha256(email.raw_bytes()),
+        "raw_sha256": sha256(email.raw_bytes()) if carries_raw else None,
         "attachments": [
             {
                 "inline": attachment.content is not None,
