@@ -6,6 +6,7 @@ travels whole; a refused message leaves no file; an acked job takes its files wi
 from __future__ import annotations
 
 import os
+import smtplib
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from structlog.testing import capture_logs
 
 from support.brokers import AMQP_ADDR, amqp_queue, delete_streams
 from support.claim_check import (
@@ -199,3 +201,48 @@ def test_a_message_whose_push_is_refused_answers_451_and_leaves_no_file(
     assert code == 451, "the full pipeline refused the second job"
     assert [folder.name for folder in event_folders(server)] == [first], "nothing of the second"
     assert spooled(server) == []
+
+
+@pytest.mark.nats
+def test_with_claim_check_nats_keeps_size_and_refuses_only_a_message_whose_text_outgrows_it(
+    start_server: Callable[..., RunningServer], nats_pipeline: dict[str, Any]
+) -> None:
+    """A big message is a small job, so max_payload no longer lowers SIZE; text bodies stay
+    in the event, and a message whose text the pipeline cannot carry is refused for good
+    (552: a retry would fail the same way) with its files."""
+    server = start_server(
+        record=False,
+        smtp={"include_raw": True, "attachment_storage": {"mode": "auto"}},
+        jobs={"pipelines": {"smtp-emails": nats_pipeline}},
+    )
+    max_payload = server.app.jobs.pipeline("smtp-emails").driver.capabilities.max_payload
+    assert max_payload is not None
+    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+        client.ehlo("client.example")
+        assert int(client.esmtp_features["size"]) == server.config.smtp.max_message_size
+    text = b"Subject: long text\r\n\r\n" + (b"y" * 998 + b"\r\n") * (max_payload // 1000 + 1)
+
+    code, _ = send(server, text)
+    assert code == 552
+    assert event_folders(server) == [], "the refused message's raw file went with it"
+    assert send(server, BIG)[0] == 250, "attachments and raw bytes are paths: a small job"
+
+
+@pytest.mark.redis
+def test_start_up_says_once_that_remote_consumers_must_see_temp_dir(
+    start_server: Callable[..., RunningServer], redis_pipeline: dict[str, Any]
+) -> None:
+    shared = "events carry file paths: consumers must see temp_dir"
+    pipelines = {"smtp-emails": redis_pipeline, "local": {"driver": "sqlite"}}
+    with capture_logs() as logs:
+        server = start_server(
+            record=False,
+            smtp={"attachment_storage": {"mode": "auto"}, "jobs": {"pipelines": list(pipelines)}},
+            jobs={"pipelines": pipelines},
+        )
+    warnings = [entry for entry in logs if entry["event"] == shared]
+    assert [(e["log_level"], e["pipelines"]) for e in warnings] == [("warning", ["smtp-emails"])]
+    assert warnings[0]["temp_dir"] == str(server.config.attachments_dir)
+    with capture_logs() as logs:
+        start_server(record=False, smtp={"attachment_storage": {"mode": "auto"}})
+    assert [entry for entry in logs if entry["event"] == shared] == [], "local pipelines only"
