@@ -305,19 +305,23 @@ class MailrunnerSMTP(AuthCommands):
         if not proxy.enabled or not _trusted(self.mail_session.peer, proxy.trusted):
             return True
         self._owes_reply = True  # the greeting, once the header is in: its own deadline
+        header: ProxyData | None = None
         try:
             async with asyncio.timeout(proxy.timeout):
                 header = await get_proxy(self._reader)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as error:
-            header = ProxyData(version=None).with_error(type(error).__name__, log_prefix=False)
+            reason = header.error
+        except TimeoutError:
+            reason = f"none within {proxy.timeout}s"
+        except (asyncio.IncompleteReadError, ConnectionError):
+            reason = "the connection ended"
         finally:
             self._owes_reply = False
-        if not header.valid:
+        if header is None or not header.valid:
             log.info(
                 "connection closed: no valid PROXY header from a trusted address",
                 uuid=self.mail_session.connection_id,
                 peer=self.mail_session.remote_addr,
-                reason=header.error,
+                reason=reason,
             )
             assert self.transport is not None
             self.transport.close()
