@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from support.faults import REFUSAL, add_fault
 from support.raw_smtp import ENVELOPE, RawSmtp, raw_smtp
@@ -316,17 +317,22 @@ def test_rset_and_a_lost_connection_remove_a_bdat_spool_file(start_server: Start
     assert server.delivery.events == []
 
 
-def test_a_stopped_server_releases_a_bdat_transaction(start_server: Start) -> None:
+def test_a_stopping_server_closes_a_bdat_transaction_and_removes_its_file_cleanly(
+    start_server: Start,
+) -> None:
     server = start_server(smtp={"spool_bytes": 64 * 1024, "shutdown_timeout": 0})
     chunk = b"Subject: spooled\r\n\r\n" + b"z" * 300 * 1024
     client = RawSmtp(server.port)
     try:
         client.send(ENVELOPE + bdat(chunk))
         assert client.codes(4) == [b"250"] * 4
-        server.stop()
+        with capture_logs() as logs:
+            server.stop()
         assert client.closed()
         assert client.buffer.startswith(b"421 4.3.2")
     finally:
         client.sock.close()
     spool = Path(server.config.data_dir) / "spool" / str(os.getpid())
     assert not spool.exists(), "a stopped server left its spool folder"
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
+    assert errors == [], "the closed transaction's spool file was not removed cleanly"
