@@ -24,8 +24,16 @@ from mailrunner.events import Address
 from mailrunner.mime.addresses import split_addresses
 from mailrunner.mime.headers import decode_bytes, decode_encoded_words, decode_octets, unfold
 from mailrunner.mime.part import PARSER_POLICY, MimePart
+from mailrunner.mime.plain import plain_message
 from mailrunner.mime.prescan import FeedPlan, plan_feed, within_every_limit
-from mailrunner.mime.stream import CLEAN_BASE64, SPILL_BYTES, SpilledBody, plan_stream, restore
+from mailrunner.mime.stream import (
+    CLEAN_BASE64,
+    SPILL_BYTES,
+    FileBody,
+    SpilledBody,
+    plan_stream,
+    restore,
+)
 
 _FEED_CHUNK = 64 * 1024
 _CLEAN_BASE64 = re.compile(CLEAN_BASE64)
@@ -47,18 +55,24 @@ class ParseOptions:
 
 @dataclass(frozen=True, slots=True)
 class ParsedPart:
-    """A leaf that is not one of the two bodies (an attachment), with its content decoded;
-    `AttachmentStorage` turns it into the event's `Attachment`."""
+    """A leaf that is not one of the two bodies (an attachment), with its content decoded,
+    or (`content` empty) left in the spool file as `body` for the storage to decode into a
+    file; `AttachmentStorage` turns it into the event's `Attachment`."""
 
     filename: str | None
     content_type: str
     content: bytes
     content_id: str | None
     inline: bool
+    body: FileBody | None = None
 
     @property
     def size(self) -> int:
-        return len(self.content)
+        return len(self.content) if self.body is None else self.body.size
+
+    def read(self) -> bytes:
+        """The decoded bytes, from the spool file for a `body` (blocking)."""
+        return self.content if self.body is None else self.body.read()
 
 
 @dataclass(slots=True)
@@ -114,10 +128,16 @@ def parse(raw: bytes, options: ParseOptions = ParseOptions()) -> ParsedMessage:
 
 
 def parse_file(
-    path: Path, options: ParseOptions = ParseOptions(), *, spill_over: int = SPILL_BYTES
+    path: Path,
+    options: ParseOptions = ParseOptions(),
+    *,
+    spill_over: int = SPILL_BYTES,
+    attachments_in_file: bool = False,
 ) -> ParsedMessage:
     """Parse a spooled message from its file, which must not be empty; blocking. The result
-    is `parse`'s for the same bytes.
+    is `parse`'s for the same bytes, except that with `attachments_in_file` an attachment
+    whose body was spilled and needs no `email` decoding is left in the file (`ParsedPart.
+    body`), for a storage that writes it to a file of its own.
 
     The file is mapped, not read: the pre-scan and the chunked feed see its pages, which the
     kernel drops and reads again as it needs, so the message is never held whole in the
@@ -129,11 +149,19 @@ def parse_file(
         mapped.madvise(mmap.MADV_SEQUENTIAL)
         # an mmap offers what the pre-scan and the feed use of bytes: len, slices, find,
         # rfind, the buffer protocol for re and memoryview
-        return _parse(cast(bytes, mapped), options, quick_check=False, spill_over=spill_over)
+        in_file = path if attachments_in_file else None
+        return _parse(
+            cast(bytes, mapped), options, quick_check=False, spill_over=spill_over, in_file=in_file
+        )
 
 
 def _parse(
-    raw: bytes, options: ParseOptions, *, quick_check: bool, spill_over: int | None = None
+    raw: bytes,
+    options: ParseOptions,
+    *,
+    quick_check: bool,
+    spill_over: int | None = None,
+    in_file: Path | None = None,
 ) -> ParsedMessage:
     result = ParsedMessage()
     limits = {
@@ -144,13 +172,15 @@ def _parse(
     plan: FeedPlan | None
     if spill_over is not None:
         plan, message = _parse_spilling(raw, limits, spill_over)
+    elif quick_check and (plain := plain_message(raw, options.max_header_bytes)) is not None:
+        plan, message = None, plain
     else:
         within = quick_check and within_every_limit(raw, **limits)
         plan = None if within else plan_feed(raw, **limits)
         message = parse_in_chunks(raw, spans=None if plan is None else plan.spans)
     _fill_headers(message, result)
     try:
-        _fill_parts(message, options, result)
+        _fill_parts(message, options, result, in_file)
     except (RecursionError, LookupError, ValueError, TypeError, AssertionError) as error:
         result.parse_errors.append(f"MIME structure could not be read: {error!r}")
     if plan is not None:
@@ -299,7 +329,9 @@ def _simple_address(item: str) -> tuple[str, str] | None:
     return ("", item) if _SIMPLE_ADDRESS.fullmatch(item) else None
 
 
-def _fill_parts(message: Message, options: ParseOptions, result: ParsedMessage) -> None:
+def _fill_parts(
+    message: Message, options: ParseOptions, result: ParsedMessage, in_file: Path | None = None
+) -> None:
     leaves = list(_walk_leaves(message, options.max_depth, result.parse_errors))
     body = _pick_body(leaves, "text/plain")
     html = _pick_body(leaves, "text/html")
@@ -309,7 +341,7 @@ def _fill_parts(message: Message, options: ParseOptions, result: ParsedMessage) 
         elif leaf is html:
             result.html_body = _text_of(leaf, result.parse_errors)
         else:
-            result.attachments.append(_attachment_of(leaf, result.parse_errors))
+            result.attachments.append(_attachment_of(leaf, result.parse_errors, in_file))
 
 
 def _walk_leaves(message: Message, max_depth: int, errors: list[str]) -> Iterator[_Leaf]:
@@ -468,7 +500,7 @@ def _lines_of(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _attachment_of(leaf: _Leaf, errors: list[str]) -> ParsedPart:
+def _attachment_of(leaf: _Leaf, errors: list[str], in_file: Path | None = None) -> ParsedPart:
     part = leaf.part
     content_id = part.get("Content-ID")
     cid = (
@@ -476,13 +508,30 @@ def _attachment_of(leaf: _Leaf, errors: list[str]) -> ParsedPart:
         if content_id
         else None
     )
+    filename = _filename_of(part, errors)
+    body = None if in_file is None else _body_in_file(leaf, in_file, errors)
     return ParsedPart(
-        filename=_filename_of(part, errors),
+        filename=filename,
         content_type=leaf.content_type,
-        content=_payload_bytes(leaf, errors),
+        content=_payload_bytes(leaf, errors) if body is None else b"",
         content_id=cid or None,
         inline=leaf.disposition == "inline",
+        body=body,
     )
+
+
+def _body_in_file(leaf: _Leaf, path: Path, errors: list[str]) -> FileBody | None:
+    """A spilled leaf's body as `_payload_bytes` would decode it, left in the file at `path`
+    (the defects it would report, reported)."""
+    part = leaf.part
+    spilled = _spilled(part)
+    if spilled is None or part.get_content_maintype() == "message" or part.is_multipart():
+        return None
+    body = spilled.in_file(path, _transfer_encoding(part))
+    if body is not None and not body.base64:  # clean base64 has no defect to report
+        errors.extend(f"part {leaf.number}: {type(d).__name__}" for d in part.defects)
+        part.defects.clear()
+    return body
 
 
 def _filename_of(part: Message, errors: list[str]) -> str | None:

@@ -332,3 +332,24 @@ def _content_type(raw: bytes, start: int, end: int, default_type: str) -> tuple[
         return content_type, boundary.encode("ascii", "surrogateescape")
     except UnicodeEncodeError:
         return content_type, None
+
+
+def plain_body_start(raw: bytes, *, max_header_bytes: int) -> int | None:
+    """Where the body of a message without MIME structure starts, as the feed parser reads
+    it: after the header block and the blank line that ends it. None for anything else the
+    parser reads differently or `plan_feed` would cut: a Content-Type of `multipart/*` or
+    `message/*`, a header block over `max_header_bytes`, a header block ended by a line that
+    is not blank (the parser records a defect and reads that line as body)."""
+    scan = _Scan(raw, max_depth=0, max_header_bytes=max_header_bytes)
+    stop = scan._next_stop(scan._stop_pattern(_NOT_HEADER))
+    if stop > max_header_bytes:
+        return None
+    body = stop
+    if stop < len(raw):
+        if not scan._is_blank(stop):
+            return None
+        body = scan._line_end(stop)
+    content_type, _ = _content_type(raw, 0, stop, _TEXT)
+    if content_type.startswith(("multipart/", "message/")):
+        return None
+    return body
