@@ -20,6 +20,7 @@ asyncio client of its own. These are targets for later work: a miss is marked, n
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import email.policy
 import os
@@ -421,15 +422,28 @@ def print_setup(mime_100k: Path, mime_10m: Path) -> None:
         print(f"{path.name}: {wire_size(path.read_bytes())} octets on the wire")
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which rows to run (`--shapes`, `--no-latency`): a partial run for before/after work
+    on one shape; `make bench` runs every row."""
+
+    shapes: tuple[int, ...] | None = None
+    latency: bool = True
+
+
 async def measure_all(
-    running: list[Server], mime_100k: Path, mime_10m: Path
+    running: list[Server], mime_100k: Path, mime_10m: Path, selection: Selection
 ) -> tuple[list[Measured], dict[str, list[float]]]:
-    """Every shape, then the paced latency at half the rate mailrunner reached on 1 KB."""
+    """The shapes, then the paced latency at half the rate mailrunner reached on 1 KB."""
     bare, ours = running[0].label, running[2].label
     results = []
-    for shape in shapes(mime_100k, mime_10m):
-        results.append(await measure_shape(shape, running))
+    every = shapes(mime_100k, mime_10m)
+    chosen = range(len(every)) if selection.shapes is None else selection.shapes
+    for index in chosen:
+        results.append(await measure_shape(every[index], running))
         print_shape(results[-1], bare)
+    if not selection.latency or results[0].shape is not every[0]:
+        return results, {}
     rate = statistics.median(results[0].rates[ours]) / 2
     print(
         f"\np99 end of DATA -> 250, 1 KB, paced at {rate:.0f}/s (half mailrunner's 1 KB"
@@ -442,7 +456,7 @@ async def measure_all(
     return results, p99s
 
 
-async def run(directory: Path) -> int:
+async def run(directory: Path, selection: Selection) -> int:
     started = time.monotonic()
     mime_100k, mime_10m = write_messages(directory)
     print_setup(mime_100k, mime_10m)
@@ -455,23 +469,42 @@ async def run(directory: Path) -> int:
     try:
         for server in running:
             await server.start(directory)
-        results, p99s = await measure_all(running, mime_100k, mime_10m)
+        results, p99s = await measure_all(running, mime_100k, mime_10m, selection)
     finally:
         for server in running:
             await server.stop()
     print_targets(results, running)
-    print_latency_target(p99s, running, fsync_p99)
+    if p99s:
+        print_latency_target(p99s, running, fsync_p99)
     elapsed = time.monotonic() - started
     print(f"whole run {elapsed:.0f}s; load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 
-def main() -> int:
+def arguments(argv: list[str]) -> Selection:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser.add_argument(
+        "--shapes",
+        help="comma-separated row numbers to run, 1-4 (1 KB, 100 KB plain, 100 KB MIME, 10 MB);"
+        " the latency row runs only with row 1",
+    )
+    parser.add_argument("--no-latency", action="store_true", help="skip the paced p99 row")
+    parsed = parser.parse_args(argv)
+    rows = None
+    if parsed.shapes:
+        rows = tuple(int(number) - 1 for number in parsed.shapes.split(","))
+        if any(row not in range(4) for row in rows):
+            parser.error("--shapes takes row numbers 1 to 4")
+    return Selection(shapes=rows, latency=not parsed.no_latency)
+
+
+def main(argv: list[str] | None = None) -> int:
+    selection = arguments(sys.argv[1:] if argv is None else argv)
     if shutil.which(SMTP_SOURCE) is None:
         print(f"skipping: {SMTP_SOURCE} is missing (Postfix; .ci/run installs it)")
         return 0
     with tempfile.TemporaryDirectory(prefix="mailrunner-large-") as temp:
-        return asyncio.run(run(Path(temp)))
+        return asyncio.run(run(Path(temp), selection))
 
 
 if __name__ == "__main__":
