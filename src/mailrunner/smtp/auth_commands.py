@@ -156,7 +156,7 @@ class AuthCommands(SMTP):
         if refusal.startswith("5") and checks.failures.failed(host):
             self._lock_out()
             return AuthResult(success=False, handled=True)
-        return AuthResult(success=False, message=refusal)
+        return AuthResult(success=False, handled=False, message=refusal)
 
     def _lock_out(self) -> None:
         log.warning(
