@@ -1,5 +1,6 @@
 """The `mailrunner` command line: serve, check a configuration, and the groups that talk to a
-running server (jobs, workers, connections, messages, faults) or send a test email.
+running server (jobs, workers, connections, messages, faults) or send a test email, and hash
+a password for the AUTH credentials file.
 
 A command's module is imported only when that command runs: the server's modules (aiosmtpd,
 the broker clients), the API client (aiohttp) and pydantic take longer to import than most
@@ -22,6 +23,7 @@ _COMMANDS = {
     "messages": "mailrunner.cli.messages:messages",
     "faults": "mailrunner.cli.faults:faults",
     "send": "mailrunner.cli.send:send",
+    "auth": "mailrunner.cli.auth:auth",
 }
 """Command name -> `module:attribute` of its click command."""
 

@@ -14,6 +14,7 @@ from mailrunner.app import App
 from mailrunner.cli.common import config_option, fail, load_or_exit
 from mailrunner.errors import ConfigError, MailrunnerError
 from mailrunner.loops import loop_factory
+from mailrunner.smtp.credentials import read_at_start
 from mailrunner.smtp.server import tls_context
 
 
@@ -48,6 +49,8 @@ def check(config_path: Path | None, as_json: bool) -> None:
     loaded, source = load_or_exit(config_path)
     try:
         tls_context(loaded.smtp.tls)
+        if loaded.smtp.auth.credentials_file is not None:
+            read_at_start(loaded.smtp.auth.credentials_file)
         loop_factory(loaded.server.loop)
     except ConfigError as error:
         fail(f"{error} (in {source})")

@@ -37,7 +37,8 @@ RELOAD_INTERVAL: Final = 1.0
 """Seconds between looks at the file's metadata; a change is seen within this long."""
 _BCRYPT_PREFIXES: Final = ("$2a$", "$2b$", "$2y$")
 _STAND_IN_PASSWORD: Final = b"mailrunner stand-in password"
-_DEFAULT_COST: Final = 12
+DEFAULT_COST: Final = 12
+"""bcrypt's own default: about a quarter second a check on a current core."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,22 @@ def _cost(stored: str) -> int | None:
     return int(parts[2])
 
 
+def hash_line(username: str | None, password: bytes, cost: int = DEFAULT_COST) -> str:
+    """What `mailrunner auth hash` prints: `username:hash`, or the hash alone; ValueError for
+    a username the file could not hold (empty, a colon, blanks, a leading `#`)."""
+    if len(password) > MAX_PASSWORD_BYTES:
+        raise ValueError(f"a password is at most {MAX_PASSWORD_BYTES} bytes for bcrypt")
+    if username is not None and (
+        not username
+        or ":" in username
+        or username.startswith("#")
+        or any(c.isspace() or not c.isprintable() for c in username)
+    ):
+        raise ValueError(f"a username has no colon, blank or leading #: {username!r}")
+    hashed = bcrypt.hashpw(password, bcrypt.gensalt(rounds=cost)).decode()
+    return hashed if username is None else f"{username}:{hashed}"
+
+
 def read(path: Path) -> tuple[_Stamp, dict[str, Secret]]:
     """Read and parse the file (blocking); OSError or ValueError when it cannot be used."""
     stamp = _Stamp.of(path)
@@ -105,10 +122,18 @@ def read(path: Path) -> tuple[_Stamp, dict[str, Secret]]:
     return stamp, parse(text, str(path))
 
 
+def read_at_start(path: Path) -> tuple[_Stamp, dict[str, Secret]]:
+    """`read`, its failure a ConfigError: at start there is no last good file to keep."""
+    try:
+        return read(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError([f"smtp.auth.credentials_file: {_reason(error)}"]) from None
+
+
 def stand_in_hash(users: Mapping[str, Secret]) -> bytes:
     """A hash as costly as the file's costliest, for unknown users (blocking: it hashes)."""
     costs = [_cost(s.value.decode()) for s in users.values() if not s.plain]
-    cost = max((c for c in costs if c is not None), default=_DEFAULT_COST)
+    cost = max((c for c in costs if c is not None), default=DEFAULT_COST)
     return bcrypt.hashpw(_STAND_IN_PASSWORD, bcrypt.gensalt(rounds=cost))
 
 
@@ -128,10 +153,7 @@ class CredentialsFile:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        try:
-            self._stamp, self._users = read(path)
-        except (OSError, ValueError, UnicodeDecodeError) as error:
-            raise ConfigError([f"smtp.auth.credentials_file: {_reason(error)}"]) from None
+        self._stamp, self._users = read_at_start(path)
         self._stand_in = stand_in_hash(self._users)
         self._warned: set[str] = set()
         self._warn_plain()
@@ -184,7 +206,7 @@ class CredentialsFile:
             return
         try:
             stamp, users = read(self._path)
-        except (OSError, ValueError, UnicodeDecodeError) as error:
+        except (OSError, ValueError) as error:
             self._keep(stamp, error)
             return
         stand_in = stand_in_hash(users) if _costs(users) != _costs(self._users) else None
