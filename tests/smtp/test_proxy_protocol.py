@@ -5,6 +5,7 @@ other address a PROXY line is a bad command."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import smtplib
 import socket
@@ -227,3 +228,32 @@ def test_the_proxied_address_survives_starttls(start_server: Start, tmp_path: Pa
     (trace,) = event["message"]["headers"]["Received"]
     assert trace.startswith(f"from client.example ([{CLIENT}])")
     assert " with ESMTPS " in trace
+
+
+def test_auth_lockouts_count_the_proxied_address(start_server: Start, tmp_path: Path) -> None:
+    """The proxied clients are not loopback: the lockout applies to each by its own address."""
+    credentials = tmp_path / "users"
+    credentials.write_text("alice:{PLAIN}right\n")
+    auth = {
+        "mode": "verify",
+        "credentials_file": str(credentials),
+        "allow_insecure": True,
+        "max_failures": 1,
+    }
+    server = proxy_server(start_server, smtp={"auth": auth})
+
+    def login(client_address: str, password: str) -> int:
+        client = ProxiedSMTP(timeout=WAIT_SECONDS)
+        client.header = v1(client_address)
+        try:
+            client.connect(server.host, server.port)
+            client.ehlo("client.example")
+            secret = base64.b64encode(b"\0alice\0" + password.encode()).decode()
+            code: int = client.docmd("AUTH", "PLAIN " + secret)[0]
+            return code
+        finally:
+            client.close()
+
+    assert login(CLIENT, "wrong") == 535
+    assert login(CLIENT, "wrong") == 421, "one failure too many from the proxied address"
+    assert login("203.0.113.8", "right") == 235, "another client behind the same balancer"
