@@ -496,8 +496,15 @@ def _text_of(leaf: _Leaf, errors: list[str]) -> str:
 
 
 def _lines_of(text: str) -> str:
-    """`re.sub(r"\r\n?", "\n", text)`, without the list of every line re.sub builds."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    """`re.sub(r"\r\n?", "\n", text)`, without the list of every line re.sub builds.
+
+    `str.replace` of a two-character string counts the matches in one pass and copies in
+    another, each a search for the pair (a 100 KB CRLF body: 180 us); split and join on it
+    take half that, and a lone CR, rare, is found by a search for one character."""
+    if "\r" not in text:
+        return text
+    text = "\n".join(text.split("\r\n"))
+    return text.replace("\r", "\n") if "\r" in text else text
 
 
 def _attachment_of(leaf: _Leaf, errors: list[str], in_file: Path | None = None) -> ParsedPart:
