@@ -4,6 +4,7 @@ next command still parses, and what a transaction holds (budget, spool file) goe
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -16,9 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from mailrunner.smtp.protocol import MailrunnerSMTP
 from support.faults import REFUSAL, add_fault
+from support.memory_smtp import session
 from support.raw_smtp import ENVELOPE, RawSmtp, raw_smtp
 from support.server import LOOPS, RunningServer, on_loop
 from support.waiting import WAIT_SECONDS, wait_until
@@ -53,6 +58,12 @@ def bdat(chunk: bytes, *, last: bool = False) -> bytes:
 
 def received(size: int) -> bytes:
     return b"250 2.0.0 %d octets received\r\n" % size
+
+
+def cut(stream: bytes, offsets: list[int]) -> list[bytes]:
+    """`stream` cut at `offsets` (each taken modulo its length + 1); never an empty list."""
+    bounds = [0, *sorted({offset % (len(stream) + 1) for offset in offsets}), len(stream)]
+    return [stream[start:end] for start, end in itertools.pairwise(bounds)]
 
 
 def split(message: bytes, *cuts: int) -> list[bytes]:
@@ -336,3 +347,51 @@ def test_a_stopping_server_closes_a_bdat_transaction_and_removes_its_file_cleanl
     assert not spool.exists(), "a stopped server left its spool folder"
     errors = [entry for entry in logs if entry["log_level"] == "error"]
     assert errors == [], "the closed transaction's spool file was not removed cleanly"
+
+
+# --- in memory: many generated messages, chunkings and TCP segmentations ----------------------
+
+lines = st.lists(
+    st.one_of(
+        st.sampled_from([b"", b".", b"..", b".x", b"Subject: s", "Grüße".encode(), b"\x00\xff"]),
+        st.binary(max_size=40).map(lambda line: line.replace(b"\r\n", b"\n")),
+    ),
+    max_size=12,
+)
+"""Lines for a message DATA can carry too (CRLF ends each, none over 1000 octets), many of
+them with a leading dot for DATA to stuff and BDAT to send as it is."""
+
+
+def stuffed(message: bytes) -> bytes:
+    """The message as DATA sends it: a dot before each line's leading dot (RFC 5321 4.5.2)."""
+    return (b"\r\n" + message).replace(b"\r\n.", b"\r\n..")[2:]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    message=lines.map(lambda found: b"".join(line + b"\r\n" for line in found)),
+    chunk_cuts=st.lists(st.integers(0, 1 << 16), max_size=4),
+    segment_cuts=st.lists(st.integers(0, 1 << 16), max_size=12),
+)
+def test_any_chunking_hands_the_data_hook_what_data_hands_it(
+    message: bytes, chunk_cuts: list[int], segment_cuts: list[int]
+) -> None:
+    envelope = b"EHLO client.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+    by_data = envelope + b"DATA\r\n" + stuffed(message) + b".\r\nQUIT\r\n"
+    chunks = cut(message, chunk_cuts)
+    by_bdat = (
+        envelope
+        + b"".join(bdat(chunk) for chunk in chunks[:-1])
+        + bdat(chunks[-1], last=True)
+        + b"QUIT\r\n"
+    )
+    data_replies, data_messages = asyncio.run(
+        session(MailrunnerSMTP, cut(by_data, segment_cuts), 0)
+    )
+    bdat_replies, bdat_messages = asyncio.run(
+        session(MailrunnerSMTP, cut(by_bdat, segment_cuts), 0)
+    )
+    assert bdat_messages == data_messages == [(message, message)]
+    assert data_replies.endswith(b"250 2.0.0 OK: message 1\r\n221 2.0.0 Bye\r\n")
+    assert bdat_replies.endswith(b"250 2.0.0 OK: message 1\r\n221 2.0.0 Bye\r\n")
+    assert bdat_replies.count(b" octets received\r\n") == len(chunks) - 1
