@@ -78,7 +78,9 @@ class SessionHooks:
             auth=HookAuth(username=username, verified=False),
             password=password,
         )
-        return await self._ask(context)
+        # asked whatever `runs` says: an auth stage left unasked would let everyone in
+        reply = await self._runner.verdict(context)
+        return None if reply is None else reply.line
 
     def runs(self, stage: HookName) -> bool:
         """Whether `stage` is asked: the handler builds the event JSON for `data` only then."""

@@ -141,7 +141,8 @@ class HookContext:
     recipients: tuple[str, ...] = ()
     """Recipients accepted so far (at `data`: every one the message goes to)."""
     password: str | None = field(default=None, repr=False)
-    """The password the client sent: at `auth` only (the worker checks it), never logged."""
+    """The password the client sent: at `auth` only (the worker checks it), never logged.
+    Decoded as UTF-8, bytes that are not replaced by U+FFFD."""
 
 
 # --- context: server -> worker --------------------------------------------------------------
