@@ -37,7 +37,7 @@ from mailrunner.files import (
     write_new_file,
 )
 from mailrunner.mime.parse import ParsedPart
-from mailrunner.smtp.spool import MessageContent
+from mailrunner.smtp.spool import MessageContent, write_new_pieces
 from mailrunner.tasks import cancel_and_wait
 
 log = structlog.get_logger("mailrunner.attachments")
@@ -72,6 +72,10 @@ class AttachmentStorage(Protocol):
         """The attachments, and `raw` (the message, when the event carries it) as this
         storage keeps a message of its size."""
 
+    def claim_checks(self, size: int) -> bool:
+        """Whether a message of `size` octets has its attachments stored as files (the
+        parse may then leave their bodies in the spool file: `ParsedPart.body`)."""
+
 
 async def _inline_raw(raw: MessageContent | None) -> bytes | None:
     """The raw bytes for the event itself; a spooled message is read whole on a thread."""
@@ -95,7 +99,17 @@ class MemoryStorage:
     async def store(
         self, event_id: str, attachments: Sequence[ParsedPart]
     ) -> tuple[Attachment, ...]:
-        return tuple(_carried(part, content=part.content) for part in attachments)
+        if any(part.body is not None for part in attachments):
+            contents = await asyncio.to_thread(lambda: [part.read() for part in attachments])
+        else:
+            contents = [part.content for part in attachments]
+        return tuple(
+            _carried(part, content=content)
+            for part, content in zip(attachments, contents, strict=True)
+        )
+
+    def claim_checks(self, size: int) -> bool:
+        return False
 
     async def store_message(
         self, event_id: str, attachments: Sequence[ParsedPart], raw: MessageContent | None
@@ -329,7 +343,10 @@ class TempfileStorage:
         stored = []
         for index, attachment in enumerate(attachments, start=1):
             path = folder / safe_filename(attachment.filename, index)
-            write_new_file(path, attachment.content, self._file_mode)
+            if attachment.body is None:
+                write_new_file(path, attachment.content, self._file_mode)
+            else:  # decoded from the spool file a piece at a time
+                write_new_pieces(path, attachment.body.pieces(), self._file_mode)
             stored.append(_carried(attachment, path=str(path)))
         if raw is not None:
             raw.hand_over(folder / RAW_FILE, self._file_mode)  # last: a rename, no failure after

@@ -125,7 +125,13 @@ class EventBuilder:
     async def _parse(self, content: MessageContent) -> ParsedMessage:
         loop = asyncio.get_running_loop()
         if content.path is not None:
-            return await loop.run_in_executor(self.executor, parse_file, content.path, self.options)
+            parsing = functools.partial(
+                parse_file,
+                content.path,
+                self.options,
+                attachments_in_file=self.storage.claim_checks(content.size),
+            )
+            return await loop.run_in_executor(self.executor, parsing)
         assert content.data is not None
         if content.size > self.offload_bytes:
             return await loop.run_in_executor(self.executor, parse, content.data, self.options)

@@ -11,6 +11,11 @@ mapped pages (`binascii` decodes base64 and quoted-printable from a view of them
 a copy of the text): an attachment costs its decoded size, a text body its octets and the
 decoder's buffer for its text.
 
+An attachment on its way to a file (tempfile mode, or a claim-checked message) need not be
+decoded here at all: `SpilledBody.in_file` says where its bytes lie in the spool file, and
+the storage decodes them from there a piece at a time into the attachment's file
+(`FileBody`), so the attachment is never whole in memory.
+
 The stand-ins carry a random nonce, and each must come back as a whole leaf payload: if
 the parser and the walk ever disagreed, `StandIns.attach` says so and the message is parsed
 again the ordinary way, so the result is always the parser's own.
@@ -20,11 +25,13 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import mmap
 import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
+from pathlib import Path
 
 from mailrunner.mime.part import MimePart
 from mailrunner.mime.prescan import FeedPlan, _Child, _Scan, walk
@@ -37,6 +44,9 @@ CLEAN_BASE64 = r"[A-Za-z0-9+/\r\n]*(?:=[\r\n]*){0,2}"
 its characters other than line breaks are a multiple of four)."""
 _CLEAN_BASE64 = re.compile(CLEAN_BASE64.encode("ascii"))
 _COUNT_CHUNK = 1024 * 1024
+_FILE_PIECE = 256 * 1024
+"""Encoded bytes `FileBody` reads and decodes at a time."""
+_PADDING_AND_BREAKS = frozenset(b"=\r\n")
 _TEXT_PIECE = 1024 * 1024
 _DECODED_AS_UTF8 = frozenset({"utf-8", "ascii"})
 """Charsets (as `codecs.lookup` names them) whose text `headers.decode_bytes` decodes as
@@ -62,13 +72,42 @@ class SpilledBody:
 
     def clean_base64(self) -> bytes | None:
         """`parse.clean_base64` of the payload, read from the mapped pages."""
-        if _CLEAN_BASE64.fullmatch(self.raw, self.start, self.end) is None:
-            return None
-        line_breaks = sum(piece.count(b"\n") + piece.count(b"\r") for piece in self._pieces())
-        if (self.end - self.start - line_breaks) % 4:
+        if self._clean_base64_characters() is None:
             return None
         with memoryview(self.raw) as whole, whole[self.start : self.end] as view:
             return binascii.a2b_base64(view)
+
+    def in_file(self, path: Path, transfer_encoding: str) -> FileBody | None:
+        """The body as `FileBody` in the spool file at `path` (the file `raw` maps), when it
+        is what `clean_base64` or `decoded` return: clean base64, or octets as they are;
+        None for one `email` or quoted-printable decodes."""
+        if transfer_encoding == "base64":
+            characters = self._clean_base64_characters()
+            if characters is None:
+                return None
+            size = characters // 4 * 3 - self._padding()
+            return FileBody(path, self.start, self.end, base64=True, size=size)
+        if transfer_encoding in _LEFT_TO_EMAIL or transfer_encoding == "quoted-printable":
+            return None
+        return FileBody(path, self.start, self.end, base64=False, size=self.end - self.start)
+
+    def _clean_base64_characters(self) -> int | None:
+        """How many base64 characters (padding included) a clean base64 body holds; None
+        when it is not clean."""
+        if _CLEAN_BASE64.fullmatch(self.raw, self.start, self.end) is None:
+            return None
+        line_breaks = sum(piece.count(b"\n") + piece.count(b"\r") for piece in self._pieces())
+        characters = self.end - self.start - line_breaks
+        return None if characters % 4 else characters
+
+    def _padding(self) -> int:
+        """The `=` a clean base64 body ends with (line breaks may stand between them)."""
+        padding = 0
+        position = self.end
+        while position > self.start and self.raw[position - 1] in _PADDING_AND_BREAKS:
+            position -= 1
+            padding += self.raw[position] == ord("=")
+        return padding
 
     def decoded(self, transfer_encoding: str) -> bytes | None:
         """`get_payload(decode=True)` for a transfer encoding `email` decodes by `binascii`
@@ -107,6 +146,43 @@ class SpilledBody:
     def _pieces(self) -> Iterator[bytes]:
         for start in range(self.start, self.end, _COUNT_CHUNK):
             yield self.raw[start : min(start + _COUNT_CHUNK, self.end)]
+
+
+@dataclass(frozen=True, slots=True)
+class FileBody:
+    """An attachment's body left in the spool file at `path`: `path[start:end]`, clean
+    base64 or the octets themselves, `size` bytes once decoded. `pieces` decodes it a piece
+    at a time, for the storage to write to the attachment's file."""
+
+    path: Path
+    start: int
+    end: int
+    base64: bool
+    size: int
+
+    def pieces(self) -> Iterator[bytes]:
+        """The decoded bytes, about `_FILE_PIECE` at a time; blocking (file reads)."""
+        with (
+            self.path.open("rb") as file,
+            mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+        ):
+            carry = b""
+            for start in range(self.start, self.end, _FILE_PIECE):
+                piece = mapped[start : min(start + _FILE_PIECE, self.end)]
+                if not self.base64:
+                    yield piece
+                    continue
+                # whole groups of four characters decode alone exactly as within the body
+                text = carry + piece.translate(None, b"\r\n")
+                cut = len(text) - len(text) % 4
+                carry = text[cut:]
+                if cut:
+                    yield binascii.a2b_base64(text[:cut])
+            assert not carry, "a clean base64 body holds whole groups of four"
+
+    def read(self) -> bytes:
+        """The decoded bytes whole, for a storage that carries them in the event."""
+        return b"".join(self.pieces())
 
 
 class StandIns:

@@ -21,7 +21,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,24 +172,30 @@ elsewhere), or one without hard links. The message is copied then."""
 
 
 def _copy_new(source: Path, destination: Path, mode: int) -> None:
-    """Copy `source` to a new file (exclusive create, never through a symlink) with exactly
-    `mode`, fsynced with its folder; a piece at a time, never the whole message in memory.
-    A failed copy removes what it wrote."""
+    """Copy `source` to a new file with exactly `mode`, fsynced with its folder; a piece at a
+    time, never the whole message in memory."""
+    with source.open("rb") as file:
+        write_new_pieces(destination, iter(lambda: file.read(_COPY_CHUNK), b""), mode)
+    fsync_directory(destination.parent)
+
+
+def write_new_pieces(destination: Path, pieces: Iterable[bytes], mode: int) -> None:
+    """`files.write_new_file` for content that comes in pieces (a copy, an attachment decoded
+    from the spool file), so it is never whole in memory: an exclusive create that never
+    writes through a symlink, exactly `mode`, fsynced. A failed write removes the file."""
     descriptor = os.open(destination, _NEW_SPOOL_FILE, mode)
     try:
         os.fchmod(descriptor, mode)
-        with source.open("rb") as file:
-            while piece := file.read(_COPY_CHUNK):
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(descriptor, view) :]
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(descriptor, view) :]
         os.fsync(descriptor)
     except BaseException:
         os.close(descriptor)
         destination.unlink(missing_ok=True)
         raise
     os.close(descriptor)
-    fsync_directory(destination.parent)
 
 
 class Spool:
