@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +26,7 @@ from mailrunner.mime.build import Arrival, EventBuilder
 from mailrunner.smtp import replies
 from mailrunner.smtp.addresses import sender
 from mailrunner.smtp.delivery import Delivery, Outcome
+from mailrunner.smtp.event_ids import event_id
 from mailrunner.smtp.hooks import SessionHooks
 from mailrunner.smtp.session import MailEnvelope, MailSession
 from mailrunner.smtp.spool import MessageContent
@@ -212,7 +212,7 @@ class SmtpHandler:
         errors: list[str] = []
         mail_from = sender(envelope.mail_from)
         return Arrival(
-            event_id=str(uuid.uuid4()),
+            event_id=event_id(),
             connection_id=session.connection_id,
             remote_addr=session.remote_addr,
             remote_host=session.remote_host,
