@@ -1,14 +1,15 @@
 """A worker for `smtp.auth.mode: hook` tests, written with the SDK: the username says what
-`on_auth` does. `alice` with password `wonderland` → ACCEPT; `temp` → 454 4.7.0; `raise` →
-the hook raises; anyone else → the SDK's 535 5.7.8. `on_mail` accepts. Each hook call appends
-a JSON line `{"stage", "username", "verified", "password"}` to $AUTH_LOG, so the tests see
-what each stage's context carried.
+`on_auth` does. `alice` with password `wonderland` → ACCEPT; `slow` with `wonderland` → ACCEPT
+after $SLOW_SECONDS; `temp` → 454 4.7.0; `raise` → the hook raises; anyone else → the SDK's
+535 5.7.8. `on_mail` accepts. Each hook call appends a JSON line `{"stage", "username",
+"verified", "password"}` to $AUTH_LOG, so the tests see what each stage's context carried.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 
 from mailrunner.worker import CONTINUE, Email, HookContext, Hooks, Reply, serve
 from mailrunner.worker.hooks import WRONG_CREDENTIALS
@@ -35,6 +36,9 @@ class AuthHooks(Hooks):
         username = context.auth.username if context.auth is not None else None
         if username == "temp":
             return Reply(454, "4.7.0", "Temporary authentication failure")
+        if username == "slow":
+            time.sleep(float(os.environ.get("SLOW_SECONDS", "0")))
+            return None if context.password == "wonderland" else WRONG_CREDENTIALS
         if username == "raise":
             raise RuntimeError("the auth hook failed on purpose")
         if (username, context.password) == ("alice", "wonderland"):

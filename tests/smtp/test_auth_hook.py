@@ -37,12 +37,18 @@ def hooked(start_server: Start, tmp_path: Path, certificate: tuple[Path, Path]) 
     """Servers whose AUTH asks the test worker (with STARTTLS offered); `auth` adjusts
     `smtp.auth`, the rest goes to `smtp`."""
 
-    def start(*, loop: str = "asyncio", auth: dict[str, Any] | None = None, **smtp: Any) -> Any:
+    def start(
+        *,
+        loop: str = "asyncio",
+        auth: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        **smtp: Any,
+    ) -> Any:
         return start_server(
             server={
                 **on_loop(loop),
                 "command": [sys.executable, str(WORKER)],
-                "env": {"AUTH_LOG": str(tmp_path / "auth.log")},
+                "env": {"AUTH_LOG": str(tmp_path / "auth.log"), **(env or {})},
             },
             smtp={
                 "auth": {"mode": "hook", **(auth or {})},
@@ -169,3 +175,9 @@ def test_worker_refusals_count_toward_the_lockout(hooked: Start) -> None:
         code, text = client.docmd("AUTH", "PLAIN AG1hbGxvcnkAeA==")
         assert code == 421
         assert b"4.7.0" in text
+
+
+def test_a_verdict_slower_than_the_read_timeout_still_reaches_the_client(hooked: Start) -> None:
+    """The client waits for the server, not the other way round: no 421 timeout meanwhile."""
+    server = hooked(auth={"allow_insecure": True}, env={"SLOW_SECONDS": "1.5"}, read_timeout=0.5)
+    assert login_code(server, "slow", "wonderland")[0] == 235

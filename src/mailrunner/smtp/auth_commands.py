@@ -37,6 +37,8 @@ class AuthCommands(SMTP):
 
     settings: ProtocolSettings
     _mail_session: MailSession
+    _owes_reply: bool
+    """While set the read timer waits (`MailrunnerSMTP`): the client is waiting for us."""
 
     def request_close(self, reply: str) -> None:
         """`MailrunnerSMTP`'s: close with `reply` once the command in progress has answered."""
@@ -127,11 +129,16 @@ class AuthCommands(SMTP):
                 return AuthResult(success=False, handled=True)
             self._record_auth(mechanism, login, password)
             return AuthResult(success=True, auth_data=LoginPassword(login, password))
-        refusal = (
-            replies.R535_AUTH_INVALID
-            if password is None
-            else await checks.authenticator.check(self._mail_session, mechanism, login, password)
-        )
+        refusal: str | None = replies.R535_AUTH_INVALID
+        if password is not None:
+            # bcrypt checks wait their turn and a hook its worker: the client waits for us
+            self._owes_reply = True
+            try:
+                refusal = await checks.authenticator.check(
+                    self._mail_session, mechanism, login, password
+                )
+            finally:
+                self._owes_reply = False
         username = _text(login)
         if refusal is None:
             self._mail_session.auth = Authentication(mechanism, username, verified=True)
