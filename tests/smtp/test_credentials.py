@@ -180,3 +180,29 @@ def test_loopback_is_exempt_unless_limited_and_ipv6_counts_by_its_slash_64() -> 
     assert client_key("2001:db8::1", False) == client_key("2001:db8::ffff", False)
     assert client_key("::ffff:192.0.2.1", False) == "192.0.2.1"
     assert client_key("unknown", True) is None
+
+
+def test_checks_beyond_the_queue_are_refused_at_once_and_the_queue_drains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = CredentialsFile(write(tmp_path / "users", f"alice:{hashed(b'pw')}"))
+    release = threading.Event()
+    entered = threading.Event()
+
+    def held_match(secret: Secret | None, stand_in: bytes, password: bytes) -> bool:
+        entered.set()
+        return release.wait(WAIT_SECONDS)
+
+    monkeypatch.setattr(credentials, "matches", held_match)
+    monkeypatch.setattr(credentials, "MAX_QUEUED_CHECKS", 2)
+
+    async def flood() -> list[bool]:
+        held = [asyncio.create_task(file.check("alice", b"pw")) for _ in range(2)]
+        assert await asyncio.to_thread(entered.wait, WAIT_SECONDS)
+        with pytest.raises(credentials.ChecksBusy):
+            await file.check("alice", b"pw")
+        release.set()
+        results = list(await asyncio.gather(*held))
+        return [*results, await file.check("alice", b"pw")]
+
+    assert asyncio.run(flood()) == [True, True, True]

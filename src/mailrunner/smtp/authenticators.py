@@ -4,13 +4,17 @@ configuration; every connection shares it, failures counted per client address i
 
 from __future__ import annotations
 
+import structlog
+
 from mailrunner.config import SmtpConfig
 from mailrunner.errors import ConfigError
 from mailrunner.smtp import replies
 from mailrunner.smtp.auth_limiter import FailureLimiter
-from mailrunner.smtp.credentials import CredentialsFile
+from mailrunner.smtp.credentials import MAX_QUEUED_CHECKS, ChecksBusy, CredentialsFile
 from mailrunner.smtp.hooks import SessionHooks
 from mailrunner.smtp.session import AuthChecks, Authenticator, MailSession
+
+log = structlog.get_logger("mailrunner.auth")
 
 
 def _username(login: bytes) -> str | None:
@@ -32,7 +36,11 @@ class FileAuthenticator:
     ) -> str | None:
         user = _username(username)
         # an empty or undecodable name still costs a check: no reply comes sooner than another
-        good = await self.credentials.check(user or "", password)
+        try:
+            good = await self.credentials.check(user or "", password)
+        except ChecksBusy:
+            log.warning("credentials checks busy, answering try later", queued=MAX_QUEUED_CHECKS)
+            return replies.R454_AUTH_BUSY
         return None if good and user else replies.R535_AUTH_INVALID
 
 

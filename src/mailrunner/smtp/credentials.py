@@ -35,6 +35,9 @@ otherwise match any password sharing its first 72 bytes)."""
 PLAIN_PREFIX: Final = "{PLAIN}"
 RELOAD_INTERVAL: Final = 1.0
 """Seconds between looks at the file's metadata; a change is seen within this long."""
+MAX_QUEUED_CHECKS: Final = 64
+"""Checks waiting for their turn beyond which AUTH is answered "try later" at once: at cost
+12 the last one in the queue waits about 16 s, and a flood of AUTHs costs no more."""
 _BCRYPT_PREFIXES: Final = ("$2a$", "$2b$", "$2y$")
 _STAND_IN_PASSWORD: Final = b"mailrunner stand-in password"
 DEFAULT_COST: Final = 12
@@ -148,6 +151,10 @@ def matches(secret: Secret | None, stand_in: bytes, password: bytes) -> bool:
     return bcrypt.checkpw(password, secret.value)
 
 
+class ChecksBusy(Exception):
+    """More checks are waiting than `MAX_QUEUED_CHECKS`; this one was not made."""
+
+
 class CredentialsFile:
     """The users of `path`, read now (ConfigError if it cannot be) and again when it changes."""
 
@@ -161,6 +168,7 @@ class CredentialsFile:
         self._next_look = time.monotonic() + RELOAD_INTERVAL
         self._reloading: asyncio.Lock | None = None
         self._checking: asyncio.Semaphore | None = None
+        self._queued = 0
         log.info("credentials loaded", file=str(path), users=len(self._users))
 
     def __repr__(self) -> str:
@@ -172,15 +180,21 @@ class CredentialsFile:
 
     async def check(self, username: str, password: bytes) -> bool:
         """Whether `password` is `username`'s; a password over 72 bytes never is, and costs
-        what a wrong one does."""
+        what a wrong one does. `ChecksBusy` when too many checks wait already."""
         await self.refresh()
         secret = self._users.get(username)
         if len(password) > MAX_PASSWORD_BYTES:
             secret, password = None, b""
+        if self._queued >= MAX_QUEUED_CHECKS:
+            raise ChecksBusy
         if self._checking is None:
             self._checking = asyncio.Semaphore(1)
-        async with self._checking:
-            return await asyncio.to_thread(matches, secret, self._stand_in, password)
+        self._queued += 1
+        try:
+            async with self._checking:
+                return await asyncio.to_thread(matches, secret, self._stand_in, password)
+        finally:
+            self._queued -= 1
 
     async def refresh(self) -> None:
         """Re-read the file if it changed since the last look (at most one look a second)."""

@@ -35,6 +35,8 @@ R503_AUTH_AGAIN = "503 5.5.1 Already authenticated"
 R530_AUTH_REQUIRED = "530 5.7.0 Authentication required"
 """RFC 4954 6; aiosmtpd's text exactly (its check_auth_needed sends it for MAIL, RCPT, DATA)."""
 R535_AUTH_INVALID = WRONG_CREDENTIALS.line
+R454_AUTH_BUSY = "454 4.7.0 Temporary authentication failure, try again later"
+"""RFC 4954 6: too many credential checks are waiting."""
 R538_AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
 R421_AUTH_FAILURES = "421 4.7.0 {hostname} Too many failed authentications, try again later"
 R552_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
