@@ -21,6 +21,7 @@ from support.brokers import AMQP_ADDR, amqp_queue, delete_streams
 from support.claim_check import (
     ATTACHMENT,
     BIG,
+    MEDIUM,
     SMALL,
     SMALL_JOB,
     WORKER,
@@ -133,7 +134,14 @@ def test_a_10_mb_message_is_a_small_job_whose_files_hold_the_exact_bytes(
     assert small["raw_sha256"] == sha256(SMALL)
     assert [a["inline"] for a in small["attachments"]] == [True], "small messages stay whole"
 
-    wait_until(lambda: event_folders(server) == [], "the acked job's folder to go")
+    code, medium_id = send(server, MEDIUM)
+    assert code == 250
+    medium = consumed(log, medium_id)
+    assert medium["raw_path"] is not None, "claim-checked, though never spooled"
+    assert (medium["raw_sha256"], medium["raw_mode"]) == (sha256(MEDIUM), 0o600)
+    assert [a["inline"] for a in medium["attachments"]] == [False]
+
+    wait_until(lambda: event_folders(server) == [], "the acked jobs' folders to go")
 
 
 def test_when_temp_dir_is_on_another_file_system_the_raw_message_is_copied(

@@ -41,6 +41,8 @@ def mime(subject: str, attachment: bytes) -> bytes:
 
 BIG = mime("big", ATTACHMENT)
 SMALL = mime("small", b"tiny attachment")
+MEDIUM = mime("medium", ATTACHMENT[:500_000])
+"""Over claim_check_bytes (256 KiB), under spool_bytes (1 MiB): claim-checked from memory."""
 
 
 def sha256(data: bytes) -> str:
