@@ -197,6 +197,10 @@ def test_allow_insecure_offers_and_checks_auth_in_the_clear(verifying: Start) ->
     server = verifying(auth={"allow_insecure": True})
     assert login_code(server, "alice", "wrong") == 535
     assert login_code(server, "alice", ALICE_PASSWORD) == 235
+    with smtplib.SMTP(server.host, server.port, timeout=WAIT_SECONDS) as client:
+        client.ehlo("client.example")
+        as_herself = b64(b"alice\0alice\0" + ALICE_PASSWORD.encode())
+        assert client.docmd("AUTH", "PLAIN " + as_herself)[0] == 235, "authzid = user is fine"
 
 
 def test_required_refuses_mail_rcpt_and_data_before_auth_with_530(verifying: Start) -> None:
@@ -241,6 +245,8 @@ def test_bad_input_gets_501_or_535_and_the_session_goes_on(verifying: Start) -> 
         assert client.docmd("AUTH", "PLAIN not-base64!") == (501, b"5.5.2 Cannot decode base64")
         assert client.docmd("AUTH", plain("", right))[0] == 535, "empty user"
         assert client.docmd("AUTH", plain("alice", b""))[0] == 535, "empty password"
+        assert client.docmd("AUTH", "PLAIN " + b64(b"bob\0alice\0" + right))[0] == 535, "as bob"
+        assert client.docmd("AUTH", "PLAIN " + b64(b"alice\0alice\0" + right + b"x"))[0] == 535
         over = right + b"x" * (73 - len(right))
         assert client.docmd("AUTH", plain("alice", over))[0] == 535, "73 bytes"
         # a 10 KB password as LOGIN's answer: read to the end of its line, refused

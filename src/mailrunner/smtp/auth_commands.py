@@ -86,7 +86,9 @@ class AuthCommands(SMTP):
     # --- mechanisms ------------------------------------------------------------------------
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
-        """A cancelled or malformed exchange is still an attempt (recorded)."""
+        """A cancelled or malformed exchange is still an attempt (recorded). Where
+        credentials are checked, an authorization identity other than the user's own fails
+        (RFC 4616 2: nobody may act as another user here)."""
         self._record_auth("PLAIN", None, None)
         try:
             blob = await self._decoded_argument(args, "")
@@ -98,7 +100,9 @@ class AuthCommands(SMTP):
         if len(pieces) != 3:
             await self.push(replies.R501_AUTH_SPLIT)
             return AuthResult(success=False, handled=True)
-        _, login, password = pieces
+        authzid, login, password = pieces
+        if authzid not in (b"", login) and self.settings.auth_checks is not None:
+            return await self._decide("PLAIN", login, None)
         return await self._decide("PLAIN", login, password)
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
@@ -120,8 +124,8 @@ class AuthCommands(SMTP):
         return await self._decide("LOGIN", login, password)
 
     async def _decide(self, mechanism: str, login: bytes, password: bytes | None) -> AuthResult:
-        """Capture the credentials, or check them; `password` None: the client's answer was
-        too long to be read (wrong credentials where they are checked)."""
+        """Capture the credentials, or check them; `password` None: wrong credentials without
+        a check (the answer was too long to read, or PLAIN asked to act as another user)."""
         checks = self.settings.auth_checks
         if checks is None:
             if password is None:
