@@ -147,8 +147,8 @@ class SpoolFile:
             if error.errno not in _NO_LINK:
                 raise
             return False
+        os.unlink(self.path)  # should this fail, `remove()` still removes the spool's name
         self._handed_over = True
-        os.unlink(self.path)
         fsync_directory(destination.parent)
         return True
 
