@@ -110,6 +110,7 @@ def test_connections_show_the_session_of_a_connected_client(
             "mail_from": "a@example.com",
             "recipients": ["b@example.com", "c@example.com"],
             "auth_user": "alice",
+            "tls": False,
             "messages": 1,
         }
     finally:

@@ -371,3 +371,17 @@ def test_a_raw_client_cannot_get_a_password_echoed_or_logged(
         stream.flush()
         assert stream.readline().startswith(b"535 5.7.8")
     assert "hunter2" not in repr(list(logs))
+
+
+def test_the_connections_api_shows_a_verified_user_and_tls_but_never_a_refused_user(
+    verifying: Start, certificate: tuple[Path, Path]
+) -> None:
+    server = verifying()
+    with starttls_client(server, certificate) as client:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("mallory", "guess")
+        (refused,) = server.app.smtp.connections
+        assert (refused.auth_user, refused.tls) == (None, True)
+        client.login("alice", ALICE_PASSWORD)
+        (verified,) = server.app.smtp.connections
+        assert (verified.auth_user, verified.tls) == ("alice", True)

@@ -207,6 +207,7 @@ def test_the_connections_api_lists_implicit_tls_sessions(
         (connection,) = listed.connections
         assert connection.remote_addr == f"127.0.0.1:{local_port}"
         assert connection.helo == "tls.client"
+        assert connection.tls is True
 
 
 def test_stop_closes_both_listeners(implicit_server: Start, certificate: tuple[Path, Path]) -> None:

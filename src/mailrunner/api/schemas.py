@@ -281,6 +281,7 @@ class ConnectionWire(Wire):
     mail_from: str | None
     recipients: list[str]
     auth_user: str | None
+    tls: bool
     messages: int
 
 

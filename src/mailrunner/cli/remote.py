@@ -33,6 +33,7 @@ CONNECTION_COLUMNS = (
     "mail_from",
     "recipients",
     "auth_user",
+    "tls",
     "messages",
 )
 

@@ -57,6 +57,9 @@ class ConnectionInfo:
     mail_from: str | None
     recipients: tuple[str, ...]
     auth_user: str | None
+    """The AUTH username: captured, or verified (a refused one is not shown)."""
+    tls: bool
+    """STARTTLS done, or a connection to the implicit-TLS listener."""
     messages: int
 
 
@@ -69,7 +72,12 @@ def _info(connection: MailrunnerSMTP) -> ConnectionInfo:
         helo=session.host_name,
         mail_from=envelope.mail_from if envelope is not None else None,
         recipients=tuple(envelope.rcpt_tos) if envelope is not None else (),
-        auth_user=session.auth.username if session.auth else None,
+        auth_user=(
+            session.auth.username
+            if session.auth is not None and session.auth.verified is not False
+            else None
+        ),
+        tls=session.ssl is not None,
         messages=session.messages,
     )
 
