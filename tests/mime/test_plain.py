@@ -1,9 +1,12 @@
-"""A message without MIME structure is parsed with only its header block fed to `email`
-(`mime.plain`): the result is exactly the full parse's, whatever the headers, the transfer
-encoding, the charset, the line ends or the damage."""
+"""The in-memory parse's two shortcuts give exactly the parse of every byte fed to `email`,
+whatever the headers, the transfer encoding, the charset, the line ends or the damage: a
+message without MIME structure has only its header block fed (`mime.plain`), and a larger
+MIME message has its large leaf bodies read from its bytes instead of fed (`mime.stream`'s
+stand-ins, `parse.IN_MEMORY_SPILL_BYTES`)."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from unittest import mock
 
@@ -30,8 +33,21 @@ limits = st.builds(
 
 
 def fed_whole(raw: bytes, options: ParseOptions = DEFAULTS) -> ParsedMessage:
-    """The parse as it was before the fast path: every message fed to the parser."""
-    with mock.patch.object(parse_module, "plain_message", return_value=None):
+    """The parse without its shortcuts: every byte of every message fed to the parser."""
+    with (
+        mock.patch.object(parse_module, "plain_message", return_value=None),
+        mock.patch.object(parse_module, "IN_MEMORY_SPILL_BYTES", None),
+    ):
+        return parse(raw, options)
+
+
+def spilling(raw: bytes, options: ParseOptions, spill_over: int) -> ParsedMessage:
+    """The in-memory parse with leaf bodies over `spill_over` bytes read from `raw` (any
+    message longer than that; the plain path off, so MIME-less messages spill too)."""
+    with (
+        mock.patch.object(parse_module, "plain_message", return_value=None),
+        mock.patch.object(parse_module, "IN_MEMORY_SPILL_BYTES", spill_over),
+    ):
         return parse(raw, options)
 
 
@@ -176,3 +192,39 @@ def test_a_header_block_over_the_limit_takes_the_full_parse_and_its_cut() -> Non
     assert not takes_fast_path(raw, options)
     assert any("header block" in error for error in parse(raw, options).parse_errors)
     assert takes_fast_path(raw, ParseOptions(max_header_bytes=DEFAULT_HEADER_BYTES))
+
+
+@pytest.mark.parametrize("eml", CASES, ids=[case.stem for case in CASES])
+def test_every_corpus_message_parses_as_when_fed_whole_with_its_bodies_spilled(eml: Path) -> None:
+    for raw in variants(eml):
+        assert spilling(raw, DEFAULTS, 0) == fed_whole(raw)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(messages(), limits, st.sampled_from([0, 8, 64]))
+def test_any_message_with_its_bodies_spilled_parses_as_when_fed_whole(
+    raw: bytes, options: ParseOptions, spill_over: int
+) -> None:
+    assert spilling(raw, options, spill_over) == fed_whole(raw, options)
+
+
+def test_a_large_mime_message_in_memory_has_its_large_bodies_read_not_fed() -> None:
+    """The default threshold reaches a 70 KB attachment, and the result is the fed one."""
+    attachment = base64.encodebytes(bytes(range(256)) * 280).replace(b"\n", b"\r\n")
+    raw = (
+        b'Subject: report\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        b"--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + attachment
+        + b"--b--\r\n"
+    )
+    assert parse_module.IN_MEMORY_SPILL_BYTES is not None
+    assert len(raw) > parse_module.IN_MEMORY_SPILL_BYTES
+    with mock.patch.object(
+        parse_module, "parse_in_chunks", wraps=parse_module.parse_in_chunks
+    ) as feed:
+        result = parse(raw)
+    (call,) = feed.call_args_list
+    assert call.kwargs["stand_ins"], "the attachment was fed"
+    assert result == fed_whole(raw)
+    assert result.attachments[0].content == bytes(range(256)) * 280

