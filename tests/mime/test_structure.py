@@ -195,8 +195,8 @@ def depth_of(message: Message) -> int:
     while stack:
         part, depth = stack.pop()
         deepest = max(deepest, depth)
-        payload = part.get_payload()
-        if isinstance(payload, list):
+        if part.is_multipart():  # a leaf's get_payload() decodes by its (maybe bogus) charset
+            payload = part.get_payload()
             stack.extend((child, depth + 1) for child in payload if isinstance(child, Message))
     return deepest
 
