@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
 import smtplib
 import socket
 from collections.abc import Callable, Iterator, MutableMapping
@@ -385,3 +387,39 @@ def test_the_connections_api_shows_a_verified_user_and_tls_but_never_a_refused_u
         client.login("alice", ALICE_PASSWORD)
         (verified,) = server.app.smtp.connections
         assert (verified.auth_user, verified.tls) == ("alice", True)
+
+
+@pytest.fixture
+def fifo_unblocked(credentials: Path) -> Iterator[None]:
+    """Wakes a thread stuck opening the FIFO the test puts in the file's place (only a server
+    without the fix has one), so the test process can still exit."""
+    yield
+    with contextlib.suppress(OSError):  # ENXIO: no reader is waiting, nothing to wake
+        os.close(os.open(credentials, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.usefixtures("fifo_unblocked")
+def test_a_file_replaced_by_a_fifo_or_non_utf8_text_keeps_the_last_good_users(
+    verifying: Start, credentials: Path, logs: list[MutableMapping[str, Any]]
+) -> None:
+    """A FIFO (or a symlink to one) would block the thread that reads the file forever, and
+    every AUTH after it: the file is read only if it is a regular file."""
+    server = verifying(auth={"allow_insecure": True})
+    credentials.unlink()
+    os.mkfifo(credentials)
+
+    def noticed(count: int) -> Callable[[], bool]:
+        def check() -> bool:
+            assert login_code(server, "alice", ALICE_PASSWORD) == 235, "the last good users"
+            return len(logged(logs, "credentials file unusable")) == count
+
+        return check
+
+    wait_until(noticed(1), "the FIFO to be noticed")
+    credentials.unlink()
+    credentials.write_bytes(b"# users\nalice:{PLAIN}zq-secr\xe9t\n")
+    wait_until(noticed(2), "the non-UTF-8 line to be noticed")
+    fifo, latin1 = logged(logs, "credentials file unusable")
+    assert "not a regular file" in fifo["reason"]
+    assert latin1["reason"].endswith("line 2: not UTF-8")
+    assert "zq-secr" not in repr(list(logs))

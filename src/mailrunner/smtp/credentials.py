@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ RELOAD_INTERVAL: Final = 1.0
 MAX_QUEUED_CHECKS: Final = 64
 """Checks waiting for their turn beyond which AUTH is answered "try later" at once: at cost
 12 the last one in the queue waits about 16 s, and a flood of AUTHs costs no more."""
+MAX_FILE_BYTES: Final = 16 * 1024 * 1024
+"""A credentials file larger than this is refused (about 200,000 bcrypt lines)."""
 _BCRYPT_PREFIXES: Final = ("$2a$", "$2b$", "$2y$")
 _STAND_IN_PASSWORD: Final = b"mailrunner stand-in password"
 DEFAULT_COST: Final = 12
@@ -63,7 +66,10 @@ class _Stamp:
 
     @classmethod
     def of(cls, path: Path) -> _Stamp:
-        info = os.stat(path)
+        return cls.of_info(os.stat(path))
+
+    @classmethod
+    def of_info(cls, info: os.stat_result) -> _Stamp:
         return cls(info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
@@ -118,11 +124,25 @@ def hash_line(username: str | None, password: bytes, cost: int = DEFAULT_COST) -
 
 
 def read(path: Path) -> tuple[_Stamp, dict[str, Secret]]:
-    """Read and parse the file (blocking); OSError or ValueError when it cannot be used."""
-    stamp = _Stamp.of(path)
-    with open(path, encoding="utf-8") as file:
-        text = file.read()
-    return stamp, parse(text, str(path))
+    """Read and parse the file (blocking); OSError or ValueError when it cannot be used.
+
+    Opened without blocking and read only if it is a regular file of at most
+    `MAX_FILE_BYTES`: a path replaced by (a symlink to) a FIFO would otherwise hang the
+    reading thread forever, and one to /dev/zero fill the memory."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        data = file.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(f"{path} line {line}: not UTF-8") from None
+    return _Stamp.of_info(info), parse(text, str(path))
 
 
 def read_at_start(path: Path) -> tuple[_Stamp, dict[str, Secret]]:
