@@ -191,6 +191,24 @@ def test_data_after_bdat_in_one_transaction_gets_503_and_resets_it(server: Runni
     assert event["envelope"]["size"] == len(MESSAGE)
 
 
+def test_auth_between_chunks_gets_503_and_the_message_is_not_authenticated(
+    server: RunningServer,
+) -> None:
+    """RFC 4954 4: no AUTH within a mail transaction, so an envelope accepted from an
+    anonymous client never becomes an authenticated one's; the chunks go on."""
+    credentials = base64.b64encode(b"\0mallory\0pw").decode()
+    with raw_smtp(server.port) as client:
+        client.send(ENVELOPE + bdat(MESSAGE[:10]) + f"AUTH PLAIN {credentials}\r\n".encode())
+        assert client.codes(4) == [b"250"] * 4
+        assert client.reply() == b"503 5.5.1 AUTH not permitted during a mail transaction\r\n"
+        client.send(bdat(MESSAGE[10:], last=True) + f"AUTH PLAIN {credentials}\r\n".encode())
+        assert client.codes(2) == [b"250", b"235"], "AUTH once the transaction is over"
+    (event,) = server.delivery.wait_for(1)
+    assert event["envelope"]["size"] == len(MESSAGE)
+    assert "mallory" not in json.dumps(event)
+    assert "with ESMTP id" in event["message"]["headers"]["Received"][0]
+
+
 def test_bdat_without_recipient_discards_the_chunk_and_gets_554(server: RunningServer) -> None:
     """The chunk's octets look like commands: were they parsed, QUIT would close."""
     with raw_smtp(server.port) as client:

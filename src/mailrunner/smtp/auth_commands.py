@@ -70,8 +70,14 @@ class AuthCommands(SMTP):
         return False
 
     async def smtp_AUTH(self, arg: str) -> None:
+        """AUTH within a mail transaction (after MAIL, between BDAT chunks too) gets 503
+        (RFC 4954 4): aiosmtpd would accept it, and the event and later hooks would call
+        verified a sender whose MAIL and RCPT were accepted before it was."""
         if self.settings.auth.mode == "off":
             await self.push(replies.R502_AUTH_OFF)
+            return
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            await self.push(replies.R503_AUTH_IN_TRANSACTION)
             return
         checks = self.settings.auth_checks
         if checks is not None:

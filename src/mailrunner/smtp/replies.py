@@ -32,6 +32,8 @@ R502_AUTH_OFF = "502 5.5.1 AUTH not available"
 R501_AUTH_ABORTED = "501 5.7.0 Auth aborted"
 R501_AUTH_TOO_LONG = "501 5.5.2 AUTH response line too long"
 R503_AUTH_AGAIN = "503 5.5.1 Already authenticated"
+R503_AUTH_IN_TRANSACTION = "503 5.5.1 AUTH not permitted during a mail transaction"
+"""RFC 4954 4: a message's envelope is accepted as one client, never partly as another."""
 R530_AUTH_REQUIRED = "530 5.7.0 Authentication required"
 """RFC 4954 6; aiosmtpd's text exactly (its check_auth_needed sends it for MAIL, RCPT, DATA)."""
 R535_AUTH_INVALID = WRONG_CREDENTIALS.line
