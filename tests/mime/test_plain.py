@@ -7,6 +7,7 @@ stand-ins, `parse.IN_MEMORY_SPILL_BYTES`)."""
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from unittest import mock
 
@@ -228,3 +229,14 @@ def test_a_large_mime_message_in_memory_has_its_large_bodies_read_not_fed() -> N
     assert call.kwargs["stand_ins"], "the attachment was fed"
     assert result == fed_whole(raw)
     assert result.attachments[0].content == bytes(range(256)) * 280
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "\r", "\n", "\r\n", "\udc80", "é", "\u2028", "\x85"])).map(
+        "".join
+    )
+)
+def test_line_ends_become_lf_as_the_regex_makes_them(text: str) -> None:
+    """The body's line ends: CRLF and a lone CR become LF, nothing else changes."""
+    assert parse_module._lines_of(text) == re.sub(r"\r\n?", "\n", text)

@@ -9,6 +9,7 @@ Nothing here raises: whatever goes wrong is recorded in `parse_errors` and the r
 from __future__ import annotations
 
 import binascii
+import io
 import mmap
 import re
 from collections.abc import Iterator, Sequence
@@ -512,13 +513,11 @@ def _text_of(leaf: _Leaf, errors: list[str]) -> str:
 def _lines_of(text: str) -> str:
     """`re.sub(r"\r\n?", "\n", text)`, without the list of every line re.sub builds.
 
-    `str.replace` of a two-character string counts the matches in one pass and copies in
-    another, each a search for the pair (a 100 KB CRLF body: 180 us); split and join on it
-    take half that, and a lone CR, rare, is found by a search for one character."""
+    The universal-newlines translation of `io` does it in one pass in C (a 100 KB CRLF
+    body: 60 us; `str.replace` of CRLF then of CR took 180 us, split and join 100 us)."""
     if "\r" not in text:
         return text
-    text = "\n".join(text.split("\r\n"))
-    return text.replace("\r", "\n") if "\r" in text else text
+    return io.IncrementalNewlineDecoder(None, translate=True).decode(text, final=True)
 
 
 def _attachment_of(leaf: _Leaf, errors: list[str], in_file: Path | None = None) -> ParsedPart:
