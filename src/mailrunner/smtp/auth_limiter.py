@@ -20,6 +20,8 @@ from typing import Final
 FAILURE_WINDOW: Final = 60.0
 """Seconds a failed AUTH counts against its address."""
 IPV6_CLIENT_PREFIX: Final = 64
+"""An IPv6 client is one /64 (RFC 6177: the least a site gets), for AUTH failures and
+`max_connections_per_ip` alike."""
 _SWEEP_AT: Final = 10_000
 """Addresses remembered before the ones without a recent failure are forgotten."""
 

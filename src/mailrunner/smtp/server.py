@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import ssl
 import time
 from dataclasses import dataclass, replace
@@ -18,6 +17,7 @@ from mailrunner.config import ProxyProtocolConfig, SmtpConfig, TlsConfig, split_
 from mailrunner.errors import ConfigError
 from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
+from mailrunner.smtp.auth_limiter import client_key
 from mailrunner.smtp.authenticators import auth_checks
 from mailrunner.smtp.data_reader import InflightBudget
 from mailrunner.smtp.faults import FaultBook
@@ -27,9 +27,6 @@ from mailrunner.smtp.session import AuthChecks, ProtocolSettings
 from mailrunner.smtp.spool import Spool
 
 log = structlog.get_logger("mailrunner.smtp")
-
-_IPV6_CLIENT_PREFIX = 64
-"""An IPv6 client is one /64 for `max_connections_per_ip` (RFC 6177: the least a site gets)."""
 
 
 def tls_context(config: TlsConfig) -> ssl.SSLContext | None:
@@ -188,21 +185,9 @@ class SmtpServer:
 
     def _limited_address(self, connection: MailrunnerSMTP) -> str | None:
         """The address `max_connections_per_ip` counts this connection under, or None when
-        it is exempt: loopback (a local test suite opens many) unless `limit_loopback`.
-
-        An IPv6 client is counted by its /64: every host gets at least one, so counting
-        single addresses would give one client billions of fresh ones."""
-        try:
-            address = ipaddress.ip_address(connection.mail_session.remote_host)
-        except ValueError:  # no peer address (the socket was gone before accept finished)
-            return None
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if address.is_loopback and not self._config.limit_loopback:
-            return None
-        if isinstance(address, ipaddress.IPv6Address) and not address.is_loopback:
-            return str(ipaddress.IPv6Network((address, _IPV6_CLIENT_PREFIX), strict=False))
-        return str(address)
+        it is exempt: loopback (a local test suite opens many) unless `limit_loopback`. An
+        IPv6 client counts by its /64, as for AUTH failures (`client_key`)."""
+        return client_key(connection.mail_session.remote_host, self._config.limit_loopback)
 
     def forget(self, connection: MailrunnerSMTP) -> None:
         address = self._addresses.pop(connection, None)
