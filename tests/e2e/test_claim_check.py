@@ -5,8 +5,11 @@ travels whole; a refused message leaves no file; an acked job takes its files wi
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import smtplib
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +30,7 @@ from support.claim_check import (
     WORKER,
     consumed,
     event_folders,
+    mime,
     send,
     sha256,
     spooled,
@@ -254,3 +258,134 @@ def test_start_up_says_once_that_remote_consumers_must_see_temp_dir(
     with capture_logs() as logs:
         start_server(record=False, smtp={"attachment_storage": {"mode": "auto"}})
     assert [entry for entry in logs if entry["event"] == shared] == [], "local pipelines only"
+
+
+# --- review (R2): edges, durability, a full disk ---------------------------------------------
+
+
+def test_without_include_raw_a_big_message_still_has_its_attachments_claim_checked(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """`auto` without `include_raw` (and no inbox) never carries the raw message, yet the
+    message's size still decides the claim-check (it used to recurse: 451 for every message)."""
+    server = start_server(smtp={"attachment_storage": {"mode": "auto"}})
+    big_code, big_id = send(server, BIG)
+    small_code, _ = send(server, SMALL)
+    assert (big_code, small_code) == (250, 250)
+    big, small = server.delivery.wait_for(2)
+    assert "raw" not in big["message"]
+    assert "raw_path" not in big["message"]
+    (attachment,) = big["attachments"]
+    assert Path(attachment["path"]).read_bytes() == ATTACHMENT
+    assert [folder.name for folder in event_folders(server)] == [big_id]
+    assert os.listdir(event_folders(server)[0]).count("message.eml") == 0, "no raw file asked for"
+    assert [a.get("path") for a in small["attachments"]] == [None], "small messages stay whole"
+
+
+def test_claim_check_bytes_is_the_largest_message_that_travels_whole(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """A message of exactly `claim_check_bytes` octets travels whole; one octet more and its
+    raw message and attachment are files holding exactly what was sent."""
+    at = mime("edge", b"x" * 3000)
+    over = mime("edges", b"x" * 3000)
+    assert len(over) == len(at) + 1
+    server = start_server(
+        smtp={
+            "include_raw": True,
+            "attachment_storage": {"mode": "auto", "claim_check_bytes": len(at)},
+        }
+    )
+    assert send(server, at)[0] == 250
+    assert send(server, over)[0] == 250
+    whole, checked = server.delivery.wait_for(2)
+    assert base64.b64decode(whole["message"]["raw"]) == at
+    assert "raw_path" not in whole["message"]
+    assert [a.get("path") for a in whole["attachments"]] == [None]
+    assert "raw" not in checked["message"]
+    assert Path(checked["message"]["raw_path"]).read_bytes() == over
+    (attachment,) = checked["attachments"]
+    assert Path(attachment["path"]).read_bytes() == b"x" * 3000
+
+
+def test_every_name_down_to_the_files_a_job_names_is_fsynced_before_250(
+    start_server: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after 250 must lose nothing the job names: the raw file, the attachment file,
+    their folder and the folder's own entry in temp_dir are all fsynced first. (A spy on
+    os.fsync in this process, where the server runs, noting each synced inode.)"""
+    server = start_server(smtp={"include_raw": True, "attachment_storage": {"mode": "auto"}})
+    synced: set[tuple[int, int]] = set()
+    real_fsync = os.fsync
+
+    def noting_fsync(descriptor: int) -> None:
+        info = os.fstat(descriptor)
+        synced.add((info.st_dev, info.st_ino))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", noting_fsync)
+    code, event_id = send(server, BIG)
+    assert code == 250
+    (event,) = server.delivery.wait_for(1)
+    folder = server.config.attachments_dir / event_id
+    named = {
+        "temp_dir": server.config.attachments_dir,
+        "event folder": folder,
+        "raw file": Path(event["message"]["raw_path"]),
+        "attachment file": Path(event["attachments"][0]["path"]),
+    }
+    unsynced = [
+        what
+        for what, path in named.items()
+        if ((info := os.stat(path)).st_dev, info.st_ino) not in synced
+    ]
+    assert unsynced == [], "not on disk before 250"
+
+
+@pytest.fixture
+def small_temp_dir(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs for temp_dir: a disk that fills while an attachment is written. Mounted
+    rather than faked, as tests/smtp/test_spool.py does; skipped where mounting is refused."""
+    mountpoint = tmp_path / "claims"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
+
+
+def open_spool_files(server: RunningServer) -> list[str]:
+    """What this process (the server's) still has open in its spool folder, deleted or not."""
+    spool = str(server.app.spool.folder)
+    targets = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(f"/proc/self/fd/{name}"))
+    return [target for target in targets if target.startswith(spool)]
+
+
+def test_a_disk_that_fills_while_an_attachment_is_written_answers_451_and_holds_nothing(
+    start_server: Callable[..., RunningServer], small_temp_dir: Path
+) -> None:
+    """ENOSPC halfway through an attachment decoded from the spool file: 451, the folder
+    gone, the spool file removed and closed (an open deleted file would keep its space, the
+    very thing a full disk lacks), and the session goes on."""
+    server = start_server(
+        smtp={
+            "include_raw": True,
+            "attachment_storage": {"mode": "auto", "temp_dir": str(small_temp_dir)},
+        }
+    )
+    large = mime("too large for the disk", ATTACHMENT[:2_000_000])
+    assert len(large) > server.config.smtp.spool_bytes, "the attachment must be in the spool"
+    code, _ = send(server, large)
+    assert code == 451
+    assert os.listdir(small_temp_dir) == [], "a half-written folder was left"
+    assert spooled(server) == []
+    assert open_spool_files(server) == [], "the removed spool file is still held open"
+    assert send(server, SMALL)[0] == 250

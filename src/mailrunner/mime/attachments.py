@@ -21,7 +21,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -67,21 +67,26 @@ class AttachmentStorage(Protocol):
     ) -> tuple[Attachment, ...]: ...
 
     async def store_message(
-        self, event_id: str, attachments: Sequence[ParsedPart], raw: MessageContent | None
+        self,
+        event_id: str,
+        attachments: Sequence[ParsedPart],
+        content: MessageContent,
+        include_raw: bool,
     ) -> Stored:
-        """The attachments, and `raw` (the message, when the event carries it) as this
-        storage keeps a message of its size."""
+        """The attachments, and the raw message `content` when the event carries it
+        (`include_raw`), as this storage keeps a message of its size (always known, even
+        without `include_raw`: it decides the claim-check)."""
 
     def claim_checks(self, size: int) -> bool:
         """Whether a message of `size` octets has its attachments stored as files (the
         parse may then leave their bodies in the spool file: `ParsedPart.body`)."""
 
 
-async def _inline_raw(raw: MessageContent | None) -> bytes | None:
+async def _inline_raw(content: MessageContent, include_raw: bool) -> bytes | None:
     """The raw bytes for the event itself; a spooled message is read whole on a thread."""
-    if raw is None or raw.data is not None:
-        return None if raw is None else raw.data
-    return await asyncio.to_thread(raw.read_all)
+    if not include_raw or content.data is not None:
+        return content.data if include_raw else None
+    return await asyncio.to_thread(content.read_all)
 
 
 def _carried(
@@ -112,9 +117,15 @@ class MemoryStorage:
         return False
 
     async def store_message(
-        self, event_id: str, attachments: Sequence[ParsedPart], raw: MessageContent | None
+        self,
+        event_id: str,
+        attachments: Sequence[ParsedPart],
+        content: MessageContent,
+        include_raw: bool,
     ) -> Stored:
-        return Stored(await self.store(event_id, attachments), await _inline_raw(raw))
+        return Stored(
+            await self.store(event_id, attachments), await _inline_raw(content, include_raw)
+        )
 
 
 NAME_MAX = 255
@@ -260,16 +271,24 @@ class TempfileStorage:
         self.claim_check_bytes = claim_check_bytes
 
     async def store_message(
-        self, event_id: str, attachments: Sequence[ParsedPart], raw: MessageContent | None
+        self,
+        event_id: str,
+        attachments: Sequence[ParsedPart],
+        content: MessageContent,
+        include_raw: bool,
     ) -> Stored:
-        """As `store`, the raw message too (as RAW_FILE) when the message is claim-checked;
-        a message at most `claim_check_bytes` long is left in the event whole."""
-        if self.claim_check_bytes is None or raw is None:
-            return Stored(await self.store(event_id, attachments), await _inline_raw(raw))
-        if raw.size <= self.claim_check_bytes:
-            return await MemoryStorage().store_message(event_id, attachments, raw)
+        """As `store`, the raw message too (as RAW_FILE, with `include_raw`) when the message
+        is claim-checked; a message at most `claim_check_bytes` long is left in the event
+        whole, and in `tempfile` mode the raw message always is."""
+        if self.claim_check_bytes is None:
+            inline = await _inline_raw(content, include_raw)
+            return Stored(await self.store(event_id, attachments), inline)
+        if not self.claim_checks(content.size):
+            return await MemoryStorage().store_message(event_id, attachments, content, include_raw)
+        raw = content if include_raw else None
         stored = await self._store(event_id, attachments, raw)
-        return Stored(stored, raw_path=str(self.directory / event_id / RAW_FILE))
+        raw_path = None if raw is None else str(self.directory / event_id / RAW_FILE)
+        return Stored(stored, raw_path=raw_path)
 
     def claim_checks(self, size: int) -> bool:
         """Whether a message of `size` octets has its attachments stored here."""
@@ -287,9 +306,9 @@ class TempfileStorage:
     async def store(
         self, event_id: str, attachments: Sequence[ParsedPart]
     ) -> tuple[Attachment, ...]:
-        """Write every file, or none: a failure removes the event's folder and is raised."""
-        if self.claim_check_bytes is not None:
-            return (await self.store_message(event_id, attachments, None)).attachments
+        """Write every file, or none: a failure removes the event's folder and is raised.
+        Whatever the message's size: with `claim_check_bytes` only `store_message`, which
+        knows it, tells the two apart."""
         return await self._store(event_id, attachments, None)
 
     async def _store(
@@ -324,11 +343,13 @@ class TempfileStorage:
         folder = self.directory / event_id
         create_directory(folder, self._folder_mode)
         try:
-            return self._fill(folder, event_id, attachments, raw)
+            stored = self._fill(folder, event_id, attachments, raw)
+            fsync_directory(self.directory)  # the folder's own name, or a crash may lose it all
         except BaseException:
             # this call created the folder (an exclusive mkdir), so it is ours to take back
             _delete(folder)
             raise
+        return stored
 
     def _fill(
         self,
@@ -346,7 +367,14 @@ class TempfileStorage:
             if attachment.body is None:
                 write_new_file(path, attachment.content, self._file_mode)
             else:  # decoded from the spool file a piece at a time
-                write_new_pieces(path, attachment.body.pieces(), self._file_mode)
+                # closed at once when a write fails (ENOSPC): left to the garbage collector,
+                # the half-read generator would hold the spool file open, its space with it
+                pieces = attachment.body.pieces()
+                try:
+                    write_new_pieces(path, pieces, self._file_mode)
+                finally:
+                    if isinstance(pieces, Generator):
+                        pieces.close()
             stored.append(_carried(attachment, path=str(path)))
         if raw is not None:
             raw.hand_over(folder / RAW_FILE, self._file_mode)  # last: a rename, no failure after

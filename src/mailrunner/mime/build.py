@@ -102,7 +102,7 @@ class EventBuilder:
         # storing is the last step that can fail, and it removes its own folder when it does:
         # a message refused with 451 leaves no files behind
         stored = await self.storage.store_message(
-            arrival.event_id, parsed.attachments, content if self.include_raw else None
+            arrival.event_id, parsed.attachments, content, self.include_raw
         )
         message = self._message(parsed, stored.raw, stored.raw_path)
         return EmailEvent(
