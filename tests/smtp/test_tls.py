@@ -18,6 +18,7 @@ import aiosmtplib
 import pytest
 
 from support.processes import run_cli
+from support.raw_smtp import raw_smtp
 from support.server import LOOPS, RunningServer, on_loop
 from support.tls import connection_lost, self_signed, trusting
 
@@ -99,6 +100,21 @@ def test_required_tls_refuses_mail_before_starttls(
     refused, delivered = asyncio.run(session())
     assert refused == 530, "530 Must issue a STARTTLS command first"
     assert delivered == 1
+
+
+def test_required_refuses_bdat_before_starttls_and_drops_its_chunk(
+    tls_server: Callable[..., RunningServer],
+) -> None:
+    """The chunk is the message, not commands: were it parsed, its QUIT would close."""
+    server = tls_server(required=True)
+    chunk = b"RSET\r\nQUIT\r\n"
+    with raw_smtp(server.port) as client:
+        client.send(b"EHLO tls.client\r\nBDAT %d LAST\r\n%sNOOP\r\n" % (len(chunk), chunk))
+        assert client.code() == b"250"
+        assert client.reply() == b"530 Must issue a STARTTLS command first\r\n"
+        assert client.code() == b"250", "NOOP, the command after the chunk"
+        client.send(b"MAIL FROM:<a@example.com>\r\n")
+        assert client.code() == b"530", "every other command is still refused"
 
 
 def test_without_a_certificate_starttls_is_not_offered_and_refused(

@@ -24,7 +24,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import structlog
 from aiosmtpd.proxy_protocol import V2_CMD, ProxyData, get_proxy
-from aiosmtpd.smtp import MISSING, SMTP, Envelope
+from aiosmtpd.smtp import ALLOWED_BEFORE_STARTTLS, MISSING, SMTP, Envelope
 
 from mailrunner import __version__
 from mailrunner.faults import FaultRule, FaultStage
@@ -123,6 +123,9 @@ class MailrunnerSMTP(AuthCommands):
             require_starttls=settings.require_tls,
             auth_exclude_mechanism=[] if settings.auth.mode != "off" else ["PLAIN", "LOGIN"],
         )
+        # RFC 3207 4's 530 is sent from `_tracked` instead, where a refused BDAT's chunk is read
+        self._starttls_required = bool(self.require_starttls)
+        self.require_starttls = False
         self.settings = settings
         self._registry = registry
         self._metrics = metrics
@@ -170,7 +173,8 @@ class MailrunnerSMTP(AuthCommands):
             self._in_command = True
             try:
                 await self._drop_stale_chunks()
-                await method(arg)
+                if not await self._starttls_refused(name, arg):
+                    await method(arg)
             finally:
                 self._in_command = False
             await self._drop_stale_chunks()
@@ -180,6 +184,21 @@ class MailrunnerSMTP(AuthCommands):
                 self.close_with(replies.R221_BYE)
 
         return run
+
+    async def _starttls_refused(self, name: str, arg: str | None) -> bool:
+        """`smtp.tls.required` before STARTTLS: 530 for all but aiosmtpd's few commands, as
+        its command loop would answer, except that a BDAT's chunk is read and dropped first:
+        left in the stream, the message's octets would be run as commands."""
+        if (
+            not self._starttls_required
+            or self._tls_protocol is not None
+            or name in ALLOWED_BEFORE_STARTTLS
+        ):
+            return False
+        if name == "BDAT" and (match := _BDAT_ARGUMENT.fullmatch(arg or "")) is not None:
+            await self._receive(skip_chunk(self._reader, int(match[1])))
+        await self.push(replies.R530_STARTTLS_FIRST)
+        return True
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         """While a hook runs the server owes the client a reply, so the read timer waits.

@@ -48,6 +48,8 @@ R421_TOO_MANY_FROM_ADDRESS = (
     "421 4.7.0 {hostname} Too many connections from your address, try again later"
 )
 # DATA's own texts as aiosmtpd words them (mailrunner reads DATA itself, clients see no change)
+R530_STARTTLS_FIRST = "530 Must issue a STARTTLS command first"
+"""aiosmtpd's text exactly (RFC 3207 4), sent by `MailrunnerSMTP` in its place."""
 R354_DATA = "354 End data with <CR><LF>.<CR><LF>"
 R501_DATA_SYNTAX = "501 Syntax: DATA"
 R503_NEED_RCPT = "503 Error: need RCPT command"
