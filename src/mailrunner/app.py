@@ -40,7 +40,13 @@ from mailrunner.pool.hooks import HookRunner
 from mailrunner.pool.pool import WorkerPool
 from mailrunner.smtp import replies
 from mailrunner.smtp.authenticators import auth_checks
-from mailrunner.smtp.delivery import Delivery, JobsDelivery, JobsRpc, PoolDelivery
+from mailrunner.smtp.delivery import (
+    Delivery,
+    JobsDelivery,
+    JobsRpc,
+    JsonOffload,
+    PoolDelivery,
+)
 from mailrunner.smtp.faults import FaultBook
 from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.hooks import SessionHooks
@@ -99,7 +105,7 @@ class App:
             else None
         )
         self.delivery = delivery or _delivery(
-            config, self.remote_jobs or self.jobs, self.smtp_pool, storage
+            config, self.remote_jobs or self.jobs, self.smtp_pool, storage, self._parse_executor
         )
         self.faults = FaultBook(smtp.faults)
         self.spool = Spool(config.data_dir, smtp.spool_bytes)
@@ -413,7 +419,11 @@ def _session_hooks(config: Config, smtp_pool: WorkerPool | None) -> SessionHooks
 
 
 def _delivery(
-    config: Config, jobs: JobsRpc, smtp_pool: WorkerPool | None, storage: AttachmentStorage
+    config: Config,
+    jobs: JobsRpc,
+    smtp_pool: WorkerPool | None,
+    storage: AttachmentStorage,
+    executor: ParseThreads,
 ) -> Delivery:
     """Where accepted email goes: a job pushed (here or to another node), else the pool."""
     if smtp_pool is not None and not config.smtp.use_jobs:
@@ -425,6 +435,7 @@ def _delivery(
         include_raw=smtp.include_raw,
         inbox=config.inbox.pipeline if _pushes_to_inbox(config) else None,
         attachments=storage if isinstance(storage, TempfileStorage) else None,
+        json_offload=JsonOffload(smtp.parse.offload_bytes, executor),
     )
 
 
