@@ -423,3 +423,28 @@ def test_a_file_replaced_by_a_fifo_or_non_utf8_text_keeps_the_last_good_users(
     assert "not a regular file" in fifo["reason"]
     assert latin1["reason"].endswith("line 2: not UTF-8")
     assert "zq-secr" not in repr(list(logs))
+
+
+def uncheckable(hash_: str) -> list[str]:
+    """Hashes of the right shape that bcrypt cannot check: a cost beyond its range, a salt
+    whose last character has bits set that a salt never has."""
+    return [hash_[:4] + "99" + hash_[6:], hash_[:28] + "z" + hash_[29:]]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["cost 99", "bad salt"])
+def test_a_hash_bcrypt_cannot_check_is_an_unusable_file_not_a_broken_auth(
+    verifying: Start, credentials: Path, logs: list[MutableMapping[str, Any]], which: int
+) -> None:
+    """Such a line used to pass the file's check and raise at every AUTH (or when the file's
+    stand-in hash was made): 451 for every user, the last good users unused."""
+    server = verifying(auth={"allow_insecure": True})
+    bad = uncheckable(hashed("bob's"))[which]
+    credentials.write_text(f"alice:{hashed(ALICE_PASSWORD)}\nbob:{bad}\n")
+
+    def noticed() -> bool:
+        assert login_code(server, "alice", ALICE_PASSWORD) == 235, "the last good users"
+        return bool(logged(logs, "credentials file unusable"))
+
+    wait_until(noticed, "the uncheckable hash to be noticed")
+    (entry,) = logged(logs, "credentials file unusable")
+    assert "line 2: 'bob' has neither a bcrypt hash" in entry["reason"]

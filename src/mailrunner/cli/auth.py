@@ -9,7 +9,13 @@ import sys
 import click
 
 from mailrunner.cli.common import EXIT_USAGE, fail
-from mailrunner.smtp.credentials import DEFAULT_COST, MAX_PASSWORD_BYTES, hash_line
+from mailrunner.smtp.credentials import (
+    DEFAULT_COST,
+    MAX_COST,
+    MAX_PASSWORD_BYTES,
+    MIN_COST,
+    hash_line,
+)
 
 
 @click.group()
@@ -21,7 +27,7 @@ def auth() -> None:
 @click.argument("username", required=False)
 @click.option(
     "--cost",
-    type=click.IntRange(4, 31),
+    type=click.IntRange(MIN_COST, MAX_COST),
     default=DEFAULT_COST,
     show_default=True,
     help="bcrypt's work factor: each step doubles the time a check takes.",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import re
 import stat
 import time
 from collections.abc import Mapping
@@ -41,7 +42,13 @@ MAX_QUEUED_CHECKS: Final = 64
 12 the last one in the queue waits about 16 s, and a flood of AUTHs costs no more."""
 MAX_FILE_BYTES: Final = 16 * 1024 * 1024
 """A credentials file larger than this is refused (about 200,000 bcrypt lines)."""
-_BCRYPT_PREFIXES: Final = ("$2a$", "$2b$", "$2y$")
+MIN_COST: Final = 4
+MAX_COST: Final = 31
+"""bcrypt's range of work factors; a hash outside it cannot be checked."""
+_BCRYPT_HASH: Final = re.compile(r"\$2[aby]\$([0-9]{2})\$[./A-Za-z0-9]{21}[.Oeu][./A-Za-z0-9]{31}")
+"""A hash bcrypt can check: any other raises at the check (a 451 for every AUTH of that
+user) or, for its cost, when the stand-in hash is made. The salt's 22nd character holds
+only 2 bits of it, so it is one of four."""
 _STAND_IN_PASSWORD: Final = b"mailrunner stand-in password"
 DEFAULT_COST: Final = 12
 """bcrypt's own default: about a quarter second a check on a current core."""
@@ -92,7 +99,7 @@ def parse(text: str, source: str) -> dict[str, Secret]:
             if not secret:
                 raise ValueError(f"{where}: empty {PLAIN_PREFIX} password for {user!r}")
             users[user] = Secret(secret, plain=True)
-        elif stored.startswith(_BCRYPT_PREFIXES) and _cost(stored) is not None:
+        elif _cost(stored) is not None:
             users[user] = Secret(stored.encode())
         else:
             raise ValueError(f"{where}: {user!r} has neither a bcrypt hash nor {PLAIN_PREFIX}")
@@ -101,10 +108,10 @@ def parse(text: str, source: str) -> dict[str, Secret]:
 
 def _cost(stored: str) -> int | None:
     """The cost of a bcrypt hash `$2b$12$<53 characters>`, None if it is not one."""
-    parts = stored.split("$")
-    if len(parts) != 4 or not parts[2].isdecimal() or len(parts[3]) != 53:
+    match = _BCRYPT_HASH.fullmatch(stored)
+    if match is None or not MIN_COST <= int(match[1]) <= MAX_COST:
         return None
-    return int(parts[2])
+    return int(match[1])
 
 
 def hash_line(username: str | None, password: bytes, cost: int = DEFAULT_COST) -> str:
