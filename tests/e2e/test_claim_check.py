@@ -360,8 +360,9 @@ def small_temp_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def open_spool_files(server: RunningServer) -> list[str]:
-    """What this process (the server's) still has open in its spool folder, deleted or not."""
-    spool = str(server.app.spool.folder)
+    """The files this process (the server's) still has open in its spool folder, deleted or
+    not (the folder itself is held open: it is the spool's lock)."""
+    spool = f"{server.app.spool.folder}/"
     targets = []
     for name in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
@@ -389,3 +390,33 @@ def test_a_disk_that_fills_while_an_attachment_is_written_answers_451_and_holds_
     assert spooled(server) == []
     assert open_spool_files(server) == [], "the removed spool file is still held open"
     assert send(server, SMALL)[0] == 250
+
+
+def test_a_second_server_with_the_same_pid_and_data_dir_leaves_the_first_ones_spool_alone(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """Two containers sharing a data_dir both run the server as the same pid (here: two
+    servers in this process). The second one starting while the first receives a spooled
+    message must not empty the first one's spool folder under it."""
+    shared = {"data_dir": str(tmp_path / "shared"), "record": True}
+    first = start_server(
+        smtp={"include_raw": True, "attachment_storage": {"mode": "auto"}}, **shared
+    )
+    head, tail = BIG[: len(BIG) // 2], BIG[len(BIG) // 2 :]
+    with smtplib.SMTP(first.host, first.port, timeout=60) as client:
+        client.ehlo("client.example")
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(head)
+        wait_until(lambda: spooled(first) != [], "the first server to spool the message")
+        second = start_server(**shared)
+        assert spooled(first) != [], "the second server emptied the first one's spool"
+        client.send(tail + b".\r\n")
+        code, _ = client.getreply()
+    assert code == 250
+    (event,) = first.delivery.wait_for(1)
+    assert Path(event["message"]["raw_path"]).read_bytes() == BIG
+    assert send(second, SMALL)[0] == 250
+    assert second.app.spool.folder.name == f"{first.app.spool.folder.name}.1"

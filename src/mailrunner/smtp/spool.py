@@ -11,13 +11,18 @@ never touch each other's files. At start a process empties the folder of its own
 by a crashed process that had the same pid: in a container the server is always the same
 pid, so a restart cleans up). Folders of other pids stay: whether such a process is alive
 cannot be told from here when the data directory is shared between hosts or containers (pid
-namespaces), so they are only named in the log, for the operator to remove.
+namespaces), so they are only named in the log, for the operator to remove. Two live
+processes with one pid (two containers sharing a data directory) are told apart by a lock
+on the folder: the second takes `<pid>.1/` (then `.2`...), the first free one, so neither
+empties the other's folder.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
+import itertools
 import os
 import shutil
 import uuid
@@ -214,6 +219,8 @@ class Spool:
         self.folder = data_dir / SPOOL_FOLDER / str(os.getpid())
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="spool")
         self._stopped: asyncio.Future[None] | None = None
+        self._lock: int | None = None
+        """The folder's descriptor, flocked while this process spools there."""
 
     async def write(self, file: SpoolFile, data: bytes | bytearray) -> None:
         """`file.write(data)` on the spool's thread; OSError once the spool is stopped."""
@@ -238,8 +245,17 @@ class Spool:
         """Create the folder (0700) empty, removing what a process with this pid left;
         blocking, called once at start."""
         create_directories(self.folder.parent)
-        shutil.rmtree(self.folder, ignore_errors=True)
-        create_directories(self.folder, PRIVATE_DIRECTORY)
+        base = self.folder
+        for attempt in itertools.count(1):
+            self._lock = _locked_folder(self.folder)
+            if self._lock is not None:
+                break
+            self.folder = base.with_name(f"{base.name}.{attempt}")  # a live namesake's
+        for entry in os.scandir(self.folder):  # emptied, not replaced: the lock is on it
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
         others = sorted(p.name for p in self.folder.parent.iterdir() if p != self.folder)
         if others:
             log.info(
@@ -258,3 +274,27 @@ class Spool:
         self._stopped = asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown)
         await self._stopped
         await asyncio.to_thread(shutil.rmtree, self.folder, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def _locked_folder(folder: Path) -> int | None:
+    """`folder` (created 0700 if missing) open and exclusively flocked, or None when a live
+    process holds it. A folder removed by its previous holder between our open and our lock
+    is made again, so the lock is always on the folder at that name."""
+    while True:
+        create_directories(folder, PRIVATE_DIRECTORY)
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return None
+        try:
+            same = os.path.samestat(os.fstat(descriptor), os.lstat(folder))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return descriptor
+        os.close(descriptor)
