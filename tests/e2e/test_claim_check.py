@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import signal
 import smtplib
 import subprocess
 import sys
@@ -32,9 +33,11 @@ from support.claim_check import (
     event_folders,
     mime,
     send,
+    send_to,
     sha256,
     spooled,
 )
+from support.processes import ServeProcess
 from support.requirements import require_broker, unavailable
 from support.server import RunningServer
 from support.waiting import wait_until
@@ -420,3 +423,33 @@ def test_a_second_server_with_the_same_pid_and_data_dir_leaves_the_first_ones_sp
     assert Path(event["message"]["raw_path"]).read_bytes() == BIG
     assert send(second, SMALL)[0] == 250
     assert second.app.spool.folder.name == f"{first.app.spool.folder.name}.1"
+
+
+def test_kill_9_after_250_keeps_the_job_and_its_files_for_the_consumer_after_restart(
+    serve: Callable[..., ServeProcess], tmp_path: Path
+) -> None:
+    """`mailrunner serve` killed right after the 250 of a claim-checked message: restarted,
+    it hands the job to the SDK worker, whose raw_path and attachment hold the exact bytes,
+    and the ack takes the files with it."""
+    claim_check = {"include_raw": True, "attachment_storage": {"mode": "auto"}}
+    server = serve(smtp=claim_check)
+    code, event_id = send_to(server.port, BIG)
+    assert code == 250
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(10)
+    folder = tmp_path / "var" / "attachments" / event_id
+    assert sorted(os.listdir(folder)) == [".mailrunner", ".pipeline", "001-data.bin", "message.eml"]
+    (event,) = server.events()
+    assert event["message"]["raw_path"] == str(folder.resolve() / "message.eml")
+
+    log = tmp_path / "consumed.jsonl"
+    restarted = serve(
+        smtp=claim_check,
+        server={"command": [sys.executable, str(WORKER)], "env": {"CLAIM_LOG": str(log)}},
+        jobs={"consume": ["smtp-emails"], "pipelines": {"smtp-emails": {"driver": "sqlite"}}},
+    )
+    found = consumed(log, event_id)
+    assert found["raw_sha256"] == sha256(BIG)
+    assert [a["sha256"] for a in found["attachments"]] == [sha256(ATTACHMENT)]
+    wait_until(lambda: not folder.exists(), "the acked job's folder to go")
+    assert restarted.terminate() == 0

@@ -51,7 +51,12 @@ def sha256(data: bytes) -> str:
 
 def send(server: RunningServer, message: bytes) -> tuple[int, str]:
     """The reply to DATA and, when accepted, the event id it names."""
-    with smtplib.SMTP(server.host, server.port, timeout=60) as client:
+    return send_to(server.port, message, server.host)
+
+
+def send_to(port: int, message: bytes, host: str = "127.0.0.1") -> tuple[int, str]:
+    """`send` to a server by its port (one in a child process)."""
+    with smtplib.SMTP(host, port, timeout=60) as client:
         client.ehlo("client.example")
         client.mail("a@example.com", [f"SIZE={len(message)}"])
         client.rcpt("b@example.com")

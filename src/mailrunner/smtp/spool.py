@@ -26,7 +26,7 @@ import itertools
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +45,8 @@ log = structlog.get_logger("mailrunner.smtp")
 
 SPOOL_FOLDER = "spool"
 """The spool's folder inside `data_dir`; one folder per process below it."""
-READ_CHUNK = 256 * 1024
-"""What `MessageContent.read_chunks` hands out at a time from a spool file."""
+COPY_CHUNK = 1024 * 1024
+"""What a copy of a spool file (`temp_dir` on another file system) reads at a time."""
 
 _NEW_SPOOL_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 """O_EXCL and O_NOFOLLOW: a file or symlink planted at the name fails the open instead of
@@ -74,18 +74,6 @@ class MessageContent:
             return self.data
         assert self.path is not None
         return self.path.read_bytes()
-
-    def read_chunks(self, chunk: int = READ_CHUNK) -> Iterator[bytes]:
-        """The message piece by piece, never holding a spooled message whole."""
-        if self.data is not None:
-            view = memoryview(self.data)
-            for start in range(0, len(view), chunk):
-                yield bytes(view[start : start + chunk])
-            return
-        assert self.path is not None
-        with self.path.open("rb") as file:
-            while piece := file.read(chunk):
-                yield piece
 
     def hand_over(self, destination: Path, mode: int) -> None:
         """Make `destination` (which must not exist) hold the message with exactly `mode`,
@@ -170,7 +158,6 @@ class SpoolFile:
             self._descriptor = None
 
 
-_COPY_CHUNK = 1024 * 1024
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP})
 """Why a spool file cannot become the destination's name: another file system (`temp_dir`
 elsewhere), or one without hard links. The message is copied then."""
@@ -180,7 +167,7 @@ def _copy_new(source: Path, destination: Path, mode: int) -> None:
     """Copy `source` to a new file with exactly `mode`, fsynced with its folder; a piece at a
     time, never the whole message in memory."""
     with source.open("rb") as file:
-        write_new_pieces(destination, iter(lambda: file.read(_COPY_CHUNK), b""), mode)
+        write_new_pieces(destination, iter(lambda: file.read(COPY_CHUNK), b""), mode)
     fsync_directory(destination.parent)
 
 
