@@ -448,3 +448,33 @@ def test_a_hash_bcrypt_cannot_check_is_an_unusable_file_not_a_broken_auth(
     wait_until(noticed, "the uncheckable hash to be noticed")
     (entry,) = logged(logs, "credentials file unusable")
     assert "line 2: 'bob' has neither a bcrypt hash" in entry["reason"]
+
+
+def test_a_right_password_queued_behind_a_burst_of_guesses_is_locked_out_too(
+    verifying: Start, credentials: Path
+) -> None:
+    """Guesses on parallel connections all pass the lock-out check before the first is
+    decided; each waits its turn for bcrypt (cost 10: about 60 ms each here), so the right
+    one, last in line, is decided only after the lock-out."""
+    slow = bcrypt.hashpw(ALICE_PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+    credentials.write_text(f"alice:{slow}\n")
+    server = verifying(auth={"allow_insecure": True, "max_failures": 2}, limit_loopback=True)
+    guesses = [b"wrong-1", b"wrong-2", b"wrong-3", b"wrong-4", ALICE_PASSWORD.encode()]
+    clients = [socket.create_connection((server.host, server.port), WAIT_SECONDS) for _ in guesses]
+    try:
+        streams = [client.makefile("rwb") for client in clients]
+        for stream in streams:
+            assert stream.readline().startswith(b"220")
+            stream.write(b"EHLO client.example\r\n")
+            stream.flush()
+            while stream.readline()[3:4] == b"-":
+                pass
+        for stream, guess in zip(streams, guesses, strict=True):
+            stream.write(f"AUTH {plain('alice', guess)}\r\n".encode())
+            stream.flush()
+        codes = [stream.readline()[:3] for stream in streams]
+    finally:
+        for client in clients:
+            client.close()
+    assert codes[:2] == [b"535", b"535"]
+    assert codes[-1] == b"421", codes

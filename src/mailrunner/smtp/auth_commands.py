@@ -149,6 +149,12 @@ class AuthCommands(SMTP):
                 )
             finally:
                 self._owes_reply = False
+            if checks.failures.locked(self._mail_session.remote_host):
+                # failures counted while this check waited its turn: a guess sent alongside
+                # many others is not let in past the lock-out
+                self._mail_session.auth = Authentication(mechanism, _text(login), verified=False)
+                self._lock_out()
+                return AuthResult(success=False, handled=True)
         username = _text(login)
         if refusal is None:
             self._mail_session.auth = Authentication(mechanism, username, verified=True)
