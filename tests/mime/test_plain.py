@@ -240,3 +240,16 @@ def test_a_large_mime_message_in_memory_has_its_large_bodies_read_not_fed() -> N
 def test_line_ends_become_lf_as_the_regex_makes_them(text: str) -> None:
     """The body's line ends: CRLF and a lone CR become LF, nothing else changes."""
     assert parse_module._lines_of(text) == re.sub(r"\r\n?", "\n", text)
+
+
+def test_a_mime_message_of_small_parts_is_fed_whole_without_the_walk() -> None:
+    """Over the threshold in all but no body near it: the walk would only add its cost."""
+    part = b"--b\r\nContent-Type: text/plain\r\n\r\n" + b"a line of text\r\n" * 150
+    raw = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + part * 3 + b"--b--\r\n"
+    assert parse_module.IN_MEMORY_SPILL_BYTES is not None
+    assert len(raw) > parse_module.IN_MEMORY_SPILL_BYTES
+    with mock.patch.object(parse_module, "plan_stream", wraps=parse_module.plan_stream) as walk:
+        result = parse(raw)
+    walk.assert_not_called()
+    assert result == fed_whole(raw)
+    assert result.body.count("a line of text") == 150

@@ -42,6 +42,7 @@ IN_MEMORY_SPILL_BYTES: int | None = 4 * 1024
 either (`stream`'s stand-ins, decoded from the message's bytes): the feed parser looks at
 every line of a body for a boundary, 1.7 ms for a 100 KB message with a 70 KB attachment,
 the walk that finds the bodies 0.18 ms. None feeds every body (tests compare the two)."""
+_STRETCHES_LOOKED_AT = 64
 _CLEAN_BASE64 = re.compile(CLEAN_BASE64)
 _ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to"})
 _NOT_SIMPLE = re.compile(r'["()\\;:\[\]]')
@@ -198,10 +199,29 @@ def _parse(
 
 
 def _in_memory_spill(raw: bytes) -> int | None:
-    """`IN_MEMORY_SPILL_BYTES` for a message in memory large enough for a body over it, else
-    None: below that, the walk that finds the bodies would cost more than it spares."""
+    """`IN_MEMORY_SPILL_BYTES` for a message in memory that may hold a body over it, else
+    None: without one, the walk that finds the bodies costs more than it spares (a 6 KB
+    message of three 2 KB parts: 260 us fed, 400 us walked)."""
     threshold = IN_MEMORY_SPILL_BYTES
-    return threshold if threshold is not None and len(raw) > threshold else None
+    if threshold is None or len(raw) <= threshold or not _long_stretch(raw, threshold):
+        return None
+    return threshold
+
+
+def _long_stretch(raw: bytes, length: int) -> bool:
+    """Whether more than `length` bytes run without a line that starts with `--`, as a leaf
+    body over `length` does; after `_STRETCHES_LOOKED_AT` lines that do, no (the choice is
+    only of the cheaper way to the same result)."""
+    start = 0
+    for _ in range(_STRETCHES_LOOKED_AT):
+        found = raw.find(b"\n--", start)
+        end = len(raw) if found < 0 else found
+        if end - start > length:
+            return True
+        if found < 0:
+            return False
+        start = found + 1
+    return False
 
 
 def _parse_spilling(
