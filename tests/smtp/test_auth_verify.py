@@ -399,7 +399,7 @@ def fifo_unblocked(credentials: Path) -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("fifo_unblocked")
-def test_a_file_replaced_by_a_fifo_or_non_utf8_text_keeps_the_last_good_users(
+def test_a_file_replaced_by_a_fifo_non_utf8_text_or_a_directory_keeps_the_last_good_users(
     verifying: Start, credentials: Path, logs: list[MutableMapping[str, Any]]
 ) -> None:
     """A FIFO (or a symlink to one) would block the thread that reads the file forever, and
@@ -419,9 +419,14 @@ def test_a_file_replaced_by_a_fifo_or_non_utf8_text_keeps_the_last_good_users(
     credentials.unlink()
     credentials.write_bytes(b"# users\nalice:{PLAIN}zq-secr\xe9t\n")
     wait_until(noticed(2), "the non-UTF-8 line to be noticed")
-    fifo, latin1 = logged(logs, "credentials file unusable")
+    credentials.unlink()
+    credentials.mkdir()
+    wait_until(noticed(3), "the directory to be noticed")
+    credentials.rmdir()
+    fifo, latin1, directory = logged(logs, "credentials file unusable")
     assert "not a regular file" in fifo["reason"]
     assert latin1["reason"].endswith("line 2: not UTF-8")
+    assert directory["reason"] == f"cannot read {credentials}: Is a directory"
     assert "zq-secr" not in repr(list(logs))
 
 

@@ -136,9 +136,8 @@ def read(path: Path) -> tuple[_Stamp, dict[str, Secret]]:
     Opened without blocking and read only if it is a regular file of at most
     `MAX_FILE_BYTES`: a path replaced by (a symlink to) a FIFO would otherwise hang the
     reading thread forever, and one to /dev/zero fill the memory."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
+    with open(path, "rb", opener=_open_nonblocking) as file:
+        info = os.fstat(file.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{path}: not a regular file")
         data = file.read(MAX_FILE_BYTES + 1)
@@ -150,6 +149,10 @@ def read(path: Path) -> tuple[_Stamp, dict[str, Secret]]:
         line = data.count(b"\n", 0, error.start) + 1
         raise ValueError(f"{path} line {line}: not UTF-8") from None
     return _Stamp.of_info(info), parse(text, str(path))
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def read_at_start(path: Path) -> tuple[_Stamp, dict[str, Secret]]:
