@@ -483,3 +483,18 @@ def test_a_right_password_queued_behind_a_burst_of_guesses_is_locked_out_too(
             client.close()
     assert codes[:2] == [b"535", b"535"]
     assert codes[-1] == b"421", codes
+
+
+def test_verify_without_a_certificate_or_allow_insecure_is_warned_about_at_start(
+    start_server: Start, credentials: Path, logs: list[MutableMapping[str, Any]]
+) -> None:
+    auth = {"mode": "verify", "credentials_file": str(credentials)}
+    server = start_server(smtp={"auth": auth})
+    (warning,) = logged(logs, "smtp.auth: credentials are checked only over TLS")
+    assert warning["mode"] == "verify"
+    with smtplib.SMTP(server.host, server.port, timeout=WAIT_SECONDS) as client:
+        client.ehlo("client.example")
+        assert client.docmd("AUTH", plain("alice", ALICE_PASSWORD.encode()))[0] == 538
+    allowed = start_server(smtp={"auth": {**auth, "allow_insecure": True}})
+    assert len(logged(logs, "smtp.auth: credentials are checked only over TLS")) == 1
+    assert login_code(allowed, "alice", ALICE_PASSWORD) == 235

@@ -73,5 +73,13 @@ def auth_checks(config: SmtpConfig, hooks: SessionHooks | None = None) -> AuthCh
         authenticator = HookAuthenticator(hooks)
     else:
         return None
+    if not auth.allow_insecure and config.tls.cert_file is None:
+        # a valid configuration, but one where every AUTH gets 538 (and, if required, every
+        # MAIL 530): said once at start rather than found out from clients' failures
+        log.warning(
+            "smtp.auth: credentials are checked only over TLS and no certificate is set: "
+            "no client can authenticate (set smtp.tls or smtp.auth.allow_insecure)",
+            mode=auth.mode,
+        )
     failures = FailureLimiter(auth.max_failures, limit_loopback=config.limit_loopback)
     return AuthChecks(authenticator, failures)
