@@ -446,7 +446,7 @@ def _pushes_to_inbox(config: Config) -> bool:
 
 def _inbox_only_files(
     config: Config, storage: AttachmentStorage
-) -> Callable[[str], Awaitable[None]] | None:
+) -> Callable[[str, str], Awaitable[None]] | None:
     """Attachment files no pipeline but the inbox's got go once the inbox consumer has read
     them (a retry of its job takes them from the raw message); with other pipelines they go
     with those pipelines' jobs. With `auto` the inbox's pipeline is one of those the folder
@@ -481,14 +481,14 @@ def _event_builder(
     )
 
 
-async def _release_email_attachments(storage: TempfileStorage, job_id: str) -> None:
+async def _release_email_attachments(storage: TempfileStorage, job_id: str, pipeline: str) -> None:
     """With Jobs, attachment files live until the last of their email's jobs is acked or
     purged (the inbox's aside, see `TempfileStorage.release`).
 
     Called for every removed job whoever pushed it; the id alone decides, through the
     storage's marker rule, so a job named `smtp.email` with a hostile id deletes nothing.
     """
-    await asyncio.to_thread(storage.release, job_id)
+    await asyncio.to_thread(storage.release, job_id, pipeline)
 
 
 async def _remove_pipeline_attachments(storage: TempfileStorage, pipeline: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import signal
 import smtplib
@@ -37,7 +38,7 @@ from support.claim_check import (
     sha256,
     spooled,
 )
-from support.processes import ServeProcess
+from support.processes import ServeProcess, run_cli
 from support.requirements import require_broker, unavailable
 from support.server import RunningServer
 from support.waiting import wait_until
@@ -453,3 +454,46 @@ def test_kill_9_after_250_keeps_the_job_and_its_files_for_the_consumer_after_res
     assert [a["sha256"] for a in found["attachments"]] == [sha256(ATTACHMENT)]
     wait_until(lambda: not folder.exists(), "the acked job's folder to go")
     assert restarted.terminate() == 0
+
+
+def test_a_job_acked_twice_in_one_pipeline_leaves_the_files_to_the_other_pipeline_s_job(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """Delivery is at least once: the same job may be handled and acked twice (a late ack
+    whose lease had expired, then the redelivery's). Here the job is pushed again with its id
+    after its first ack; the second ack must not count as the `other` pipeline's release."""
+    log = tmp_path / "consumed.jsonl"
+    server = start_server(
+        record=False,
+        server={"command": [sys.executable, str(WORKER)], "env": {"CLAIM_LOG": str(log)}},
+        smtp={
+            "include_raw": True,
+            "attachment_storage": {"mode": "auto"},
+            "jobs": {"pipelines": ["smtp-emails", "other"]},
+        },
+        jobs={
+            "pipelines": {"smtp-emails": {"driver": "sqlite"}, "other": {"driver": "sqlite"}},
+            "consume": ["smtp-emails"],
+            "pool": {"num_workers": 1},
+        },
+    )
+    with capture_logs() as logs:
+        code, event_id = send(server, BIG)
+        assert code == 250
+        assert consumed(log, event_id)["raw_sha256"] == sha256(BIG)
+        peeked = run_cli("jobs", "peek", "other", "--json", "--server", server.api_url)
+        (job,) = json.loads(peeked.stdout)["jobs"]
+        payload = tmp_path / "payload.json"
+        payload.write_text(job["payload"])
+        pushed = run_cli(
+            "jobs", "push", "smtp-emails", "--server", server.api_url, "--id", event_id,
+            "--name", "smtp.email", "--payload-file", str(payload),
+        )  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr
+        # `job done` is logged once the ack's release is over
+        wait_until(
+            lambda: [e.get("id") for e in logs if e["event"] == "job done"] == [event_id] * 2,
+            "the second ack and its release",
+        )
+    folder = server.config.attachments_dir / event_id
+    assert (folder / "message.eml").read_bytes() == BIG, "the other pipeline's job lost its file"

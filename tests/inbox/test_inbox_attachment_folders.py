@@ -26,9 +26,9 @@ def test_the_folder_goes_with_the_last_listed_pipeline_s_job(tmp_path: Path) -> 
     folder = tmp_path / event_id
     assert (folder / PIPELINE_MARK).read_text() == "a\nb\n"
 
-    assert storage.release(event_id) is False, "b's job still points at the files"
+    assert storage.release(event_id, "a") is False, "b's job still points at the files"
     assert (folder / "001-f.txt").read_bytes() == b"f"
-    assert storage.release(event_id) is True
+    assert storage.release(event_id, "b") is True
     assert not folder.exists()
 
 
@@ -53,11 +53,26 @@ def test_a_refused_message_keeps_its_files_only_for_the_pipelines_that_stored_it
     storage.keep_for(kept, ["a"])
     storage.keep_for(refused, [])
     assert [path.name for path in tmp_path.iterdir()] == [kept]
-    assert storage.release(kept) is True, "a was the only pipeline left"
+    assert storage.release(kept, "a") is True, "a was the only pipeline left"
 
 
 def test_a_folder_no_pipeline_but_the_inbox_got_goes_at_its_first_release(tmp_path: Path) -> None:
     storage, event_id = stored(tmp_path, [])
 
-    assert storage.release(event_id) is True
+    assert storage.release(event_id, "inbox") is True
     assert not (tmp_path / event_id).exists()
+
+
+def test_a_pipeline_counts_once_and_one_the_mark_does_not_name_not_at_all(
+    tmp_path: Path,
+) -> None:
+    """Delivery is at least once: a job acked late (its lease expired) and then acked again
+    on redelivery, or a job pushed into another pipeline with the email's id, must not take
+    the files from under b's job."""
+    storage, event_id = stored(tmp_path, ["a", "b"])
+
+    assert storage.release(event_id, "a") is False
+    assert storage.release(event_id, "a") is False, "a's second removal counted"
+    assert storage.release(event_id, "elsewhere") is False, "an unlisted pipeline counted"
+    assert (tmp_path / event_id / "001-f.txt").read_bytes() == b"f"
+    assert storage.release(event_id, "b") is True

@@ -193,7 +193,8 @@ def test_purge_failed_returns_the_ids_it_removed_and_frees_exactly_those(
 ) -> None:
     freed: list[str] = []
 
-    async def on_job_removed(job_id: str) -> None:
+    async def on_job_removed(job_id: str, pipeline: str) -> None:
+        assert pipeline == "q"
         freed.append(job_id)
 
     service = service_for(tmp_path, {"q": {"driver": "sqlite"}}, JobHooks(on_job_removed))

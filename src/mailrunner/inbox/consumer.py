@@ -95,9 +95,9 @@ def _raw_bytes(event: Mapping[str, Any], raw_files: TempfileStorage | None) -> b
 class InboxConsumer:
     """Stores the inbox pipeline's jobs, a reserved batch at a time in one transaction.
 
-    `files_read` is told each event id once its message is stored (the app frees the files
-    no other pipeline holds: a retry takes attachments from the raw message); `raw_files` is
-    where claim-checked messages keep their raw bytes (mode `auto`).
+    `files_read` is told each event id (and the pipeline) once its message is stored (the
+    app frees the files no other pipeline holds: a retry takes attachments from the raw
+    message); `raw_files` is where claim-checked messages keep their raw bytes (mode `auto`).
     """
 
     def __init__(
@@ -105,7 +105,7 @@ class InboxConsumer:
         pipeline: Pipeline,
         inbox: Inbox,
         options: ParseOptions,
-        files_read: Callable[[str], Awaitable[None]] | None = None,
+        files_read: Callable[[str, str], Awaitable[None]] | None = None,
         *,
         raw_files: TempfileStorage | None = None,
     ) -> None:
@@ -180,7 +180,7 @@ class InboxConsumer:
         if self._files_read is not None:
             # once stored: a claim-checked message's raw file is all a retry could read
             for lease, _ in readable:
-                await self._files_read(lease.job.id)
+                await self._files_read(lease.job.id, self.pipeline.name)
         return [lease for lease, _ in readable]
 
     def _read_all(self, leases: list[Lease]) -> list[StoredMessage | BadInboxJob]:

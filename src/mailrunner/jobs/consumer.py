@@ -34,7 +34,8 @@ GIVE_BACK_TIME = 1.0
 class PipelineConsumer:
     """Keeps up to `prefetch` jobs of one pipeline in flight on the jobs pool.
 
-    `job_removed` is told the id of every job gone for good (acked, or auto-acked and run),
+    `job_removed` is told the id (and pipeline) of every job gone for good (acked, or
+    auto-acked and run),
     so what the job pointed at can be freed (see `JobHooks`).
     """
 
@@ -43,7 +44,7 @@ class PipelineConsumer:
         pipeline: Pipeline,
         pool: WorkerPool,
         shutdown_timeout: float,
-        job_removed: Callable[[str], Awaitable[None]],
+        job_removed: Callable[[str, str], Awaitable[None]],
     ) -> None:
         self.pipeline = pipeline
         self._job_removed = job_removed
@@ -177,7 +178,7 @@ class PipelineConsumer:
     async def _settle(self, lease: Lease, answer: Answer) -> None:
         job = lease.job
         if job.options.auto_ack:
-            await self._job_removed(job.id)
+            await self._job_removed(job.id, self.pipeline.name)
             if not answer.ack:
                 log.warning(
                     "auto-acked job failed",
@@ -188,7 +189,7 @@ class PipelineConsumer:
             return
         if answer.ack:
             await lease.ack()
-            await self._job_removed(job.id)
+            await self._job_removed(job.id, self.pipeline.name)
             log.debug("job done", pipeline=self.pipeline.name, id=job.id, attempt=lease.attempt)
         elif answer.requeue and lease.attempt < self.pipeline.settings.retries:
             await lease.nack(
@@ -233,7 +234,7 @@ class Consumers:
         self,
         pool: WorkerPool,
         shutdown_timeout: float,
-        job_removed: Callable[[str], Awaitable[None]],
+        job_removed: Callable[[str, str], Awaitable[None]],
     ) -> None:
         self._shutdown_timeout = shutdown_timeout
         self._consumer_of = partial(

@@ -60,7 +60,7 @@ class InboxPipeline(PipelineConflict):
     """The inbox's pipeline was asked to go: it cannot while the inbox runs (409)."""
 
 
-async def _nothing_to_free(_: str) -> None:
+async def _nothing_to_free(*_: str) -> None:
     return None
 
 
@@ -68,13 +68,13 @@ async def _nothing_to_free(_: str) -> None:
 class JobHooks:
     """What frees the things jobs point at (attachment files) once they are gone for good.
 
-    `job_removed` gets a job's id when the job was acked or purged; only the id: it is all a
-    purge knows without reading payloads, and a job's name or payload came from whoever
-    pushed it, so nothing else may decide. `pipeline_purged` gets a pipeline's name once it
+    `job_removed` gets a job's id and pipeline when the job was acked or purged; only those:
+    they are all a purge knows without reading payloads, and a job's name or payload came from
+    whoever pushed it, so nothing else may decide. `pipeline_purged` gets a pipeline's name once it
     was destroyed together with its jobs, for the same reason.
     """
 
-    job_removed: Callable[[str], Awaitable[None]] = _nothing_to_free
+    job_removed: Callable[[str, str], Awaitable[None]] = _nothing_to_free
     pipeline_purged: Callable[[str], Awaitable[None]] = _nothing_to_free
 
 
@@ -293,7 +293,7 @@ class JobsService:
         removed = await self.pipeline(name).driver.purge_failed(ids)
         if name != self._inbox or self._inbox_holds_files:
             for job_id in removed:
-                await self._hooks.job_removed(job_id)
+                await self._hooks.job_removed(job_id, name)
         return removed
 
 

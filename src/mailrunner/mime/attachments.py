@@ -172,8 +172,9 @@ RAW_FILE = "message.eml"
 """The raw message's file in a claim-checked event folder: attachment files are named
 `NNN-...` (`safe_filename`) and marks start with a dot, so it is never one of theirs."""
 RELEASE_MARK = ".released."
-"""Prefix of the files `release` writes, one per pipeline done with the folder: an exclusive
-create each, so releases running at once in threads never lose one."""
+"""Prefix of the files `release` writes, one per pipeline done with the folder, named by the
+pipeline's line in PIPELINE_MARK: an exclusive create each, so releases running at once in
+threads never lose one, and a pipeline whose job is removed twice counts once."""
 
 _MARK_LIMIT = 64 * 1024
 
@@ -397,11 +398,15 @@ class TempfileStorage:
             report("attachment folder left alone", id=repr(event_id), found=verdict.value)
         return False
 
-    def release(self, event_id: str) -> bool:
-        """One pipeline's job for the email is gone (acked or purged); the folder goes with
+    def release(self, event_id: str, pipeline: str) -> bool:
+        """`pipeline`'s job for the email is gone (acked or purged); the folder goes with
         the last of the pipelines its mark names (at once when it names none). True if it went.
 
-        The id is checked as `remove` does; a folder without a pipeline mark is left alone.
+        Each pipeline counts once, however often a job of that id leaves it (delivery is at
+        least once: a late ack whose lease had expired, then the redelivery's), and one the
+        mark does not name not at all; counted per removal, either would take the files from
+        under another pipeline's job. The id is checked as `remove` does; a folder without a
+        pipeline mark is left alone.
         """
         if ownership(self.directory, event_id) is not Ownership.OURS:
             return self.remove(event_id)
@@ -409,12 +414,18 @@ class TempfileStorage:
         mark = _read_mark(folder / PIPELINE_MARK)
         if mark is None:
             return False
+        names = _mark_names(mark)
         try:
-            write_new_file(folder / f"{RELEASE_MARK}{uuid.uuid4()}", b"")
+            if names:
+                if pipeline not in names:
+                    return False
+                write_new_file(folder / f"{RELEASE_MARK}{names.index(pipeline)}", b"")
             released = sum(name.startswith(RELEASE_MARK) for name in os.listdir(folder))
+        except FileExistsError:
+            return False  # this pipeline released it before
         except FileNotFoundError:
             return False  # a release running at once deleted it
-        return released >= len(_mark_names(mark)) and _delete(folder)
+        return released >= len(names) and _delete(folder)
 
     def keep_for(self, event_id: str, pipelines: Sequence[str]) -> None:
         """The email's pushes stopped after `pipelines` stored their jobs (the client got
@@ -430,7 +441,7 @@ class TempfileStorage:
         """A pipeline destroyed with purge releases the folders marked with it; returns how
         many went (those it was the last pipeline of)."""
         return sum(
-            self.release(folder.name)
+            self.release(folder.name, pipeline)
             for folder in self._own_folders()
             if pipeline in _mark_names(_read_mark(folder / PIPELINE_MARK) or "")
         )
