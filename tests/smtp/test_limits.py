@@ -159,6 +159,35 @@ def test_noop_forever_is_ended_by_the_session_timeout(
         assert b"421 4.4.2 localhost Error: session too long" in replies
 
 
+@pytest.mark.parametrize(
+    "command", [b"DATA", b"BDAT 99999999999999999999 LAST"], ids=["data", "bdat"]
+)
+def test_a_message_trickled_forever_is_ended_by_the_session_timeout(
+    start_server: Callable[..., RunningServer], command: bytes
+) -> None:
+    """Only the client ends a DATA or a BDAT chunk: the session timeout does not wait for
+    it (it used to, so a byte every 100 ms held the connection for good)."""
+    server = start_server(smtp={"read_timeout": 5, "session_timeout": 0.8})
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        read_reply(sock)
+        for line in (b"EHLO c", b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.com>"):
+            sock.sendall(line + b"\r\n")
+            read_reply(sock)
+        sock.sendall(command + b"\r\n")
+        if command == b"DATA":
+            assert read_reply(sock).startswith(b"354")
+        started = time.monotonic()
+        sock.settimeout(0.1)
+        replies = b""
+        while b"\r\n" not in replies:
+            assert time.monotonic() - started < 4, "session timeout never fired"
+            try:  # read first: bytes sent after the close would reset the connection
+                replies += sock.recv(4096)
+            except TimeoutError:
+                sock.sendall(b"x" * 100 + b"\r\n")
+        assert replies.startswith(b"421 4.4.2 localhost Error: session too long"), replies
+
+
 def test_slow_delivery_is_not_cut_by_the_read_timeout(
     start_server: Callable[..., RunningServer],
 ) -> None:

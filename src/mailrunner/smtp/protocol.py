@@ -135,6 +135,8 @@ class MailrunnerSMTP(AuthCommands):
         self._owes_reply = False
         self._in_command = False
         self._closing_reply: str | None = None
+        self._receiving = False
+        """Reading a message's octets (DATA, a BDAT chunk): the client, not us, is to go on."""
         self._session_timer: asyncio.TimerHandle | None = None
         self._chunks: _Chunks | None = None
         self._proxied_peer: tuple[str, int] | None = None
@@ -408,8 +410,15 @@ class MailrunnerSMTP(AuthCommands):
         self.close_with(replies.R421_TIMEOUT)
 
     def _session_expired(self) -> None:
+        """Ends the session once the command in progress has answered, or at once while
+        the client sends a message's octets: only the client ends those (a BDAT may
+        announce 10^20 octets, a DATA never send its dot), so a trickle would otherwise
+        hold the connection past `session_timeout` for ever."""
         log.info("session timeout", uuid=self.mail_session.connection_id)
-        self.request_close(replies.R421_SESSION_TOO_LONG)
+        if self._receiving:
+            self.close_with(replies.R421_SESSION_TOO_LONG)
+        else:
+            self.request_close(replies.R421_SESSION_TOO_LONG)
 
     def request_close(self, reply: str) -> None:
         """Close with `reply` now, or right after the command in progress has answered."""
@@ -486,6 +495,7 @@ class MailrunnerSMTP(AuthCommands):
 
     async def _receive(self, reading: Awaitable[_T]) -> _T:
         """Await a read of message octets, closing the writer if the connection goes."""
+        self._receiving = True
         try:
             return await reading
         except asyncio.CancelledError:
@@ -494,6 +504,8 @@ class MailrunnerSMTP(AuthCommands):
             )
             self._writer.close()
             raise
+        finally:
+            self._receiving = False
 
     # --- BDAT (RFC 3030) -------------------------------------------------------------------
 
