@@ -158,6 +158,9 @@ class SpoolFile:
             self._descriptor = None
 
 
+_NO_FLOCK = frozenset({errno.ENOLCK, errno.EBADF, errno.EOPNOTSUPP, errno.EINVAL})
+"""Why a folder cannot be flocked where the file system lacks it: the spool then goes
+unlocked, as before locks (two live processes with one pid would share its folder)."""
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP})
 """Why a spool file cannot become the destination's name: another file system (`temp_dir`
 elsewhere), or one without hard links. The message is copied then."""
@@ -278,6 +281,11 @@ def _locked_folder(folder: Path) -> int | None:
         except BlockingIOError:
             os.close(descriptor)
             return None
+        except OSError as error:  # a file system without flock on folders (NFS emulates it)
+            if error.errno not in _NO_FLOCK:
+                os.close(descriptor)
+                raise
+            log.warning("spool folder not locked", folder=str(folder), reason=str(error))
         try:
             same = os.path.samestat(os.fstat(descriptor), os.lstat(folder))
         except FileNotFoundError:
