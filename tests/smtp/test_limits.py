@@ -160,22 +160,26 @@ def test_noop_forever_is_ended_by_the_session_timeout(
 
 
 @pytest.mark.parametrize(
-    "command", [b"DATA", b"BDAT 99999999999999999999 LAST"], ids=["data", "bdat"]
+    "command",
+    [b"DATA", b"BDAT 99999999999999999999 LAST", b"AUTH LOGIN"],
+    ids=["data", "bdat", "auth login answer"],
 )
-def test_a_message_trickled_forever_is_ended_by_the_session_timeout(
+def test_octets_trickled_forever_are_ended_by_the_session_timeout(
     start_server: Callable[..., RunningServer], command: bytes
 ) -> None:
-    """Only the client ends a DATA or a BDAT chunk: the session timeout does not wait for
-    it (it used to, so a byte every 100 ms held the connection for good)."""
+    """Only the client ends a DATA, a BDAT chunk or an answer to AUTH's challenge: the
+    session timeout does not wait for it (it used to, so a trickle of bytes held the
+    connection for good)."""
     server = start_server(smtp={"read_timeout": 5, "session_timeout": 0.8})
     with socket.create_connection((server.host, server.port), timeout=5) as sock:
         read_reply(sock)
-        for line in (b"EHLO c", b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.com>"):
+        envelope = [b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.com>"]
+        for line in [b"EHLO c", *(envelope if command != b"AUTH LOGIN" else [])]:
             sock.sendall(line + b"\r\n")
             read_reply(sock)
         sock.sendall(command + b"\r\n")
-        if command == b"DATA":
-            assert read_reply(sock).startswith(b"354")
+        if command in (b"DATA", b"AUTH LOGIN"):
+            assert read_reply(sock)[:3] in (b"354", b"334")
         started = time.monotonic()
         sock.settimeout(0.1)
         replies = b""
@@ -184,7 +188,7 @@ def test_a_message_trickled_forever_is_ended_by_the_session_timeout(
             try:  # read first: bytes sent after the close would reset the connection
                 replies += sock.recv(4096)
             except TimeoutError:
-                sock.sendall(b"x" * 100 + b"\r\n")
+                sock.sendall(b"x" * 100)  # never a line end: no answer to AUTH either
         assert replies.startswith(b"421 4.4.2 localhost Error: session too long"), replies
 
 

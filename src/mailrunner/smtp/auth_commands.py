@@ -39,6 +39,8 @@ class AuthCommands(SMTP):
     _mail_session: MailSession
     _owes_reply: bool
     """While set the read timer waits (`MailrunnerSMTP`): the client is waiting for us."""
+    _receiving: bool
+    """While set the session timeout closes at once (`MailrunnerSMTP`): the client owes us."""
 
     def request_close(self, reply: str) -> None:
         """`MailrunnerSMTP`'s: close with `reply` once the command in progress has answered."""
@@ -225,7 +227,11 @@ class AuthCommands(SMTP):
         answer is never logged (`log_client_response` is ignored)."""
         data = challenge.encode() if isinstance(challenge, str) else challenge
         await self.push(b"334 " + (b64encode(data) if encode_to_b64 else data))
-        blob = (await self._answer_line()).strip()
+        self._receiving = True  # a line without end is only the client's to end
+        try:
+            blob = (await self._answer_line()).strip()
+        finally:
+            self._receiving = False
         if blob == b"*":
             await self.push(replies.R501_AUTH_ABORTED)
             return MISSING
