@@ -120,3 +120,10 @@ def test_long_lines_and_size_limits_are_judged_in_aiosmtpds_order() -> None:
             for split in (1, 500, length, length + 1):
                 stream = b"a\r\n" * 4 + line + b".\r\nNOOP\r\n"
                 assert_same([stream[:split], stream[split:]], limit)
+
+
+def test_lines_that_all_start_with_a_dot_read_as_aiosmtpd_reads_them() -> None:
+    """The final dot is looked for past the first stuffed line by a search of its own."""
+    stream = b"..a\r\n" * 50 + b".\r\n..\r\n.\r\nNOOP\r\n" + NEXT_TRANSACTION + b"..b\r\n.\r\n"
+    for offset in range(0, len(stream) + 1, 7):
+        assert_same([stream[:offset], stream[offset:]])
