@@ -93,7 +93,8 @@ class App:
         self.inbox = Inbox(config.inbox, config.inbox_path) if config.runs_inbox else None
         self._inbox_consumer: InboxConsumer | None = None
         self._free_inbox_only_files = _inbox_only_files(config, storage)
-        self._claim_checks = _claim_checks(storage)
+        # claim-checked raw files, also those written in `auto` before a restart in `tempfile`
+        self._raw_files = storage if isinstance(storage, TempfileStorage) else None
         self.metrics.registry.register(UnwithdrawnPublishes(self.jobs.unwithdrawn_publishes))
         self.metrics.registry.register(DroppedLate(self.jobs.dropped_late))
         rpc = smtp.jobs.rpc if delivery is None and smtp.use_jobs else None
@@ -176,7 +177,7 @@ class App:
             self.inbox,
             _parse_options(self.config),
             self._free_inbox_only_files,
-            raw_files=self._claim_checks,
+            raw_files=self._raw_files,
         )
         self._inbox_consumer.start()
 
@@ -347,13 +348,6 @@ def _attachment_storage(config: Config) -> AttachmentStorage:
     )
 
 
-def _claim_checks(storage: AttachmentStorage) -> TempfileStorage | None:
-    """The storage that keeps large messages' raw bytes as files (`auto`), else None."""
-    if isinstance(storage, TempfileStorage) and storage.claim_check_bytes is not None:
-        return storage
-    return None
-
-
 _REMOTE_DRIVERS = frozenset({"redis", "amqp", "nats"})
 
 
@@ -450,10 +444,10 @@ def _inbox_only_files(
     """Attachment files no pipeline but the inbox's got go once the inbox consumer has read
     them (a retry of its job takes them from the raw message); with other pipelines they go
     with those pipelines' jobs. With `auto` the inbox's pipeline is one of those the folder
-    waits for (`_attachment_storage`), and its consumer releases it like the others."""
+    waits for (`_attachment_storage`), and its consumer releases it like the others; a folder
+    whose mark does not name it (`tempfile`) does not count its release (`release`), so
+    that it also frees folders written in `auto` before a restart in `tempfile` mode."""
     if not isinstance(storage, TempfileStorage):
-        return None
-    if config.smtp.jobs.targets and _claim_checks(storage) is None:
         return None
     return partial(_release_email_attachments, storage)
 

@@ -42,3 +42,33 @@ def test_a_claim_checked_message_is_in_the_inbox_with_its_raw_bytes_and_attachme
     attachment = inbox_server.request("GET", f"/messages/{listed['id']}/attachments/0")
     assert (attachment.status, attachment.body) == (200, ATTACHMENT)
     wait_until(lambda: not folder.exists(), "the folder to go once the inbox stored it")
+
+
+def test_a_claim_checked_message_waiting_for_the_inbox_is_kept_after_a_restart_in_tempfile_mode(
+    start_inbox_server: Callable[..., InboxServer], tmp_path: Path
+) -> None:
+    """`auto` turned back to `tempfile` while the inbox's job of a claim-checked message still
+    waits (its `raw_path` in this server's folder): the restarted inbox reads the file and
+    keeps the message whole instead of failing the job."""
+    shared = str(tmp_path / "shared")
+    first = start_inbox_server(data_dir=shared, smtp={"attachment_storage": {"mode": "auto"}})
+    inbox_pipeline = first.server.config.inbox.pipeline
+    first.server.call(first.server.app.jobs.pause(inbox_pipeline))
+    code, event_id = send(first.server, BIG)
+    assert code == 250
+    inbox_jobs = first.server.app.jobs.pipeline(inbox_pipeline).driver
+
+    def waiting() -> bool:
+        """Queued, not leased: a consumer that took it before the pause gives it back."""
+        stat = first.server.call(inbox_jobs.stat())
+        return (stat.queued, stat.reserved) == (1, 0)
+
+    wait_until(waiting, "the inbox's job to wait in its paused pipeline")
+    first.server.stop()
+
+    second = start_inbox_server(data_dir=shared, smtp={"attachment_storage": {"mode": "tempfile"}})
+    wait_until(lambda: second.ok("GET", "/messages")["total"] == 1, "the inbox to keep it")
+    raw = second.request("GET", f"/messages/{event_id}/raw")
+    assert (raw.status, raw.body) == (200, BIG)
+    failed = second.server.call(second.server.app.jobs.pipeline(inbox_pipeline).driver.failed(10))
+    assert failed == [], "the inbox's job failed"
