@@ -35,8 +35,7 @@ class PipelineConsumer:
     """Keeps up to `prefetch` jobs of one pipeline in flight on the jobs pool.
 
     `job_removed` is told the id (and pipeline) of every job gone for good (acked, or
-    auto-acked and run),
-    so what the job pointed at can be freed (see `JobHooks`).
+    auto-acked and run), so what the job pointed at can be freed (see `JobHooks`).
     """
 
     def __init__(

@@ -69,9 +69,9 @@ class JobHooks:
     """What frees the things jobs point at (attachment files) once they are gone for good.
 
     `job_removed` gets a job's id and pipeline when the job was acked or purged; only those:
-    they are all a purge knows without reading payloads, and a job's name or payload came from
-    whoever pushed it, so nothing else may decide. `pipeline_purged` gets a pipeline's name once it
-    was destroyed together with its jobs, for the same reason.
+    they are all a purge knows without reading payloads, and a job's name or payload came
+    from whoever pushed it, so nothing else may decide. `pipeline_purged` gets a pipeline's
+    name once it was destroyed together with its jobs, for the same reason.
     """
 
     job_removed: Callable[[str, str], Awaitable[None]] = _nothing_to_free
