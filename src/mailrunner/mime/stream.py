@@ -26,7 +26,6 @@ from __future__ import annotations
 import binascii
 import codecs
 import mmap
-import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,11 +41,11 @@ the parser: below it, the parser's copies cost less than the extra bookkeeping."
 CLEAN_BASE64 = r"[A-Za-z0-9+/\r\n]*(?:=[\r\n]*){0,2}"
 """A base64 body `a2b_base64` decodes exactly as `email` does, with nothing to report (when
 its characters other than line breaks are a multiple of four)."""
-_CLEAN_BASE64 = re.compile(CLEAN_BASE64.encode("ascii"))
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _COUNT_CHUNK = 1024 * 1024
 _FILE_PIECE = 256 * 1024
 """Encoded bytes `FileBody` reads and decodes at a time."""
-_PADDING_AND_BREAKS = frozenset(b"=\r\n")
+_PADDING_AND_BREAKS = b"=\r\n"
 _TEXT_PIECE = 1024 * 1024
 _DECODED_AS_UTF8 = frozenset({"utf-8", "ascii"})
 """Charsets (as `codecs.lookup` names them) whose text `headers.decode_bytes` decodes as
@@ -93,11 +92,24 @@ class SpilledBody:
 
     def _clean_base64_characters(self) -> int | None:
         """How many base64 characters (padding included) a clean base64 body holds; None
-        when it is not clean."""
-        if _CLEAN_BASE64.fullmatch(self.raw, self.start, self.end) is None:
+        when it is not clean. The test is `CLEAN_BASE64`'s: only the alphabet and line
+        breaks, then at most two `=` with only line breaks after the first. `translate`
+        drops the alphabet in one pass in C and leaves a few octets a line to look at (100 KB
+        of base64: 55 us; the regex and two counts of line breaks took 200 us)."""
+        characters = padding = 0
+        for piece in self._pieces(self.start):
+            left = piece.translate(None, _BASE64_ALPHABET)
+            if left.translate(None, _PADDING_AND_BREAKS):
+                return None
+            padding += left.count(b"=")
+            characters += len(piece) - len(left)
+        if padding > 2:
             return None
-        line_breaks = sum(piece.count(b"\n") + piece.count(b"\r") for piece in self._pieces())
-        characters = self.end - self.start - line_breaks
+        if padding:
+            first = self.raw.find(b"=", self.start, self.end)
+            if any(piece.translate(None, _PADDING_AND_BREAKS) for piece in self._pieces(first)):
+                return None
+        characters += padding
         return None if characters % 4 else characters
 
     def _padding(self) -> int:
@@ -143,9 +155,10 @@ class SpilledBody:
         with memoryview(self.raw) as whole, whole[self.start : self.end] as view:
             return bytes(view)
 
-    def _pieces(self) -> Iterator[bytes]:
-        for start in range(self.start, self.end, _COUNT_CHUNK):
-            yield self.raw[start : min(start + _COUNT_CHUNK, self.end)]
+    def _pieces(self, start: int) -> Iterator[bytes]:
+        """The payload from `start` on, a copy of at most `_COUNT_CHUNK` octets at a time."""
+        for offset in range(start, self.end, _COUNT_CHUNK):
+            yield self.raw[offset : min(offset + _COUNT_CHUNK, self.end)]
 
 
 @dataclass(frozen=True, slots=True)
