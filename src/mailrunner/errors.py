@@ -7,7 +7,8 @@ client::
     MailrunnerError
     ├── ConfigError            bad or unreadable configuration (carries every problem found)
     ├── DeliveryError          an accepted message could not be handed on (SMTP answers 451)
-    │   └── DeliveryTimeout
+    │   ├── DeliveryTimeout
+    │   └── StorageError       its attachment or raw files could not be written (disk full)
     ├── PoolError              the worker pool could not run a payload
     │   ├── NoFreeWorker
     │   ├── ExecTimeout
@@ -65,6 +66,11 @@ class DeliveryError(MailrunnerError):
 
 class DeliveryTimeout(DeliveryError):
     """The delivery path did not confirm in time."""
+
+
+class StorageError(DeliveryError):
+    """The message's files could not be written (a full disk, a quota, an I/O error): the
+    client is asked to try later, and nothing of the message is kept."""
 
 
 class PoolError(MailrunnerError):

@@ -388,8 +388,13 @@ def test_a_disk_that_fills_while_an_attachment_is_written_answers_451_and_holds_
     )
     large = mime("too large for the disk", ATTACHMENT[:2_000_000])
     assert len(large) > server.config.smtp.spool_bytes, "the attachment must be in the spool"
-    code, _ = send(server, large)
+    with capture_logs() as logs:
+        code, _ = send(server, large)
     assert code == 451
+    told = [(e["event"], e["log_level"]) for e in logs if e["log_level"] in ("warning", "error")]
+    assert told == [("message not stored", "warning")], "a full disk is no internal error"
+    (warning,) = [e for e in logs if e["event"] == "message not stored"]
+    assert "No space left on device" in warning["reason"]
     assert os.listdir(small_temp_dir) == [], "a half-written folder was left"
     assert spooled(server) == []
     assert open_spool_files(server) == [], "the removed spool file is still held open"

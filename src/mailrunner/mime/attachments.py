@@ -28,6 +28,7 @@ from typing import Protocol
 
 import structlog
 
+from mailrunner.errors import StorageError
 from mailrunner.events import Attachment
 from mailrunner.files import (
     PRIVATE_DIRECTORY,
@@ -325,6 +326,8 @@ class TempfileStorage:
         except asyncio.CancelledError:
             await self._take_back(writing, event_id)
             raise
+        except OSError as error:
+            raise StorageError(f"files of {event_id} in {self.directory}: {error}") from error
 
     async def _take_back(
         self, writing: asyncio.Future[tuple[Attachment, ...]], event_id: str

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import Envelope, TLSSetupException
 
-from mailrunner.errors import MailrunnerError
+from mailrunner.errors import MailrunnerError, StorageError
 from mailrunner.events import EmailEvent
 from mailrunner.metrics import Metrics
 from mailrunner.mime.attachments import TempfileStorage
@@ -148,7 +148,11 @@ class SmtpHandler:
     async def handle_DATA(self, server: Any, session: MailSession, envelope: Envelope) -> str:
         started = time.perf_counter()
         arrival = self._arrival(session, envelope)
-        event = await self._builder.build(arrival, _content_of(envelope))
+        try:
+            event = await self._builder.build(arrival, _content_of(envelope))
+        except StorageError as error:
+            log.warning("message not stored", uuid=arrival.connection_id, reason=str(error))
+            return replies.R451_TEMP
         refusal = await self._data_refusal(session, envelope, event)
         if refusal is not None:
             return refusal
