@@ -8,12 +8,15 @@ them. `mkdir`/`open` apply the umask to the mode they are given, hence the `chmo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 PRIVATE_DIRECTORY = 0o700
 PRIVATE_FILE = 0o600
 
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+"""Open flags for a file that must not exist yet: O_EXCL and O_NOFOLLOW make a file or
+symlink planted at its name fail the open instead of being written through."""
 
 
 def create_directories(path: Path, mode: int = PRIVATE_DIRECTORY) -> None:
@@ -43,20 +46,31 @@ def create_directory(path: Path, mode: int = PRIVATE_DIRECTORY) -> None:
 
 
 def write_new_file(path: Path, content: bytes, mode: int = PRIVATE_FILE) -> None:
-    """Write a file that must not exist yet, with exactly `mode`, and fsync it.
+    """Write a file that must not exist yet (`NEW_FILE`), with exactly `mode`, and fsync it."""
+    write_new_pieces(path, (content,), mode)
 
-    O_EXCL and O_NOFOLLOW: a file or symlink planted at `path` makes this fail instead of
-    writing through it.
-    """
-    descriptor = os.open(path, _NEW_FILE, mode)
+
+def write_new_pieces(destination: Path, pieces: Iterable[bytes], mode: int = PRIVATE_FILE) -> None:
+    """`write_new_file` for content that comes in pieces (a copy, an attachment decoded from
+    the spool file), so it is never whole in memory. A failed write removes the file."""
+    descriptor = os.open(destination, NEW_FILE, mode)
     try:
         os.fchmod(descriptor, mode)
-        view = memoryview(content)
-        while view:
-            view = view[os.write(descriptor, view) :]
+        for piece in pieces:
+            write_all(descriptor, piece)
         os.fsync(descriptor)
-    finally:
+    except BaseException:
         os.close(descriptor)
+        destination.unlink(missing_ok=True)
+        raise
+    os.close(descriptor)
+
+
+def write_all(descriptor: int, data: bytes | bytearray) -> None:
+    """`os.write` until every byte is written (a write may take only part of its buffer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
 
 
 def fsync_directory(folder: Path) -> None:

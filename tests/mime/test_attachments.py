@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from mailrunner.errors import StorageError
 from mailrunner.files import PRIVATE_FILE
 from mailrunner.mime import attachments as attachments_module
 from mailrunner.mime.attachments import (
@@ -180,8 +181,9 @@ def test_a_write_failing_after_the_second_of_three_files_leaves_no_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     written = fail_at_the_third_file(monkeypatch)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageError, match="No space left") as raised:
         asyncio.run(storage(tmp_path, "p").store(new_id(), files("a", "b", "c")))
+    assert isinstance(raised.value.__cause__, OSError), "the OS error is kept as the cause"
     assert written == [OWNER_MARK, PIPELINE_MARK, "001-a", "002-b"], "the failure came third"
     assert list(tmp_path.iterdir()) == [], "the half-written event folder must be removed"
     monkeypatch.undo()

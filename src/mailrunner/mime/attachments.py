@@ -36,9 +36,10 @@ from mailrunner.files import (
     create_directory,
     fsync_directory,
     write_new_file,
+    write_new_pieces,
 )
 from mailrunner.mime.parse import ParsedPart
-from mailrunner.smtp.spool import MessageContent, write_new_pieces
+from mailrunner.smtp.spool import MessageContent
 from mailrunner.tasks import cancel_and_wait
 
 log = structlog.get_logger("mailrunner.attachments")

@@ -26,7 +26,7 @@ import itertools
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +34,14 @@ from pathlib import Path
 import structlog
 
 from mailrunner.files import (
+    NEW_FILE,
     PRIVATE_DIRECTORY,
     PRIVATE_FILE,
     create_directories,
     fsync_directory,
+    write_all,
     write_new_file,
+    write_new_pieces,
 )
 
 log = structlog.get_logger("mailrunner.smtp")
@@ -47,10 +50,6 @@ SPOOL_FOLDER = "spool"
 """The spool's folder inside `data_dir`; one folder per process below it."""
 COPY_CHUNK = 1024 * 1024
 """What a copy of a spool file (`temp_dir` on another file system) reads at a time."""
-
-_NEW_SPOOL_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-"""O_EXCL and O_NOFOLLOW: a file or symlink planted at the name fails the open instead of
-being written through."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +110,9 @@ class SpoolFile:
         """Append `data`, creating the file (0600) on the first call; raises OSError (ENOSPC,
         EFBIG, EIO...) with the file left to `remove()`."""
         if self._descriptor is None:
-            self._descriptor = os.open(self.path, _NEW_SPOOL_FILE, PRIVATE_FILE)
+            self._descriptor = os.open(self.path, NEW_FILE, PRIVATE_FILE)
             os.fchmod(self._descriptor, PRIVATE_FILE)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._descriptor, view) :]
+        write_all(self._descriptor, data)
         self.size += len(data)
 
     def finish(self) -> MessageContent:
@@ -172,25 +169,6 @@ def _copy_new(source: Path, destination: Path, mode: int) -> None:
     with source.open("rb") as file:
         write_new_pieces(destination, iter(lambda: file.read(COPY_CHUNK), b""), mode)
     fsync_directory(destination.parent)
-
-
-def write_new_pieces(destination: Path, pieces: Iterable[bytes], mode: int) -> None:
-    """`files.write_new_file` for content that comes in pieces (a copy, an attachment decoded
-    from the spool file), so it is never whole in memory: an exclusive create that never
-    writes through a symlink, exactly `mode`, fsynced. A failed write removes the file."""
-    descriptor = os.open(destination, _NEW_SPOOL_FILE, mode)
-    try:
-        os.fchmod(descriptor, mode)
-        for piece in pieces:
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(descriptor, view) :]
-        os.fsync(descriptor)
-    except BaseException:
-        os.close(descriptor)
-        destination.unlink(missing_ok=True)
-        raise
-    os.close(descriptor)
 
 
 class Spool:
