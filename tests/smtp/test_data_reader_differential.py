@@ -127,3 +127,14 @@ def test_lines_that_all_start_with_a_dot_read_as_aiosmtpd_reads_them() -> None:
     stream = b"..a\r\n" * 50 + b".\r\n..\r\n.\r\nNOOP\r\n" + NEXT_TRANSACTION + b"..b\r\n.\r\n"
     for offset in range(0, len(stream) + 1, 7):
         assert_same([stream[:offset], stream[offset:]])
+
+
+def test_dots_inside_lines_before_and_after_a_stuffed_line_read_as_aiosmtpd_reads_them() -> None:
+    """A few dots are looked at one by one, more are searched past: both ways find the same
+    stuffed lines and final dot, wherever the read is cut."""
+    for dots in (1, 7, 8, 9, 30):
+        text = b"a.b " * dots + b"\r\n"
+        stream = text + b"..c\r\n" + text + b".\r\nNOOP\r\n"
+        for offset in range(0, len(stream) + 1, 5):
+            assert_same([stream[:offset], stream[offset:]])
+        assert_same([text * 3 + b".\r\nQUIT\r\n"])
