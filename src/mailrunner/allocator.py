@@ -10,6 +10,12 @@ times the message where two fewer copies are ever alive. Setting the threshold p
 (glibc then stops adjusting it), so big buffers stay mmapped and freed memory returns to
 the system. Small allocations are unaffected.
 
+It also keeps some memory at the top of each heap when freed (`keep_heap_slack`): a 100 KB
+message's buffers (its lines, its body, its event JSON) come and go on every message, and
+glibc gave the heap's top back to the system at each free and took it again at the next
+message, a page fault for every 4 KB touched: the event's JSON dump, 14 us alone, took a
+median 68 us in the server, 22 us with the slack (100 KB plain bench: +9-16%).
+
 Process-wide, like the signal handlers: only `App.serve_until_signalled` calls it, never a
 server embedded in someone else's process (the tests, the pytest plugin).
 """
@@ -28,17 +34,33 @@ M_MMAP_THRESHOLD = -3
 """mallopt's parameter number in glibc's malloc.h."""
 MMAP_THRESHOLD = 128 * 1024
 """glibc's own starting value: buffers above it are mmapped, and now stay so."""
+M_TOP_PAD = -2
+"""mallopt's parameter number in glibc's malloc.h."""
+TOP_PAD = 16 * 1024 * 1024
+"""Bytes a heap keeps past its top when freed memory would shrink it (glibc's default: 128 KB,
+less than one 100 KB message's buffers). Only chunks under the pinned mmap threshold live
+there, and only the pages they touched are resident: a 10 MB message's peak is unchanged."""
 
 
 def release_large_buffers() -> bool:
     """Pin glibc's mmap threshold; whether it was set (False on other C libraries)."""
+    return _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD, "mmap threshold")
+
+
+def keep_heap_slack() -> bool:
+    """Keep `TOP_PAD` bytes at the top of each heap; whether it was set (False on other C
+    libraries)."""
+    return _mallopt(M_TOP_PAD, TOP_PAD, "top pad")
+
+
+def _mallopt(parameter: int, value: int, name: str) -> bool:
     if platform.libc_ver()[0] != "glibc":
         return False
     path = ctypes.util.find_library("c")
     if path is None:
         return False
     libc = ctypes.CDLL(path)
-    if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
-        log.warning("mallopt refused the mmap threshold", threshold=MMAP_THRESHOLD)
+    if libc.mallopt(parameter, value) != 1:
+        log.warning("mallopt refused a setting", setting=name, value=value)
         return False
     return True
