@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import re
+from collections.abc import AsyncIterator
 from typing import Protocol, cast
 
 import structlog
@@ -384,12 +385,7 @@ async def read_chunk(
     the bytes after them stay in `reader`. With `last`, what the spill still holds back is
     written, so a spooled message is whole in its file."""
     scanner.begin(size)
-    left = size
-    while left:
-        piece = await reader.read(min(left, CHUNK_BYTES))
-        if not piece:
-            raise asyncio.IncompleteReadError(b"", left)
-        left -= len(piece)
+    async for piece in _chunk_pieces(reader, size):
         scanner.feed(piece)
         if spill is not None:
             await spill.offer(scanner, final=False)
@@ -401,9 +397,17 @@ async def read_chunk(
 async def skip_chunk(reader: asyncio.StreamReader, size: int) -> None:
     """Read and drop a BDAT chunk that was refused before it was read, so the stream stays in
     step: its bytes are not commands."""
+    async for _ in _chunk_pieces(reader, size):
+        pass
+
+
+async def _chunk_pieces(reader: asyncio.StreamReader, size: int) -> AsyncIterator[bytes]:
+    """The `size` octets of a BDAT chunk as they arrive, at most `CHUNK_BYTES` at a time; a
+    client that hangs up before the last raises `IncompleteReadError`."""
     left = size
     while left:
         piece = await reader.read(min(left, CHUNK_BYTES))
         if not piece:
             raise asyncio.IncompleteReadError(b"", left)
         left -= len(piece)
+        yield piece
