@@ -10,6 +10,7 @@ from a hook, and a late answer cannot reach another stage: its worker is gone.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection
 
 import structlog
@@ -18,7 +19,6 @@ from mailrunner.errors import PoolError
 from mailrunner.pool.pool import WorkerPool
 from mailrunner.wire.errors import BadVerdict
 from mailrunner.wire.hooks import (
-    AUTH_STAGE,
     HookContext,
     HookName,
     Reply,
@@ -29,10 +29,15 @@ from mailrunner.wire.hooks import (
 log = structlog.get_logger("mailrunner.hooks")
 
 
+class _Default(enum.Enum):
+    RUNNERS = enum.auto()
+    """`verdict`'s failed hook answers with the runner's `on_error`."""
+
+
 class HookRunner:
     """Asks `pool`'s workers for verdicts at `stages`; `on_error` is the verdict of a hook
-    that failed (the SMTP side passes its 451, or None to accept); at `auth` a failed hook is
-    `auth_on_error` whatever `on_error` says, since accepting would let anyone in."""
+    that failed (the SMTP side passes its 451, or None to accept), unless the caller of
+    `verdict` names its own (the auth stage does: accepting would let anyone in)."""
 
     def __init__(
         self,
@@ -40,21 +45,25 @@ class HookRunner:
         stages: Collection[HookName],
         timeout: float,
         on_error: Reply | None,
-        auth_on_error: Reply | None = None,
     ) -> None:
         self._pool = pool
         self._stages = frozenset(stages)
         self._timeout = timeout
         self._on_error = on_error
-        self._auth_on_error = auth_on_error
 
     def runs(self, stage: HookName) -> bool:
         """Whether `stage` is configured: the SMTP side asks nothing at the others."""
         return stage in self._stages
 
-    async def verdict(self, context: HookContext, body: bytes = b"") -> Reply | None:
+    async def verdict(
+        self,
+        context: HookContext,
+        body: bytes = b"",
+        *,
+        on_error: Reply | _Default | None = _Default.RUNNERS,
+    ) -> Reply | None:
         """None to go on, else the reply that refuses the command; `body` is the event JSON
-        at `data`."""
+        at `data`; `on_error`, when given, replaces the runner's for this call."""
         try:
             answer, answer_body = await self._pool.exec(
                 encode_context(context),
@@ -64,9 +73,8 @@ class HookRunner:
             )
             return decode_verdict(answer, answer_body)
         except (PoolError, BadVerdict) as error:
-            on_error = self._on_error
-            if context.hook == AUTH_STAGE and self._auth_on_error is not None:
-                on_error = self._auth_on_error
+            if on_error is _Default.RUNNERS:
+                on_error = self._on_error
             log.warning(
                 "hook failed",
                 stage=context.hook,

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from mailrunner.pool.hooks import HookRunner
+from mailrunner.smtp import replies
 from mailrunner.smtp.addresses import sender
 from mailrunner.smtp.session import MailSession
 from mailrunner.wire.hooks import AUTH_STAGE, HookAuth, HookContext, HookName
@@ -78,8 +79,9 @@ class SessionHooks:
             auth=HookAuth(username=username, verified=False),
             password=password,
         )
-        # asked whatever `runs` says: an auth stage left unasked would let everyone in
-        reply = await self._runner.verdict(context)
+        # asked whatever `runs` says, and failing closed whatever `hooks_on_error` says: an
+        # auth stage left unasked or accepted on a failure would let everyone in
+        reply = await self._runner.verdict(context, on_error=replies.TEMPORARY_FAILURE)
         return None if reply is None else reply.line
 
     def runs(self, stage: HookName) -> bool:
