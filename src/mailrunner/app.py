@@ -52,7 +52,6 @@ from mailrunner.smtp.handler import HandlerSettings, SmtpHandler
 from mailrunner.smtp.hooks import SessionHooks
 from mailrunner.smtp.server import SmtpServer
 from mailrunner.smtp.spool import Spool
-from mailrunner.wire.hooks import AUTH_STAGE, HookName
 from mailrunner.wire.protocol import JOBS_MODE, SMTP_MODE
 
 log = structlog.get_logger("mailrunner.app")
@@ -102,7 +101,7 @@ class App:
         # the SMTP pool delivers on the legacy path and answers hooks on either path
         self.smtp_pool = (
             _pool(config, smtp.pool, SMTP_MODE)
-            if smtp.hooks or smtp.auth.mode == "hook" or (delivery is None and not smtp.use_jobs)
+            if smtp.hook_stages or (delivery is None and not smtp.use_jobs)
             else None
         )
         self.delivery = delivery or _delivery(
@@ -396,21 +395,12 @@ def _session_hooks(config: Config, smtp_pool: WorkerPool | None) -> SessionHooks
     """`smtp.hooks` asked of the SMTP pool (which runs whenever hooks are configured), and
     the `auth` stage in `smtp.auth.mode: hook`."""
     smtp = config.smtp
-    auth: tuple[HookName, ...] = (AUTH_STAGE,) if smtp.auth.mode == "hook" else ()
-    stages = (*smtp.hooks, *auth)
+    stages = smtp.hook_stages
     if not stages:
         return None
     assert smtp_pool is not None, "the SMTP pool runs whenever smtp.hooks or auth hooks are set"
     on_error = None if smtp.hooks_on_error == "accept" else replies.TEMPORARY_FAILURE
-    return SessionHooks(
-        HookRunner(
-            smtp_pool,
-            stages,
-            smtp.hooks_timeout,
-            on_error,
-            auth_on_error=replies.TEMPORARY_FAILURE,
-        )
-    )
+    return SessionHooks(HookRunner(smtp_pool, stages, smtp.hooks_timeout, on_error))
 
 
 def _delivery(

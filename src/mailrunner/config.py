@@ -34,7 +34,7 @@ from mailrunner.errors import ConfigError
 from mailrunner.faults import MAX_FAULT_RULES, FaultRule
 from mailrunner.jobs.deadline import DEFAULT_PUSH_TIMEOUT, MAX_PUSH_TIMEOUT, MIN_PUSH_TIMEOUT
 from mailrunner.jobs.model import MAX_DELAY
-from mailrunner.wire.hooks import HookStage
+from mailrunner.wire.hooks import AUTH_STAGE, HookName, HookStage
 
 CONFIG_ENV = "MAILRUNNER_CONFIG"
 LOCAL_CONFIG = Path("mailrunner.yaml")
@@ -370,9 +370,14 @@ class SmtpConfig(_Model):
 
     @property
     def runs_pool(self) -> bool:
-        """The SMTP worker pool runs for the legacy path and for hooks (on either path),
-        AUTH's `hook` mode included."""
-        return not self.use_jobs or bool(self.hooks) or self.auth.mode == "hook"
+        """The SMTP worker pool runs for the legacy path and for hooks (on either path)."""
+        return not self.use_jobs or bool(self.hook_stages)
+
+    @property
+    def hook_stages(self) -> tuple[HookName, ...]:
+        """The stages a worker of the SMTP pool is asked at: `hooks`, and `auth` in AUTH's
+        `hook` mode."""
+        return (*self.hooks, *((AUTH_STAGE,) if self.auth.mode == "hook" else ()))
 
 
 class _PipelineBase(_Model):
