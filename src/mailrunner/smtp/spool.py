@@ -38,7 +38,6 @@ from mailrunner.files import (
     PRIVATE_DIRECTORY,
     PRIVATE_FILE,
     create_directories,
-    fsync_directory,
     write_all,
     write_new_file,
     write_new_pieces,
@@ -76,7 +75,8 @@ class MessageContent:
 
     def hand_over(self, destination: Path, mode: int) -> None:
         """Make `destination` (which must not exist) hold the message with exactly `mode`,
-        durably (fsynced, its folder too); blocking, run it on a thread.
+        the file fsynced (the caller fsyncs `destination`'s folder once, with its other files);
+        blocking, run it on a thread.
 
         A spooled message's file is renamed there, not copied, and the spool's removal after
         the reply then leaves it alone; only when `destination` is on another file system
@@ -139,7 +139,6 @@ class SpoolFile:
             return False
         os.unlink(self.path)  # should this fail, `remove()` still removes the spool's name
         self._handed_over = True
-        fsync_directory(destination.parent)
         return True
 
     def remove(self) -> None:
@@ -164,11 +163,10 @@ elsewhere), or one without hard links. The message is copied then."""
 
 
 def _copy_new(source: Path, destination: Path, mode: int) -> None:
-    """Copy `source` to a new file with exactly `mode`, fsynced with its folder; a piece at a
-    time, never the whole message in memory."""
+    """Copy `source` to a new file with exactly `mode`, fsynced; a piece at a time, never the
+    whole message in memory."""
     with source.open("rb") as file:
         write_new_pieces(destination, iter(lambda: file.read(COPY_CHUNK), b""), mode)
-    fsync_directory(destination.parent)
 
 
 class Spool:
