@@ -24,7 +24,7 @@ from typing import cast
 from mailrunner.events import Address
 from mailrunner.mime.addresses import split_addresses
 from mailrunner.mime.headers import decode_bytes, decode_encoded_words, decode_octets, unfold
-from mailrunner.mime.part import PARSER_POLICY, MimePart
+from mailrunner.mime.part import FEED_CHUNK, PARSER_POLICY, MimePart, feed_range
 from mailrunner.mime.plain import plain_message
 from mailrunner.mime.prescan import FeedPlan, plan_feed, within_every_limit
 from mailrunner.mime.stream import (
@@ -36,7 +36,6 @@ from mailrunner.mime.stream import (
     restore,
 )
 
-_FEED_CHUNK = 64 * 1024
 IN_MEMORY_SPILL_BYTES: int | None = 4 * 1024
 """Leaf bodies longer than this of a MIME message held in memory are not fed to the parser
 either (`stream`'s stand-ins, decoded from the message's bytes): the feed parser looks at
@@ -242,7 +241,7 @@ def _parse_spilling(
 
 def parse_in_chunks(
     raw: bytes,
-    chunk: int = _FEED_CHUNK,
+    chunk: int = FEED_CHUNK,
     spans: Sequence[tuple[int, int]] | None = None,
     stand_ins: Sequence[tuple[int, int, bytes]] = (),
 ) -> Message:
@@ -264,19 +263,13 @@ def parse_in_chunks(
             parser.feed(b"\n")
         position = start
         while stand_in is not None and stand_in[0] < end:
-            _feed_range(parser, raw, position, stand_in[0], chunk)
+            feed_range(parser, raw, position, stand_in[0], chunk)
             parser.feed(stand_in[2])
             position = stand_in[1]
             stand_in = next(replacing, None)
-        _feed_range(parser, raw, position, end, chunk)
+        feed_range(parser, raw, position, end, chunk)
         previous_end = end
     return parser.close()
-
-
-def _feed_range(parser: BytesFeedParser, raw: bytes, start: int, end: int, chunk: int) -> None:
-    with memoryview(raw) as view:
-        for piece in range(start, end, chunk):
-            parser.feed(bytes(view[piece : min(piece + chunk, end)]))
 
 
 def _fill_headers(message: Message, result: ParsedMessage) -> None:

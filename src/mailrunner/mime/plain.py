@@ -15,11 +15,8 @@ from __future__ import annotations
 from email.feedparser import BytesFeedParser
 from email.message import Message
 
-from mailrunner.mime.part import PARSER_POLICY
+from mailrunner.mime.part import PARSER_POLICY, feed_range
 from mailrunner.mime.prescan import plain_body_start
-
-_FEED_CHUNK = 64 * 1024
-"""A header block near `max_header_bytes` is fed in pieces, as parse.py feeds a message."""
 
 
 def plain_message(raw: bytes, max_header_bytes: int) -> Message | None:
@@ -29,8 +26,7 @@ def plain_message(raw: bytes, max_header_bytes: int) -> Message | None:
     if body is None:
         return None
     parser = BytesFeedParser(policy=PARSER_POLICY)
-    for start in range(0, body, _FEED_CHUNK):
-        parser.feed(raw[start : min(start + _FEED_CHUNK, body)])
+    feed_range(parser, raw, 0, body)  # a header block near `max_header_bytes` in pieces
     message = parser.close()
     # the feed parser's payload for a single part is every line after the header block as
     # BytesFeedParser decoded it; what the header block alone left there is the line the
