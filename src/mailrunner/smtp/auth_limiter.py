@@ -26,14 +26,22 @@ _SWEEP_AT: Final = 10_000
 """Addresses remembered before the ones without a recent failure are forgotten."""
 
 
-def client_key(host: str, limit_loopback: bool) -> str | None:
-    """The address failures count under, None when exempt (loopback) or unknown."""
+def client_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`host` as an IP address, an IPv4-mapped IPv6 address as its IPv4; None if it is none."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+        return address.ipv4_mapped
+    return address
+
+
+def client_key(host: str, limit_loopback: bool) -> str | None:
+    """The address failures count under, None when exempt (loopback) or unknown."""
+    address = client_address(host)
+    if address is None:
+        return None
     if address.is_loopback and not limit_loopback:
         return None
     if isinstance(address, ipaddress.IPv6Address) and not address.is_loopback:

@@ -32,6 +32,7 @@ from mailrunner.metrics import Metrics
 from mailrunner.smtp import replies
 from mailrunner.smtp.addresses import plain_path
 from mailrunner.smtp.auth_commands import AuthCommands
+from mailrunner.smtp.auth_limiter import client_address
 from mailrunner.smtp.data_reader import (
     ChunkScanner,
     DataOutcome,
@@ -620,13 +621,8 @@ class MailrunnerSMTP(AuthCommands):
 
 def _trusted(peer: Any, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     """Whether the socket's peer is one of `networks` (an IPv4-mapped address as its IPv4)."""
-    try:
-        address = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else "")
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
+    address = client_address(str(peer[0]) if isinstance(peer, tuple) else "")
+    return address is not None and any(address in network for network in networks)
 
 
 def _source(header: ProxyData) -> tuple[str, int] | None:
