@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import smtplib
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from support.claim_check import (
     sha256,
     spooled,
 )
+from support.disk import small_tmpfs
 from support.processes import ServeProcess, run_cli
 from support.requirements import require_broker, unavailable
 from support.server import RunningServer
@@ -348,19 +348,9 @@ def test_every_name_down_to_the_files_a_job_names_is_fsynced_before_250(
 
 @pytest.fixture
 def small_temp_dir(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs for temp_dir: a disk that fills while an attachment is written. Mounted
-    rather than faked, as tests/smtp/test_spool.py does; skipped where mounting is refused."""
-    mountpoint = tmp_path / "claims"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    yield mountpoint
-    subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
+    """A 1 MiB tmpfs for temp_dir: a disk that fills while an attachment is written."""
+    with small_tmpfs(tmp_path / "claims") as mountpoint:
+        yield mountpoint
 
 
 def open_spool_files(server: RunningServer) -> list[str]:

@@ -28,7 +28,7 @@ from mailrunner.app import App
 from mailrunner.config import config_from_mapping
 from mailrunner.errors import ConfigError
 from support.server import LOOPS, RunningServer, on_loop
-from support.tls import connection_lost, self_signed, trusting
+from support.tls import connection_lost, implicit_port, self_signed, trusting
 from support.waiting import WAIT_SECONDS, wait_until
 
 MESSAGE = b"Subject: auth\r\nFrom: a@example.com\r\n\r\nbody\r\n"
@@ -83,12 +83,6 @@ def verifying(start_server: Start, credentials: Path, certificate: tuple[Path, P
         )
 
     return start
-
-
-def implicit_port(server: RunningServer) -> int:
-    address = server.app.smtp.implicit_address
-    assert address is not None
-    return address[1]
 
 
 def starttls_client(server: RunningServer, certificate: tuple[Path, Path]) -> smtplib.SMTP:

@@ -25,7 +25,7 @@ from mailrunner.config import config_from_mapping
 from mailrunner.errors import ConfigError
 from support.faults import REFUSAL, REFUSED, add_fault
 from support.server import LOOPS, RunningServer, on_loop
-from support.tls import connection_lost, self_signed, trusting
+from support.tls import connection_lost, implicit_port, self_signed, trusting
 from support.waiting import WAIT_SECONDS, wait_until
 
 MESSAGE = b"Subject: implicit tls\r\nFrom: a@example.com\r\n\r\nsecret body\r\n"
@@ -55,12 +55,6 @@ def implicit_server(
         return start_server(server=loop, smtp={"tls": tls, **smtp})
 
     return start
-
-
-def implicit_port(server: RunningServer) -> int:
-    address = server.app.smtp.implicit_address
-    assert address is not None
-    return address[1]
 
 
 @contextmanager

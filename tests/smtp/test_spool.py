@@ -12,7 +12,6 @@ import json
 import os
 import smtplib
 import stat
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from mailrunner.errors import DeliveryError
+from support.disk import small_tmpfs
 from support.faults import add_fault, injected
 from support.raw_smtp import ENVELOPE, RawSmtp, raw_smtp
 from support.sample_mail import TEMP_FAILURE
@@ -247,21 +247,9 @@ def test_leftovers_of_an_earlier_run_go_at_start_and_other_processes_files_stay(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs where the first server's data_dir will be: a disk that fills up.
-
-    Mounted rather than faked (RLIMIT_FSIZE would also fail the test process's own writes);
-    skipped where mounting is not allowed."""
-    mountpoint = tmp_path / "data0"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    yield mountpoint
-    subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
+    """A 1 MiB tmpfs where the first server's data_dir will be: a disk that fills up."""
+    with small_tmpfs(tmp_path / "data0") as mountpoint:
+        yield mountpoint
 
 
 def test_a_full_disk_answers_451_drains_the_message_and_stores_nothing(

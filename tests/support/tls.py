@@ -12,6 +12,7 @@ from pathlib import Path
 from aiosmtplib.protocol import SMTPProtocol
 
 from support.requirements import unavailable
+from support.server import RunningServer
 from support.waiting import WAIT_SECONDS
 
 
@@ -41,3 +42,10 @@ async def connection_lost(protocol: SMTPProtocol | None) -> None:
     async with asyncio.timeout(WAIT_SECONDS):
         while protocol is not None and protocol.transport is not None:  # noqa: ASYNC110 (aiosmtplib has no close waiter)
             await asyncio.sleep(0.01)
+
+
+def implicit_port(server: RunningServer) -> int:
+    """The port the server's implicit-TLS listener took (the config asks for port 0)."""
+    address = server.app.smtp.implicit_address
+    assert address is not None
+    return address[1]
