@@ -35,6 +35,7 @@ from mailrunner.mime.attachments import (
 )
 from mailrunner.mime.build import EventBuilder
 from mailrunner.mime.parse import ParseOptions
+from mailrunner.mime.parse_processes import ParseProcesses, child_count
 from mailrunner.mime.parse_threads import ParseThreads
 from mailrunner.pool.hooks import HookRunner
 from mailrunner.pool.pool import WorkerPool
@@ -79,6 +80,9 @@ class App:
         smtp = config.smtp
         self.metrics = Metrics()
         self._parse_executor = ParseThreads(PARSE_THREADS)
+        self.parse_children = ParseProcesses(
+            child_count(smtp.parse.processes), _parse_options(config)
+        )
         storage = _attachment_storage(config)
         self._cleanup = _age_cleanup(config, storage)
         hooks = _job_hooks(config, storage)
@@ -112,7 +116,7 @@ class App:
         session_hooks = _session_hooks(config, self.smtp_pool)
         handler = SmtpHandler(
             HandlerSettings(max_recipients=smtp.max_recipients),
-            _event_builder(config, storage, self._parse_executor),
+            _event_builder(config, storage, self._parse_executor, self.parse_children),
             self.delivery,
             self.metrics,
             hooks=session_hooks,
@@ -296,6 +300,7 @@ class App:
         if self._cleanup is not None:
             await self._cleanup.stop()
         await self._parse_executor.stop(self.config.smtp.shutdown_timeout)
+        await self.parse_children.stop()
 
     async def serve_until_signalled(self, pidfile: Path | None = None) -> None:
         """Run until SIGINT or SIGTERM, then stop gracefully. Owns the process, so it also
@@ -453,7 +458,7 @@ def _parse_options(config: Config) -> ParseOptions:
 
 
 def _event_builder(
-    config: Config, storage: AttachmentStorage, executor: ParseThreads
+    config: Config, storage: AttachmentStorage, executor: ParseThreads, children: ParseProcesses
 ) -> EventBuilder:
     smtp = config.smtp
     return EventBuilder(
@@ -463,6 +468,7 @@ def _event_builder(
         include_raw=smtp.include_raw or _pushes_to_inbox(config),
         offload_bytes=smtp.parse.offload_bytes,
         executor=executor,
+        children=children,
     )
 
 

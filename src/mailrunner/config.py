@@ -224,6 +224,7 @@ class ParseConfig(_Model):
     max_parts: int = Field(default=1000, ge=1)
     max_header_bytes: int = Field(default=1024 * 1024, ge=1024)
     offload_bytes: int = Field(default=262144, ge=0)
+    processes: Annotated[int, Field(ge=0, le=32)] | Literal["auto"] = "auto"
 
 
 class RpcTarget(_Model):

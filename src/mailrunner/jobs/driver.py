@@ -8,8 +8,7 @@ same above this line. `tests/jobs/contract.py` is the executable form of these d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -24,24 +23,32 @@ _verdict_listener: ContextVar[VerdictListener | None] = ContextVar(
 )
 
 
-@contextmanager
-def verdict_listener(listener: VerdictListener) -> Iterator[None]:
+class verdict_listener:
     """Pushes awaited inside this block (in this task) tell `listener` when their outcome will
     come after their deadline: a caller that bounds its wait with a timeout of its own (the SMTP
     side) extends it then, instead of reporting a failure for a job that is stored a moment
-    later. Once the block is left, late news is ignored."""
-    active = True
+    later. Once the block is left, late news is ignored.
 
-    def relay(instant: float) -> None:
-        if active:
-            listener(instant)
+    A class, not a `@contextmanager` generator: it runs for every message pushed, and the
+    generator's machinery cost the event loop a third more."""
 
-    token = _verdict_listener.set(relay)
-    try:
-        yield
-    finally:
-        active = False
-        _verdict_listener.reset(token)
+    __slots__ = ("_active", "_listener", "_token")
+
+    def __init__(self, listener: VerdictListener) -> None:
+        self._listener = listener
+        self._active = False
+
+    def _relay(self, instant: float) -> None:
+        if self._active:
+            self._listener(instant)
+
+    def __enter__(self) -> None:
+        self._active = True
+        self._token = _verdict_listener.set(self._relay)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._active = False
+        _verdict_listener.reset(self._token)
 
 
 def current_verdict_listener() -> VerdictListener | None:

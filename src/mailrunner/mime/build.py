@@ -19,6 +19,7 @@ from email.utils import format_datetime
 from mailrunner.events import Authentication, EmailEvent, Envelope, Message
 from mailrunner.mime.attachments import AttachmentStorage
 from mailrunner.mime.parse import ParsedMessage, ParseOptions, parse, parse_file
+from mailrunner.mime.parse_processes import ParseProcesses
 from mailrunner.smtp.spool import MessageContent
 
 
@@ -93,6 +94,8 @@ class EventBuilder:
     offload_bytes: int
     """Messages larger than this are parsed on `executor` (None: the loop's default)."""
     executor: Executor | None = None
+    children: ParseProcesses | None = None
+    """Where smaller ones are parsed while the server is busy (else on the loop)."""
 
     async def build(self, arrival: Arrival, content: MessageContent | bytes) -> EmailEvent:
         if isinstance(content, bytes):
@@ -135,6 +138,10 @@ class EventBuilder:
         assert content.data is not None
         if content.size > self.offload_bytes:
             return await loop.run_in_executor(self.executor, parse, content.data, self.options)
+        if self.children is not None:
+            parsed = await self.children.parse(content.data)
+            if parsed is not None:
+                return parsed
         return parse(content.data, self.options)
 
     def _message(self, parsed: ParsedMessage, raw: bytes | None, raw_path: str | None) -> Message:
