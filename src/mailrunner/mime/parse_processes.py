@@ -116,6 +116,7 @@ class _Child:
     def _answer(self, number: int, status: ReplyStatus, data: bytes) -> None:
         if status is ReplyStatus.READY:
             self.ready = True
+            log.info("parse child ready", pid=self.process.pid)
             return
         waiting = self._waiting.pop(number, None)
         if waiting is None or waiting.done():
@@ -195,7 +196,6 @@ class ParseProcesses:
                 child = _Child(process)
                 child.send_options(self._options)
                 self._children.append(child)
-                log.info("parse child started", pid=process.pid)
         except OSError as error:
             log.error("parse child not started", reason=repr(error))
         finally:
