@@ -26,7 +26,7 @@ from pydantic import TypeAdapter
 from mailrunner.config import PipelineConfig
 from mailrunner.errors import DriverError, PushTimeout
 from mailrunner.jobs.deadline import VERDICT_GRACE
-from mailrunner.jobs.driver import Driver, Lease
+from mailrunner.jobs.driver import Driver, Lease, ack_all
 from mailrunner.jobs.drivers import build_driver
 from mailrunner.jobs.model import Headers, Job, JobOptions, QueueStat
 
@@ -413,6 +413,19 @@ class DriverContract:
 
         harness.run(scenario)
 
+    def test_ack_all_removes_every_leased_job_and_no_other(self, harness: Harness) -> None:
+        async def scenario(driver: Driver) -> None:
+            await push(driver, *make_jobs("job-1", "job-2", "job-3", "job-4"))
+            leases = await drain(driver, 3, limit=3)
+            await ack_all(leases)
+            await ack_all(leases)  # idempotent, like ack
+            await assert_stat(driver, queue_stat(queued=1), "ack_all touched the wrong jobs")
+            left = await reserve_one(driver, 1.0, "the job nobody leased must still be there")
+            acked = {lease.job.id for lease in leases}
+            assert left.job.id not in acked, f"{left.job.id} was acked and came back"
+
+        harness.run(scenario)
+
     async def _stale_and_fresh(
         self, driver: Driver, visibility_timeout: float
     ) -> tuple[Lease, Lease]:
@@ -423,6 +436,22 @@ class DriverContract:
         fresh = await reserve_one(driver, 1.0, "a job whose lease expired must come back")
         assert fresh.attempt == 2, f"redelivery after expiry is attempt {fresh.attempt}, not 2"
         return stale, fresh
+
+    def test_ack_all_with_an_expired_lease_leaves_the_new_lease_alone(
+        self, harness: Harness
+    ) -> None:
+        async def scenario(driver: Driver) -> None:
+            stale, fresh = await self._stale_and_fresh(driver, harness.visibility_timeout)
+            await push(driver, make_job("job-2"))
+            other = await reserve_one(driver, 1.0, "a pushed job must be reservable")
+            await ack_all([stale, other])
+            await assert_stat(
+                driver, queue_stat(reserved=1), "ack_all of an expired lease removed its job"
+            )
+            await fresh.ack()
+            await assert_stat(driver, EMPTY, "the job was acked through its valid lease")
+
+        harness.run(scenario)
 
     def test_ack_of_an_expired_lease_does_not_disturb_the_new_lease(self, harness: Harness) -> None:
         async def scenario(driver: Driver) -> None:

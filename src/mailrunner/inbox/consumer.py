@@ -31,7 +31,7 @@ import structlog
 from mailrunner.errors import DriverError
 from mailrunner.inbox.message import StoredMessage, attachment_content
 from mailrunner.inbox.service import Inbox
-from mailrunner.jobs.driver import Lease
+from mailrunner.jobs.driver import Lease, ack_all
 from mailrunner.jobs.service import Pipeline
 from mailrunner.mime.attachments import TempfileStorage
 from mailrunner.mime.parse import ParseOptions, parse
@@ -155,8 +155,8 @@ class InboxConsumer:
                     await self._nack(lease, str(error), retry=True)
                     pending.remove(lease)
                 return
+            await ack_all(stored)
             for lease in stored:
-                await lease.ack()
                 pending.remove(lease)
         except DriverError as error:
             log.error("cannot settle inbox job", pipeline=self.pipeline.name, error=str(error))

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from mailrunner.jobs.model import Capabilities, FailedJob, Headers, Job, QueueStat
 
@@ -116,6 +116,12 @@ class LeaseKeeper(ABC, Generic[H]):
     async def ack(self, lease: DriverLease[H]) -> None:
         """`Lease.ack`."""
 
+    async def ack_many(self, leases: Sequence[DriverLease[H]]) -> None:
+        """`Lease.ack` for each; a driver that can settle them in one round trip (one
+        transaction, one sync to disk) does so."""
+        for lease in leases:
+            await self.ack(lease)
+
     @abstractmethod
     async def release(self, lease: DriverLease[H]) -> None:
         """`Lease.release`."""
@@ -134,21 +140,34 @@ class DriverLease(Lease, Generic[H]):
         self.job = job
         self.attempt = attempt
         self.handle = handle
-        self._keeper = keeper
+        self.keeper = keeper
 
     async def extend(self) -> None:
-        await self._keeper.extend(self)
+        await self.keeper.extend(self)
 
     async def ack(self) -> None:
-        await self._keeper.ack(self)
+        await self.keeper.ack(self)
 
     async def release(self) -> None:
-        await self._keeper.release(self)
+        await self.keeper.release(self)
 
     async def nack(
         self, *, requeue: bool, delay: float = 0.0, error: str = "", headers: Headers | None = None
     ) -> None:
-        await self._keeper.nack(self, Nack(requeue, delay, error, headers))
+        await self.keeper.nack(self, Nack(requeue, delay, error, headers))
+
+
+async def ack_all(leases: Sequence[Lease]) -> None:
+    """Ack every lease, those of one driver together (`LeaseKeeper.ack_many`): a consumer that
+    settles a batch (the inbox's) pays one transaction for it on sqlite, not one a job."""
+    by_keeper: dict[LeaseKeeper[Any], list[DriverLease[Any]]] = {}
+    for lease in leases:
+        if isinstance(lease, DriverLease):
+            by_keeper.setdefault(lease.keeper, []).append(lease)
+        else:
+            await lease.ack()
+    for keeper, group in by_keeper.items():
+        await keeper.ack_many(group)
 
 
 class Driver(ABC):

@@ -98,6 +98,7 @@ class SqliteDriver(_common.WaitingReserve, Driver, LeaseKeeper[str]):
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
         self._committer: _GroupCommitter | None = None
+        self.write_lock = _write_lock(self.path)
         self._changed = asyncio.Event()
 
     # --- the driver thread -------------------------------------------------------------------
@@ -124,7 +125,20 @@ class SqliteDriver(_common.WaitingReserve, Driver, LeaseKeeper[str]):
         return await self._run(lambda: self._db().execute(statement, values).fetchall())
 
     async def _execute(self, statement: str, values: Any) -> int:
-        return await self._run(lambda: self._db().execute(statement, values).rowcount)
+        """A write of one statement (its own transaction)."""
+
+        def write() -> int:
+            with self.write_lock:
+                return self._db().execute(statement, values).rowcount
+
+        return await self._run(write)
+
+    def _writing(
+        self, busy_timeout: float = BUSY_TIMEOUT
+    ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction on the driver's connection, after this process's other writers
+        of the file (`_write_lock`)."""
+        return _transaction(self._db(busy_timeout), self.write_lock)
 
     def _open_sync(self) -> int:
         """Open the file and give back the leases of this node's earlier processes (how many)."""
@@ -187,7 +201,7 @@ class SqliteDriver(_common.WaitingReserve, Driver, LeaseKeeper[str]):
 
     def _reserve_sync(self, limit: int) -> list[DriverLease[str]]:
         now, leases = time.time(), []
-        with _transaction(self._db(1.0)) as db:
+        with self._writing(1.0) as db:
             rows = db.execute(
                 f"SELECT seq, attempts, {_JOB_COLUMNS} FROM jobs WHERE pipeline = ? AND"
                 " failed_at IS NULL AND available_at <= ? ORDER BY priority, seq LIMIT ?",
@@ -236,6 +250,17 @@ class SqliteDriver(_common.WaitingReserve, Driver, LeaseKeeper[str]):
 
     async def ack(self, lease: DriverLease[str]) -> None:
         await self._update_lease(lease, "DELETE FROM jobs")
+
+    async def ack_many(self, leases: Sequence[DriverLease[str]]) -> None:
+        """One transaction for them all: acked one by one, each was a commit and an fsync of
+        its own, competing for the write lock with the pushes' group commits."""
+        rows = [(self.name, lease.job.id, lease.handle) for lease in leases]
+        await self._run(self._delete_leased, rows)
+        self._changed.set()
+
+    def _delete_leased(self, rows: list[tuple[str, str, str]]) -> None:
+        with self._writing() as db:
+            db.executemany("DELETE FROM jobs WHERE pipeline = ? AND id = ? AND lease = ?", rows)
 
     async def release(self, lease: DriverLease[str]) -> None:
         await self._update_lease(
@@ -294,7 +319,7 @@ class SqliteDriver(_common.WaitingReserve, Driver, LeaseKeeper[str]):
         """Read the chosen ids and delete their rows in one transaction, so the ids returned
         are exactly the rows deleted (no DELETE … RETURNING: it needs SQLite 3.35)."""
         where, values = self._failed_where(ids)
-        with _transaction(self._db()) as db:
+        with self._writing() as db:
             rows = db.execute(f"SELECT id FROM jobs WHERE {where} ORDER BY seq", values)
             removed = [job_id for (job_id,) in rows.fetchall()]
             db.execute(f"DELETE FROM jobs WHERE {where}", values)
@@ -327,17 +352,36 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 @contextlib.contextmanager
-def _transaction(db: sqlite3.Connection, *, begun: bool = False) -> Iterator[sqlite3.Connection]:
+def _transaction(
+    db: sqlite3.Connection, lock: threading.Lock | None, *, begun: bool = False
+) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE unless `begun` (the write lock at once: two readers that both go on to
-    write cannot deadlock), then COMMIT, or ROLLBACK on any error."""
-    if not begun:
-        db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+    write cannot deadlock), then COMMIT, or ROLLBACK on any error; inside `lock` unless None
+    (`begun`: its caller holds it already)."""
+    with lock if lock is not None else contextlib.nullcontext():
+        if not begun:
+            db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+_WRITE_LOCKS: dict[Path, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.Lock:
+    """One lock per file for this process's writers: SQLite's busy handler, finding the file's
+    write lock taken, sleeps 1, 2, 5, 10 ms and more before it tries again, so the push,
+    reserve and ack threads of two pipelines in one file (a pipeline and the inbox's) spent
+    their time asleep; queued on this lock, each writes as soon as the last one committed.
+    Other processes' writers are still waited for by the busy timeout."""
+    key = path.resolve()
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(key, threading.Lock())
 
 
 def _resolve_all(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
@@ -424,16 +468,28 @@ class _GroupCommitter:
     def _write(self, batch: list[_PendingPush]) -> list[_PendingPush] | None:
         """Write the batch in one transaction; None if the write lock was not had by the nearest
         deadline. Deadlines are checked again under the lock: a push given up is not written."""
+        lock = self._driver.write_lock
+        if not lock.acquire(timeout=max(0.001, self._time_left(batch))):
+            return None
+        try:
+            return self._write_locked(batch)
+        finally:
+            lock.release()
+
+    @staticmethod
+    def _time_left(batch: list[_PendingPush]) -> float:
+        return min(p.deadline for p in batch) - time.monotonic()
+
+    def _write_locked(self, batch: list[_PendingPush]) -> list[_PendingPush] | None:
         db = self._connection
-        wait = min(p.deadline for p in batch) - time.monotonic()
-        db.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
+        db.execute(f"PRAGMA busy_timeout = {max(1, int(self._time_left(batch) * 1000))}")
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as error:
             if "locked" in str(error) or "busy" in str(error):
                 return None
             raise
-        with _transaction(db, begun=True):
+        with _transaction(db, None, begun=True):
             stored = [p for p in batch if not p.expired()]
             self._committing(stored)
             now = time.time()
