@@ -161,13 +161,16 @@ class ParseProcesses:
     async def parse(self, raw: bytes) -> ParsedMessage | None:
         """The parse of `raw` by a child, or None: parse it in-process instead."""
         ready = [child for child in self._children if child.ready and child.alive]
+        if len(ready) < self._count:
+            self._start_when_due(parsing_here=not ready)
         if ready:
             return await min(ready, key=lambda child: child.load).parse(raw)
-        self._parsed_here += 1
-        self._start_when_due()
         return None
 
-    def _start_when_due(self) -> None:
+    def _start_when_due(self, *, parsing_here: bool) -> None:
+        """Start the missing children once the server is busy: a dead one is replaced even
+        while the others serve, no sooner than `RESTART_AFTER` after the last start."""
+        self._parsed_here += parsing_here
         if (
             self._count == 0
             or self._stopped
