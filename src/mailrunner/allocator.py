@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 
 import structlog
@@ -53,13 +54,28 @@ def keep_heap_slack() -> bool:
     return _mallopt(M_TOP_PAD, TOP_PAD, "top pad")
 
 
-def _mallopt(parameter: int, value: int, name: str) -> bool:
+def trim_heap() -> bool:
+    """Give the heaps' free pages back to the system (glibc's malloc_trim: the slack at each
+    heap's top, `TOP_PAD` included, and free pages inside them); whether any went back.
+    For a server gone idle: what a burst of large messages left in its heaps is resident
+    until then, and counted in the peak of whatever comes next."""
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, once: `find_library` runs ldconfig."""
     if platform.libc_ver()[0] != "glibc":
-        return False
+        return None
     path = ctypes.util.find_library("c")
-    if path is None:
+    return None if path is None else ctypes.CDLL(path)
+
+
+def _mallopt(parameter: int, value: int, name: str) -> bool:
+    libc = _glibc()
+    if libc is None:
         return False
-    libc = ctypes.CDLL(path)
     if libc.mallopt(parameter, value) != 1:
         log.warning("mallopt refused a setting", setting=name, value=value)
         return False

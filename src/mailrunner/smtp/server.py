@@ -8,6 +8,7 @@ import asyncio
 import collections
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -91,10 +92,12 @@ class SmtpServer:
         *,
         spool: Spool | None = None,
         auth: AuthChecks | None = None,
+        on_idle: Callable[[], object] | None = None,
     ) -> None:
         """`faults`: the book the API adds rules to (the App's); a server of its own has none.
         `spool`: where messages beyond its threshold go; without one all stay in memory.
-        `auth`: AUTH's checks (the App's, which has the hooks); else from `config.auth`."""
+        `auth`: AUTH's checks (the App's, which has the hooks); else from `config.auth`.
+        `on_idle`: called whenever the last open connection closes."""
         self._config = config
         self._handler = handler
         self._metrics = metrics
@@ -113,6 +116,7 @@ class SmtpServer:
             auth_checks=auth if auth is not None else auth_checks(config),
         )
         self._budget = InflightBudget(config.max_inflight_bytes)
+        self._on_idle = on_idle
         self._connections: set[MailrunnerSMTP] = set()
         self._opened: dict[MailrunnerSMTP, float] = {}
         self._addresses: dict[MailrunnerSMTP, str] = {}
@@ -209,6 +213,8 @@ class SmtpServer:
             )
         if not self._connections:
             self._drained.set()
+            if self._on_idle is not None:
+                self._on_idle()
 
     def _new_connection(self) -> MailrunnerSMTP:
         return MailrunnerSMTP(
