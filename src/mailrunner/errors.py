@@ -73,6 +73,12 @@ class StorageError(DeliveryError):
     client is asked to try later, and nothing of the message is kept."""
 
 
+class ParseChildLost(MailrunnerError):
+    """A parse child died, or was killed for taking too long, with this message given to it:
+    the message is parsed on a parse thread instead (never on the event loop, where a
+    message that stalled a child would stall every session)."""
+
+
 class PoolError(MailrunnerError):
     """The worker pool could not run a payload."""
 

@@ -14,6 +14,8 @@ import signal
 import smtplib
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from email.mime.application import MIMEApplication
 from email.mime.image import MIMEImage
 from email.mime.multipart import MIMEMultipart
@@ -23,7 +25,10 @@ from typing import Any
 
 import pytest
 
+from mailrunner.errors import ParseChildLost
 from mailrunner.mime import parse_processes
+from mailrunner.mime.attachments import MemoryStorage
+from mailrunner.mime.build import Arrival, EventBuilder
 from mailrunner.mime.parse import ParsedMessage, ParseOptions, parse
 from mailrunner.mime.parse_processes import BUSY_AFTER, ParseProcesses
 from support.processes import ServeProcess
@@ -312,7 +317,7 @@ def test_no_child_runs_before_busy_after_messages_were_parsed_in_process() -> No
     asyncio.run(main())
 
 
-def test_a_killed_child_answers_none_and_is_replaced_no_sooner_than_restart_after(
+def test_a_killed_child_raises_child_lost_and_is_replaced_no_sooner_than_restart_after(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     raw = alternative_with_pdf(RANDOM.randbytes(5000))
@@ -328,8 +333,10 @@ def test_a_killed_child_answers_none_and_is_replaced_no_sooner_than_restart_afte
             await let_the_loop_run()
             assert not any(task.done() for task in waiting)
             os.kill(first, signal.SIGKILL)
-            answers = await asyncio.wait_for(asyncio.gather(*waiting), WAIT_SECONDS)
-            assert answers == [None, None, None]
+            answers = await asyncio.wait_for(
+                asyncio.gather(*waiting, return_exceptions=True), WAIT_SECONDS
+            )
+            assert [type(answer) for answer in answers] == [ParseChildLost] * 3
             for _ in range(3):
                 assert await children.parse(raw) is None
             await let_the_loop_run()
@@ -340,6 +347,101 @@ def test_a_killed_child_answers_none_and_is_replaced_no_sooner_than_restart_afte
             assert not differences(await parse_on_child(children, raw), parse(raw))
             (second,) = children.pids
             assert second != first
+        finally:
+            await children.stop()
+
+    asyncio.run(main())
+
+
+def test_a_stalled_child_is_killed_and_its_messages_raise_child_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child that spends STALLED_AFTER on one message (here: stopped, as a parse that never
+    ends would look) is killed; the message and those queued behind it raise, so the server
+    parses them on its parse threads."""
+    raw = addresses()
+
+    async def main() -> None:
+        monkeypatch.setattr(parse_processes, "STALLED_AFTER", 0.5)
+        monkeypatch.setattr(parse_processes, "RESTART_AFTER", 3600.0)
+        children = ParseProcesses(1, ParseOptions(), busy_after=0)
+        try:
+            await parse_on_child(children, raw)
+            (child,) = children.pids
+            os.kill(child, signal.SIGSTOP)
+            waiting = [asyncio.create_task(children.parse(raw)) for _ in range(2)]
+            answers = await asyncio.wait_for(
+                asyncio.gather(*waiting, return_exceptions=True), WAIT_SECONDS
+            )
+            assert [type(answer) for answer in answers] == [ParseChildLost] * 2
+            wait_until(lambda: not alive(child), "the stalled child to be killed")
+        finally:
+            await children.stop()
+
+    asyncio.run(main())
+
+
+def test_a_message_a_child_stalled_on_is_parsed_on_a_parse_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the server does with `ParseChildLost`: the event is still built, from a parse on
+    the builder's executor, never on the event loop."""
+    raw = addresses()
+    on_threads: list[str] = []
+
+    class Threads(ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            on_threads.append(fn.__name__)
+            return super().submit(fn, *args, **kwargs)
+
+    async def main() -> None:
+        monkeypatch.setattr(parse_processes, "STALLED_AFTER", 0.5)
+        monkeypatch.setattr(parse_processes, "RESTART_AFTER", 3600.0)
+        children = ParseProcesses(1, ParseOptions(), busy_after=0)
+        executor = Threads(1)
+        builder = EventBuilder(
+            hostname="mx.example",
+            options=ParseOptions(),
+            storage=MemoryStorage(),
+            include_raw=False,
+            offload_bytes=1024 * 1024,
+            executor=executor,
+            children=children,
+        )
+        try:
+            await parse_on_child(children, raw)
+            (child,) = children.pids
+            os.kill(child, signal.SIGSTOP)
+            event = await asyncio.wait_for(builder.build(ARRIVAL, raw), WAIT_SECONDS)
+            assert on_threads == ["parse"]
+            assert event.message.reply_to == tuple(parse(raw).reply_to)
+            assert event.message.headers["Received"][0].startswith("from client.example")
+        finally:
+            await children.stop()
+            executor.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_busy_child_is_not_taken_for_a_stalled_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time counts from the start of the message the child works on, not from when a
+    message was queued: a backlog longer than STALLED_AFTER is no stall."""
+    raw = alternative_with_pdf(RANDOM.randbytes(60_000))
+
+    async def main() -> None:
+        children = ParseProcesses(1, ParseOptions(), busy_after=0)
+        try:
+            await parse_on_child(children, raw)
+            started = time.monotonic()
+            await children.parse(raw)
+            one = time.monotonic() - started
+            stalled_after = max(one * 20, 0.3)
+            monkeypatch.setattr(parse_processes, "STALLED_AFTER", stalled_after)
+            queued = int(stalled_after / one * 3) + 1  # three times longer than one stall
+            backlog = [children.parse(raw) for _ in range(queued)]
+            answers = await asyncio.wait_for(asyncio.gather(*backlog), WAIT_SECONDS * 4)
+            assert all(answer is not None for answer in answers)
+            assert len(children.pids) == 1, "a busy child was killed"
         finally:
             await children.stop()
 
@@ -418,6 +520,20 @@ def test_child_count_setting() -> None:
     assert parse_processes.child_count(0) == 0
     assert parse_processes.child_count(3) == 3
     assert parse_processes.child_count("auto") == (1 if (os.cpu_count() or 1) > 1 else 0)
+
+
+ARRIVAL = Arrival(
+    event_id="01JSTALLEDCHILD0000000000",
+    connection_id="c0ffee",
+    remote_addr="127.0.0.1:40000",
+    remote_host="127.0.0.1",
+    received_at=datetime(2026, 12, 3, tzinfo=UTC),
+    helo="client.example",
+    esmtp=True,
+    mail_from="sender@example.com",
+    rcpt_to=("rcpt@example.com",),
+    authentication=None,
+)
 
 
 # --- mailrunner serve -----------------------------------------------------------------------

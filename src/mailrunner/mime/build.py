@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 
+from mailrunner.errors import ParseChildLost
 from mailrunner.events import Authentication, EmailEvent, Envelope, Message
 from mailrunner.mime.attachments import AttachmentStorage
 from mailrunner.mime.parse import ParsedMessage, ParseOptions, parse, parse_file
@@ -139,7 +140,11 @@ class EventBuilder:
         if content.size > self.offload_bytes:
             return await loop.run_in_executor(self.executor, parse, content.data, self.options)
         if self.children is not None:
-            parsed = await self.children.parse(content.data)
+            try:
+                parsed = await self.children.parse(content.data)
+            except ParseChildLost:
+                # never on the loop: a message that stalled a child would stall every session
+                return await loop.run_in_executor(self.executor, parse, content.data, self.options)
             if parsed is not None:
                 return parsed
         return parse(content.data, self.options)

@@ -30,6 +30,7 @@ from typing import Literal
 import structlog
 
 import mailrunner
+from mailrunner.errors import ParseChildLost
 from mailrunner.mime.parse import ParsedMessage, ParseOptions
 from mailrunner.mime.parse_child import REPLY, REQUEST, ReplyStatus, unpacked
 
@@ -40,6 +41,9 @@ BUSY_AFTER = 200
 RESTART_AFTER = 5.0
 """Seconds between a child's death and the start of its replacement: a message that kills
 children cannot make the server spawn one per message."""
+STALLED_AFTER = 10.0
+"""Seconds a child may spend on one message (a small one: a parse takes milliseconds) before
+it is killed; that message and those queued behind it are parsed on the parse threads."""
 STOP_TIMEOUT = 2.0
 """Seconds a child has to exit after its pipe is closed before it is killed."""
 _CHILD = (sys.executable, "-P", "-m", "mailrunner.mime.parse_child")
@@ -71,9 +75,16 @@ class _Child:
         self.ready = False
         self.alive = True
         self._closing = False
+        self._stalled = False
         self._requests = process.stdin
         self._replies = process.stdout
         self._waiting: dict[int, asyncio.Future[ParsedMessage | None]] = {}
+        """In the order sent, which is the order the child answers in."""
+        self._outstanding = 0
+        """Messages sent and not answered yet, whether or not anyone still waits for them."""
+        self._busy_since = 0.0
+        """When the child began the message it works on (the oldest outstanding one)."""
+        self._watch: asyncio.TimerHandle | None = None
         self._numbers = itertools.count(1)
         self._reading = asyncio.create_task(self._read())
 
@@ -85,15 +96,46 @@ class _Child:
         data = pickle.dumps(options, protocol=5)
         self._requests.write(REQUEST.pack(0, len(data)) + data)
 
-    async def parse(self, raw: bytes) -> ParsedMessage | None:
+    async def parse(self, raw: bytes) -> ParsedMessage:
+        """Raises `ParseChildLost` when the child dies (or stalls) before it answers."""
         number = next(self._numbers)
-        waiting: asyncio.Future[ParsedMessage | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiting: asyncio.Future[ParsedMessage | None] = loop.create_future()
         self._waiting[number] = waiting
+        if not self._outstanding:
+            self._busy_since = loop.time()
+        self._outstanding += 1
+        if self._watch is None:  # one armed earlier goes off sooner, and looks again then
+            self._watch = loop.call_at(self._busy_since + STALLED_AFTER, self._check_progress)
         try:
             self._requests.writelines((REQUEST.pack(number, len(raw)), raw))
-            return await waiting
+            parsed = await waiting
         finally:
             self._waiting.pop(number, None)
+        if parsed is None:
+            raise ParseChildLost(
+                f"parse child {self.process.pid} gave no parse of message {number}"
+            )
+        return parsed
+
+    def _check_progress(self) -> None:
+        """Kill the child if it has worked on one message for `STALLED_AFTER`; else look
+        again when the one it works on now would have taken that long."""
+        self._watch = None
+        if not self._outstanding or not self.alive:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._busy_since < STALLED_AFTER:
+            self._watch = loop.call_at(self._busy_since + STALLED_AFTER, self._check_progress)
+            return
+        log.error(
+            "parse child stalled, killed",
+            pid=self.process.pid,
+            seconds=STALLED_AFTER,
+            waiting=len(self._waiting),
+        )
+        self._stalled = True
+        self.process.kill()
 
     async def _read(self) -> None:
         try:
@@ -106,7 +148,9 @@ class _Child:
                 log.error("parse child broke the pipe protocol", reason=repr(error))
         finally:
             self.alive = False
-            if not self._closing:
+            if self._watch is not None:
+                self._watch.cancel()
+            if not self._closing and not self._stalled:
                 log.warning("parse child exited", pid=self.process.pid, waiting=len(self._waiting))
             for waiting in self._waiting.values():
                 if not waiting.done():
@@ -118,6 +162,8 @@ class _Child:
             self.ready = True
             log.info("parse child ready", pid=self.process.pid)
             return
+        self._outstanding -= 1
+        self._busy_since = asyncio.get_running_loop().time()  # on the next one, if any
         waiting = self._waiting.pop(number, None)
         if waiting is None or waiting.done():
             return  # its session went away meanwhile
@@ -159,7 +205,8 @@ class ParseProcesses:
         return [child.process.pid for child in self._children if child.alive]
 
     async def parse(self, raw: bytes) -> ParsedMessage | None:
-        """The parse of `raw` by a child, or None: parse it in-process instead."""
+        """The parse of `raw` by a child, or None: parse it in-process instead. Raises
+        `ParseChildLost` when the child it went to died or stalled first."""
         ready = [child for child in self._children if child.ready and child.alive]
         if len(ready) < self._count:
             self._start_when_due(parsing_here=not ready)
