@@ -28,7 +28,7 @@ import pytest
 from mailrunner.errors import ParseChildLost
 from mailrunner.mime import parse_processes
 from mailrunner.mime.attachments import MemoryStorage
-from mailrunner.mime.build import Arrival, EventBuilder
+from mailrunner.mime.build import CHILD_PLAIN_BYTES, Arrival, EventBuilder
 from mailrunner.mime.parse import ParsedMessage, ParseOptions, parse
 from mailrunner.mime.parse_processes import BUSY_AFTER, ParseProcesses
 from support.processes import ServeProcess
@@ -419,6 +419,43 @@ def test_a_message_a_child_stalled_on_is_parsed_on_a_parse_thread(
         finally:
             await children.stop()
             executor.shutdown()
+
+    asyncio.run(main())
+
+
+def test_large_plain_messages_stay_on_the_loop_and_structured_ones_go_to_the_child() -> None:
+    """A message without MIME structure over CHILD_PLAIN_BYTES costs the loop less to parse
+    than to send to a child; a small one, or one with MIME structure, goes to the child."""
+    plain_small = b"Subject: small\r\n\r\n" + b"x" * 70 + b"\r\n"
+    plain_large = b"Subject: large\r\n\r\n" + (b"y" * 70 + b"\r\n") * 400
+    structured = alternative_with_pdf(RANDOM.randbytes(30_000))
+    assert len(plain_large) > CHILD_PLAIN_BYTES < len(structured)
+    sent: list[bytes] = []
+
+    class Counted(ParseProcesses):
+        async def parse(self, raw: bytes) -> ParsedMessage | None:
+            sent.append(raw)
+            return await super().parse(raw)
+
+    async def main() -> None:
+        children = Counted(1, ParseOptions(), busy_after=0)
+        builder = EventBuilder(
+            hostname="mx.example",
+            options=ParseOptions(),
+            storage=MemoryStorage(),
+            include_raw=False,
+            offload_bytes=1024 * 1024,
+            children=children,
+        )
+        try:
+            await parse_on_child(children, plain_small)
+            sent.clear()
+            for raw in (plain_small, plain_large, structured):
+                event = await builder.build(ARRIVAL, raw)
+                assert event.message.subject == parse(raw).subject
+            assert sent == [plain_small, structured]
+        finally:
+            await children.stop()
 
     asyncio.run(main())
 

@@ -21,6 +21,7 @@ from mailrunner.events import Authentication, EmailEvent, Envelope, Message
 from mailrunner.mime.attachments import AttachmentStorage
 from mailrunner.mime.parse import ParsedMessage, ParseOptions, parse, parse_file
 from mailrunner.mime.parse_processes import ParseProcesses
+from mailrunner.mime.prescan import plain_body_start
 from mailrunner.smtp.spool import MessageContent
 
 
@@ -83,6 +84,21 @@ def with_trace(headers: dict[str, list[str]], trace: str) -> dict[str, list[str]
     return traced
 
 
+CHILD_PLAIN_BYTES = 16 * 1024
+"""A message without MIME structure over this size is parsed on the loop, not on a child:
+its parse is a header block and one decode (63 us at 100 KB), cheaper for the loop than the
+child's round trip of copies, and without its latency (100 KB plain, 20 sessions: 14 %
+fewer messages a second through a child, A/B over 10 rounds)."""
+
+
+def _worth_a_child(raw: bytes, options: ParseOptions) -> bool:
+    """Whether a parse child saves the event loop work on `raw` (a parse with MIME
+    structure, or a small message) rather than costing it."""
+    if len(raw) <= CHILD_PLAIN_BYTES:
+        return True
+    return plain_body_start(raw, max_header_bytes=options.max_header_bytes) is None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventBuilder:
     """Parses DATA, stores attachments and returns the finished event."""
@@ -139,7 +155,7 @@ class EventBuilder:
         assert content.data is not None
         if content.size > self.offload_bytes:
             return await loop.run_in_executor(self.executor, parse, content.data, self.options)
-        if self.children is not None:
+        if self.children is not None and _worth_a_child(content.data, self.options):
             try:
                 parsed = await self.children.parse(content.data)
             except ParseChildLost:
