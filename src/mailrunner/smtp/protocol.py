@@ -619,11 +619,16 @@ class MailrunnerSMTP(AuthCommands):
                 log.info("command rejected", uuid=self.mail_session.connection_id, reply=status)
                 if self._command in _MESSAGE_COMMANDS:
                     self._metrics.rejected(status)
-        line = status.encode() if isinstance(status, str) else status  # SMTPUTF8 is on: UTF-8
+        line = (status.encode() if isinstance(status, str) else status) + b"\r\n"  # SMTPUTF8
         if self._held is not None:
-            self._held.append(line + b"\r\n")
+            self._held.append(line)
             return
-        await super().push(line)
+        # aiosmtpd's push awaits drain() (and logs the reply at debug) after every reply; a
+        # reply the socket took whole leaves nothing to drain: +2.5 % at 1 KB (A/B, 10 rounds,
+        # 1.00-1.04). A lost connection shows at the next read, as it did.
+        self._writer.write(line)
+        if self._writer.transport.get_write_buffer_size():
+            await self._writer.drain()
 
     def _send_held(self) -> None:
         """The held reply lines in one write; not drained: they are a few hundred bytes, and
