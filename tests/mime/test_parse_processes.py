@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import os
 import random
 import signal
 import smtplib
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.mime.application import MIMEApplication
 from email.mime.image import MIMEImage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -34,6 +35,7 @@ from mailrunner.mime.parse_processes import BUSY_AFTER, ParseProcesses
 from support.processes import ServeProcess
 from support.waiting import WAIT_SECONDS, wait_until
 
+_Children = TypeVar("_Children", bound=ParseProcesses)
 CORPUS = Path(__file__).parent / "corpus"
 CHILD_MODULE = b"mailrunner.mime.parse_child"
 RANDOM = random.Random(20260117)
@@ -236,6 +238,28 @@ async def parse_on_child(children: ParseProcesses, raw: bytes) -> ParsedMessage:
     return parsed
 
 
+@contextlib.asynccontextmanager
+async def running(children: _Children) -> AsyncIterator[_Children]:
+    """`children`, stopped however the block ends."""
+    try:
+        yield children
+    finally:
+        await children.stop()
+
+
+def building_with(children: ParseProcesses, executor: Executor | None = None) -> EventBuilder:
+    """An event builder as the server's, with these children (and parse threads)."""
+    return EventBuilder(
+        hostname="mx.example",
+        options=ParseOptions(),
+        storage=MemoryStorage(),
+        include_raw=False,
+        offload_bytes=1024 * 1024,
+        executor=executor,
+        children=children,
+    )
+
+
 async def wait_for(condition: Callable[[], bool], what: str) -> None:
     """`wait_until` for a coroutine: the loop keeps running while it waits."""
     deadline = time.monotonic() + WAIT_SECONDS
@@ -269,14 +293,11 @@ def test_a_child_parses_every_message_as_the_process_itself_would() -> None:
     assert parse(malformed(), default).parse_errors
 
     async def compare(options: ParseOptions, raws: dict[str, bytes]) -> None:
-        children = ParseProcesses(1, options, busy_after=0)
-        try:
+        async with running(ParseProcesses(1, options, busy_after=0)) as children:
             await parse_on_child(children, b"Subject: warm-up\r\n\r\nx\r\n")
             # all at once: each answer must reach the message it belongs to
             parsed = await asyncio.gather(*(children.parse(raw) for raw in raws.values()))
             assert len(children.pids) == 1
-        finally:
-            await children.stop()
         for (name, raw), on_child in zip(raws.items(), parsed, strict=True):
             assert on_child is not None, f"{name}: the ready child gave no answer"
             differing = differences(on_child, parse(raw, options))
@@ -300,8 +321,7 @@ def test_no_child_runs_before_busy_after_messages_were_parsed_in_process() -> No
     raw = plain_1kb()
 
     async def main() -> None:
-        children = ParseProcesses(1, ParseOptions(), busy_after=5)
-        try:
+        async with running(ParseProcesses(1, ParseOptions(), busy_after=5)) as children:
             for _ in range(4):
                 assert await children.parse(raw) is None
             await let_the_loop_run()
@@ -311,8 +331,6 @@ def test_no_child_runs_before_busy_after_messages_were_parsed_in_process() -> No
             await wait_for(lambda: len(parse_children_of(os.getpid())) == 1, "the child")
             assert not differences(await parse_on_child(children, raw), parse(raw))
             assert children.pids == parse_children_of(os.getpid())
-        finally:
-            await children.stop()
 
     asyncio.run(main())
 
@@ -323,8 +341,7 @@ def test_a_killed_child_raises_child_lost_and_is_replaced_no_sooner_than_restart
     raw = alternative_with_pdf(RANDOM.randbytes(5000))
 
     async def main() -> None:
-        children = ParseProcesses(1, ParseOptions(), busy_after=0)
-        try:
+        async with running(ParseProcesses(1, ParseOptions(), busy_after=0)) as children:
             await parse_on_child(children, raw)
             (first,) = children.pids
             monkeypatch.setattr(parse_processes, "RESTART_AFTER", 3600.0)
@@ -347,8 +364,6 @@ def test_a_killed_child_raises_child_lost_and_is_replaced_no_sooner_than_restart
             assert not differences(await parse_on_child(children, raw), parse(raw))
             (second,) = children.pids
             assert second != first
-        finally:
-            await children.stop()
 
     asyncio.run(main())
 
@@ -364,8 +379,7 @@ def test_a_stalled_child_is_killed_and_its_messages_raise_child_lost(
     async def main() -> None:
         monkeypatch.setattr(parse_processes, "STALLED_AFTER", 0.5)
         monkeypatch.setattr(parse_processes, "RESTART_AFTER", 3600.0)
-        children = ParseProcesses(1, ParseOptions(), busy_after=0)
-        try:
+        async with running(ParseProcesses(1, ParseOptions(), busy_after=0)) as children:
             await parse_on_child(children, raw)
             (child,) = children.pids
             os.kill(child, signal.SIGSTOP)
@@ -375,8 +389,6 @@ def test_a_stalled_child_is_killed_and_its_messages_raise_child_lost(
             )
             assert [type(answer) for answer in answers] == [ParseChildLost] * 2
             wait_until(lambda: not alive(child), "the stalled child to be killed")
-        finally:
-            await children.stop()
 
     asyncio.run(main())
 
@@ -397,28 +409,16 @@ def test_a_message_a_child_stalled_on_is_parsed_on_a_parse_thread(
     async def main() -> None:
         monkeypatch.setattr(parse_processes, "STALLED_AFTER", 0.5)
         monkeypatch.setattr(parse_processes, "RESTART_AFTER", 3600.0)
-        children = ParseProcesses(1, ParseOptions(), busy_after=0)
-        executor = Threads(1)
-        builder = EventBuilder(
-            hostname="mx.example",
-            options=ParseOptions(),
-            storage=MemoryStorage(),
-            include_raw=False,
-            offload_bytes=1024 * 1024,
-            executor=executor,
-            children=children,
-        )
-        try:
-            await parse_on_child(children, raw)
-            (child,) = children.pids
-            os.kill(child, signal.SIGSTOP)
-            event = await asyncio.wait_for(builder.build(ARRIVAL, raw), WAIT_SECONDS)
-            assert on_threads == ["parse"]
-            assert event.message.reply_to == tuple(parse(raw).reply_to)
-            assert event.message.headers["Received"][0].startswith("from client.example")
-        finally:
-            await children.stop()
-            executor.shutdown()
+        with Threads(1) as executor:
+            async with running(ParseProcesses(1, ParseOptions(), busy_after=0)) as children:
+                builder = building_with(children, executor)
+                await parse_on_child(children, raw)
+                (child,) = children.pids
+                os.kill(child, signal.SIGSTOP)
+                event = await asyncio.wait_for(builder.build(ARRIVAL, raw), WAIT_SECONDS)
+                assert on_threads == ["parse"]
+                assert event.message.reply_to == tuple(parse(raw).reply_to)
+                assert event.message.headers["Received"][0].startswith("from client.example")
 
     asyncio.run(main())
 
@@ -438,24 +438,14 @@ def test_large_plain_messages_stay_on_the_loop_and_structured_ones_go_to_the_chi
             return await super().parse(raw)
 
     async def main() -> None:
-        children = Counted(1, ParseOptions(), busy_after=0)
-        builder = EventBuilder(
-            hostname="mx.example",
-            options=ParseOptions(),
-            storage=MemoryStorage(),
-            include_raw=False,
-            offload_bytes=1024 * 1024,
-            children=children,
-        )
-        try:
+        async with running(Counted(1, ParseOptions(), busy_after=0)) as children:
+            builder = building_with(children)
             await parse_on_child(children, plain_small)
             sent.clear()
             for raw in (plain_small, plain_large, structured):
                 event = await builder.build(ARRIVAL, raw)
                 assert event.message.subject == parse(raw).subject
             assert sent == [plain_small, structured]
-        finally:
-            await children.stop()
 
     asyncio.run(main())
 
@@ -466,8 +456,7 @@ def test_a_busy_child_is_not_taken_for_a_stalled_one(monkeypatch: pytest.MonkeyP
     raw = alternative_with_pdf(RANDOM.randbytes(60_000))
 
     async def main() -> None:
-        children = ParseProcesses(1, ParseOptions(), busy_after=0)
-        try:
+        async with running(ParseProcesses(1, ParseOptions(), busy_after=0)) as children:
             await parse_on_child(children, raw)
             started = time.monotonic()
             await children.parse(raw)
@@ -479,8 +468,6 @@ def test_a_busy_child_is_not_taken_for_a_stalled_one(monkeypatch: pytest.MonkeyP
             answers = await asyncio.wait_for(asyncio.gather(*backlog), WAIT_SECONDS * 4)
             assert all(answer is not None for answer in answers)
             assert len(children.pids) == 1, "a busy child was killed"
-        finally:
-            await children.stop()
 
     asyncio.run(main())
 
@@ -489,8 +476,7 @@ def test_a_child_ignores_sigint_and_keeps_parsing() -> None:
     raw = addresses()
 
     async def main() -> None:
-        children = ParseProcesses(1, ParseOptions(), busy_after=0)
-        try:
+        async with running(ParseProcesses(1, ParseOptions(), busy_after=0)) as children:
             await parse_on_child(children, raw)
             (pid,) = children.pids
             assert ignored_signals(pid) & (1 << (signal.SIGINT - 1))
@@ -501,8 +487,6 @@ def test_a_child_ignores_sigint_and_keeps_parsing() -> None:
                 assert not differences(parsed, parse(raw))
             assert children.pids == [pid]
             assert alive(pid)
-        finally:
-            await children.stop()
 
     asyncio.run(main())
 
@@ -512,11 +496,9 @@ def test_stop_ends_the_child_and_later_parses_start_none() -> None:
     children = ParseProcesses(1, ParseOptions(), busy_after=0)
 
     async def run_then_stop() -> int:
-        try:
+        async with running(children):
             await parse_on_child(children, raw)
             (pid,) = children.pids
-        finally:
-            await children.stop()
         return pid
 
     pid = asyncio.run(run_then_stop())
@@ -540,15 +522,12 @@ def test_no_child_is_started_with_a_count_of_zero() -> None:
     raw = plain_1kb()
 
     async def main() -> None:
-        children = ParseProcesses(0, ParseOptions(), busy_after=0)
-        try:
+        async with running(ParseProcesses(0, ParseOptions(), busy_after=0)) as children:
             for _ in range(20):
                 assert await children.parse(raw) is None
             await let_the_loop_run()
             assert children.pids == []
             assert parse_children_of(os.getpid()) == []
-        finally:
-            await children.stop()
 
     asyncio.run(main())
 
