@@ -90,7 +90,8 @@ class _Child:
 
     @property
     def load(self) -> int:
-        return len(self._waiting)
+        """Messages the child has yet to answer, those nobody waits for any more included."""
+        return self._outstanding
 
     def send_options(self, options: ParseOptions) -> None:
         data = pickle.dumps(options, protocol=5)

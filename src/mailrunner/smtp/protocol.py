@@ -75,8 +75,8 @@ _CHUNKING = "250-CHUNKING"
 """The EHLO line that offers BDAT (RFC 3030); BINARYMIME is not offered."""
 _ONE_WRITE = frozenset({"EHLO"})
 """Commands whose reply lines never wait for the client in between, sent in one write:
-aiosmtpd writes (and drains) each of EHLO's eight lines on its own, 6 % of the event loop's
-work per message of a connection that sends one."""
+aiosmtpd writes (and drains) each of EHLO's eight lines on its own, eight system calls where
+one does."""
 _BDAT_ARGUMENT = re.compile(r"([0-9]+)(?: +(LAST))?", re.ASCII | re.IGNORECASE)
 """`BDAT <size> [LAST]` (RFC 3030 2, after the command word and its space)."""
 
